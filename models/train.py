@@ -1,0 +1,273 @@
+"""Training loops for the bundled models (CPU, fixed seeds, torch + transformers' Llama).
+
+Policies learn only the solution tokens of packed (prompt, solution) examples; the PRM learns only the
+``+``/``-`` prediction at each step tag (Math-Shepherd style: the logits *at* the tag position are read).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from tokenizers import Tokenizer
+from tqdm import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from models import task, tokenizer as tok_mod
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+
+
+SHAPES: dict[str, Shape] = {
+    "draft": Shape(hidden=128, layers=4, heads=4, intermediate=384),
+    "target": Shape(hidden=256, layers=4, heads=4, intermediate=768),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch: int = 32
+    seq_len: int = 256
+    lr: float = 2e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    seed: int = 0
+
+
+def llama_config(shape: Shape, vocab_size: int) -> LlamaConfig:
+    eos = 1
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=tok_mod.MODEL_MAX_LENGTH,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=eos,
+        pad_token_id=0,
+        torch_dtype="float32",
+    )
+
+
+def encode(tok: Tokenizer, example: task.Example) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + target + EOS and a 0/1 mask of the positions the model learns."""
+    ids = tok.encode(example.prompt).ids
+    mask = [0] * len(ids)
+    for seg in example.target:
+        seg_ids = tok.encode(seg.text).ids
+        ids += seg_ids
+        mask += [int(seg.learn)] * len(seg_ids)
+    ids.append(1)
+    mask.append(1)
+    return ids, mask
+
+
+def packed_batches(
+    examples: Iterator[tuple[list[int], list[int]]], batch: int, seq_len: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Concatenate examples into one stream and cut it into ``batch`` x ``seq_len`` blocks.
+
+    Packing wastes no compute on padding; an example sees the tail of the previous one, which is harmless
+    because every example starts with a self-contained question."""
+    buf_ids: list[int] = []
+    buf_mask: list[int] = []
+    need = batch * (seq_len + 1)
+    for ids, mask in examples:
+        buf_ids += ids
+        buf_mask += mask
+        if len(buf_ids) >= need:
+            x = torch.tensor(buf_ids[:need]).view(batch, seq_len + 1)
+            m = torch.tensor(buf_mask[:need]).view(batch, seq_len + 1)
+            buf_ids, buf_mask = buf_ids[need:], buf_mask[need:]
+            yield x, m
+
+
+def _schedule(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def _fit(
+    model: LlamaForCausalLM,
+    batches: Iterator[tuple[torch.Tensor, ...]],
+    loss_fn: Callable[[LlamaForCausalLM, tuple[torch.Tensor, ...]], torch.Tensor],
+    cfg: TrainConfig,
+    desc: str,
+) -> list[float]:
+    opt = _optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, cfg))
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(cfg.steps), desc=desc, mininterval=30, disable=False)
+    for _ in bar:
+        loss = loss_fn(model, next(batches))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", refresh=False)
+    return losses
+
+
+def _lm_loss(model: LlamaForCausalLM, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    x, m = batch
+    logits = model(input_ids=x[:, :-1]).logits
+    target = x[:, 1:]
+    learn = m[:, 1:].bool()
+    return torch.nn.functional.cross_entropy(logits[learn], target[learn])
+
+
+def policy_examples(
+    seed: int, *, refine_fraction: float, backtrack_rate: float = 0.1
+) -> Iterator[task.Example]:
+    """An endless, seeded stream of train-split examples, cycling through all difficulty levels."""
+    rng = random.Random(f"policy:{seed}")
+    chunk = 0
+    while True:
+        for problem in task.generate("train", 5000, seed=seed * 1000 + chunk):
+            if rng.random() < refine_fraction:
+                yield task.refine_example(problem, rng, backtrack_rate=backtrack_rate)
+            else:
+                yield task.solve_example(problem, rng, backtrack_rate=backtrack_rate)
+        chunk += 1
+
+
+def train_policy(name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction: float) -> dict:
+    """Train policy ``name`` (a key of SHAPES) from scratch and save it as a Hugging Face directory."""
+    torch.manual_seed(cfg.seed)
+    tok = tok_mod.build()
+    model = LlamaForCausalLM(llama_config(SHAPES[name], tok.get_vocab_size()))
+    n_params = sum(p.numel() for p in model.parameters())
+    stream = (encode(tok, ex) for ex in policy_examples(cfg.seed, refine_fraction=refine_fraction))
+    t0 = time.time()
+    losses = _fit(model, packed_batches(stream, cfg.batch, cfg.seq_len), _lm_loss, cfg, f"train {name}")
+    info = {
+        "params": n_params,
+        "train_seconds": round(time.time() - t0, 1),
+        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        "train_tokens": cfg.steps * cfg.batch * cfg.seq_len,
+        "refine_fraction": refine_fraction,
+        "config": asdict(cfg),
+    }
+    save_model(model, out_dir, info)
+    return info
+
+
+# -------------------------------------------------------------------------------------------------- PRM
+
+
+def prm_text(question: str, steps: Sequence[str], *, tag: str = " " + tok_mod.STEP_TAG) -> str:
+    """The PRM's input: the task prompt, then every step followed by the step tag, one per line.
+
+    The score of step i is read from the next-token distribution at its tag (P(+) among {+, -}); the
+    newline after each tag means the tag is never the last prompt token, so prompt log-probabilities of
+    the following token expose that distribution."""
+    return task.prompt_for(question) + "".join(f"{s}{tag}\n" for s in steps)
+
+
+def prm_example(tok: Tokenizer, question: str, steps: Sequence[str], labels: Sequence[bool]) -> tuple[list[int], list[int]]:
+    """Ids of :func:`prm_text` and, at each tag position, the id of the label token (-100 elsewhere)."""
+    ids = tok.encode(prm_text(question, steps)).ids
+    tag_id = tok.token_to_id(tok_mod.STEP_TAG)
+    good, bad = tok.token_to_id(tok_mod.PRM_GOOD), tok.token_to_id(tok_mod.PRM_BAD)
+    positions = [i for i, t in enumerate(ids) if t == tag_id]
+    if len(positions) != len(labels):
+        raise ValueError(f"{len(positions)} tags for {len(labels)} labels")
+    target = [-100] * len(ids)
+    for pos, ok in zip(positions, labels):
+        target[pos] = good if ok else bad
+    return ids, target
+
+
+def _prm_batches(
+    examples: list[tuple[list[int], list[int]]], batch: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for start in range(0, len(order) - batch + 1, batch):
+            chunk = [examples[i] for i in order[start : start + batch]]
+            width = max(len(ids) for ids, _ in chunk)
+            x = torch.zeros(batch, width, dtype=torch.long)
+            y = torch.full((batch, width), -100, dtype=torch.long)
+            for row, (ids, target) in enumerate(chunk):
+                x[row, : len(ids)] = torch.tensor(ids)
+                y[row, : len(target)] = torch.tensor(target)
+            yield x, y
+
+
+def _prm_loss(model: LlamaForCausalLM, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    x, y = batch
+    logits = model(input_ids=x, attention_mask=(x != 0).long()).logits
+    return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-100)
+
+
+def train_prm(
+    init_dir: Path,
+    out_dir: Path,
+    examples: list[tuple[list[int], list[int]]],
+    cfg: TrainConfig,
+) -> dict:
+    """Fine-tune a copy of the policy in ``init_dir`` into a PRM on labelled step examples."""
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM.from_pretrained(init_dir, torch_dtype=torch.float32)
+    t0 = time.time()
+    losses = _fit(model, _prm_batches(examples, cfg.batch, cfg.seed), _prm_loss, cfg, "train prm")
+    info = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(time.time() - t0, 1),
+        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        "train_examples": len(examples),
+        "initialised_from": init_dir.name,
+        "config": asdict(cfg),
+    }
+    save_model(model, out_dir, info)
+    return info
+
+
+def save_model(model: LlamaForCausalLM, out_dir: Path, info: dict) -> None:
+    """Write a directory vLLM loads: config, safetensors weights, tokenizer, generation config."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok_mod.save(out_dir)
+    generation = {"eos_token_id": 1, "pad_token_id": 0, "temperature": 0.8, "top_p": 1.0, "max_new_tokens": 256}
+    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def set_threads() -> None:
+    torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", os.cpu_count() or 1)))
