@@ -1,0 +1,1 @@
+"""HTTP API (FastAPI); imports no vllm or ray."""

@@ -1,0 +1,91 @@
+"""Request and response bodies of the OpenAI-compatible endpoint, plus the service's extension fields."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat request; unknown OpenAI fields are ignored. Extension fields (send them with the SDK's
+    ``extra_body``): ``strategy``, ``strategy_params`` and ``max_total_tokens``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    n: int = Field(1, description="Choices returned; only 1 (the strategy's answer) is supported.")
+    stream: bool = False
+    strategy: str | None = Field(None, description="Strategy name; default: the server's default strategy.")
+    strategy_params: dict[str, Any] = Field(default_factory=dict, description="The strategy's parameters.")
+    max_total_tokens: int | None = Field(None, description="Budget: prompt + completion tokens over all sub-calls.")
+
+
+class ChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: ChoiceMessage
+    finish_reason: Literal["stop", "length", "budget"]
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class UsageBody(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+
+
+class CandidateBody(BaseModel):
+    text: str
+    answer: str | None
+    completion_tokens: int
+    finish_reason: str
+
+
+class TTSInfo(BaseModel):
+    """What the strategy did: the answer it settled on, its candidates and the sub-calls it made."""
+
+    request_id: str
+    strategy: str
+    answer: str | None
+    subcalls: int
+    latency_s: float
+    candidates: list[CandidateBody]
+    info: dict[str, Any]
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: UsageBody
+    tts: TTSInfo
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,128 @@
+"""Start the whole service: Ray, a vLLM worker for the policy, the database, the controller and the API.
+
+    python -m deploy.serve                # 127.0.0.1:8000, bundled `target` model, SQLite under data/
+    python -m deploy.serve --help         # every option; each also has a TTS_* environment variable
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Coroutine, Optional, TypeVar
+
+import typer
+import uvicorn
+from fastapi import FastAPI
+
+from api.app import create_app
+from orchestrator.config import Settings, get_settings
+from orchestrator.controller import Controller
+from orchestrator.db.store import Store
+from strategies import REGISTRY
+from verifiers import TaskAnswerVerifier
+from workers.engine import EngineConfig
+from workers.pool import WorkerPool, WorkerSpec, connect_ray
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Service:
+    settings: Settings
+    pool: WorkerPool
+    store: Store
+    controller: Controller
+    app: FastAPI
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Service:
+        connect_ray(settings.ray_address)
+        store = Store.from_url(settings.database)
+        engine = EngineConfig(model_path=settings.model_path, max_model_len=settings.max_model_len, kv_cache_gib=settings.kv_cache_gib)
+        pool = await WorkerPool.start([WorkerSpec(role="policy", engine=engine)])
+        controller = Controller(
+            engine=pool,
+            store=store,
+            strategies=REGISTRY,
+            verifier=TaskAnswerVerifier(),
+            models={settings.model_name: "policy"},
+            max_request_tokens=settings.max_request_tokens,
+        )
+        return cls(settings, pool, store, controller, create_app(settings, controller))
+
+    async def stop(self) -> None:
+        await self.pool.shutdown()
+        self.store.engine.dispose()
+
+
+class ServiceThread:
+    """The service on its own event loop in a background thread, HTTP on loopback (tests and benchmarks)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tts-service", daemon=True)
+        self._thread.start()
+        self.service: Service = self.run(Service.start(settings))
+        config = uvicorn.Config(self.service.app, host=settings.host, port=settings.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._serving = asyncio.run_coroutine_threadsafe(self._server.serve(), self._loop)
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if self._serving.done() or time.monotonic() > deadline:
+                raise RuntimeError(f"API did not start: {self._serving.exception() if self._serving.done() else 'timeout'}")
+            time.sleep(0.05)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.base_url = f"http://{settings.host}:{port}"
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 600) -> T:
+        """Run ``coro`` on the service's loop and wait for its result."""
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result(timeout)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        try:
+            self._serving.result(30)
+        finally:
+            self.run(self.service.stop(), timeout=60)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+
+async def serve(settings: Settings) -> None:
+    t0 = time.perf_counter()
+    service = await Service.start(settings)
+    config = uvicorn.Config(service.app, host=settings.host, port=settings.port, log_level="info", lifespan="off")
+    server = uvicorn.Server(config)
+    log.info("service ready in %.1f s: http://%s:%d (database %s)", time.perf_counter() - t0, settings.host, settings.port, settings.database)
+    try:
+        await server.serve()
+    finally:
+        await service.stop()
+
+
+cli = typer.Typer(add_completion=False, help=__doc__)
+
+
+@cli.command()
+def main(
+    host: Optional[str] = typer.Option(None, help="Bind address (TTS_HOST; default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="HTTP port (TTS_PORT; default 8000)."),
+    model_path: Optional[Path] = typer.Option(None, help="Policy model directory (TTS_MODEL_PATH; default models/target)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data folder for SQLite (TTS_DATA_DIR; default data/)."),
+) -> None:
+    """Serve the OpenAI-compatible reasoning endpoint until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in {"host": host, "port": port, "model_path": model_path, "data_dir": data_dir}.items() if v is not None}
+    asyncio.run(serve(get_settings(**overrides)))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,39 @@
+"""Service settings: environment variables prefixed ``TTS_`` (``DATABASE_URL`` also works unprefixed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TTS_", extra="ignore")
+
+    data_dir: Path = Field(REPO_ROOT / "data", description="Folder for the embedded SQLite database and logs.")
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DATABASE_URL", "TTS_DATABASE_URL"),
+        description="SQLAlchemy URL; default: SQLite file tts.db under data_dir.",
+    )
+    host: str = Field("127.0.0.1", description="Address the HTTP API binds to (loopback by default).")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
+    model_path: Path = Field(REPO_ROOT / "models" / "target", description="Hugging Face directory of the policy.")
+    model_name: str = Field("target", description="Name callers use in the request's `model` field.")
+    kv_cache_gib: float = Field(1.0, gt=0, description="KV-cache memory per CPU engine in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, in tokens.")
+    ray_address: str | None = Field(None, description="Existing Ray cluster to join; default: start a local one.")
+    default_strategy: str = Field("self_consistency", description="Strategy used when a request names none.")
+    max_request_tokens: int = Field(200_000, ge=1, description="Ceiling on any one request's total tokens.")
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'tts.db'}"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with explicit overrides (nothing is read at import)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,65 @@
+"""Every error the service raises on purpose, in one tree.
+
+    TTSError
+    ├── InvalidRequest          the caller's input is wrong (HTTP 400)
+    │   ├── UnknownStrategy     no strategy by that name
+    │   └── UnknownModel        no served model by that name (HTTP 404)
+    ├── BudgetExceeded          a call would cross the request's budget (strategies catch it)
+    ├── EngineError             a worker or its engine failed a call (HTTP 502)
+    │   └── EngineUnavailable   no worker serves the role asked for (HTTP 503)
+    └── StrategyError           a strategy broke its contract (HTTP 500)
+
+The API maps the tree to HTTP statuses in one handler; nothing below the API knows about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class TTSError(Exception):
+    """Base of every deliberate error. ``message`` is safe to show to the caller."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(TTSError):
+    status = 400
+    code = "invalid_request"
+
+
+class UnknownStrategy(InvalidRequest):
+    code = "unknown_strategy"
+
+
+class UnknownModel(InvalidRequest):
+    status = 404
+    code = "model_not_found"
+
+
+class BudgetExceeded(TTSError):
+    status = 429
+    code = "budget_exceeded"
+
+
+class EngineError(TTSError):
+    status = 502
+    code = "engine_error"
+
+    def __init__(self, message: str, *, worker: str = "", param: str | None = None) -> None:
+        super().__init__(f"{worker}: {message}" if worker else message, param=param)
+        self.worker = worker
+
+
+class EngineUnavailable(EngineError):
+    status = 503
+    code = "engine_unavailable"
+
+
+class StrategyError(TTSError):
+    status = 500
+    code = "strategy_error"

@@ -1,0 +1,42 @@
+"""The seams between packages: what the controller needs from workers, verifiers and strategies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, Sequence
+
+from pydantic import BaseModel
+
+from orchestrator.types import Generation, Problem, Role, SamplingSpec, StrategyResult
+
+if TYPE_CHECKING:
+    from orchestrator.context import StrategyContext
+
+
+class Engine(Protocol):
+    """Model roles served by workers. Cancelling an awaiting ``generate`` aborts the engine request."""
+
+    async def generate(self, role: Role, spec: SamplingSpec) -> Generation: ...
+
+    async def render_chat(self, role: Role, messages: Sequence[dict[str, str]]) -> str: ...
+
+    def roles(self) -> frozenset[Role]: ...
+
+
+class AnswerVerifier(Protocol):
+    """Turns a solution into a canonical answer key: equal keys mean equivalent answers."""
+
+    def extract(self, text: str) -> str | None: ...
+
+
+StrategyFn = Callable[[Problem, "StrategyContext", BaseModel], Awaitable[StrategyResult]]
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A registered strategy: its validated parameters and its ``run`` coroutine."""
+
+    name: str
+    params: type[BaseModel]
+    run: StrategyFn
+    summary: str

@@ -1,0 +1,110 @@
+"""Data that crosses package boundaries: what strategies ask for, what engines return, what requests cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["policy", "draft", "target", "prm", "embedder"]
+FinishReason = Literal["stop", "length", "abort"]
+RequestState = Literal["queued", "running", "succeeded", "failed", "cancelled", "budget_exhausted"]
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """One engine call: ``n`` completions of ``prompt``. ``max_tokens`` is always explicit (never an engine
+    default); ``seed`` None means the engine's own randomness."""
+
+    prompt: str
+    n: int = 1
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled sequence. ``tokens`` counts every generated token, the EOS token included."""
+
+    text: str
+    tokens: int
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens one or more engine calls cost, as the engine reported them.
+
+    ``prompt_tokens`` counts each call's prompt once (OpenAI's convention for n > 1); ``cached_tokens`` is
+    the part of it served from the prefix cache; ``completion_tokens`` sums every sequence generated."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one engine call returned: its completions and its exact usage."""
+
+    completions: tuple[Completion, ...]
+    usage: Usage
+    worker: str = ""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a strategy solves. ``prompt`` is the rendered text the policy continues."""
+
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A finished solution a strategy considered, with its extracted answer (None when unparsable)."""
+
+    text: str
+    answer: str | None
+    tokens: int
+    finish_reason: FinishReason
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    """A strategy's outcome. ``text`` is the solution shown to the caller; ``finish_reason`` is ``budget``
+    when the strategy stopped early because its budget ran out."""
+
+    text: str
+    answer: str | None
+    finish_reason: Literal["stop", "length", "budget"]
+    candidates: tuple[Candidate, ...] = field(default_factory=tuple)
+    info: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SubCall:
+    """One engine call made on behalf of a request, as recorded in the ledger."""
+
+    seq: int
+    stage: str
+    role: Role
+    branch: str
+    n: int
+    usage: Usage
+    latency_s: float
+    worker: str
+    finish_reasons: tuple[FinishReason, ...]

@@ -1,0 +1,10 @@
+"""Test-time scaling strategies, one file each; ``REGISTRY`` maps request names to them."""
+
+from __future__ import annotations
+
+from orchestrator.controller import summarize
+from strategies import self_consistency
+
+REGISTRY = summarize([self_consistency.SPEC])
+
+__all__ = ["REGISTRY"]

@@ -1,0 +1,58 @@
+"""Self-consistency: sample n solutions, return one whose answer won the majority vote.
+
+Ties go to the answer reached first in sample order; unparsable answers do not vote. When no sample has
+an answer, the first sample is returned with answer None.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.context import StrategyContext
+from orchestrator.protocols import StrategySpec
+from orchestrator.types import Candidate, Problem, SamplingSpec, StrategyResult
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(8, ge=1, le=256, description="Samples to draw.")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(256, ge=1, le=4096, description="Most new tokens per sample.")
+    seed: int | None = Field(None, description="Engine seed; None for fresh randomness.")
+
+
+async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
+    spec = SamplingSpec(
+        prompt=problem.prompt,
+        n=params.n,
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        seed=params.seed,
+    )
+    gen = await ctx.generate(spec, stage="sample")
+    candidates = tuple(
+        Candidate(text=c.text, answer=ctx.extract(c.text), tokens=c.tokens, finish_reason=c.finish_reason)
+        for c in gen.completions
+    )
+    votes = Counter(c.answer for c in candidates if c.answer is not None)
+    ctx.emit({"stage": "vote", "votes": dict(votes)})
+    if votes:
+        winner = votes.most_common(1)[0][0]  # Counter keeps first-seen order among equal counts
+        chosen = next(c for c in candidates if c.answer == winner)
+    else:
+        chosen = candidates[0]
+    return StrategyResult(
+        text=chosen.text,
+        answer=chosen.answer,
+        finish_reason="length" if chosen.finish_reason == "length" else "stop",
+        candidates=candidates,
+        info={"votes": dict(votes)},
+    )
+
+
+SPEC = StrategySpec(name="self_consistency", params=Params, run=run, summary="majority vote over n samples")

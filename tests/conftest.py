@@ -1,0 +1,26 @@
+"""Shared fixtures: one live service (Ray + a vLLM engine on the bundled `target`) per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory):
+    """The whole service on loopback: HTTP API, controller, SQLite, a Ray actor owning AsyncLLM."""
+    import ray
+
+    from deploy.serve import ServiceThread
+    from orchestrator.config import get_settings
+
+    settings = get_settings(port=0, data_dir=tmp_path_factory.mktemp("data"), kv_cache_gib=1.0)
+    svc = ServiceThread(settings)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        ray.shutdown()

@@ -1,0 +1,71 @@
+"""Pure strategy logic against a scripted engine (the real-engine path is tested in tests/api)."""
+
+import asyncio
+
+import pytest
+
+from orchestrator.context import StrategyContext
+from orchestrator.errors import BudgetExceeded
+from orchestrator.types import Completion, Generation, Problem, SamplingSpec, Usage
+from strategies import REGISTRY
+from verifiers import TaskAnswerVerifier
+
+
+class ScriptedEngine:
+    """Returns fixed texts and records every request."""
+
+    def __init__(self, texts):
+        self.texts = texts
+        self.requests: list[SamplingSpec] = []
+
+    async def generate(self, role, spec):
+        self.requests.append(spec)
+        comps = tuple(Completion(t, len(t) + 1, "stop") for t in self.texts[: spec.n])
+        return Generation(comps, Usage(prompt_tokens=10, completion_tokens=sum(c.tokens for c in comps)), worker="scripted-0")
+
+    async def render_chat(self, role, messages):
+        return messages[-1]["content"] + "\n"
+
+    def roles(self):
+        return frozenset({"policy"})
+
+
+def run(texts, **params):
+    engine = ScriptedEngine(texts)
+    calls = []
+
+    async def sink(call):
+        calls.append(call)
+
+    spec = REGISTRY["self_consistency"]
+    ctx = StrategyContext(engine=engine, verifier=TaskAnswerVerifier(), sink=sink, max_total_tokens=params.pop("budget", None))
+    result = asyncio.run(spec.run(Problem("q\n"), ctx, spec.params(**params)))
+    return result, engine, calls, ctx
+
+
+def test_majority_wins_and_usage_is_recorded():
+    texts = ["Answer: 5", "Answer: 7", "x\nAnswer: 7", "Answer: 5", "Answer: 7", "no answer"]
+    result, engine, calls, ctx = run(texts, n=6)
+    assert result.answer == "7" and result.text == "Answer: 7"
+    assert result.info["votes"] == {"5": 2, "7": 3}
+    assert engine.requests[0].n == 6 and engine.requests[0].max_tokens == 256
+    assert len(calls) == 1 and calls[0].stage == "sample" and calls[0].worker == "scripted-0"
+    assert ctx.usage.completion_tokens == sum(len(t) + 1 for t in texts)
+
+
+def test_tie_goes_to_first_seen_and_no_answer_returns_first_sample():
+    result, *_ = run(["Answer: 9", "Answer: 4"], n=2)
+    assert result.answer == "9"
+    result, *_ = run(["nothing", "still nothing"], n=2)
+    assert result.answer is None and result.text == "nothing"
+
+
+def test_budget_refuses_a_call_that_could_cross_it():
+    with pytest.raises(BudgetExceeded, match="exceed the budget of 100 tokens"):
+        run(["Answer: 1"], n=4, max_tokens=50, budget=100)
+
+
+@pytest.mark.parametrize("bad", [{"n": 0}, {"n": 10_000}, {"temperature": -1}, {"bogus": 1}])
+def test_params_reject_bad_values(bad):
+    with pytest.raises(Exception):
+        REGISTRY["self_consistency"].params(**bad)

@@ -1,0 +1,1 @@
+"""Workers: vLLM engines in Ray actors, addressed by model role."""
