@@ -46,6 +46,13 @@ def _validation_error_message(exc: RequestValidationError) -> tuple[str, str | N
     return (f"{where}: {first['msg']}" if where else first["msg"]), where or None
 
 
+def get_controller(request: Request) -> Controller:
+    return request.app.state.controller
+
+
+ControllerDep = Annotated[Controller, Depends(get_controller)]
+
+
 def create_app(settings: Settings, controller: Controller) -> FastAPI:
     """Build the app around a ready controller (engines and database are started by the caller)."""
     app = FastAPI(title="Test-time scaling service", version="0.1.0")
@@ -70,11 +77,6 @@ def create_app(settings: Settings, controller: Controller) -> FastAPI:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return _error(500, f"internal error: {type(exc).__name__}", type_="server_error", code="internal_error")
-
-    def get_controller(request: Request) -> Controller:
-        return request.app.state.controller
-
-    ControllerDep = Annotated[Controller, Depends(get_controller)]
 
     @app.get("/healthz")
     async def healthz(ctl: ControllerDep) -> dict[str, object]:

@@ -66,6 +66,7 @@ class ServiceThread:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        connect_ray(settings.ray_address)  # ray.init belongs on the main thread
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tts-service", daemon=True)
         self._thread.start()

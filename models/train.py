@@ -36,7 +36,7 @@ class Shape:
 
 SHAPES: dict[str, Shape] = {
     "draft": Shape(hidden=128, layers=4, heads=4, intermediate=384),
-    "target": Shape(hidden=256, layers=4, heads=4, intermediate=768),
+    "target": Shape(hidden=256, layers=4, heads=8, intermediate=768),
 }
 
 
@@ -177,6 +177,7 @@ def train_policy(name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction:
         "params": n_params,
         "train_seconds": round(time.time() - t0, 1),
         "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        "loss_every_50_steps": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)],
         "train_tokens": cfg.steps * cfg.batch * cfg.seq_len,
         "refine_fraction": refine_fraction,
         "config": asdict(cfg),

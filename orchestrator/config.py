@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
     model_path: Path = Field(REPO_ROOT / "models" / "target", description="Hugging Face directory of the policy.")
     model_name: str = Field("target", description="Name callers use in the request's `model` field.")
-    kv_cache_gib: float = Field(1.0, gt=0, description="KV-cache memory per CPU engine in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    kv_cache_gib: int = Field(1, ge=1, description="KV-cache memory per CPU engine, whole GiB (VLLM_CPU_KVCACHE_SPACE).")
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, in tokens.")
     ray_address: str | None = Field(None, description="Existing Ray cluster to join; default: start a local one.")
     default_strategy: str = Field("self_consistency", description="Strategy used when a request names none.")

@@ -17,7 +17,7 @@ def service(tmp_path_factory):
     from deploy.serve import ServiceThread
     from orchestrator.config import get_settings
 
-    settings = get_settings(port=0, data_dir=tmp_path_factory.mktemp("data"), kv_cache_gib=1.0)
+    settings = get_settings(port=0, data_dir=tmp_path_factory.mktemp("data"), kv_cache_gib=1)
     svc = ServiceThread(settings)
     try:
         yield svc

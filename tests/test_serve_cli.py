@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 def test_serve_starts_answers_and_stops(tmp_path):
     port = _free_port()
-    env = {**os.environ, "TTS_KV_CACHE_GIB": "0.5", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "TTS_KV_CACHE_GIB": "1", "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploy.serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],

@@ -22,7 +22,7 @@ class EngineConfig:
     model_path: Path
     dtype: str = "float32"
     max_model_len: int = 512
-    kv_cache_gib: float = 1.0
+    kv_cache_gib: int = 1
     max_num_seqs: int = 256
     seed: int = 0
     enable_prefix_caching: bool = True

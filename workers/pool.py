@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -136,4 +137,7 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None) -> N
     if address:
         ray.init(address=address)
     else:
+        # Ray starts workers at niceness 15 by default, which starves engine actors behind any other
+        # busy process on the node (the API itself, a benchmark's reference engine).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
