@@ -164,11 +164,19 @@ def policy_examples(
         chunk += 1
 
 
-def train_policy(name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction: float) -> dict:
-    """Train policy ``name`` (a key of SHAPES) from scratch and save it as a Hugging Face directory."""
+def train_policy(
+    name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction: float, resume: bool = False
+) -> dict:
+    """Train policy ``name`` (a key of SHAPES) and save it as a Hugging Face directory: from scratch, or
+    with ``resume`` as a further phase from the weights already in ``out_dir`` (fresh data: new seed)."""
     torch.manual_seed(cfg.seed)
     tok = tok_mod.build()
-    model = LlamaForCausalLM(llama_config(SHAPES[name], tok.get_vocab_size()))
+    if resume:
+        model = LlamaForCausalLM.from_pretrained(out_dir, torch_dtype=torch.float32)
+        earlier = json.loads((out_dir / "training.json").read_text())
+    else:
+        model = LlamaForCausalLM(llama_config(SHAPES[name], tok.get_vocab_size()))
+        earlier = {}
     n_params = sum(p.numel() for p in model.parameters())
     stream = (encode(tok, ex) for ex in policy_examples(cfg.seed, refine_fraction=refine_fraction))
     t0 = time.time()
@@ -182,6 +190,11 @@ def train_policy(name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction:
         "refine_fraction": refine_fraction,
         "config": asdict(cfg),
     }
+    if earlier:
+        phases = earlier.pop("earlier_phases", []) + [earlier]
+        info["earlier_phases"] = phases
+        info["train_seconds"] = round(info["train_seconds"] + sum(p["train_seconds"] for p in phases), 1)
+        info["train_tokens"] += sum(p["train_tokens"] for p in phases)
     save_model(model, out_dir, info)
     return info
 
