@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from models import task, tokenizer as tok_mod
 
@@ -164,19 +164,11 @@ def policy_examples(
         chunk += 1
 
 
-def train_policy(
-    name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction: float, resume: bool = False
-) -> dict:
-    """Train policy ``name`` (a key of SHAPES) and save it as a Hugging Face directory: from scratch, or
-    with ``resume`` as a further phase from the weights already in ``out_dir`` (fresh data: new seed)."""
+def train_policy(name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction: float) -> dict:
+    """Train policy ``name`` (a key of SHAPES) from scratch and save it as a Hugging Face directory."""
     torch.manual_seed(cfg.seed)
     tok = tok_mod.build()
-    if resume:
-        model = LlamaForCausalLM.from_pretrained(out_dir, torch_dtype=torch.float32)
-        earlier = json.loads((out_dir / "training.json").read_text())
-    else:
-        model = LlamaForCausalLM(llama_config(SHAPES[name], tok.get_vocab_size()))
-        earlier = {}
+    model = LlamaForCausalLM(llama_config(SHAPES[name], tok.get_vocab_size()))
     n_params = sum(p.numel() for p in model.parameters())
     stream = (encode(tok, ex) for ex in policy_examples(cfg.seed, refine_fraction=refine_fraction))
     t0 = time.time()
@@ -190,11 +182,6 @@ def train_policy(
         "refine_fraction": refine_fraction,
         "config": asdict(cfg),
     }
-    if earlier:
-        phases = earlier.pop("earlier_phases", []) + [earlier]
-        info["earlier_phases"] = phases
-        info["train_seconds"] = round(info["train_seconds"] + sum(p["train_seconds"] for p in phases), 1)
-        info["train_tokens"] += sum(p["train_tokens"] for p in phases)
     save_model(model, out_dir, info)
     return info
 
@@ -276,10 +263,12 @@ def save_model(model: LlamaForCausalLM, out_dir: Path, info: dict) -> None:
     """Write a directory vLLM loads: config, safetensors weights, tokenizer, generation config."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
+    # do_sample must accompany temperature, or transformers refuses to save a model loaded from here.
+    model.generation_config = GenerationConfig(
+        do_sample=True, temperature=0.8, top_p=1.0, max_new_tokens=256, eos_token_id=1, pad_token_id=0
+    )
     model.save_pretrained(out_dir, safe_serialization=True)
     tok_mod.save(out_dir)
-    generation = {"eos_token_id": 1, "pad_token_id": 0, "temperature": 0.8, "top_p": 1.0, "max_new_tokens": 256}
-    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
 

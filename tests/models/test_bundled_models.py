@@ -30,7 +30,8 @@ def test_policy_writes_well_formed_solutions(engines, name):
         assert s.finish == "stop", s.text
         assert verdicts and verdicts[-1].kind == "answer", s.text
         assert all(v.kind != "malformed" for v in verdicts), s.text
-    assert sum(task.check_answer(p, g[0].text).correct for p, g in zip(problems, groups)) >= 5
+    # Far above chance (a model that cannot add gets none of these right), well below what the cards report.
+    assert sum(task.check_answer(p, g[0].text).correct for p, g in zip(problems, groups)) >= 3
 
 
 def test_prm_scores_a_correct_step_above_its_corrupted_copy(engines):
