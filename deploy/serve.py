@@ -22,14 +22,22 @@ from fastapi import FastAPI
 from api.app import create_app
 from orchestrator.config import Settings, get_settings
 from orchestrator.controller import Controller
+from orchestrator.errors import ConfigError
 from orchestrator.db.store import Store
 from strategies import REGISTRY
 from verifiers import TaskAnswerVerifier
-from workers.engine import EngineConfig
-from workers.pool import WorkerPool, WorkerSpec, connect_ray
+from workers.config import PoolConfig, load_pool_config
+from workers.pool import WorkerPool, connect_ray
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def pool_config(settings: Settings) -> PoolConfig:
+    """The workers file when one is given, else the policy from ``settings``; TTS_WORKER_* overrides apply."""
+    policy = {"model": str(settings.model_path), "max_model_len": settings.max_model_len, "kv_cache_gib": settings.kv_cache_gib}
+    config = load_pool_config(settings.workers_file, default_roles={"policy": policy})
+    return config.model_copy(update={"call_timeout_s": settings.call_timeout_s}) if settings.workers_file is None else config
 
 
 @dataclass
@@ -44,8 +52,7 @@ class Service:
     async def start(cls, settings: Settings) -> Service:
         connect_ray(settings.ray_address)
         store = Store.from_url(settings.database)
-        engine = EngineConfig(model_path=settings.model_path, max_model_len=settings.max_model_len, kv_cache_gib=settings.kv_cache_gib)
-        pool = await WorkerPool.start([WorkerSpec(role="policy", engine=engine)])
+        pool = await WorkerPool.from_config(pool_config(settings))
         controller = Controller(
             engine=pool,
             store=store,
@@ -118,11 +125,18 @@ def main(
     port: Optional[int] = typer.Option(None, help="HTTP port (TTS_PORT; default 8000)."),
     model_path: Optional[Path] = typer.Option(None, help="Policy model directory (TTS_MODEL_PATH; default models/target)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder for SQLite (TTS_DATA_DIR; default data/)."),
+    workers_file: Optional[Path] = typer.Option(None, help="TOML file of model roles (TTS_WORKERS_FILE; see workers/config.py)."),
 ) -> None:
     """Serve the OpenAI-compatible reasoning endpoint until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in {"host": host, "port": port, "model_path": model_path, "data_dir": data_dir}.items() if v is not None}
-    asyncio.run(serve(get_settings(**overrides)))
+    given = {"host": host, "port": port, "model_path": model_path, "data_dir": data_dir, "workers_file": workers_file}
+    settings = get_settings(**{k: v for k, v in given.items() if v is not None})
+    try:
+        pool_config(settings)  # refuse a bad configuration before starting anything
+    except ConfigError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from None
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     model_name: str = Field("target", description="Name callers use in the request's `model` field.")
     kv_cache_gib: int = Field(1, ge=1, description="KV-cache memory per CPU engine, whole GiB (VLLM_CPU_KVCACHE_SPACE).")
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, in tokens.")
+    workers_file: Path | None = Field(
+        None, description="TOML file of model roles and their engines (see workers/config.py); default: `model_path` as the policy."
+    )
+    call_timeout_s: float = Field(600.0, gt=0, description="Deadline of one engine call, its one retry included.")
     ray_address: str | None = Field(None, description="Existing Ray cluster to join; default: start a local one.")
     default_strategy: str = Field("self_consistency", description="Strategy used when a request names none.")
     max_request_tokens: int = Field(200_000, ge=1, description="Ceiling on any one request's total tokens.")

@@ -6,8 +6,11 @@
     │   └── UnknownModel        no served model by that name (HTTP 404)
     ├── BudgetExceeded          a call would cross the request's budget (strategies catch it)
     ├── EngineError             a worker or its engine failed a call (HTTP 502)
+    │   ├── WorkerDied          the worker process or its engine died mid-call (retryable on another replica)
+    │   ├── EngineTimeout       a call ran past its deadline and was aborted (HTTP 504)
     │   └── EngineUnavailable   no worker serves the role asked for (HTTP 503)
-    └── StrategyError           a strategy broke its contract (HTTP 500)
+    ├── StrategyError           a strategy broke its contract (HTTP 500)
+    └── ConfigError             the service's own configuration is wrong (refuses to start)
 
 The API maps the tree to HTTP statuses in one handler; nothing below the API knows about HTTP.
 """
@@ -55,6 +58,15 @@ class EngineError(TTSError):
         self.worker = worker
 
 
+class WorkerDied(EngineError):
+    code = "worker_died"
+
+
+class EngineTimeout(EngineError):
+    status = 504
+    code = "engine_timeout"
+
+
 class EngineUnavailable(EngineError):
     status = 503
     code = "engine_unavailable"
@@ -63,3 +75,7 @@ class EngineUnavailable(EngineError):
 class StrategyError(TTSError):
     status = 500
     code = "strategy_error"
+
+
+class ConfigError(TTSError):
+    code = "config_error"

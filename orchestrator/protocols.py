@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Protocol, Sequence
 
 from pydantic import BaseModel
 
-from orchestrator.types import Generation, Problem, Role, SamplingSpec, StrategyResult
+from orchestrator.types import Generation, Problem, Role, SamplingSpec, Scores, ScoreSpec, StrategyResult, StreamDelta
 
 if TYPE_CHECKING:
     from orchestrator.context import StrategyContext
 
 
 class Engine(Protocol):
-    """Model roles served by workers. Cancelling an awaiting ``generate`` aborts the engine request."""
+    """Model roles served by workers. Cancelling an awaiting ``generate`` aborts the engine request, as does
+    ``abort`` with the spec's ``request_id`` (how one branch stops its siblings)."""
 
     async def generate(self, role: Role, spec: SamplingSpec) -> Generation: ...
+
+    def stream(self, role: Role, spec: SamplingSpec) -> AsyncIterator[StreamDelta]: ...
+
+    async def abort(self, request_ids: Sequence[str]) -> None: ...
+
+    async def score(self, role: Role, spec: ScoreSpec) -> Scores: ...
 
     async def render_chat(self, role: Role, messages: Sequence[dict[str, str]]) -> str: ...
 

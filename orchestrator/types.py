@@ -12,16 +12,75 @@ RequestState = Literal["queued", "running", "succeeded", "failed", "cancelled", 
 
 @dataclass(frozen=True)
 class SamplingSpec:
-    """One engine call: ``n`` completions of ``prompt``. ``max_tokens`` is always explicit (never an engine
-    default); ``seed`` None means the engine's own randomness."""
+    """One engine call: ``n`` completions of ``prompt`` (text, or token ids to skip tokenisation).
 
-    prompt: str
+    ``max_tokens`` is always explicit (never an engine default); ``seed`` None means the engine's own
+    randomness, otherwise completion i of the call is reproducible from (seed, i). ``logprobs`` asks for the
+    log-probability of every sampled token. ``ignore_eos`` keeps generating to ``max_tokens`` (benchmarks).
+    ``request_id`` names the call so that it can be aborted; the pool assigns one when it is None."""
+
+    prompt: str | tuple[int, ...]
     n: int = 1
     max_tokens: int = 256
     temperature: float = 0.8
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    logprobs: bool = False
+    ignore_eos: bool = False
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """Score a prompt without generating: log-probabilities of its own tokens from token ``start`` on.
+
+    ``prompt`` is text or token ids. Row i of the result is the distribution that predicts prompt token
+    ``start + i + 1`` (so ``start`` = 0 scores every token after the first). ``candidates``, when given, are
+    token ids whose log-probabilities are returned at every row as well (e.g. a PRM's ``+`` and ``-``)."""
+
+    prompt: str | tuple[int, ...]
+    start: int = 0
+    candidates: tuple[int, ...] = ()
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What a :class:`ScoreSpec` returned. ``token_ids`` is the whole tokenised prompt; ``logprobs[i]`` is
+    log P(token_ids[start + i + 1] | token_ids[: start + i + 1]); ``candidate_logprobs[i][j]`` is the
+    log-probability of ``candidates[j]`` at the same position."""
+
+    token_ids: tuple[int, ...]
+    start: int
+    logprobs: tuple[float, ...]
+    candidate_logprobs: tuple[tuple[float, ...], ...]
+    usage: Usage
+    worker: str = ""
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """A partial output of a streaming call: new text of completion ``index`` since the last delta,
+    its token count so far, and its finish reason once it is done."""
+
+    index: int
+    text: str
+    tokens: int
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of one engine, for benchmarks and load balancing. KV numbers are in cache blocks."""
+
+    worker: str
+    running: int
+    waiting: int
+    kv_blocks_total: int
+    kv_blocks_used: int
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
 
 
 @dataclass(frozen=True)
@@ -31,6 +90,7 @@ class Completion:
     text: str
     tokens: int
     finish_reason: FinishReason
+    token_logprobs: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)

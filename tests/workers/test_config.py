@@ -1,0 +1,53 @@
+"""Workers configuration: the TOML file, environment overrides, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from workers.config import load_pool_config
+from workers.pool import WorkerSpec
+
+
+def test_file_and_env_overrides(tmp_path):
+    f = tmp_path / "workers.toml"
+    f.write_text('call_timeout_s = 30\n[roles.policy]\nmodel = "models/target"\nreplicas = 2\n[roles.target]\nurl = "http://127.0.0.1:9"\n')
+    cfg = load_pool_config(f, env={"TTS_WORKER_POLICY_REPLICAS": "3", "TTS_WORKER_PRM_MODEL": "models/prm"})
+    assert cfg.call_timeout_s == 30
+    assert cfg.roles["policy"].replicas == 3 and cfg.roles["policy"].model.is_absolute()
+    assert cfg.roles["prm"].model.name == "prm"
+    remote = WorkerSpec.from_config("target", cfg.roles["target"])
+    assert remote.remote_url == "http://127.0.0.1:9" and remote.remote_model == "target" and remote.engine is None
+    local = WorkerSpec.from_config("policy", cfg.roles["policy"])
+    assert local.engine is not None and local.replicas == 3 and local.num_gpus == 0
+
+
+def test_defaults_without_a_file():
+    cfg = load_pool_config(None, env={}, default_roles={"policy": {"model": "models/draft"}})
+    assert list(cfg.roles) == ["policy"] and cfg.roles["policy"].max_model_len == 512
+
+
+@pytest.mark.parametrize(
+    "toml, env, match",
+    [
+        ('[roles.policy]\nmodel = "models/nope"\n', {}, "no Hugging Face model directory"),
+        ('[roles.policy]\nmodel = "models/draft"\nurl = "http://x"\n', {}, "exactly one of"),
+        ('[roles.policy]\nmodel = "models/draft"\nreplicas = 0\n', {}, "replicas"),
+        ('[roles.critic]\nmodel = "models/draft"\n', {}, "critic"),
+        ('[roles.policy]\nmodel = "models/draft"\ncolour = "red"\n', {}, "colour"),
+        ("[roles.policy\n", {}, "cannot read"),
+        ('[roles.policy]\nmodel = "models/draft"\n', {"TTS_WORKER_CRITIC_MODEL": "x"}, "TTS_WORKER_<ROLE>_<KEY>"),
+        ('[roles.policy]\nmodel = "models/draft"\n', {"TTS_WORKER_POLICY_SPEED": "9"}, "unknown key 'speed'"),
+        ('[roles.policy]\nmodel = "models/draft"\n', {"TTS_WORKER_POLICY_REPLICAS": "many"}, "replicas"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(tmp_path, toml, env, match):
+    f = tmp_path / "workers.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError, match=match):
+        load_pool_config(f, env=env)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read workers file"):
+        load_pool_config(tmp_path / "absent.toml", env={})

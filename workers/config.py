@@ -1,0 +1,114 @@
+"""Which engines serve which model roles: a TOML file, then environment overrides.
+
+    # workers.toml (every key optional except one of model / url per role)
+    call_timeout_s = 600           # deadline of any one engine call, retries included
+
+    [roles.policy]
+    model = "models/target"        # local Hugging Face directory, served by vLLM in Ray actors
+    replicas = 2
+
+    [roles.prm]
+    model = "models/prm"
+
+    [roles.target]
+    url = "http://10.0.0.5:8000"   # an external `vllm serve`; `served_model` names its model
+    served_model = "Qwen2.5-Math-7B-Instruct"
+
+Environment: ``TTS_WORKERS_FILE`` points at the file; ``TTS_WORKER_<ROLE>_<KEY>`` overrides one key of one role
+(``TTS_WORKER_POLICY_REPLICAS=2``, ``TTS_WORKER_PRM_MODEL=/models/math-shepherd``) and adds the role if absent.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Mapping, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.config import REPO_ROOT
+from orchestrator.errors import ConfigError
+from orchestrator.types import Role
+
+ROLES: tuple[str, ...] = get_args(Role)
+
+
+class RoleConfig(BaseModel):
+    """One model role. Local engines run as Ray actors; a ``url`` makes every replica a remote server."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: Path | None = Field(None, description="Local Hugging Face model directory (relative paths: from the repo root).")
+    url: str | None = Field(None, description="Base URL of an external `vllm serve` (OpenAI-compatible API).")
+    served_model: str | None = Field(None, description="Model name on the remote server; default: the role name.")
+    api_key: str | None = Field(None, description="Bearer token for the remote server.")
+    replicas: int = Field(1, ge=1, le=64, description="Engines serving this role (remote: connections to the one url).")
+    dtype: str = Field("float32", description="Weights and activations dtype (float32 on CPU; bfloat16 on most GPUs).")
+    max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, in tokens.")
+    kv_cache_gib: int = Field(1, ge=1, description="KV-cache memory per CPU engine, whole GiB.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of a GPU's memory per engine.")
+    gpus: float = Field(0.0, ge=0, description="GPUs per replica (Ray resource); 0 runs on CPU.")
+    cpus: float = Field(1.0, gt=0, description="CPUs per replica (Ray resource).")
+    seed: int = Field(0, description="Engine seed; replica i uses seed + i.")
+    max_num_seqs: int = Field(256, ge=1, description="Most sequences an engine runs at once.")
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> RoleConfig:
+        if (self.model is None) == (self.url is None):
+            raise ValueError("give exactly one of `model` (a local directory) or `url` (a remote vllm serve)")
+        if self.model is not None:
+            path = self.model if self.model.is_absolute() else REPO_ROOT / self.model
+            if not (path / "config.json").exists():
+                raise ValueError(f"no Hugging Face model directory (config.json) at {path}")
+            self.model = path
+        return self
+
+
+class PoolConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    roles: dict[Role, RoleConfig]
+    call_timeout_s: float = Field(600.0, gt=0, description="Deadline of one engine call, its one retry included.")
+    affinity_block: int = Field(64, ge=1, description="Prefix-affinity block: characters (text) or tokens (ids).")
+    affinity_min_blocks: int = Field(2, ge=1, description="Leading blocks a prompt must share to follow its prefix.")
+    affinity_max_imbalance: int = Field(8, ge=0, description="In-flight calls a preferred replica may exceed the idlest by.")
+
+
+def load_pool_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    default_roles: Mapping[str, Mapping[str, object]] | None = None,
+) -> PoolConfig:
+    """Read the file (``path``, else ``$TTS_WORKERS_FILE``, else ``default_roles``) and apply env overrides."""
+    env = os.environ if env is None else env
+    path = path or (Path(env["TTS_WORKERS_FILE"]) if env.get("TTS_WORKERS_FILE") else None)
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"cannot read workers file {path}: {err}") from None
+    else:
+        raw = {"roles": {k: dict(v) for k, v in (default_roles or {}).items()}}
+    roles = raw.setdefault("roles", {})
+    for key, value in env.items():
+        if not key.startswith("TTS_WORKER_") or key == "TTS_WORKERS_FILE":
+            continue
+        rest = key[len("TTS_WORKER_") :].lower()
+        role = next((r for r in ROLES if rest.startswith(r + "_")), None)
+        if role is None:
+            raise ConfigError(f"{key}: expected TTS_WORKER_<ROLE>_<KEY> with ROLE one of {', '.join(ROLES)}")
+        field = rest[len(role) + 1 :]
+        if field not in RoleConfig.model_fields:
+            raise ConfigError(f"{key}: unknown key {field!r}; known: {', '.join(RoleConfig.model_fields)}")
+        entry = roles.setdefault(role, {})
+        entry[field] = value
+        if field in ("model", "url"):  # an override of the backend replaces the other one
+            entry.pop("url" if field == "model" else "model", None)
+    try:
+        return PoolConfig.model_validate(raw)
+    except ValidationError as err:
+        where = f"workers file {path}" if path else "workers configuration"
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{where}: {details}") from None
