@@ -1,5 +1,16 @@
-"""Judges of solutions: answer equivalence (more verifiers arrive with the PRM work)."""
+"""Judges of solutions: answer equivalence, process reward models, an outcome judge, step clustering."""
 
-from verifiers.answers import TaskAnswerVerifier
+from verifiers.answers import ANSWER_VERIFIERS, MathAnswerVerifier, TaskAnswerVerifier, answer_verifier
+from verifiers.prm import JudgeFormat, MathShepherdPRM, OutcomeJudge, PRMFormat, StepScores
 
-__all__ = ["TaskAnswerVerifier"]
+__all__ = [
+    "ANSWER_VERIFIERS",
+    "JudgeFormat",
+    "MathAnswerVerifier",
+    "MathShepherdPRM",
+    "OutcomeJudge",
+    "PRMFormat",
+    "StepScores",
+    "TaskAnswerVerifier",
+    "answer_verifier",
+]

@@ -49,7 +49,9 @@ class RoleConfig(BaseModel):
     kv_cache_gib: int = Field(1, ge=1, description="KV-cache memory per CPU engine, whole GiB.")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of a GPU's memory per engine.")
     gpus: float = Field(0.0, ge=0, description="GPUs per replica (Ray resource); 0 runs on CPU.")
-    cpus: float = Field(1.0, gt=0, description="CPUs per replica (Ray resource).")
+    cpus: float = Field(
+        0.25, gt=0, description="Ray CPUs per replica. The actor mostly waits; vLLM's engine-core process does the work."
+    )
     seed: int = Field(0, description="Engine seed; replica i uses seed + i.")
     max_num_seqs: int = Field(256, ge=1, description="Most sequences an engine runs at once.")
 
@@ -106,6 +108,11 @@ def load_pool_config(
         entry[field] = value
         if field in ("model", "url"):  # an override of the backend replaces the other one
             entry.pop("url" if field == "model" else "model", None)
+    embedder = roles.get("embedder")
+    if embedder is not None and not embedder.get("model") and not embedder.get("url"):
+        from workers.embedder import default_model_path
+
+        embedder["model"] = str(default_model_path())  # the packaged all-MiniLM-L6-v2
     try:
         return PoolConfig.model_validate(raw)
     except ValidationError as err:

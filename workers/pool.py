@@ -14,6 +14,7 @@ import os
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import ray
@@ -22,6 +23,7 @@ from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from orchestrator.errors import EngineError, EngineTimeout, EngineUnavailable, TTSError, WorkerDied
 from orchestrator.types import EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta
 from workers.config import PoolConfig, RoleConfig
+from workers.embedder import SentenceEmbedder
 from workers.engine import EngineConfig, VllmEngine
 from workers.remote import RemoteEngine
 from workers.routing import AffinityConfig, PrefixRouter, Route
@@ -102,6 +104,31 @@ class EngineActor:
             self._engine = None
 
 
+@ray.remote
+class EmbedderActor:
+    """Ray actor around :class:`SentenceEmbedder`, loaded lazily like the engines (so restarts reload it)."""
+
+    def __init__(self, model_path: Path | None, name: str) -> None:
+        self._path = model_path
+        self._name = name
+        self._embedder: SentenceEmbedder | None = None
+
+    def _ready(self) -> SentenceEmbedder:
+        if self._embedder is None:
+            self._embedder = SentenceEmbedder(self._path, name=self._name)
+        return self._embedder
+
+    def start(self) -> str:
+        self._ready()
+        return self._name
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return self._ready().embed(texts)
+
+    def shutdown(self) -> None:
+        self._embedder = None
+
+
 # ---------------------------------------------------------------------------------------------- replicas
 
 
@@ -165,6 +192,9 @@ class ActorReplica:
     async def stats(self) -> EngineStats:
         return await self._await(self.handle.stats.remote())
 
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return await self._await(self.handle.embed.remote(list(texts)))
+
     async def shutdown(self) -> None:
         try:
             await self.handle.shutdown.remote()
@@ -200,14 +230,17 @@ class WorkerSpec:
     role: Role
     engine: EngineConfig | None = None
     replicas: int = 1
-    num_cpus: float = 1.0
+    num_cpus: float = 0.25  # the actor mostly waits; its engine-core process does the work
     num_gpus: float = 0.0
     remote_url: str | None = None
     remote_model: str | None = None
     api_key: str | None = None
+    embedder_path: Path | None = None  # role "embedder": a sentence-transformers directory
 
     @classmethod
     def from_config(cls, role: Role, rc: RoleConfig) -> WorkerSpec:
+        if role == "embedder":
+            return cls(role, replicas=rc.replicas, num_cpus=rc.cpus, embedder_path=rc.model)
         if rc.url is not None:
             return cls(role, replicas=rc.replicas, remote_url=rc.url, remote_model=rc.served_model or role, api_key=rc.api_key)
         assert rc.model is not None
@@ -263,6 +296,12 @@ class WorkerPool:
                 if spec.remote_url is not None:
                     remote = RemoteEngine(spec.remote_url, model=spec.remote_model or spec.role, name=name, api_key=spec.api_key)
                     replicas.setdefault(spec.role, []).append(RemoteReplica(remote))
+                    continue
+                if spec.role == "embedder":
+                    handle = EmbedderActor.options(
+                        name=f"tts-{tag}-{name}", num_cpus=spec.num_cpus, max_restarts=max_restarts, max_concurrency=4
+                    ).remote(spec.embedder_path, name)
+                    replicas.setdefault(spec.role, []).append(ActorReplica(name, handle))
                     continue
                 assert spec.engine is not None, f"role {spec.role}: neither a local engine nor a remote url"
                 handle = EngineActor.options(
@@ -395,8 +434,11 @@ class WorkerPool:
     async def render_chat(self, role: Role, messages: Sequence[dict[str, str]]) -> str:
         return await self._dispatch(role, "", uuid.uuid4().hex, lambda r: r.render_chat(messages))
 
+    async def embed(self, role: Role, texts: Sequence[str]) -> list[list[float]]:
+        return await self._dispatch(role, "", uuid.uuid4().hex, lambda r: r.embed(texts))
+
     async def stats(self, role: Role | None = None) -> list[EngineStats]:
-        group = self._group(role) if role else list(self._by_name.values())
+        group = self._group(role) if role else [r for name, r in self._by_name.items() if not name.startswith("embedder")]
         return list(await asyncio.gather(*(r.stats() for r in group)))
 
     async def shutdown(self) -> None:

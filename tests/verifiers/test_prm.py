@@ -1,0 +1,163 @@
+"""The PRM scorer, the outcome judge and step embeddings on the real pool (bundled `prm`, `target`, MiniLM)."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import task
+from orchestrator.errors import InvalidRequest
+from orchestrator.types import SamplingSpec
+from tests.workers.conftest import LoopThread
+from verifiers.embeddings import StepClusterer, cluster_vectors
+from verifiers.prm import JudgeFormat, MathShepherdPRM, OutcomeJudge, StepScores
+
+pytestmark = pytest.mark.engine
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.fixture(scope="module")
+def loop():
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture(scope="module")
+def pool(loop):
+    from workers.config import load_pool_config
+    from workers.pool import WorkerPool, connect_ray
+
+    connect_ray()
+    roles = {"policy": {"model": "models/target"}, "prm": {"model": "models/prm"}, "embedder": {}}
+    p = loop.run(WorkerPool.from_config(load_pool_config(None, env={}, default_roles=roles)), timeout=600)
+    yield p
+    loop.run(p.shutdown(), timeout=120)
+
+
+@pytest.fixture(scope="module")
+def prm(pool):
+    return MathShepherdPRM(pool)
+
+
+def test_engine_scores_equal_transformers(prm, loop):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    problem = task.generate("test", 1, seed=31, levels=[3])[0]
+    solution = _reference(problem)
+    solutions = [solution, solution.replace("=", "=1", 1)]  # and a copy with a wrong first step
+    got = loop.run(prm.score_many(problem.question, solutions))
+
+    tok = AutoTokenizer.from_pretrained(MODELS / "prm")
+    model = AutoModelForCausalLM.from_pretrained(MODELS / "prm", dtype=torch.float32).eval()
+    tag, good, bad = (tok(t, add_special_tokens=True)["input_ids"][-1] for t in (" ки", "+", "-"))
+    for s, scores in zip(solutions, got):
+        ids = tok(prm.render(problem.question, scores.steps), add_special_tokens=True)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        want = [torch.softmax(logp[p, [good, bad]], dim=-1)[0].item() for p, t in enumerate(ids) if t == tag]
+        assert len(want) == len(scores.scores) > 1
+        assert max(abs(a - b) for a, b in zip(scores.scores, want)) < 1e-3
+
+
+def _reference(problem: task.Problem) -> str:
+    return task.simulated_draft(problem, random.Random(0), slip_rate=0.0)
+
+
+def _auroc(pos: list[float], neg: list[float]) -> float:
+    from scipy.stats import mannwhitneyu
+
+    return mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg))
+
+
+def test_step_scores_separate_correct_from_incorrect_steps(pool, prm, loop):
+    problems = task.generate("test", 24, seed=77)
+    gens = loop.run(
+        _gather([pool.generate("policy", SamplingSpec(task.prompt_for(p.question), n=4, max_tokens=200, temperature=0.8, seed=i)) for i, p in enumerate(problems)])
+    )
+    questions, texts, verdicts = [], [], []
+    for p, g in zip(problems, gens):
+        for c in g.completions:
+            questions.append(p.question)
+            texts.append(c.text)
+            verdicts.append([v.on_track for v in task.check_steps(p, c.text)])
+    scored = loop.run(prm.score_many(questions, texts))
+    pos, neg = [], []
+    for s, v in zip(scored, verdicts):
+        assert len(s.scores) == len(v)
+        for score, ok in zip(s.scores, v):
+            (pos if ok else neg).append(score)
+    assert pos and neg
+    auroc = _auroc(pos, neg)
+    print(f"PRM step AUROC on {len(pos) + len(neg)} steps of 96 target samples: {auroc:.3f}")
+    assert auroc >= 0.75
+
+
+async def _gather(coros):
+    import asyncio
+
+    return await asyncio.gather(*coros)
+
+
+def test_aggregations_and_partial_steps(prm, loop):
+    s = StepScores(("a", "b", "c"), (0.9, 0.5, 0.8), usage=None)  # type: ignore[arg-type]
+    assert s.aggregate("last") == 0.8 and s.aggregate("min") == 0.5
+    assert math.isclose(s.aggregate("prod"), 0.36) and math.isclose(s.aggregate("mean"), 2.2 / 3)
+    with pytest.raises(InvalidRequest, match="unknown aggregation"):
+        s.aggregate("median")  # type: ignore[arg-type]
+    problem = task.generate("test", 1, seed=32, levels=[3])[0]
+    full = _reference(problem)
+    partial = full[: len(full) // 2]  # cut mid-step, as after tau tokens
+    scores = loop.run(prm.score(problem.question, partial))
+    assert len(scores.steps) == len(task.split_steps(partial)) and all(0 <= x <= 1 for x in scores.scores)
+
+
+def test_bad_input_is_documented_or_a_clear_error(pool, prm, loop):
+    empty = loop.run(prm.score("1+1", ""))
+    assert empty.steps == () and empty.aggregate() == 0.0
+    assert loop.run(prm.score("1+1", "\n\n  \n")).steps == ()
+    with pytest.raises(InvalidRequest, match="longer than|maximum context|exceeds"):
+        loop.run(prm.score("1+1", "\n".join(["12+34=46"] * 80)))
+    with pytest.raises(InvalidRequest, match="step tag"):
+        loop.run(prm.score("1+1", "1+1=2 ки\nAnswer: 2"))
+    # The worker survived all of it.
+    assert loop.run(prm.score("3+4", "3+4=7\nAnswer: 7")).scores
+
+
+def test_outcome_judge_prefers_correct_solutions(pool, loop):
+    # The bundled PRM doubles as an outcome judge: the solution laid out as it was trained on, read at the
+    # final tag (P(+) vs P(-) for the answer line).
+    judge = OutcomeJudge(pool, role="prm", fmt=JudgeFormat(template="{question}\n{solution} ки", yes="+", no="-"))
+    problems = task.generate("test", 12, seed=33, levels=[1, 2])
+    right, wrong = [], []
+    for p in problems:
+        good = _reference(p)
+        bad = good.replace(f"Answer: {p.answer}", f"Answer: {p.answer + 7}")
+        right.append(loop.run(judge.judge(p.question, " ки\n".join(task.split_steps(good)))))
+        wrong.append(loop.run(judge.judge(p.question, " ки\n".join(task.split_steps(bad)))))
+    assert all(0 <= x <= 1 for x in right + wrong)
+    assert np.mean(right) > np.mean(wrong)
+    assert loop.run(judge.judge("1+1", "  ")) == 0.0
+
+
+def test_identical_steps_cluster_together_and_different_ones_apart(pool, loop):
+    clusterer = StepClusterer(pool)
+    steps = [
+        "Multiply 12 by 4 to get 48.",
+        "Multiply 12 by 4 to get 48.",
+        "12 times 4 equals 48.",
+        "The capital of France is Paris.",
+        "Subtract 9 from 50, giving 41.",
+    ]
+    labels = loop.run(clusterer.cluster(steps))
+    assert labels[0] == labels[1]
+    assert len({labels[0], labels[3], labels[4]}) == 3
+    vectors = loop.run(clusterer.embed(steps))
+    assert vectors.shape == (5, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    assert loop.run(clusterer.cluster([])) == []
+    assert cluster_vectors(np.eye(3)) == [0, 1, 2] and cluster_vectors(np.ones((2, 4))) == [0, 0]

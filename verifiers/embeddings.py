@@ -1,0 +1,48 @@
+"""Step embeddings and clustering, for strategies that keep semantically different branches (ETS).
+
+Embeddings come from the pool's `embedder` role (a sentence-transformers model in a Ray actor); clustering is
+scipy's agglomerative clustering on cosine distance, cut where clusters stop being closer than ``threshold``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+
+from orchestrator.errors import InvalidRequest
+from orchestrator.protocols import Engine
+from orchestrator.types import Role
+
+
+def cluster_vectors(vectors: np.ndarray, *, threshold: float = 0.15, method: str = "average") -> list[int]:
+    """Cluster labels 0..k-1 in order of first appearance; ``threshold`` is the largest cosine distance
+    (1 - cosine similarity) at which two clusters are still merged."""
+    n = len(vectors)
+    if n == 0:
+        return []
+    if n == 1:
+        return [0]
+    if not 0 <= threshold <= 2:
+        raise InvalidRequest(f"cluster threshold {threshold} outside [0, 2] (cosine distance)", param="threshold")
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    raw = fcluster(linkage(unit, method=method, metric="cosine"), t=threshold, criterion="distance")
+    first: dict[int, int] = {}
+    return [first.setdefault(int(c), len(first)) for c in raw]
+
+
+class StepClusterer:
+    def __init__(self, engine: Engine, *, role: Role = "embedder", threshold: float = 0.15) -> None:
+        self.engine = engine
+        self.role = role
+        self.threshold = threshold
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(await self.engine.embed(self.role, list(texts)), dtype=float).reshape(len(texts), -1)
+
+    async def cluster(self, texts: Sequence[str]) -> list[int]:
+        """A cluster label per text: equal labels mean the steps say the same thing."""
+        if not texts:
+            return []
+        return cluster_vectors(await self.embed(texts), threshold=self.threshold)
