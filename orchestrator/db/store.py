@@ -10,7 +10,8 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from orchestrator.db.models import Base, RequestRecord, SubCallRecord
+from orchestrator.db import migrate
+from orchestrator.db.models import RequestRecord, SubCallRecord
 from orchestrator.types import RequestState, StrategyResult, SubCall, Usage
 
 
@@ -38,15 +39,30 @@ class Store:
         engine = create_engine(url, pool_pre_ping=True)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(engine)
+        migrate.upgrade(engine)  # the migrations own the schema; an up-to-date database is left as it is
         return cls(engine)
+
+    def recover_interrupted(self) -> int:
+        """Mark requests a crash left queued or running as failed, with the reason; returns how many."""
+        with self._session.begin() as s:
+            rows = s.scalars(select(RequestRecord).where(RequestRecord.state.in_(("queued", "running")))).all()
+            for rec in rows:
+                rec.state = "failed"
+                rec.error = "interrupted: the service stopped while this request was running"
+                rec.finished_at = datetime.now(timezone.utc)
+            return len(rows)
 
     def session(self) -> Session:
         return self._session()
 
     def create_request(self, *, request_id: str, model: str, strategy: str, params: dict, prompt: str) -> None:
         with self._session.begin() as s:
-            s.add(RequestRecord(id=request_id, state="running", model=model, strategy=strategy, params=params, prompt=prompt))
+            now = datetime.now(timezone.utc)
+            s.add(
+                RequestRecord(
+                    id=request_id, state="running", model=model, strategy=strategy, params=params, prompt=prompt, created_at=now, started_at=now
+                )
+            )
 
     def add_subcall(self, request_id: str, call: SubCall) -> None:
         with self._session.begin() as s:

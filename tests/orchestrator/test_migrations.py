@@ -1,0 +1,49 @@
+"""Alembic migrations own the schema: they build exactly the models, downgrade cleanly, and rerun safely."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from orchestrator.db import migrate
+from orchestrator.db.models import Base
+from orchestrator.db.store import Store
+
+
+def test_upgrade_builds_exactly_the_models_and_downgrade_removes_them(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    migrate.upgrade(engine)
+    assert migrate.current(engine) is not None
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == [], f"migrations and models differ: {diff}"
+    assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+
+    migrate.downgrade(engine, "base")
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    assert migrate.current(engine) is None
+    migrate.upgrade(engine)  # and back up again
+    assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+
+
+def test_store_opens_an_up_to_date_database_as_it_is(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    store = Store.from_url(url)
+    store.create_request(request_id="r1", model="m", strategy="s", params={}, prompt="p")
+    again = Store.from_url(url)
+    assert again.get_request("r1") is not None
+
+
+def test_requests_left_running_by_a_crash_are_failed_at_start(tmp_path):
+    store = Store.from_url(f"sqlite:///{tmp_path / 'c.db'}")
+    store.create_request(request_id="crashed", model="m", strategy="s", params={}, prompt="p")
+    store.create_request(request_id="done", model="m", strategy="s", params={}, prompt="p")
+    from orchestrator.types import Usage
+
+    store.finish_request("done", state="succeeded", usage=Usage(1, 2, 0))
+    assert store.recover_interrupted() == 1
+    crashed = store.get_request("crashed")
+    assert crashed.state == "failed" and "interrupted" in crashed.error and crashed.finished_at is not None
+    assert store.get_request("done").state == "succeeded"
+    assert store.recover_interrupted() == 0
