@@ -23,6 +23,7 @@ from api.schemas import (
     TTSInfo,
     UsageBody,
 )
+from orchestrator.budget import Budget
 from orchestrator.config import Settings
 from orchestrator.controller import Controller, ReasoningRequest
 from orchestrator.errors import InvalidRequest, TTSError
@@ -100,6 +101,7 @@ def create_app(settings: Settings, controller: Controller) -> FastAPI:
             strategy=body.strategy or settings.default_strategy,
             params=body.strategy_params,
             max_total_tokens=body.max_total_tokens,
+            budget=Budget(**body.budget.model_dump()) if body.budget else None,
         )
         out = await ctl.reason(req)
         r = out.result
@@ -120,6 +122,8 @@ def create_app(settings: Settings, controller: Controller) -> FastAPI:
                 answer=r.answer,
                 subcalls=out.subcalls,
                 latency_s=round(out.latency_s, 4),
+                verifier_tokens=out.verifier_tokens,
+                cost_usd=out.cost_usd,
                 candidates=[
                     CandidateBody(text=c.text, answer=c.answer, completion_tokens=c.tokens, finish_reason=c.finish_reason)
                     for c in r.candidates

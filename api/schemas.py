@@ -14,9 +14,20 @@ class Message(BaseModel):
     content: str
 
 
+class BudgetBody(BaseModel):
+    """Limits on one request, enforced on every engine call (see orchestrator/budget.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total_tokens: int | None = Field(None, gt=0, description="Prompt + completion tokens of every sub-call, scoring included.")
+    sequential_tokens: int | None = Field(None, gt=0, description="Longest chain of dependent generated tokens.")
+    cost_usd: float | None = Field(None, gt=0, description="Dollars, from the price table.")
+    deadline_s: float | None = Field(None, gt=0, description="Seconds; no new engine call starts after it.")
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat request; unknown OpenAI fields are ignored. Extension fields (send them with the SDK's
-    ``extra_body``): ``strategy``, ``strategy_params`` and ``max_total_tokens``."""
+    ``extra_body``): ``strategy``, ``strategy_params``, ``max_total_tokens`` and ``budget``."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -27,6 +38,7 @@ class ChatCompletionRequest(BaseModel):
     strategy: str | None = Field(None, description="Strategy name; default: the server's default strategy.")
     strategy_params: dict[str, Any] = Field(default_factory=dict, description="The strategy's parameters.")
     max_total_tokens: int | None = Field(None, description="Budget: prompt + completion tokens over all sub-calls.")
+    budget: BudgetBody | None = Field(None, description="Every budget limit (total/sequential tokens, dollars, deadline).")
 
 
 class ChoiceMessage(BaseModel):
@@ -66,6 +78,8 @@ class TTSInfo(BaseModel):
     answer: str | None
     subcalls: int
     latency_s: float
+    verifier_tokens: int = Field(0, description="Tokens scored by verifiers (PRM, judge); counted against the budget.")
+    cost_usd: float = Field(0.0, description="Dollar cost from the price table (0 when no price is set).")
     candidates: list[CandidateBody]
     info: dict[str, Any]
 

@@ -10,11 +10,12 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.budget import Budget, BudgetMeter, Price
 from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
 from orchestrator.errors import BudgetExceeded, InvalidRequest, TTSError, UnknownModel, UnknownStrategy
@@ -31,6 +32,7 @@ class ReasoningRequest:
     strategy: str
     params: Mapping[str, object]
     max_total_tokens: int | None = None
+    budget: Budget | None = None  # every limit; ``max_total_tokens`` is the same as budget.total_tokens
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class ReasoningResponse:
     usage: Usage
     subcalls: int
     latency_s: float
+    verifier_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 def _validation_message(err: ValidationError) -> tuple[str, str | None]:
@@ -62,6 +66,7 @@ class Controller:
         verifier: AnswerVerifier,
         models: Mapping[str, Role],
         max_request_tokens: int,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -69,6 +74,7 @@ class Controller:
         self.verifier = verifier
         self.models = models
         self.max_request_tokens = max_request_tokens
+        self.prices: dict[str, Price] = dict(prices or {})  # by role
 
     def validate(self, req: ReasoningRequest) -> tuple[StrategySpec, BaseModel, Role]:
         """Check everything that can be checked before any compute is spent; raise InvalidRequest."""
@@ -88,12 +94,21 @@ class Controller:
             raise InvalidRequest("messages must contain at least one non-empty message", param="messages")
         if req.max_total_tokens is not None and req.max_total_tokens <= 0:
             raise InvalidRequest("max_total_tokens must be positive", param="max_total_tokens")
-        return spec, params, self.models[req.model]
+        role = self.models[req.model]
+        if req.budget is not None and req.budget.cost_usd is not None and role not in self.prices:
+            raise InvalidRequest(f"budget.cost_usd needs a price for model {req.model!r}; none is configured", param="budget.cost_usd")
+        return spec, params, role
+
+    def budget_for(self, req: ReasoningRequest) -> Budget:
+        """The request's limits, its token limit capped by the server's ceiling."""
+        given = req.budget or Budget()
+        totals = [t for t in (given.total_tokens, req.max_total_tokens, self.max_request_tokens) if t is not None]
+        return Budget(min(totals), given.sequential_tokens, given.cost_usd, given.deadline_s)
 
     async def reason(self, req: ReasoningRequest) -> ReasoningResponse:
         spec, params, role = self.validate(req)
         prompt = await self.engine.render_chat(role, req.messages)
-        budget = min(req.max_total_tokens or self.max_request_tokens, self.max_request_tokens)
+        budget = self.budget_for(req)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         await self.store.acreate_request(
             request_id=request_id, model=req.model, strategy=spec.name, params=params.model_dump(), prompt=prompt
@@ -105,7 +120,8 @@ class Controller:
             calls += 1
             await self.store.aadd_subcall(request_id, call)
 
-        ctx = StrategyContext(engine=self.engine, verifier=self.verifier, sink=sink, policy_role=role, max_total_tokens=budget)
+        meter = BudgetMeter(budget, prices=self.prices)
+        ctx = StrategyContext(engine=self.engine, verifier=self.verifier, sink=sink, policy_role=role, meter=meter)
         start = time.perf_counter()
         try:
             result = await spec.run(Problem(prompt=prompt), ctx, params)
@@ -113,8 +129,8 @@ class Controller:
             await asyncio.shield(self.store.afinish_request(request_id, state="cancelled", usage=ctx.usage, error="cancelled by the caller"))
             raise
         except BudgetExceeded as err:
-            await self.store.afinish_request(request_id, state="budget_exhausted", usage=ctx.usage, error=err.message)
-            raise
+            # The strategy let the refusal through: it had nothing better, so the answer is empty.
+            result = StrategyResult(text="", answer=None, finish_reason="budget", info={"budget": err.message})
         except TTSError as err:
             await self.store.afinish_request(request_id, state="failed", usage=ctx.usage, error=f"{type(err).__name__}: {err.message}")
             raise
@@ -122,8 +138,12 @@ class Controller:
             log.exception("request %s failed", request_id)
             await self.store.afinish_request(request_id, state="failed", usage=ctx.usage, error=f"{type(err).__name__}: {err}")
             raise
+        if ctx.budget_limited and result.finish_reason != "budget":
+            result = replace(result, finish_reason="budget")  # the budget shaped this answer: say so
         state = "budget_exhausted" if result.finish_reason == "budget" else "succeeded"
-        await self.store.afinish_request(request_id, state=state, usage=ctx.usage, result=result)
+        await self.store.afinish_request(
+            request_id, state=state, usage=ctx.usage, result=result, verifier_tokens=ctx.verifier_tokens, cost_usd=ctx.cost_usd, budget=budget.as_dict()
+        )
         return ReasoningResponse(
             request_id=request_id,
             model=req.model,
@@ -132,6 +152,8 @@ class Controller:
             usage=ctx.usage,
             subcalls=calls,
             latency_s=time.perf_counter() - start,
+            verifier_tokens=ctx.verifier_tokens,
+            cost_usd=ctx.cost_usd,
         )
 
 

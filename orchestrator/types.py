@@ -168,3 +168,5 @@ class SubCall:
     latency_s: float
     worker: str
     finish_reasons: tuple[FinishReason, ...]
+    cost_usd: float = 0.0
+    kind: Literal["generate", "score"] = "generate"

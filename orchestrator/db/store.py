@@ -78,6 +78,8 @@ class Store:
                     prompt_tokens=call.usage.prompt_tokens,
                     cached_tokens=call.usage.cached_tokens,
                     completion_tokens=call.usage.completion_tokens,
+                    verifier_tokens=call.usage.total_tokens if call.kind == "score" else 0,
+                    cost_usd=call.cost_usd,
                     latency_s=call.latency_s,
                     finish_reasons=list(call.finish_reasons),
                 )
@@ -91,6 +93,9 @@ class Store:
         usage: Usage,
         result: StrategyResult | None = None,
         error: str | None = None,
+        verifier_tokens: int = 0,
+        cost_usd: float = 0.0,
+        budget: dict | None = None,
     ) -> None:
         with self._session.begin() as s:
             rec = s.get(RequestRecord, request_id)
@@ -102,6 +107,7 @@ class Store:
             rec.completion_tokens = usage.completion_tokens
             rec.finished_at = datetime.now(timezone.utc)
             rec.error = error
+            rec.verifier_tokens, rec.cost_usd, rec.budget = verifier_tokens, cost_usd, budget
             if result is not None:
                 rec.answer, rec.text, rec.finish_reason = result.answer, result.text, result.finish_reason
 

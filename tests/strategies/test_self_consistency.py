@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 
+from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
 from orchestrator.types import Completion, Generation, Problem, SamplingSpec, Usage
@@ -38,7 +39,8 @@ def run(texts, **params):
         calls.append(call)
 
     spec = REGISTRY["self_consistency"]
-    ctx = StrategyContext(engine=engine, verifier=TaskAnswerVerifier(), sink=sink, max_total_tokens=params.pop("budget", None))
+    meter = BudgetMeter(Budget(total_tokens=params.pop("budget", None)))
+    ctx = StrategyContext(engine=engine, verifier=TaskAnswerVerifier(), sink=sink, meter=meter)
     result = asyncio.run(spec.run(Problem("q\n"), ctx, spec.params(**params)))
     return result, engine, calls, ctx
 
@@ -60,9 +62,12 @@ def test_tie_goes_to_first_seen_and_no_answer_returns_first_sample():
     assert result.answer is None and result.text == "nothing"
 
 
-def test_budget_refuses_a_call_that_could_cross_it():
-    with pytest.raises(BudgetExceeded, match="exceed the budget of 100 tokens"):
-        run(["Answer: 1"], n=4, max_tokens=50, budget=100)
+def test_budget_cuts_max_tokens_to_what_is_left_and_refuses_when_nothing_is():
+    result, engine, calls, ctx = run(["Answer: 1"] * 4, n=4, max_tokens=50, budget=100)
+    # prompt "q\n" is bounded by 3 bytes + 2 = 5 tokens; (100 - 5) // 4 = 23 tokens per sample
+    assert engine.requests[0].max_tokens == 24 and ctx.budget_limited
+    with pytest.raises(BudgetExceeded, match="no room"):
+        run(["Answer: 1"], n=4, max_tokens=50, budget=6)  # 2 tokens left for 4 samples
 
 
 @pytest.mark.parametrize("bad", [{"n": 0}, {"n": 10_000}, {"temperature": -1}, {"bogus": 1}])

@@ -1,0 +1,54 @@
+"""Budgets on the real path: a 300-token request stays within 300 tokens in the ledger and says `budget`."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from models import task
+
+pytestmark = pytest.mark.engine
+
+
+def _post(service, **body) -> httpx.Response:
+    base = {"model": "target", "messages": [{"role": "user", "content": task.generate("test", 1, seed=41)[0].question}]}
+    return httpx.post(service.base_url + "/v1/chat/completions", json=base | body, timeout=300)
+
+
+def test_300_token_budget_is_never_overspent_and_ends_with_budget(service):
+    r = _post(service, strategy_params={"n": 8, "max_tokens": 256}, budget={"total_tokens": 300})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["choices"][0]["finish_reason"] == "budget"
+    record = service.service.store.get_request(data["id"])
+    ledger = sum(c.prompt_tokens + c.completion_tokens + c.verifier_tokens for c in record.subcalls)
+    assert ledger <= 300  # bound: 0 extra tokens with this byte-level tokenizer (see orchestrator/budget.py)
+    assert ledger == data["usage"]["total_tokens"] + data["tts"]["verifier_tokens"]
+    assert record.state == "budget_exhausted" and record.budget == {"total_tokens": 300}
+    # The cut samples are still voted on: an answer (maybe None) with every candidate cut by length.
+    assert len(data["tts"]["candidates"]) == 8
+
+
+def test_a_budget_too_small_for_any_call_returns_an_empty_budget_answer(service):
+    r = _post(service, budget={"total_tokens": 20})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["choices"][0]["finish_reason"] == "budget" and data["tts"]["answer"] is None
+    assert data["usage"]["total_tokens"] == 0
+    assert service.service.store.get_request(data["id"]).state == "budget_exhausted"
+
+
+@pytest.mark.parametrize(
+    "budget, needle",
+    [
+        ({"total_tokens": 0}, "budget.total_tokens"),
+        ({"total_tokens": -3}, "budget.total_tokens"),
+        ({"deadline_s": 0}, "budget.deadline_s"),
+        ({"tokens": 100}, "budget.tokens"),
+        ({"cost_usd": 0.01}, "needs a price"),
+    ],
+)
+def test_bad_budgets_are_clear_400s(service, budget, needle):
+    r = _post(service, budget=budget)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]["message"] + str(r.json()["error"].get("param"))

@@ -1,0 +1,72 @@
+"""Budget admission and charging (pure logic; the real-engine path is in tests/api/test_budgets.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.budget import Budget, BudgetMeter, Price
+from orchestrator.errors import BudgetExceeded, InvalidRequest
+from orchestrator.types import Usage
+
+
+@pytest.mark.parametrize("field", ["total_tokens", "sequential_tokens", "cost_usd", "deadline_s"])
+@pytest.mark.parametrize("value", [0, -5])
+def test_zero_or_negative_limits_are_refused(field, value):
+    with pytest.raises(InvalidRequest, match=f"budget.{field} must be positive"):
+        Budget(**{field: value})
+
+
+def test_concurrent_reservations_cannot_jointly_overspend():
+    m = BudgetMeter(Budget(total_tokens=300))
+    a = m.admit(role="policy", prompt_bound=20, n=4, max_tokens=50)  # 220 reserved
+    b = m.admit(role="policy", prompt_bound=20, n=4, max_tokens=50)  # 60 left after its prompt: 15 per sample
+    assert (a.max_tokens, b.max_tokens) == (50, 15) and b.truncated
+    with pytest.raises(BudgetExceeded):
+        m.admit(role="policy", prompt_bound=20, n=1, max_tokens=5)
+    m.settle(a, role="policy", usage=Usage(18, 120, 0), longest_sequence=50)
+    m.settle(b, role="policy", usage=Usage(18, 40, 0), longest_sequence=10)
+    assert m.spent_tokens == 196 <= 300 and m.reserved_tokens == 0
+    c = m.admit(role="policy", prompt_bound=20, n=2, max_tokens=100)
+    assert c.max_tokens == (300 - 196 - 20) // 2
+
+
+def test_sequential_tokens_follow_the_dependency_chain():
+    m = BudgetMeter(Budget(sequential_tokens=100))
+    r1 = m.admit(role="policy", prompt_bound=5, n=8, max_tokens=60)  # parallel round: chain 0 + 60
+    r2 = m.admit(role="policy", prompt_bound=5, n=8, max_tokens=60)  # started before r1 finished
+    assert r1.max_tokens == r2.max_tokens == 60
+    m.settle(r1, role="policy", usage=Usage(5, 400, 0), longest_sequence=55)
+    m.settle(r2, role="policy", usage=Usage(5, 400, 0), longest_sequence=60)
+    assert m.longest_chain == 60
+    r3 = m.admit(role="policy", prompt_bound=5, n=1, max_tokens=60)  # depends on the round: 40 left
+    assert r3.max_tokens == 40 and r3.truncated
+
+
+def test_cost_budget_uses_prices_and_needs_them():
+    price = Price(prompt=1.0, cached=0.1, completion=2.0)  # $ per million tokens
+    assert price.cost(Usage(1000, 500, 400)) == pytest.approx((600 * 1 + 400 * 0.1 + 500 * 2) / 1e6)
+    m = BudgetMeter(Budget(cost_usd=0.001), prices={"policy": price})
+    r = m.admit(role="policy", prompt_bound=100, n=2, max_tokens=1000)
+    assert r.max_tokens == int((0.001 - 100e-6) // (2 * 2e-6))
+    with pytest.raises(InvalidRequest, match="needs a price for role 'prm'"):
+        m.admit(role="prm", prompt_bound=10, n=1, max_tokens=1, generates=False)
+
+
+def test_deadline_refuses_new_calls():
+    now = [0.0]
+    m = BudgetMeter(Budget(deadline_s=5), clock=lambda: now[0])
+    m.admit(role="policy", prompt_bound=1, n=1, max_tokens=1)
+    now[0] = 5.0
+    with pytest.raises(BudgetExceeded, match="deadline"):
+        m.admit(role="policy", prompt_bound=1, n=1, max_tokens=1)
+    assert m.limited
+
+
+def test_scoring_is_never_cut_only_admitted_whole():
+    m = BudgetMeter(Budget(total_tokens=50))
+    r = m.admit(role="prm", prompt_bound=40, n=1, max_tokens=1, generates=False)
+    assert r.max_tokens == 1
+    with pytest.raises(BudgetExceeded):
+        m.admit(role="prm", prompt_bound=40, n=1, max_tokens=1, generates=False)
+    m.release(r)
+    assert m.reserved_tokens == 0
