@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Annotated, Any
@@ -25,8 +26,8 @@ from api.schemas import (
 )
 from orchestrator.budget import Budget
 from orchestrator.config import Settings
-from orchestrator.controller import Controller, ReasoningRequest
-from orchestrator.errors import InvalidRequest, TTSError
+from orchestrator.controller import Controller, ReasoningRequest, TenantRef
+from orchestrator.errors import InvalidRequest, TTSError, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def create_app(settings: Settings, controller: Controller) -> FastAPI:
         return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "tts"} for m in sorted(ctl.models)]}
 
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={400: {"model": ErrorBody}})
-    async def chat_completions(body: ChatCompletionRequest, ctl: ControllerDep) -> ChatCompletionResponse:
+    async def chat_completions(body: ChatCompletionRequest, ctl: ControllerDep, request: Request) -> ChatCompletionResponse:
         if body.stream:
             raise InvalidRequest("stream=true is not supported yet; send stream=false", param="stream")
         if not 1 <= body.n <= MAX_N_CHOICES:
@@ -103,7 +104,7 @@ def create_app(settings: Settings, controller: Controller) -> FastAPI:
             max_total_tokens=body.max_total_tokens,
             budget=Budget(**body.budget.model_dump()) if body.budget else None,
         )
-        out = await ctl.reason(req)
+        out = await ctl.reason(req, tenant=await _tenant(ctl, request, required=settings.require_api_key))
         r = out.result
         return ChatCompletionResponse(
             id=out.request_id,
@@ -133,3 +134,16 @@ def create_app(settings: Settings, controller: Controller) -> FastAPI:
         )
 
     return app
+
+
+async def _tenant(ctl: Controller, request: Request, *, required: bool) -> TenantRef | None:
+    """The tenant of the request's bearer key. Unknown keys are anonymous unless keys are required (SDKs
+    always send some key, so an unrequired one cannot be told apart from a typo)."""
+    header = request.headers.get("authorization", "")
+    key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    tenant = await asyncio.to_thread(ctl.store.tenant_for_key, key) if key else None
+    if tenant is None:
+        if required:
+            raise Unauthorized("a valid API key is required: send it as `Authorization: Bearer <key>`")
+        return None
+    return TenantRef(tenant.id, tenant.name, tenant.tokens_per_day, tenant.max_concurrent)

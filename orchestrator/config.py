@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(None, description="Existing Ray cluster to join; default: start a local one.")
     default_strategy: str = Field("self_consistency", description="Strategy used when a request names none.")
     max_request_tokens: int = Field(200_000, ge=1, description="Ceiling on any one request's total tokens.")
+    require_api_key: bool = Field(
+        False, description="Refuse requests without a tenant's API key (401); otherwise keyless requests run unmetered."
+    )
 
     @property
     def database(self) -> str:

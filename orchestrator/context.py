@@ -56,7 +56,7 @@ class StrategyContext:
         """Run ``spec`` on ``role`` (default: the policy). Its ``max_tokens`` may come back cut by the budget:
         compare with ``Completion.finish_reason == "length"`` or check ``budget_limited``."""
         role = role or self.policy_role
-        r = self.meter.admit(role=role, prompt_bound=_prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
+        r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
         spec = replace(spec, max_tokens=r.max_tokens) if r.truncated else spec
         gen, latency = await self._metered(r, self._engine.generate(role, spec))
         longest = max((c.tokens for c in gen.completions), default=0)
@@ -68,7 +68,7 @@ class StrategyContext:
 
     async def score(self, spec: ScoreSpec, *, stage: str, branch: str = "0", role: Role = "prm") -> Scores:
         """Prompt log-probabilities from ``role`` (a PRM, a judge); charged as verifier tokens."""
-        r = self.meter.admit(role=role, prompt_bound=_prompt_bound(spec.prompt), n=1, max_tokens=1, generates=False)
+        r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=1, max_tokens=1, generates=False)
         scores, latency = await self._metered(r, self._engine.score(role, spec))
         cost = self.meter.settle(r, role=role, usage=scores.usage, longest_sequence=0)
         self.verifier_tokens += scores.usage.total_tokens
@@ -111,6 +111,6 @@ class StrategyContext:
         log.debug("strategy event %s", event)
 
 
-def _prompt_bound(prompt: str | tuple[int, ...]) -> int:
+def prompt_bound(prompt: str | tuple[int, ...]) -> int:
     """An upper bound on a prompt's tokens (see orchestrator.budget)."""
     return len(prompt) if not isinstance(prompt, str) else len(prompt.encode()) + 2

@@ -10,15 +10,16 @@ import asyncio
 import logging
 import time
 import uuid
+from datetime import datetime, timezone
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.budget import Budget, BudgetMeter, Price
-from orchestrator.context import StrategyContext
+from orchestrator.context import StrategyContext, prompt_bound
 from orchestrator.db.store import Store
-from orchestrator.errors import BudgetExceeded, InvalidRequest, TTSError, UnknownModel, UnknownStrategy
+from orchestrator.errors import BudgetExceeded, InvalidRequest, QuotaExceeded, TTSError, UnknownModel, UnknownStrategy
 from orchestrator.protocols import AnswerVerifier, Engine, StrategySpec
 from orchestrator.types import Problem, Role, StrategyResult, SubCall, Usage
 
@@ -105,13 +106,56 @@ class Controller:
         totals = [t for t in (given.total_tokens, req.max_total_tokens, self.max_request_tokens) if t is not None]
         return Budget(min(totals), given.sequential_tokens, given.cost_usd, given.deadline_s)
 
-    async def reason(self, req: ReasoningRequest) -> ReasoningResponse:
+    async def reason(self, req: ReasoningRequest, *, tenant: TenantRef | None = None) -> ReasoningResponse:
+        """Run one request. A tenant's request first takes a concurrency slot and reserves its token budget
+        from the tenant's daily quota (atomically, in the database; the budget shrinks to what was granted);
+        what it did not spend is refunded at the end."""
         spec, params, role = self.validate(req)
-        prompt = await self.engine.render_chat(role, req.messages)
         budget = self.budget_for(req)
+        prompt = await self.engine.render_chat(role, req.messages)
+        if tenant is None:
+            return await self._run(req, spec, params, role, prompt, BudgetMeter(budget, prices=self.prices), tenant_id=None)
+        if not await asyncio.to_thread(self.store.enter, tenant.id):
+            raise QuotaExceeded(f"tenant {tenant.name!r} already has {tenant.max_concurrent} requests running")
+        day = datetime.now(timezone.utc).date()
+        granted = 0
+        meter: BudgetMeter | None = None
+        try:
+            if tenant.tokens_per_day is not None:
+                assert budget.total_tokens is not None
+                # Reserve what the request can at most spend, not the server's ceiling, so that one request
+                # does not lock up the whole quota while it runs.
+                want = budget.total_tokens
+                if spec.worst_case is not None:
+                    want = min(want, spec.worst_case(params) + prompt_bound(prompt))
+                granted = await asyncio.to_thread(self.store.reserve_tokens, tenant.id, want, limit=tenant.tokens_per_day, day=day)
+                if granted == 0:
+                    raise QuotaExceeded(f"tenant {tenant.name!r} has used its {tenant.tokens_per_day} tokens for today")
+                budget = replace(budget, total_tokens=granted)
+            meter = BudgetMeter(budget, prices=self.prices)
+            return await self._run(req, spec, params, role, prompt, meter, tenant_id=tenant.id)
+        finally:
+            # The tenant pays what the ledger holds: every token its calls reported, scoring included.
+            spent = meter.spent_tokens if meter is not None else 0
+            if granted:
+                await asyncio.shield(asyncio.to_thread(self.store.refund_tokens, tenant.id, granted - spent, day=day))
+            await asyncio.shield(asyncio.to_thread(self.store.leave, tenant.id))
+
+    async def _run(
+        self,
+        req: ReasoningRequest,
+        spec: StrategySpec,
+        params: BaseModel,
+        role: Role,
+        prompt: str,
+        meter: BudgetMeter,
+        *,
+        tenant_id: str | None,
+    ) -> ReasoningResponse:
+        budget = meter.budget
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         await self.store.acreate_request(
-            request_id=request_id, model=req.model, strategy=spec.name, params=params.model_dump(), prompt=prompt
+            request_id=request_id, model=req.model, strategy=spec.name, params=params.model_dump(), prompt=prompt, tenant_id=tenant_id
         )
         calls = 0
 
@@ -120,7 +164,6 @@ class Controller:
             calls += 1
             await self.store.aadd_subcall(request_id, call)
 
-        meter = BudgetMeter(budget, prices=self.prices)
         ctx = StrategyContext(engine=self.engine, verifier=self.verifier, sink=sink, policy_role=role, meter=meter)
         start = time.perf_counter()
         try:
@@ -155,6 +198,16 @@ class Controller:
             verifier_tokens=ctx.verifier_tokens,
             cost_usd=ctx.cost_usd,
         )
+
+
+@dataclass(frozen=True)
+class TenantRef:
+    """The tenant a request is charged to (from its API key)."""
+
+    id: str
+    name: str
+    tokens_per_day: int | None = None
+    max_concurrent: int | None = None
 
 
 def summarize(strategies: Sequence[StrategySpec]) -> dict[str, StrategySpec]:

@@ -5,6 +5,8 @@
     │   ├── UnknownStrategy     no strategy by that name
     │   └── UnknownModel        no served model by that name (HTTP 404)
     ├── BudgetExceeded          a call would cross the request's budget (strategies catch it)
+    ├── QuotaExceeded           the tenant's daily tokens or concurrent requests are used up (HTTP 429)
+    ├── Unauthorized            a missing or unknown API key where one is required (HTTP 401)
     ├── EngineError             a worker or its engine failed a call (HTTP 502)
     │   ├── WorkerDied          the worker process or its engine died mid-call (retryable on another replica)
     │   ├── EngineTimeout       a call ran past its deadline and was aborted (HTTP 504)
@@ -47,6 +49,16 @@ class UnknownModel(InvalidRequest):
 class BudgetExceeded(TTSError):
     status = 429
     code = "budget_exceeded"
+
+
+class QuotaExceeded(TTSError):
+    status = 429
+    code = "quota_exceeded"
+
+
+class Unauthorized(TTSError):
+    status = 401
+    code = "invalid_api_key"
 
 
 class EngineError(TTSError):

@@ -51,3 +51,6 @@ class StrategySpec:
     params: type[BaseModel]
     run: StrategyFn
     summary: str
+    # Most completion tokens a run with these parameters can generate (None: unknown); lets a tenant's
+    # request reserve only what it can spend.
+    worst_case: Callable[[BaseModel], int] | None = None

@@ -55,4 +55,10 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
     )
 
 
-SPEC = StrategySpec(name="self_consistency", params=Params, run=run, summary="majority vote over n samples")
+SPEC = StrategySpec(
+    name="self_consistency",
+    params=Params,
+    run=run,
+    summary="majority vote over n samples",
+    worst_case=lambda p: p.n * p.max_tokens,  # type: ignore[attr-defined]
+)

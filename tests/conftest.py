@@ -24,3 +24,12 @@ def service(tmp_path_factory):
     finally:
         svc.stop()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on loopback for the whole session (installed from Debian if missing)."""
+    from tests.pg import postgres_server
+
+    with postgres_server() as url:
+        yield url

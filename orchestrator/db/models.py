@@ -25,6 +25,7 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     tokens_per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    running: Mapped[int] = mapped_column(Integer, default=0)  # requests in flight, for max_concurrent
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -49,6 +50,7 @@ class QuotaUsage(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     tokens: Mapped[int] = mapped_column(Integer, default=0)
+    last_grant: Mapped[int] = mapped_column(Integer, default=0)  # what the latest reservation got (see Store)
 
 
 class Price(Base):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+import hashlib
+import secrets
+import uuid
+from datetime import date, datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import case, create_engine, event, select, update
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from orchestrator.db import migrate
-from orchestrator.db.models import RequestRecord, SubCallRecord
+from orchestrator.db.models import ApiKey, Price, QuotaUsage, RequestRecord, SubCallRecord, Tenant
 from orchestrator.types import RequestState, StrategyResult, SubCall, Usage
 
 
@@ -50,17 +53,105 @@ class Store:
                 rec.state = "failed"
                 rec.error = "interrupted: the service stopped while this request was running"
                 rec.finished_at = datetime.now(timezone.utc)
+            s.execute(update(Tenant).values(running=0))  # nothing runs before the service is up
             return len(rows)
+
+    # ------------------------------------------------------------------------------------ tenants
+
+    def create_tenant(self, name: str, *, tokens_per_day: int | None = None, max_concurrent: int | None = None) -> str:
+        tenant_id = uuid.uuid4().hex
+        with self._session.begin() as s:
+            s.add(Tenant(id=tenant_id, name=name, tokens_per_day=tokens_per_day, max_concurrent=max_concurrent, running=0))
+        return tenant_id
+
+    def create_api_key(self, tenant_id: str) -> str:
+        """A new key for the tenant; the plaintext is returned once and only its SHA-256 is stored."""
+        key = "tts-" + secrets.token_urlsafe(24)
+        with self._session.begin() as s:
+            s.add(ApiKey(tenant_id=tenant_id, key_hash=_hash_key(key), prefix=key[:10]))
+        return key
+
+    def tenant_for_key(self, key: str) -> Tenant | None:
+        with self._session() as s:
+            return s.scalar(
+                select(Tenant).join(ApiKey, ApiKey.tenant_id == Tenant.id).where(ApiKey.key_hash == _hash_key(key), ApiKey.revoked_at.is_(None))
+            )
+
+    def reserve_tokens(self, tenant_id: str, want: int, *, limit: int, day: date | None = None) -> int:
+        """Atomically take up to ``want`` tokens of today's quota; returns how many were granted (maybe 0).
+
+        One UPDATE computes the grant from the row's current value, so concurrent reservations (threads,
+        processes, API replicas) are serialised by the database's row lock and can never exceed ``limit``."""
+        day = day or datetime.now(timezone.utc).date()
+        with self._session.begin() as s:
+            _insert_ignore(s, QuotaUsage, {"tenant_id": tenant_id, "day": day, "tokens": 0, "last_grant": 0})
+            new_total = case((QuotaUsage.tokens + want > limit, limit), else_=QuotaUsage.tokens + want)
+            stmt = (
+                update(QuotaUsage)
+                .where(QuotaUsage.tenant_id == tenant_id, QuotaUsage.day == day)
+                .values(tokens=new_total, last_grant=new_total - QuotaUsage.tokens)  # both read the old row
+                .returning(QuotaUsage.last_grant)
+            )
+            return max(int(s.execute(stmt).scalar_one()), 0)
+
+    def refund_tokens(self, tenant_id: str, tokens: int, *, day: date) -> None:
+        if tokens <= 0:
+            return
+        with self._session.begin() as s:
+            s.execute(
+                update(QuotaUsage).where(QuotaUsage.tenant_id == tenant_id, QuotaUsage.day == day).values(tokens=QuotaUsage.tokens - tokens)
+            )
+
+    def tokens_used(self, tenant_id: str, *, day: date | None = None) -> int:
+        day = day or datetime.now(timezone.utc).date()
+        with self._session() as s:
+            return int(s.scalar(select(QuotaUsage.tokens).where(QuotaUsage.tenant_id == tenant_id, QuotaUsage.day == day)) or 0)
+
+    def enter(self, tenant_id: str) -> bool:
+        """Take one of the tenant's concurrent-request slots, atomically; False when all are taken."""
+        with self._session.begin() as s:
+            stmt = (
+                update(Tenant)
+                .where(Tenant.id == tenant_id, (Tenant.max_concurrent.is_(None)) | (Tenant.running < Tenant.max_concurrent))
+                .values(running=Tenant.running + 1)
+            )
+            return s.execute(stmt).rowcount == 1
+
+    def leave(self, tenant_id: str) -> None:
+        with self._session.begin() as s:
+            s.execute(update(Tenant).where(Tenant.id == tenant_id, Tenant.running > 0).values(running=Tenant.running - 1))
+
+    # ------------------------------------------------------------------------------------ prices
+
+    def set_price(self, model: str, *, prompt: float, cached: float, completion: float) -> None:
+        """Dollars per million tokens for ``model``."""
+        for name, value in (("prompt", prompt), ("cached", cached), ("completion", completion)):
+            if value < 0:
+                raise ValueError(f"price {name} must be >= 0, got {value}")
+        with self._session.begin() as s:
+            s.merge(Price(model=model, prompt_per_mtok=prompt, cached_per_mtok=cached, completion_per_mtok=completion))
+
+    def prices(self) -> dict[str, tuple[float, float, float]]:
+        with self._session() as s:
+            return {p.model: (p.prompt_per_mtok, p.cached_per_mtok, p.completion_per_mtok) for p in s.scalars(select(Price))}
 
     def session(self) -> Session:
         return self._session()
 
-    def create_request(self, *, request_id: str, model: str, strategy: str, params: dict, prompt: str) -> None:
+    def create_request(self, *, request_id: str, model: str, strategy: str, params: dict, prompt: str, tenant_id: str | None = None) -> None:
         with self._session.begin() as s:
             now = datetime.now(timezone.utc)
             s.add(
                 RequestRecord(
-                    id=request_id, state="running", model=model, strategy=strategy, params=params, prompt=prompt, created_at=now, started_at=now
+                    id=request_id,
+                    tenant_id=tenant_id,
+                    state="running",
+                    model=model,
+                    strategy=strategy,
+                    params=params,
+                    prompt=prompt,
+                    created_at=now,
+                    started_at=now,
                 )
             )
 
@@ -125,3 +216,16 @@ class Store:
 
     async def afinish_request(self, request_id: str, **kw: object) -> None:
         await asyncio.to_thread(self.finish_request, request_id, **kw)  # type: ignore[arg-type]
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _insert_ignore(session: Session, model: type, values: dict) -> None:
+    """INSERT that does nothing when the primary key exists (PostgreSQL and SQLite spell it the same)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.execute(insert(model).values(**values).on_conflict_do_nothing())

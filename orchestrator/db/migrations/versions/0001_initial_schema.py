@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 06:41:23.813315
+Create Date: 2026-11-22 06:46:54.941049
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('tokens_per_day', sa.Integer(), nullable=True),
     sa.Column('max_concurrent', sa.Integer(), nullable=True),
+    sa.Column('running', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
@@ -91,6 +92,7 @@ def upgrade() -> None:
     sa.Column('tenant_id', sa.String(length=64), nullable=False),
     sa.Column('day', sa.Date(), nullable=False),
     sa.Column('tokens', sa.Integer(), nullable=False),
+    sa.Column('last_grant', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('tenant_id', 'day')
     )
