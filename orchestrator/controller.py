@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.auto import Measured, choose
 from orchestrator.budget import Budget, BudgetMeter, Price
 from orchestrator.context import StrategyContext, prompt_bound
 from orchestrator.db.store import Store
@@ -34,6 +35,7 @@ class ReasoningRequest:
     params: Mapping[str, object]
     max_total_tokens: int | None = None
     budget: Budget | None = None  # every limit; ``max_total_tokens`` is the same as budget.total_tokens
+    auto: Measured | None = None  # set when `auto` chose the strategy: what it chose from
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class Controller:
         """Check everything that can be checked before any compute is spent; raise InvalidRequest."""
         if req.model not in self.models:
             raise UnknownModel(f"model {req.model!r} is not served; served: {sorted(self.models)}", param="model")
+        if req.strategy == "auto":
+            raise InvalidRequest("resolve `auto` first (Controller.resolve_auto)", param="strategy")
         spec = self.strategies.get(req.strategy)
         if spec is None:
             raise UnknownStrategy(
@@ -100,6 +104,20 @@ class Controller:
             raise InvalidRequest(f"budget.cost_usd needs a price for model {req.model!r}; none is configured", param="budget.cost_usd")
         return spec, params, role
 
+    def resolve_auto(self, req: ReasoningRequest) -> ReasoningRequest:
+        """Replace `auto` by the measured best (strategy, params) for the request's budget."""
+        if req.model not in self.models:
+            raise UnknownModel(f"model {req.model!r} is not served; served: {sorted(self.models)}", param="model")
+        if req.params:
+            raise InvalidRequest("strategy `auto` chooses its own parameters; send no strategy_params", param="strategy_params")
+        measured = [
+            Measured(r["strategy"], r["params"], r["accuracy"], r["mean_tokens"], r["mean_cost_usd"], r["problems"], source=r["run_id"])
+            for r in self.store.eval_summaries(req.model)
+        ]
+        pick = choose(measured, self.budget_for(req), allowed=list(self.strategies))
+        log.info("auto: %s %s (accuracy %.3f, %.0f tokens, from %s)", pick.strategy, dict(pick.params), pick.accuracy, pick.mean_tokens, pick.source)
+        return replace(req, strategy=pick.strategy, params=dict(pick.params), auto=pick)
+
     def budget_for(self, req: ReasoningRequest) -> Budget:
         """The request's limits, its token limit capped by the server's ceiling."""
         given = req.budget or Budget()
@@ -110,6 +128,8 @@ class Controller:
         """Run one request. A tenant's request first takes a concurrency slot and reserves its token budget
         from the tenant's daily quota (atomically, in the database; the budget shrinks to what was granted);
         what it did not spend is refunded at the end."""
+        if req.strategy == "auto":
+            req = await asyncio.to_thread(self.resolve_auto, req)
         spec, params, role = self.validate(req)
         budget = self.budget_for(req)
         prompt = await self.engine.render_chat(role, req.messages)
@@ -181,6 +201,10 @@ class Controller:
             log.exception("request %s failed", request_id)
             await self.store.afinish_request(request_id, state="failed", usage=ctx.usage, error=f"{type(err).__name__}: {err}")
             raise
+        if req.auto is not None:
+            a = req.auto
+            chosen = {"strategy": a.strategy, "params": dict(a.params), "accuracy": a.accuracy, "mean_tokens": a.mean_tokens, "source": a.source}
+            result = replace(result, info={**result.info, "auto": chosen})
         if ctx.budget_limited and result.finish_reason != "budget":
             result = replace(result, finish_reason="budget")  # the budget shaped this answer: say so
         state = "budget_exhausted" if result.finish_reason == "budget" else "succeeded"

@@ -9,12 +9,12 @@ import uuid
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import case, create_engine, event, select, update
+from sqlalchemy import case, create_engine, event, func, select, update
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from orchestrator.db import migrate
-from orchestrator.db.models import ApiKey, Price, QuotaUsage, RequestRecord, SubCallRecord, Tenant
+from orchestrator.db.models import ApiKey, EvalResult, EvalRun, Price, QuotaUsage, RequestRecord, SubCallRecord, Tenant
 from orchestrator.types import RequestState, StrategyResult, SubCall, Usage
 
 
@@ -120,6 +120,40 @@ class Store:
     def leave(self, tenant_id: str) -> None:
         with self._session.begin() as s:
             s.execute(update(Tenant).where(Tenant.id == tenant_id, Tenant.running > 0).values(running=Tenant.running - 1))
+
+    # ------------------------------------------------------------------------------------ evaluations
+
+    def add_eval_run(self, *, dataset: str, model: str, strategy: str, params: dict, results: list[dict]) -> str:
+        """Store a finished evaluation run; each result has problem_id, correct, total_tokens, latency_s and
+        optionally answer and cost_usd."""
+        run_id = uuid.uuid4().hex
+        with self._session.begin() as s:
+            run = EvalRun(id=run_id, dataset=dataset, model=model, strategy=strategy, params=params, state="succeeded", finished_at=datetime.now(timezone.utc))
+            run.results = [EvalResult(**r) for r in results]
+            s.add(run)
+        return run_id
+
+    def eval_summaries(self, model: str) -> list[dict]:
+        """Per finished run of ``model``: strategy, params, accuracy, mean tokens and cost, problem count."""
+        with self._session() as s:
+            rows = s.execute(
+                select(
+                    EvalRun.id,
+                    EvalRun.strategy,
+                    EvalRun.params,
+                    func.avg(case((EvalResult.correct, 1.0), else_=0.0)),
+                    func.avg(EvalResult.total_tokens),
+                    func.avg(EvalResult.cost_usd),
+                    func.count(EvalResult.id),
+                )
+                .join(EvalResult, EvalResult.run_id == EvalRun.id)
+                .where(EvalRun.model == model, EvalRun.state == "succeeded")
+                .group_by(EvalRun.id, EvalRun.strategy, EvalRun.params)
+            ).all()
+        return [
+            {"run_id": r[0], "strategy": r[1], "params": r[2], "accuracy": float(r[3]), "mean_tokens": float(r[4]), "mean_cost_usd": float(r[5] or 0), "problems": int(r[6])}
+            for r in rows
+        ]
 
     # ------------------------------------------------------------------------------------ prices
 

@@ -52,3 +52,22 @@ def test_bad_budgets_are_clear_400s(service, budget, needle):
     r = _post(service, budget=budget)
     assert r.status_code == 400, r.text
     assert needle in r.json()["error"]["message"] + str(r.json()["error"].get("param"))
+
+
+def test_auto_picks_by_budget_from_stored_results(service):
+    store = service.service.store
+    results = lambda correct, tokens: [  # noqa: E731
+        {"problem_id": f"p{i}", "correct": i < correct, "total_tokens": tokens, "latency_s": 0.1} for i in range(10)
+    ]
+    store.add_eval_run(dataset="task-test", model="target", strategy="self_consistency", params={"n": 2, "max_tokens": 64}, results=results(4, 200))
+    store.add_eval_run(dataset="task-test", model="target", strategy="self_consistency", params={"n": 12, "max_tokens": 64}, results=results(7, 1100))
+    store.add_eval_run(dataset="task-test", model="target", strategy="no_such_strategy", params={}, results=results(10, 10))
+    picks = {}
+    for total in (300, 5000):
+        r = _post(service, strategy="auto", budget={"total_tokens": total})
+        assert r.status_code == 200, r.text
+        picks[total] = r.json()["tts"]["info"]["auto"]
+        assert len(r.json()["tts"]["candidates"]) == picks[total]["params"]["n"]
+    assert picks[300]["params"] == {"n": 2, "max_tokens": 64} and picks[5000]["params"] == {"n": 12, "max_tokens": 64}
+    r = _post(service, strategy="auto", strategy_params={"n": 3})
+    assert r.status_code == 400 and "auto" in r.json()["error"]["message"]

@@ -70,3 +70,20 @@ def test_scoring_is_never_cut_only_admitted_whole():
         m.admit(role="prm", prompt_bound=40, n=1, max_tokens=1, generates=False)
     m.release(r)
     assert m.reserved_tokens == 0
+
+
+def test_auto_choice_from_measured_results():
+    from orchestrator.auto import BUILTIN, Measured, choose
+
+    cands = [
+        Measured("a", {"n": 1}, 0.4, 100),
+        Measured("a", {"n": 8}, 0.6, 800, mean_cost_usd=0.02),
+        Measured("b", {}, 0.6, 600),
+        Measured("unregistered", {}, 0.99, 1),
+    ]
+    allowed = ["a", "b"]
+    assert choose(cands, Budget(total_tokens=150), allowed=allowed).params == {"n": 1}
+    assert choose(cands, Budget(total_tokens=1000), allowed=allowed).strategy == "b"  # same accuracy, cheaper
+    assert choose(cands, Budget(total_tokens=50), allowed=allowed).params == {"n": 1}  # nothing fits: cheapest
+    assert choose(cands, Budget(total_tokens=1000, cost_usd=0.01), allowed=allowed).strategy == "b"
+    assert choose([], Budget(total_tokens=10**6), allowed=["self_consistency"]) == max(BUILTIN, key=lambda m: m.accuracy)
