@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from orchestrator.config import Settings, get_settings
+from orchestrator.budget import Price
 from orchestrator.controller import Controller
 from orchestrator.errors import ConfigError
 from orchestrator.db.store import Store
@@ -63,6 +64,7 @@ class Service:
             verifier=TaskAnswerVerifier(),
             models={settings.model_name: "policy"},
             max_request_tokens=settings.max_request_tokens,
+            prices={"policy": Price(*p) for name, p in store.prices().items() if name == settings.model_name},
         )
         return cls(settings, pool, store, controller, create_app(settings, controller))
 
