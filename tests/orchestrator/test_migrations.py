@@ -35,8 +35,7 @@ def test_store_opens_an_up_to_date_database_as_it_is(tmp_path):
     assert again.get_request("r1") is not None
 
 
-def test_requests_left_running_by_a_crash_are_failed_at_start(tmp_path):
-    store = Store.from_url(f"sqlite:///{tmp_path / 'c.db'}")
+def test_requests_left_running_by_a_crash_are_failed_at_start(store):
     store.create_request(request_id="crashed", model="m", strategy="s", params={}, prompt="p")
     store.create_request(request_id="done", model="m", strategy="s", params={}, prompt="p")
     from orchestrator.types import Usage

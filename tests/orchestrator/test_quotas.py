@@ -7,24 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import create_engine, inspect, select
 
 from orchestrator.db import migrate
 from orchestrator.db.models import ApiKey, Base
-from orchestrator.db.store import Store
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        yield Store.from_url(f"sqlite:///{tmp_path / 'q.db'}")
-        return
-    url = request.getfixturevalue("postgres_url")
-    s = Store.from_url(url)
-    yield s
-    with s.engine.begin() as conn:  # leave an empty database for the next test
-        conn.execute(text("TRUNCATE tenants, api_keys, quota_usage, requests, subcalls, prices CASCADE"))
-    s.engine.dispose()
 
 
 def test_api_keys_are_stored_hashed(store):
