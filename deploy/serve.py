@@ -38,6 +38,8 @@ def pool_config(settings: Settings) -> PoolConfig:
     """The workers file when one is given, else the policy from ``settings``; TTS_WORKER_* overrides apply."""
     policy = {"model": str(settings.model_path), "max_model_len": settings.max_model_len, "kv_cache_gib": settings.kv_cache_gib}
     config = load_pool_config(settings.workers_file, default_roles={"policy": policy})
+    if "policy" not in config.roles:
+        raise ConfigError(f"the workers configuration has no `policy` role (roles: {', '.join(config.roles) or 'none'})")
     return config.model_copy(update={"call_timeout_s": settings.call_timeout_s}) if settings.workers_file is None else config
 
 

@@ -51,3 +51,13 @@ def test_bad_configuration_is_a_clear_error(tmp_path, toml, env, match):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read workers file"):
         load_pool_config(tmp_path / "absent.toml", env={})
+
+
+def test_service_refuses_a_configuration_without_a_policy(tmp_path):
+    from deploy.serve import pool_config
+    from orchestrator.config import get_settings
+
+    f = tmp_path / "w.toml"
+    f.write_text('[roles.prm]\nmodel = "models/prm"\n')
+    with pytest.raises(ConfigError, match="no `policy` role"):
+        pool_config(get_settings(workers_file=f))
