@@ -61,3 +61,14 @@ def test_serve_starts_answers_and_stops(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     assert proc.returncode is not None
+
+
+def test_serve_refuses_a_bad_workers_file_with_a_clear_message(tmp_path):
+    bad = tmp_path / "workers.toml"
+    bad.write_text('[roles.policy]\nmodel = "models/does-not-exist"\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "deploy.serve", "--workers-file", str(bad), "--port", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "no Hugging Face model directory" in out.stderr and "Traceback" not in out.stderr
