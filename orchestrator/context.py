@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from dataclasses import replace
 
@@ -75,6 +75,12 @@ class StrategyContext:
         self.cost_usd += cost
         await self._record(stage, role, branch, 1, scores.usage, scores.worker, ("stop",), cost, latency, verifier=True)
         return scores
+
+    async def abort(self, request_ids: Sequence[str]) -> None:
+        """Stop running calls by their specs' ``request_id``. Each aborted ``generate`` still returns, with
+        finish reason ``abort`` and the tokens it had generated, so the ledger keeps what they cost."""
+        if request_ids:
+            await self._engine.abort(list(request_ids))
 
     async def _metered(self, r: Reservation, call: Awaitable[T]) -> tuple[T, float]:
         start = time.perf_counter()

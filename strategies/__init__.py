@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from orchestrator.controller import summarize
-from strategies import self_consistency
+from strategies import first_finish, self_consistency
 
-REGISTRY = summarize([self_consistency.SPEC])
+REGISTRY = summarize([self_consistency.SPEC, first_finish.SPEC])
 
 __all__ = ["REGISTRY"]

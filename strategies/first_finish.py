@@ -1,0 +1,118 @@
+"""First Finish Search (asynchronous): n independent samples; the first to finish with an answer wins.
+
+The others are aborted the moment the winner is known; what they had generated is still charged and recorded
+(the reference implementation drops it, which understates the real cost). FFS-k@N: wait for the first k
+answered traces, abort the rest, and take the majority among those k. Samples that finish without a parsable
+answer do not count: the winner is the first finisher *with* an answer. When none has one, the first
+finisher is returned with answer None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from orchestrator.context import StrategyContext
+from orchestrator.errors import BudgetExceeded
+from orchestrator.protocols import StrategySpec
+from orchestrator.types import Candidate, Generation, Problem, SamplingSpec, StrategyResult
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(8, ge=1, le=64, description="Independent samples started at once.")
+    k: int = Field(1, ge=1, le=64, description="FFS-k@N: majority over the first k answered traces.")
+    temperature: float = Field(0.6, ge=0.0, le=2.0, description="Sampling temperature (the paper's 0.6).")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass (the paper's 0.95).")
+    max_tokens: int = Field(256, ge=1, le=4096, description="Most new tokens per sample.")
+    seed: int | None = Field(None, description="Sample i uses seed + i; None for fresh randomness.")
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> Params:
+        if self.k > self.n:
+            raise ValueError(f"k={self.k} cannot exceed n={self.n}")
+        return self
+
+
+async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
+    ids = [uuid.uuid4().hex for _ in range(params.n)]
+    specs = [
+        SamplingSpec(
+            prompt=problem.prompt,
+            n=1,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=None if params.seed is None else params.seed + i,
+            request_id=rid,
+        )
+        for i, rid in enumerate(ids)
+    ]
+    tasks = {asyncio.ensure_future(ctx.generate(s, stage="sample", branch=str(i))): i for i, s in enumerate(specs)}
+    order: list[int] = []  # finishing order
+    results: dict[int, Generation] = {}
+    answered: list[int] = []
+    aborted: list[int] = []
+    try:
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in sorted(done, key=lambda t: tasks[t]):
+                i = tasks[t]
+                try:
+                    results[i] = t.result()
+                except BudgetExceeded:
+                    continue  # this sample never ran: the budget had no room for it
+                order.append(i)
+                c = results[i].completions[0]
+                if c.finish_reason != "abort" and ctx.extract(c.text) is not None:
+                    answered.append(i)
+            if len(answered) >= params.k and pending:
+                aborted = sorted(tasks[t] for t in pending)
+                ctx.emit({"stage": "abort", "winners": answered[: params.k], "aborting": aborted})
+                await ctx.abort([ids[i] for i in aborted])
+                # The aborted calls return promptly with what they had generated; wait so they are recorded.
+    finally:
+        leftover = [t for t in tasks if not t.done()]
+        if leftover:  # cancelled from outside: stop the engine work too
+            await asyncio.shield(ctx.abort([ids[tasks[t]] for t in leftover]))
+            for t in leftover:
+                t.cancel()
+    candidates = tuple(
+        Candidate(text=c.text, answer=ctx.extract(c.text) if c.finish_reason != "abort" else None, tokens=c.tokens, finish_reason=c.finish_reason)
+        for i in range(params.n)
+        if i in results
+        for c in results[i].completions
+    )
+    index = {i: pos for pos, i in enumerate(i for i in range(params.n) if i in results)}
+    if not results:
+        raise BudgetExceeded("the budget had no room for a single sample")
+    if answered:
+        pool = answered[: params.k]
+        votes = Counter(candidates[index[i]].answer for i in pool)
+        winner_answer = votes.most_common(1)[0][0]
+        winner = next(i for i in pool if candidates[index[i]].answer == winner_answer)
+    else:
+        votes = Counter()
+        winner = order[0]
+    chosen = candidates[index[winner]]
+    return StrategyResult(
+        text=chosen.text,
+        answer=chosen.answer,
+        finish_reason="length" if chosen.finish_reason == "length" else "stop",
+        candidates=candidates,
+        info={"winner": winner, "finish_order": order, "aborted": aborted, "votes": dict(votes), "k": params.k},
+    )
+
+
+SPEC = StrategySpec(
+    name="first_finish",
+    params=Params,
+    run=run,
+    summary="First Finish Search: first answered sample of n wins (FFS-k@N: majority of the first k); the rest are aborted",
+    worst_case=lambda p: p.n * p.max_tokens,  # type: ignore[attr-defined]
+)
