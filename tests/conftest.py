@@ -33,3 +33,13 @@ def postgres_url():
 
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """An event loop in a background thread, for one module's engine pool (see tests.helpers.LoopThread)."""
+    from tests.helpers import LoopThread
+
+    lt = LoopThread()
+    yield lt
+    lt.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +13,15 @@ import httpx
 import pytest
 
 from models import task
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_serve_starts_answers_and_stops(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TTS_KV_CACHE_GIB": "1", "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(

@@ -13,9 +13,10 @@ import logging
 import os
 import uuid
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
@@ -348,32 +349,36 @@ class WorkerPool:
             raise EngineUnavailable(f"no worker serves role {role!r}; served: {sorted(self._replicas)}")
         return group
 
-    async def _dispatch(
-        self, role: Role, prompt: str | Sequence[int], request_id: str, call: Callable[[Replica], Awaitable[T]], *, retry: bool = True
-    ) -> T:
-        """Run ``call`` on a routed replica within the deadline; on WorkerDied try once more elsewhere."""
+    @contextmanager
+    def _placed(self, role: Role, prompt: str | Sequence[int], request_id: str, exclude: Sequence[str] = ()) -> Iterator[Replica]:
+        """Route one call and count it against its replica (load, abort map) while it runs."""
         self._group(role)
-        router = self._routers[role]
+        route = self._routers[role].pick(prompt, self._load, exclude=exclude)
+        replica = self._by_name[route.replica]
+        self._note_route(request_id, route)
+        self._load[replica.name] += 1
+        self._running[request_id] = replica
+        try:
+            yield replica
+        finally:
+            self._load[replica.name] -= 1
+            self._running.pop(request_id, None)
+
+    async def _dispatch(self, role: Role, prompt: str | Sequence[int], request_id: str, call: Callable[[Replica], Awaitable[T]]) -> T:
+        """Run ``call`` on a routed replica within the deadline; on WorkerDied try once more elsewhere."""
         tried: list[str] = []
         try:
             async with asyncio.timeout(self.call_timeout_s):
                 while True:
-                    route = router.pick(prompt, self._load, exclude=tried)
-                    replica = self._by_name[route.replica]
-                    tried.append(replica.name)
-                    self._note_route(request_id, route)
-                    self._load[replica.name] += 1
-                    self._running[request_id] = replica
-                    try:
-                        return await call(replica)
-                    except WorkerDied as err:
-                        router.mark_failed(replica.name)
-                        if not retry or len(tried) > 1:
-                            raise
-                        log.warning("%s; retrying request %s once on another replica", err.message, request_id)
-                    finally:
-                        self._load[replica.name] -= 1
-                        self._running.pop(request_id, None)
+                    with self._placed(role, prompt, request_id, exclude=tried) as replica:
+                        tried.append(replica.name)
+                        try:
+                            return await call(replica)
+                        except WorkerDied as err:
+                            self._routers[role].mark_failed(replica.name)
+                            if len(tried) > 1:
+                                raise
+                            log.warning("%s; retrying request %s once on another replica", err.message, request_id)
         except TimeoutError:
             raise EngineTimeout(
                 f"no result within the {self.call_timeout_s:g} s deadline; the call was aborted", worker=tried[-1] if tried else ""
@@ -387,32 +392,22 @@ class WorkerPool:
     # ------------------------------------------------------------------------------------------ calls
 
     async def generate(self, role: Role, spec: SamplingSpec) -> Generation:
-        spec = spec if spec.request_id else replace(spec, request_id=uuid.uuid4().hex)
-        assert spec.request_id is not None
-        return await self._dispatch(role, spec.prompt, spec.request_id, lambda r: r.generate(spec))
+        spec = _with_id(spec)
+        return await self._dispatch(role, spec.prompt, spec.request_id, lambda r: r.generate(spec))  # type: ignore[arg-type]
 
     async def stream(self, role: Role, spec: SamplingSpec) -> AsyncIterator[StreamDelta]:
         """Partial outputs as they are produced. Not retried: a caller may already have acted on a part."""
-        spec = spec if spec.request_id else replace(spec, request_id=uuid.uuid4().hex)
-        assert spec.request_id is not None
-        self._group(role)
-        route = self._routers[role].pick(spec.prompt, self._load)
-        replica = self._by_name[route.replica]
-        self._note_route(spec.request_id, route)
-        self._load[replica.name] += 1
-        self._running[spec.request_id] = replica
-        try:
-            async with asyncio.timeout(self.call_timeout_s):
-                async for delta in replica.stream(spec):
-                    yield delta
-        except TimeoutError:
-            raise EngineTimeout(f"stream ran past the {self.call_timeout_s:g} s deadline; aborted", worker=replica.name) from None
-        except WorkerDied:
-            self._routers[role].mark_failed(replica.name)
-            raise
-        finally:
-            self._load[replica.name] -= 1
-            self._running.pop(spec.request_id, None)
+        spec = _with_id(spec)
+        with self._placed(role, spec.prompt, spec.request_id) as replica:  # type: ignore[arg-type]
+            try:
+                async with asyncio.timeout(self.call_timeout_s):
+                    async for delta in replica.stream(spec):
+                        yield delta
+            except TimeoutError:
+                raise EngineTimeout(f"stream ran past the {self.call_timeout_s:g} s deadline; aborted", worker=replica.name) from None
+            except WorkerDied:
+                self._routers[role].mark_failed(replica.name)
+                raise
 
     async def abort(self, request_ids: Sequence[str]) -> None:
         """Abort running calls by request id (unknown or finished ids are ignored)."""
@@ -424,9 +419,8 @@ class WorkerPool:
         await asyncio.gather(*(self._by_name[name].abort(ids) for name, ids in by_replica.items()))
 
     async def score(self, role: Role, spec: ScoreSpec) -> Scores:
-        spec = spec if spec.request_id else replace(spec, request_id=uuid.uuid4().hex)
-        assert spec.request_id is not None
-        return await self._dispatch(role, spec.prompt, spec.request_id, lambda r: r.score(spec))
+        spec = _with_id(spec)
+        return await self._dispatch(role, spec.prompt, spec.request_id, lambda r: r.score(spec))  # type: ignore[arg-type]
 
     async def tokenize(self, role: Role, text: str) -> list[int]:
         return await self._dispatch(role, "", uuid.uuid4().hex, lambda r: r.tokenize(text))
@@ -447,6 +441,14 @@ class WorkerPool:
                 await replica.shutdown()
         self._replicas = {}
         self._by_name = {}
+
+
+S = TypeVar("S", SamplingSpec, ScoreSpec)
+
+
+def _with_id(spec: S) -> S:
+    """The spec with a request id (a fresh one when it has none), so that the call can be aborted."""
+    return spec if spec.request_id else replace(spec, request_id=uuid.uuid4().hex)
 
 
 def connect_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:

@@ -12,19 +12,11 @@ import pytest
 from models import task
 from orchestrator.errors import InvalidRequest
 from orchestrator.types import SamplingSpec
-from tests.workers.conftest import LoopThread
 from verifiers.embeddings import StepClusterer, cluster_vectors
 from verifiers.prm import JudgeFormat, MathShepherdPRM, OutcomeJudge, StepScores
 
 pytestmark = pytest.mark.engine
 MODELS = Path(__file__).resolve().parents[2] / "models"
-
-
-@pytest.fixture(scope="module")
-def loop():
-    lt = LoopThread()
-    yield lt
-    lt.close()
 
 
 @pytest.fixture(scope="module")

