@@ -21,6 +21,7 @@ from api.schemas import (
     ErrorBody,
     ErrorDetail,
     PromptTokensDetails,
+    StageUsage,
     TTSInfo,
     UsageBody,
 )
@@ -125,10 +126,16 @@ def create_app(settings: Settings, controller: Controller) -> FastAPI:
                 latency_s=round(out.latency_s, 4),
                 verifier_tokens=out.verifier_tokens,
                 cost_usd=out.cost_usd,
+                sequential_tokens=out.sequential_tokens,
+                usage_by_stage={
+                    k: StageUsage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, cached_tokens=u.cached_tokens)
+                    for k, u in out.by_stage.items()
+                },
                 candidates=[
-                    CandidateBody(text=c.text, answer=c.answer, completion_tokens=c.tokens, finish_reason=c.finish_reason)
+                    CandidateBody(text=c.text, answer=c.answer, completion_tokens=c.tokens, finish_reason=c.finish_reason, score=c.score)
                     for c in r.candidates
                 ],
+                trace=list(r.trace),
                 info=r.info,
             ),
         )

@@ -68,6 +68,13 @@ class CandidateBody(BaseModel):
     answer: str | None
     completion_tokens: int
     finish_reason: str
+    score: float | None = Field(None, description="The verifier's score of this candidate, when the strategy scored it.")
+
+
+class StageUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
 
 
 class TTSInfo(BaseModel):
@@ -80,7 +87,10 @@ class TTSInfo(BaseModel):
     latency_s: float
     verifier_tokens: int = Field(0, description="Tokens scored by verifiers (PRM, judge); counted against the budget.")
     cost_usd: float = Field(0.0, description="Dollar cost from the price table (0 when no price is set).")
+    sequential_tokens: int = Field(0, description="Prompt + completion tokens along the longest chain of dependent calls.")
+    usage_by_stage: dict[str, StageUsage] = Field(default_factory=dict, description="Policy and verifier usage by strategy stage.")
     candidates: list[CandidateBody]
+    trace: list[dict[str, Any]] = Field(default_factory=list, description="Rounds, search steps or tree nodes, in order, with scores.")
     info: dict[str, Any]
 
 

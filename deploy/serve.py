@@ -26,7 +26,7 @@ from orchestrator.controller import Controller
 from orchestrator.errors import ConfigError
 from orchestrator.db.store import Store
 from strategies import REGISTRY
-from verifiers import TaskAnswerVerifier
+from verifiers import MathShepherdPRM, OutcomeJudge, TaskAnswerVerifier, TaskRefiner, TextRefiner
 from workers.config import PoolConfig, load_pool_config
 from workers.pool import WorkerPool, connect_ray
 
@@ -37,7 +37,10 @@ T = TypeVar("T")
 def pool_config(settings: Settings) -> PoolConfig:
     """The workers file when one is given, else the policy from ``settings``; TTS_WORKER_* overrides apply."""
     policy = {"model": str(settings.model_path), "max_model_len": settings.max_model_len, "kv_cache_gib": settings.kv_cache_gib}
-    config = load_pool_config(settings.workers_file, default_roles={"policy": policy})
+    roles = {"policy": policy}
+    if settings.serve_prm:
+        roles["prm"] = {"model": str(settings.prm_path), "max_model_len": settings.max_model_len, "kv_cache_gib": settings.kv_cache_gib}
+    config = load_pool_config(settings.workers_file, default_roles=roles)
     if "policy" not in config.roles:
         raise ConfigError(f"the workers configuration has no `policy` role (roles: {', '.join(config.roles) or 'none'})")
     return config.model_copy(update={"call_timeout_s": settings.call_timeout_s}) if settings.workers_file is None else config
@@ -67,6 +70,9 @@ class Service:
             models={settings.model_name: "policy"},
             max_request_tokens=settings.max_request_tokens,
             prices={"policy": Price(*p) for name, p in store.prices().items() if name == settings.model_name},
+            step_scorer=MathShepherdPRM(pool) if "prm" in pool.roles() else None,
+            outcome_scorer=OutcomeJudge(pool) if "prm" in pool.roles() else None,
+            refiner=TaskRefiner() if settings.refiner == "task" else TextRefiner(TaskAnswerVerifier()),
         )
         return cls(settings, pool, store, controller, create_app(settings, controller))
 

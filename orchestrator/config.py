@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +24,13 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
     model_path: Path = Field(REPO_ROOT / "models" / "target", description="Hugging Face directory of the policy.")
     model_name: str = Field("target", description="Name callers use in the request's `model` field.")
+    prm_path: Path = Field(REPO_ROOT / "models" / "prm", description="Hugging Face directory of the process reward model (role `prm`).")
+    serve_prm: bool = Field(
+        True, description="Serve the PRM (and the outcome judge on it) for best_of_n, beam_search and rebase; off saves an engine."
+    )
+    refiner: Literal["task", "text"] = Field(
+        "task", description="PDR/SR workspace format: the bundled task's (what the bundled target was trained on) or plain text."
+    )
     kv_cache_gib: int = Field(1, ge=1, description="KV-cache memory per CPU engine, whole GiB (VLLM_CPU_KVCACHE_SPACE).")
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, in tokens.")
     workers_file: Path | None = Field(

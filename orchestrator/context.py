@@ -5,13 +5,15 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Awaitable, Callable, Sequence, TypeVar
+import asyncio
+from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 from dataclasses import replace
 
 from orchestrator.budget import Budget, BudgetMeter, Reservation
-from orchestrator.protocols import AnswerVerifier, Engine
-from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoreSpec, SubCall, Usage
+from orchestrator.errors import InvalidRequest
+from orchestrator.protocols import AnswerVerifier, Engine, OutcomeScorer, Refiner, StepScorer
+from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, SubCall, Usage
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,18 @@ class StrategyContext:
         sink: SubCallSink,
         policy_role: Role = "policy",
         meter: BudgetMeter | None = None,
+        step_scorer: StepScorer | None = None,
+        outcome_scorer: OutcomeScorer | None = None,
+        refiner: Refiner | None = None,
     ) -> None:
         self._engine = engine
         self._verifier = verifier
         self._sink = sink
+        self._step_scorer = step_scorer
+        self._outcome_scorer = outcome_scorer
+        self._refiner = refiner
+        self.by_stage: dict[str, Usage] = {}  # every call's usage (policy and verifier) by its stage
+        self._hops: dict[int, int] = {}  # dependency depth -> longest call (prompt + completion) at it
         self._seq = itertools.count()
         self.policy_role: Role = policy_role
         self.meter = meter or BudgetMeter(Budget())
@@ -52,9 +62,12 @@ class StrategyContext:
         """Whether some call was cut or refused by the budget (the answer is then reported as ``budget``)."""
         return self.meter.limited
 
-    async def generate(self, spec: SamplingSpec, *, stage: str, branch: str = "0", role: Role | None = None) -> Generation:
+    async def generate(self, spec: SamplingSpec, *, stage: str, branch: str = "0", role: Role | None = None, hop: int = 0) -> Generation:
         """Run ``spec`` on ``role`` (default: the policy). Its ``max_tokens`` may come back cut by the budget:
-        compare with ``Completion.finish_reason == "length"`` or check ``budget_limited``."""
+        compare with ``Completion.finish_reason == "length"`` or check ``budget_limited``.
+
+        ``hop`` is the call's dependency depth: calls at the same hop could run side by side, a call at hop
+        k+1 needed a result of hop k. It is what :attr:`sequential_tokens` is summed over."""
         role = role or self.policy_role
         r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
         spec = replace(spec, max_tokens=r.max_tokens) if r.truncated else spec
@@ -63,18 +76,91 @@ class StrategyContext:
         cost = self.meter.settle(r, role=role, usage=gen.usage, longest_sequence=longest)
         self.usage = self.usage + gen.usage
         self.cost_usd += cost
+        self._hop(hop, gen.usage.prompt_tokens + longest)
         await self._record(stage, role, branch, spec.n, gen.usage, gen.worker, tuple(c.finish_reason for c in gen.completions), cost, latency)
         return gen
 
-    async def score(self, spec: ScoreSpec, *, stage: str, branch: str = "0", role: Role = "prm") -> Scores:
+    async def stream(
+        self, spec: SamplingSpec, *, stage: str, branch: str = "0", role: Role | None = None, hop: int = 0
+    ) -> AsyncIterator[StreamDelta]:
+        """Partial outputs of ``spec`` as they come; charged and recorded like ``generate`` once the stream
+        ends (also when it ends by ``abort``). Prompt tokens are counted with the role's tokenizer; the
+        prefix-cache share of a streamed call is not reported (counted as 0)."""
+        role = role or self.policy_role
+        r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
+        spec = replace(spec, max_tokens=r.max_tokens) if r.truncated else spec
+        counts: dict[int, int] = {}
+        reasons: dict[int, str] = {}
+        start = time.perf_counter()
+        prompt_tokens = 0
+        try:
+            prompt_tokens = len(spec.prompt) if not isinstance(spec.prompt, str) else len(await self._engine.tokenize(role, spec.prompt))
+            async for delta in self._engine.stream(role, spec):
+                counts[delta.index] = delta.tokens
+                if delta.finish_reason is not None:
+                    reasons[delta.index] = delta.finish_reason
+                yield delta
+        finally:
+            # Charged however the stream ended: what was generated was paid for.
+            usage = Usage(prompt_tokens=prompt_tokens if counts else 0, completion_tokens=sum(counts.values()))
+            cost = self.meter.settle(r, role=role, usage=usage, longest_sequence=max(counts.values(), default=0))
+            self.usage = self.usage + usage
+            self.cost_usd += cost
+            self._hop(hop, prompt_tokens + max(counts.values(), default=0))
+            finish = tuple(reasons.get(i, "abort") for i in range(spec.n))  # type: ignore[misc]
+            await asyncio.shield(self._record(stage, role, branch, spec.n, usage, "", finish, cost, time.perf_counter() - start))
+
+    async def score(self, spec: ScoreSpec, *, stage: str, branch: str = "0", role: Role = "prm", hop: int = 0) -> Scores:
         """Prompt log-probabilities from ``role`` (a PRM, a judge); charged as verifier tokens."""
         r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=1, max_tokens=1, generates=False)
         scores, latency = await self._metered(r, self._engine.score(role, spec))
         cost = self.meter.settle(r, role=role, usage=scores.usage, longest_sequence=0)
         self.verifier_tokens += scores.usage.total_tokens
         self.cost_usd += cost
+        self._hop(hop, scores.usage.total_tokens)
         await self._record(stage, role, branch, 1, scores.usage, scores.worker, ("stop",), cost, latency, verifier=True)
         return scores
+
+    async def tokens(self, text: str, *, role: Role | None = None) -> int:
+        """How many tokens ``text`` is for ``role`` (default: the policy). Free: nothing is generated."""
+        return len(await self._engine.tokenize(role or self.policy_role, text))
+
+    async def prm(self, question: str, solutions: Sequence[str], *, stage: str, branch: str = "0", hop: int = 0) -> list[tuple[float, ...]]:
+        """Step scores in [0, 1] of every solution (scored concurrently), charged as verifier tokens."""
+        if self._step_scorer is None:
+            raise InvalidRequest("this strategy needs a process reward model and none is configured", param="strategy")
+        view = _MeteredView(self, stage, branch, hop)
+        scorer = self._step_scorer
+        return list(await asyncio.gather(*(scorer.step_scores(view, question, s) for s in solutions)))
+
+    async def judge(self, question: str, solutions: Sequence[str], *, stage: str, branch: str = "0", hop: int = 0) -> list[float]:
+        """P(correct) of every whole solution from the outcome judge, charged as verifier tokens."""
+        if self._outcome_scorer is None:
+            raise InvalidRequest("this strategy needs an outcome judge and none is configured", param="strategy")
+        view = _MeteredView(self, stage, branch, hop)
+        judge = self._outcome_scorer
+        return list(await asyncio.gather(*(judge.outcome_score(view, question, s) for s in solutions)))
+
+    @property
+    def sequential_tokens(self) -> int:
+        """Tokens (prompt + completion) along the longest dependent chain of calls: per hop the longest
+        call, summed over hops (the PDR paper's sequential budget, its latency proxy)."""
+        return sum(self._hops.values())
+
+    def _hop(self, hop: int, tokens: int) -> None:
+        self._hops[hop] = max(self._hops.get(hop, 0), tokens)
+
+    @property
+    def refiner(self) -> Refiner:
+        """How drafts are distilled and refined (Parallel-Distill-Refine)."""
+        if self._refiner is None:
+            raise InvalidRequest("this strategy needs a refiner and none is configured", param="strategy")
+        return self._refiner
+
+    def available(self) -> frozenset[str]:
+        """Which of "prm", "judge", "refiner" this context can serve."""
+        have = {"prm": self._step_scorer, "judge": self._outcome_scorer, "refiner": self._refiner}
+        return frozenset(k for k, v in have.items() if v is not None)
 
     async def abort(self, request_ids: Sequence[str]) -> None:
         """Stop running calls by their specs' ``request_id``. Each aborted ``generate`` still returns, with
@@ -105,6 +191,7 @@ class StrategyContext:
             cost_usd=cost,
             kind="score" if verifier else "generate",
         )
+        self.by_stage[stage] = self.by_stage.get(stage, Usage()) + usage
         await self._sink(call)
 
     def extract(self, text: str) -> str | None:
@@ -115,6 +202,20 @@ class StrategyContext:
         """Report progress (kept with the request; streamed to callers once streaming exists)."""
         self.events.append(event)
         log.debug("strategy event %s", event)
+
+
+class _MeteredView:
+    """The engine as a scorer sees it: scoring goes through the context (admitted, charged, recorded under
+    the caller's stage); tokenising is free."""
+
+    def __init__(self, ctx: StrategyContext, stage: str, branch: str, hop: int) -> None:
+        self._ctx, self._stage, self._branch, self._hop = ctx, stage, branch, hop
+
+    async def score(self, role: Role, spec: ScoreSpec) -> Scores:
+        return await self._ctx.score(spec, stage=self._stage, branch=self._branch, role=role, hop=self._hop)
+
+    async def tokenize(self, role: Role, text: str) -> list[int]:
+        return await self._ctx._engine.tokenize(role, text)
 
 
 def prompt_bound(prompt: str | tuple[int, ...]) -> int:

@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from datetime import datetime, timezone
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
@@ -21,7 +21,7 @@ from orchestrator.budget import Budget, BudgetMeter, Price
 from orchestrator.context import StrategyContext, prompt_bound
 from orchestrator.db.store import Store
 from orchestrator.errors import BudgetExceeded, InvalidRequest, QuotaExceeded, TTSError, UnknownModel, UnknownStrategy
-from orchestrator.protocols import AnswerVerifier, Engine, StrategySpec
+from orchestrator.protocols import AnswerVerifier, Engine, OutcomeScorer, Refiner, StepScorer, StrategySpec
 from orchestrator.types import Problem, Role, StrategyResult, SubCall, Usage
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class ReasoningResponse:
     latency_s: float
     verifier_tokens: int = 0
     cost_usd: float = 0.0
+    by_stage: Mapping[str, Usage] = field(default_factory=dict)  # policy and verifier usage by stage
+    sequential_tokens: int = 0
 
 
 def _validation_message(err: ValidationError) -> tuple[str, str | None]:
@@ -70,6 +72,9 @@ class Controller:
         models: Mapping[str, Role],
         max_request_tokens: int,
         prices: Mapping[str, Price] | None = None,
+        step_scorer: StepScorer | None = None,
+        outcome_scorer: OutcomeScorer | None = None,
+        refiner: Refiner | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -78,6 +83,14 @@ class Controller:
         self.models = models
         self.max_request_tokens = max_request_tokens
         self.prices: dict[str, Price] = dict(prices or {})  # by role
+        self.step_scorer = step_scorer
+        self.outcome_scorer = outcome_scorer
+        self.refiner = refiner
+
+    def available(self) -> frozenset[str]:
+        """What strategies may need that this controller has: "prm", "judge", "refiner"."""
+        have = {"prm": self.step_scorer, "judge": self.outcome_scorer, "refiner": self.refiner}
+        return frozenset(k for k, v in have.items() if v is not None)
 
     def validate(self, req: ReasoningRequest) -> tuple[StrategySpec, BaseModel, Role]:
         """Check everything that can be checked before any compute is spent; raise InvalidRequest."""
@@ -99,6 +112,12 @@ class Controller:
             raise InvalidRequest("messages must contain at least one non-empty message", param="messages")
         if req.max_total_tokens is not None and req.max_total_tokens <= 0:
             raise InvalidRequest("max_total_tokens must be positive", param="max_total_tokens")
+        missing = spec.needs(params) - self.available()
+        if missing:
+            raise InvalidRequest(
+                f"strategy {spec.name!r} with these parameters needs {' and '.join(sorted(missing))}, which this server does not have",
+                param="strategy",
+            )
         role = self.models[req.model]
         if req.budget is not None and req.budget.cost_usd is not None and role not in self.prices:
             raise InvalidRequest(f"budget.cost_usd needs a price for model {req.model!r}; none is configured", param="budget.cost_usd")
@@ -184,10 +203,20 @@ class Controller:
             calls += 1
             await self.store.aadd_subcall(request_id, call)
 
-        ctx = StrategyContext(engine=self.engine, verifier=self.verifier, sink=sink, policy_role=role, meter=meter)
+        ctx = StrategyContext(
+            engine=self.engine,
+            verifier=self.verifier,
+            sink=sink,
+            policy_role=role,
+            meter=meter,
+            step_scorer=self.step_scorer,
+            outcome_scorer=self.outcome_scorer,
+            refiner=self.refiner,
+        )
+        question = next((m.get("content", "") for m in reversed(req.messages) if m.get("role", "user") == "user"), "")
         start = time.perf_counter()
         try:
-            result = await spec.run(Problem(prompt=prompt), ctx, params)
+            result = await spec.run(Problem(prompt=prompt, question=question), ctx, params)
         except asyncio.CancelledError:
             await asyncio.shield(self.store.afinish_request(request_id, state="cancelled", usage=ctx.usage, error="cancelled by the caller"))
             raise
@@ -205,6 +234,8 @@ class Controller:
             a = req.auto
             chosen = {"strategy": a.strategy, "params": dict(a.params), "accuracy": a.accuracy, "mean_tokens": a.mean_tokens, "source": a.source}
             result = replace(result, info={**result.info, "auto": chosen})
+        if result.sequential_tokens is None:
+            result = replace(result, sequential_tokens=ctx.sequential_tokens)
         if ctx.budget_limited and result.finish_reason != "budget":
             result = replace(result, finish_reason="budget")  # the budget shaped this answer: say so
         state = "budget_exhausted" if result.finish_reason == "budget" else "succeeded"
@@ -221,6 +252,8 @@ class Controller:
             latency_s=time.perf_counter() - start,
             verifier_tokens=ctx.verifier_tokens,
             cost_usd=ctx.cost_usd,
+            by_stage=dict(ctx.by_stage),
+            sequential_tokens=result.sequential_tokens or 0,
         )
 
 

@@ -40,6 +40,36 @@ class AnswerVerifier(Protocol):
     def extract(self, text: str) -> str | None: ...
 
 
+class StepScorer(Protocol):
+    """A process reward model: a score in [0, 1] for every step of a solution (higher: more likely on track).
+    It reaches its model only through ``engine`` (the strategy context's metered view)."""
+
+    async def step_scores(self, engine: Engine, question: str, solution: str) -> tuple[float, ...]: ...
+
+
+class OutcomeScorer(Protocol):
+    """An outcome judge: the probability in [0, 1] that a whole solution is correct."""
+
+    async def outcome_score(self, engine: Engine, question: str, solution: str) -> float: ...
+
+
+class Refiner(Protocol):
+    """How drafts become a refine prompt (Parallel-Distill-Refine). Task knowledge lives here, not in the
+    strategy: what a global summary of drafts says, and how the policy is asked to improve on a workspace."""
+
+    def summary(self, question: str, drafts: Sequence[str]) -> list[str]:
+        """A global summary of ``drafts`` as lines; the strategy keeps as many as its token bound allows."""
+        ...
+
+    def draft_block(self, index: int, draft: str) -> str:
+        """One draft as it appears verbatim in a workspace (top-k and random-k operators)."""
+        ...
+
+    def refine_prompt(self, question: str, workspace: str) -> str:
+        """The policy's prompt for one refinement of ``question`` given ``workspace`` (may be empty)."""
+        ...
+
+
 StrategyFn = Callable[[Problem, "StrategyContext", BaseModel], Awaitable[StrategyResult]]
 
 
@@ -54,3 +84,6 @@ class StrategySpec:
     # Most completion tokens a run with these parameters can generate (None: unknown); lets a tenant's
     # request reserve only what it can spend.
     worst_case: Callable[[BaseModel], int] | None = None
+    # What a run with these parameters needs besides the policy: "prm", "judge" and/or "refiner". The
+    # controller refuses the request before any compute when the server lacks one.
+    needs: Callable[[BaseModel], frozenset[str]] = lambda p: frozenset()

@@ -127,9 +127,15 @@ class Generation:
 
 @dataclass(frozen=True)
 class Problem:
-    """What a strategy solves. ``prompt`` is the rendered text the policy continues."""
+    """What a strategy solves. ``prompt`` is the rendered text the policy continues; ``question`` is the
+    user's own words (what a PRM, a judge or a refine prompt is given); empty means the prompt itself."""
 
     prompt: str
+    question: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.question or self.prompt
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,11 @@ class StrategyResult:
     finish_reason: Literal["stop", "length", "budget"]
     candidates: tuple[Candidate, ...] = field(default_factory=tuple)
     info: dict[str, object] = field(default_factory=dict)
+    # Rounds, search steps or tree nodes, with their scores: what the strategy did, in order.
+    trace: tuple[dict[str, object], ...] = field(default_factory=tuple)
+    # Tokens (prompt + completion) along the longest chain of calls that depended on each other: the
+    # latency proxy of the PDR paper. None when the strategy does not track it.
+    sequential_tokens: int | None = None
 
 
 @dataclass(frozen=True)

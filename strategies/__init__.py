@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 from orchestrator.controller import summarize
-from strategies import first_finish, self_consistency
+from strategies import beam_search, best_of_n, first_finish, pdr, rebase, self_consistency, single_pass
 
-REGISTRY = summarize([self_consistency.SPEC, first_finish.SPEC])
+REGISTRY = summarize(
+    [
+        single_pass.SPEC,
+        self_consistency.SPEC,
+        best_of_n.SPEC,
+        beam_search.SPEC,
+        rebase.SPEC,
+        first_finish.SPEC,
+        pdr.SPEC,
+        pdr.SR_SPEC,
+    ]
+)
 
 __all__ = ["REGISTRY"]

@@ -1,4 +1,8 @@
-"""First Finish Search (asynchronous): n independent samples; the first to finish with an answer wins.
+"""First Finish Search: of n samples, the first to finish wins; the others are stopped at once.
+
+``mode="async"`` (default): n independent requests; the first that finishes *with a parsable answer* wins.
+``mode="sync"``: one request of n sequences decoded in lockstep (one batch); the first sequence to end wins,
+whether or not it has an answer (the paper's synchronous variant), and the whole batch is stopped.
 
 The others are aborted the moment the winner is known; what they had generated is still charged and recorded
 (the reference implementation drops it, which understates the real cost). FFS-k@N: wait for the first k
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,6 +35,7 @@ class Params(BaseModel):
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass (the paper's 0.95).")
     max_tokens: int = Field(256, ge=1, le=4096, description="Most new tokens per sample.")
     seed: int | None = Field(None, description="Sample i uses seed + i; None for fresh randomness.")
+    mode: Literal["async", "sync"] = Field("async", description="Independent requests, or one lockstep batch.")
 
     @model_validator(mode="after")
     def _k_within_n(self) -> Params:
@@ -39,6 +45,8 @@ class Params(BaseModel):
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
+    if params.mode == "sync":
+        return await _run_sync(problem, ctx, params)
     ids = [uuid.uuid4().hex for _ in range(params.n)]
     specs = [
         SamplingSpec(
@@ -106,6 +114,51 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
         finish_reason="length" if chosen.finish_reason == "length" else "stop",
         candidates=candidates,
         info={"winner": winner, "finish_order": order, "aborted": aborted, "votes": dict(votes), "k": params.k},
+    )
+
+
+async def _run_sync(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
+    rid = uuid.uuid4().hex
+    spec = SamplingSpec(
+        prompt=problem.prompt,
+        n=params.n,
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        seed=params.seed,
+        request_id=rid,
+    )
+    texts = [""] * params.n
+    tokens = [0] * params.n
+    reasons: list[str | None] = [None] * params.n
+    order: list[int] = []
+    stopped = False
+    async for d in ctx.stream(spec, stage="sample"):
+        texts[d.index] += d.text
+        tokens[d.index] = d.tokens
+        if d.finish_reason is not None and reasons[d.index] is None:
+            reasons[d.index] = d.finish_reason
+            if d.finish_reason != "abort":
+                order.append(d.index)
+        if len(order) >= params.k and not stopped:
+            stopped = True
+            ctx.emit({"stage": "abort", "winners": order[: params.k]})
+            await ctx.abort([rid])  # the stream ends once the engine has let the batch go
+    cands = tuple(
+        Candidate(text=t, answer=ctx.extract(t) if r not in (None, "abort") else None, tokens=n, finish_reason=r if r in ("stop", "length") else "abort")  # type: ignore[arg-type]
+        for t, n, r in zip(texts, tokens, reasons)
+    )
+    first = order[: params.k]
+    votes = Counter(cands[i].answer for i in first if cands[i].answer is not None)
+    winner = next((i for i in first if cands[i].answer == votes.most_common(1)[0][0]), first[0]) if votes else (first or [0])[0]
+    chosen = cands[winner]
+    aborted = [i for i, c in enumerate(cands) if c.finish_reason == "abort"]
+    return StrategyResult(
+        text=chosen.text,
+        answer=chosen.answer,
+        finish_reason="length" if chosen.finish_reason == "length" else "stop",
+        candidates=cands,
+        info={"winner": winner, "finish_order": order, "aborted": aborted, "votes": dict(votes), "k": params.k, "mode": "sync"},
     )
 
 

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.context import StrategyContext
 from orchestrator.protocols import StrategySpec
-from orchestrator.types import Candidate, Problem, SamplingSpec, StrategyResult
+from orchestrator.types import Problem, SamplingSpec, StrategyResult
+from strategies.common import candidates, majority, result
 
 
 class Params(BaseModel):
@@ -35,24 +36,10 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
         seed=params.seed,
     )
     gen = await ctx.generate(spec, stage="sample")
-    candidates = tuple(
-        Candidate(text=c.text, answer=ctx.extract(c.text), tokens=c.tokens, finish_reason=c.finish_reason)
-        for c in gen.completions
-    )
-    votes = Counter(c.answer for c in candidates if c.answer is not None)
+    cands = candidates(ctx, gen.completions)
+    votes = Counter(c.answer for c in cands if c.answer is not None)
     ctx.emit({"stage": "vote", "votes": dict(votes)})
-    if votes:
-        winner = votes.most_common(1)[0][0]  # Counter keeps first-seen order among equal counts
-        chosen = next(c for c in candidates if c.answer == winner)
-    else:
-        chosen = candidates[0]
-    return StrategyResult(
-        text=chosen.text,
-        answer=chosen.answer,
-        finish_reason="length" if chosen.finish_reason == "length" else "stop",
-        candidates=candidates,
-        info={"votes": dict(votes)},
-    )
+    return result(majority(cands), cands, info={"votes": dict(votes)})
 
 
 SPEC = StrategySpec(

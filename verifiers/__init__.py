@@ -2,6 +2,7 @@
 
 from verifiers.answers import ANSWER_VERIFIERS, MathAnswerVerifier, TaskAnswerVerifier, answer_verifier
 from verifiers.prm import JudgeFormat, MathShepherdPRM, OutcomeJudge, PRMFormat, StepScores
+from verifiers.refine import TaskRefiner, TextRefiner
 
 __all__ = [
     "ANSWER_VERIFIERS",
@@ -12,5 +13,7 @@ __all__ = [
     "PRMFormat",
     "StepScores",
     "TaskAnswerVerifier",
+    "TaskRefiner",
+    "TextRefiner",
     "answer_verifier",
 ]

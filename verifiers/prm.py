@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
+from models import task
 from orchestrator.errors import InvalidRequest
 from orchestrator.protocols import Engine
+from orchestrator.scoring import Aggregation, aggregate
 from orchestrator.types import Role, ScoreSpec, Usage
-
-Aggregation = Literal["last", "min", "prod", "mean"]
 
 
 @dataclass(frozen=True)
@@ -50,23 +50,7 @@ class StepScores:
     usage: Usage
 
     def aggregate(self, how: Aggregation = "last") -> float:
-        if not self.scores:
-            return 0.0
-        if how == "last":
-            return self.scores[-1]
-        if how == "min":
-            return min(self.scores)
-        if how == "prod":
-            return math.prod(self.scores)
-        if how == "mean":
-            return sum(self.scores) / len(self.scores)
-        raise InvalidRequest(f"unknown aggregation {how!r}; expected last, min, prod or mean", param="aggregation")
-
-
-def split_steps(text: str, delimiter: str = "\n") -> list[str]:
-    """Non-empty stripped steps. An unfinished last step (a partial generation cut after some tokens) is a
-    step like the others, so partial solutions are scored the same way."""
-    return [s for s in (p.strip() for p in text.split(delimiter)) if s]
+        return aggregate(self.scores, how)
 
 
 def p_good(lp_good: float, lp_bad: float) -> float:
@@ -87,11 +71,11 @@ class MathShepherdPRM:
         self.fmt = fmt
         self._ids: tuple[int, int, int] | None = None
 
-    async def _token_ids(self) -> tuple[int, int, int]:
+    async def _token_ids(self, engine: Engine) -> tuple[int, int, int]:
         """Ids of the tag, good and bad tokens: the last id each tokenises to (skips any BOS or space piece)."""
         if self._ids is None:
             tag, good, bad = await asyncio.gather(
-                *(self.engine.tokenize(self.role, t) for t in (self.fmt.tag, self.fmt.good, self.fmt.bad))
+                *(engine.tokenize(self.role, t) for t in (self.fmt.tag, self.fmt.good, self.fmt.bad))
             )
             self._ids = (tag[-1], good[-1], bad[-1])
         return self._ids
@@ -100,14 +84,17 @@ class MathShepherdPRM:
         f = self.fmt
         return f.question_template.format(question=question) + "".join(f"{s}{f.tag}{f.separator}" for s in steps)
 
-    async def score(self, question: str, solution: str) -> StepScores:
-        steps = tuple(split_steps(solution, self.fmt.step_delimiter))
+    async def score(self, question: str, solution: str, *, engine: Engine | None = None) -> StepScores:
+        """Every step's P(good), through ``engine`` (default: the one this scorer was built with)."""
+        engine = engine or self.engine
+        # An unfinished last step (a partial generation cut after some tokens) is a step like the others.
+        steps = tuple(task.split_steps(solution, delimiter=self.fmt.step_delimiter))
         if not steps:
             return StepScores((), (), Usage())
         if any(self.fmt.tag.strip() in s for s in steps):
             raise InvalidRequest("a step contains the PRM's step tag; it cannot be scored unambiguously")
-        tag_id, good_id, bad_id = await self._token_ids()
-        scores = await self.engine.score(self.role, ScoreSpec(self.render(question, steps), start=0, candidates=(good_id, bad_id)))
+        tag_id, good_id, bad_id = await self._token_ids(engine)
+        scores = await engine.score(self.role, ScoreSpec(self.render(question, steps), start=0, candidates=(good_id, bad_id)))
         positions = [p for p, t in enumerate(scores.token_ids) if t == tag_id]
         # The question may itself contain the tag; the step tags are always the last len(steps) ones.
         positions = positions[-len(steps) :]
@@ -115,6 +102,10 @@ class MathShepherdPRM:
             raise InvalidRequest(f"found {len(positions)} step tags for {len(steps)} steps after tokenisation")
         values = tuple(p_good(*scores.candidate_logprobs[p - scores.start]) for p in positions)
         return StepScores(steps, values, scores.usage)
+
+    async def step_scores(self, engine: Engine, question: str, solution: str) -> tuple[float, ...]:
+        """The :class:`~orchestrator.protocols.StepScorer` protocol (how strategies reach the PRM)."""
+        return (await self.score(question, solution, engine=engine)).scores
 
     async def score_many(self, question: str | Sequence[str], solutions: Sequence[str]) -> list[StepScores]:
         """Score many solutions concurrently (the engine batches them); ``question`` is one for all or one each."""
@@ -141,12 +132,17 @@ class OutcomeJudge:
         self.role = role
         self.fmt = fmt
 
-    async def judge(self, question: str, solution: str) -> float:
+    async def judge(self, question: str, solution: str, *, engine: Engine | None = None) -> float:
+        engine = engine or self.engine
         if not solution.strip():
             return 0.0  # documented: an empty solution is judged incorrect without asking the model
-        yes, no = await asyncio.gather(self.engine.tokenize(self.role, self.fmt.yes), self.engine.tokenize(self.role, self.fmt.no))
+        yes, no = await asyncio.gather(engine.tokenize(self.role, self.fmt.yes), engine.tokenize(self.role, self.fmt.no))
         prompt = self.fmt.template.format(question=question, solution=solution)
         # Append the `yes` token so that the row predicting it is the distribution right after the prompt.
-        ids = list(await self.engine.tokenize(self.role, prompt)) + [yes[-1]]
-        scores = await self.engine.score(self.role, ScoreSpec(tuple(ids), start=len(ids) - 2, candidates=(yes[-1], no[-1])))
+        ids = list(await engine.tokenize(self.role, prompt)) + [yes[-1]]
+        scores = await engine.score(self.role, ScoreSpec(tuple(ids), start=len(ids) - 2, candidates=(yes[-1], no[-1])))
         return p_good(*scores.candidate_logprobs[-1])
+
+    async def outcome_score(self, engine: Engine, question: str, solution: str) -> float:
+        """The :class:`~orchestrator.protocols.OutcomeScorer` protocol (how strategies reach the judge)."""
+        return await self.judge(question, solution, engine=engine)

@@ -1,0 +1,101 @@
+"""PRM beam search (search-and-learn style): n beams grow one step at a time; the PRM prunes them.
+
+Every iteration expands exactly ``n`` beams by one step (one line): the ``n // beam_width`` survivors of the
+last pruning, each ``beam_width`` times (before the first pruning, the root n times). Beams that finish (an
+answer, an ended trace, or ``max_tokens`` used) leave the beam and are kept as results; the open ones are
+scored by the PRM and the best ``n // beam_width`` survive. The search stops when ``n`` beams have finished,
+when nothing is open, or after ``max_steps`` iterations. The answer is chosen among the finished beams
+(argmax or weighted vote of their aggregated scores); open beams only when nothing finished.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from orchestrator.context import StrategyContext
+from orchestrator.errors import BudgetExceeded
+from orchestrator.protocols import StrategySpec
+from orchestrator.scoring import Aggregation
+from orchestrator.types import Problem, StrategyResult
+from strategies.common import Path, StepConfig, best_scored, extend, path_candidates, result, score_paths
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(8, ge=1, le=256, description="Beams expanded at every iteration.")
+    beam_width: int = Field(4, ge=1, le=64, description="Children per surviving beam; n // beam_width survive a pruning.")
+    max_steps: int = Field(40, ge=1, le=200, description="Most iterations (steps per beam).")
+    step_tokens: int = Field(64, ge=1, le=1024, description="Most tokens of one step.")
+    max_tokens: int = Field(256, ge=1, le=4096, description="Most generated tokens per beam.")
+    aggregation: Aggregation = Field("last", description="How a beam's step scores become its score.")
+    selection: Literal["argmax", "weighted"] = Field("weighted", description="How the answer is chosen among finished beams.")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, description="Engine seed; None for fresh randomness.")
+
+    @model_validator(mode="after")
+    def _divisible(self) -> Params:
+        if self.n % self.beam_width:
+            raise ValueError(f"n={self.n} must be a multiple of beam_width={self.beam_width}")
+        return self
+
+
+async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
+    cfg = StepConfig(params.step_tokens, params.max_tokens, params.temperature, params.top_p, params.seed)
+    keep = params.n // params.beam_width
+    survivors: list[Path] = [Path()]
+    finished: list[Path] = []
+    trace: list[dict[str, object]] = []
+    limited = False
+    for step in range(params.max_steps):
+        # Refill to n: each survivor gets an equal share of the n expansions (the first ones one more if n
+        # is not a multiple, which only happens when fewer than `keep` survived).
+        share, extra = divmod(params.n, len(survivors))
+        parents = [(p, share + (i < extra)) for i, p in enumerate(survivors)]
+        children, limited = await extend(ctx, problem, parents, cfg, hop=2 * step)
+        kids = [k for ks in children for k in ks]
+        if not kids:
+            break
+        try:
+            kids = await score_paths(ctx, problem, kids, params.aggregation, hop=2 * step + 1)
+        except BudgetExceeded:
+            limited = True
+            finished += [k for k in kids if k.done]
+            survivors = [k for k in kids if not k.done] or survivors
+            break
+        finished += [k for k in kids if k.done]
+        open_ = sorted((k for k in kids if not k.done), key=lambda k: -k.score)
+        survivors = open_[:keep]
+        trace.append(
+            {
+                "step": step,
+                "expanded": sum(n for _, n in parents),
+                "finished": sum(k.done for k in kids),
+                "kept": len(survivors),
+                "scores": [round(k.score, 4) for k in kids],
+            }
+        )
+        ctx.emit({"stage": "step", "step": step, "kept": len(survivors), "finished": len(finished)})
+        if limited or len(finished) >= params.n or not survivors:
+            break
+    pool = finished or survivors
+    cands = path_candidates(ctx, pool)
+    if not cands:
+        raise BudgetExceeded("the budget had no room for a single step")
+    chosen = best_scored(cands, params.selection)
+    info = {"finished": len(finished), "steps": len(trace)}
+    return result(chosen, cands, trace=trace, info=info, **({"finish_reason": "budget"} if limited else {}))
+
+
+SPEC = StrategySpec(
+    name="beam_search",
+    params=Params,
+    run=run,
+    summary="PRM beam search: n beams, keep n/beam_width at every step, expand each beam_width times",
+    # Every iteration generates at most n steps; there are at most min(max_steps, max_tokens) iterations.
+    worst_case=lambda p: p.n * p.step_tokens * min(p.max_steps, p.max_tokens),  # type: ignore[attr-defined]
+    needs=lambda p: frozenset({"prm"}),
+)

@@ -1,0 +1,65 @@
+"""Best-of-N: sample n solutions, score each with the PRM or the outcome judge, keep the best.
+
+``selection`` is ``argmax`` (the single highest score) or ``weighted`` (the answer whose solutions' scores
+sum highest, the weighted majority vote of search-and-learn). With the PRM, a solution's score aggregates
+its step scores (``last``, ``min``, ``prod`` or ``mean``). Samples are scored concurrently, after all are
+drawn; when the budget has no room left for scoring, the plain majority of the samples is returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.context import StrategyContext
+from orchestrator.errors import BudgetExceeded
+from orchestrator.protocols import StrategySpec
+from orchestrator.scoring import Aggregation, aggregate
+from orchestrator.types import Problem, SamplingSpec, StrategyResult
+from strategies.common import best_scored, candidates, majority, result
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(8, ge=1, le=256, description="Samples to draw.")
+    scorer: Literal["prm", "judge"] = Field("prm", description="Who scores: the process reward model or the outcome judge.")
+    aggregation: Aggregation = Field("last", description="How the PRM's step scores become one (ignored by the judge).")
+    selection: Literal["argmax", "weighted"] = Field("weighted", description="Highest score, or weighted majority vote.")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(256, ge=1, le=4096, description="Most new tokens per sample.")
+    seed: int | None = Field(None, description="Engine seed; None for fresh randomness.")
+
+
+async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
+    spec = SamplingSpec(
+        prompt=problem.prompt, n=params.n, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p, seed=params.seed
+    )
+    gen = await ctx.generate(spec, stage="sample")
+    cands = candidates(ctx, gen.completions)
+    texts = [c.text for c in cands]
+    try:
+        if params.scorer == "prm":
+            steps = await ctx.prm(problem.text, texts, stage="score", hop=1)
+            scores = [aggregate(s, params.aggregation) for s in steps]
+        else:
+            scores = await ctx.judge(problem.text, texts, stage="score", hop=1)
+    except BudgetExceeded:
+        return result(majority(cands), cands, finish_reason="budget", info={"scored": False})
+    cands = [replace(c, score=s) for c, s in zip(cands, scores)]
+    chosen = best_scored(cands, params.selection)
+    ctx.emit({"stage": "select", "answer": chosen.answer, "score": chosen.score})
+    return result(chosen, cands, info={"scored": True, "selection": params.selection})
+
+
+SPEC = StrategySpec(
+    name="best_of_n",
+    params=Params,
+    run=run,
+    summary="n samples scored by the PRM or the judge; best (argmax) or weighted majority",
+    worst_case=lambda p: p.n * p.max_tokens,  # type: ignore[attr-defined]
+    needs=lambda p: frozenset({p.scorer}),  # type: ignore[attr-defined]
+)

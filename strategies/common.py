@@ -1,0 +1,146 @@
+"""Small pieces several strategies share: turning completions into candidates, and choosing among them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+from orchestrator.context import StrategyContext
+from orchestrator.errors import BudgetExceeded
+from orchestrator.scoring import Aggregation, aggregate, weighted_vote
+from orchestrator.types import Candidate, Completion, FinishReason, Problem, SamplingSpec, StrategyResult
+
+
+def candidate(ctx: StrategyContext, text: str, tokens: int, finish_reason: FinishReason, score: float | None = None) -> Candidate:
+    return Candidate(text=text, answer=ctx.extract(text), tokens=tokens, finish_reason=finish_reason, score=score)
+
+
+def candidates(ctx: StrategyContext, completions: Sequence[Completion]) -> list[Candidate]:
+    return [candidate(ctx, c.text, c.tokens, c.finish_reason) for c in completions]
+
+
+def majority(cands: Sequence[Candidate]) -> Candidate:
+    """The first candidate whose answer won the vote (unparsable answers do not vote); the first candidate
+    when none has an answer."""
+    votes = Counter(c.answer for c in cands if c.answer is not None)
+    if not votes:
+        return cands[0]
+    winner = votes.most_common(1)[0][0]  # Counter keeps first-seen order among equal counts
+    return next(c for c in cands if c.answer == winner)
+
+
+def best_scored(cands: Sequence[Candidate], selection: str) -> Candidate:
+    """``argmax``: the highest-scored candidate. ``weighted``: the answer with the largest summed score,
+    represented by its highest-scored candidate. Unscored candidates count as score 0."""
+    if selection == "argmax":
+        return max(cands, key=lambda c: c.score or 0.0)
+    answer = weighted_vote((c.answer, c.score or 0.0) for c in cands)
+    if answer is None:
+        return max(cands, key=lambda c: c.score or 0.0)
+    return max((c for c in cands if c.answer == answer), key=lambda c: c.score or 0.0)
+
+
+def result(chosen: Candidate, cands: Sequence[Candidate], **extra: object) -> StrategyResult:
+    """A result showing ``chosen``; ``trace``, ``info`` and ``finish_reason`` may be given in ``extra``."""
+    finish = extra.pop("finish_reason", "length" if chosen.finish_reason == "length" else "stop")
+    return StrategyResult(
+        text=chosen.text,
+        answer=chosen.answer,
+        finish_reason=finish,  # type: ignore[arg-type]
+        candidates=tuple(cands),
+        info=dict(extra.pop("info", {})),  # type: ignore[call-overload]
+        trace=tuple(extra.pop("trace", ())),  # type: ignore[arg-type]
+    )
+
+
+# ------------------------------------------------------------------------------------ step-wise search
+
+
+@dataclass(frozen=True)
+class Path:
+    """A partial solution in a step-wise search: its text so far (an open path ends with the step
+    delimiter), the tokens generated for it, whether it is finished, and its PRM step scores."""
+
+    text: str = ""
+    tokens: int = 0
+    done: bool = False
+    finish_reason: FinishReason = "stop"
+    steps: tuple[float, ...] = ()
+    score: float = 0.0  # the step scores aggregated (the strategy's aggregation)
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """How one search step is generated: one line (up to ``step_tokens``) of a solution of at most
+    ``max_tokens`` generated tokens."""
+
+    step_tokens: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    delimiter: str = "\n"
+
+
+async def extend(
+    ctx: StrategyContext, problem: Problem, parents: Sequence[tuple[Path, int]], cfg: StepConfig, *, hop: int, stage: str = "expand"
+) -> tuple[list[list[Path]], bool]:
+    """Children of every open parent: ``k`` samples of its next step in one call (siblings share the prefill).
+
+    A child is finished when it has an answer, when the policy wrote an empty step (it ended), or when it
+    used its ``max_tokens``. Returns the children per parent and whether the budget refused some call
+    (those parents get no children)."""
+    calls = []
+    for i, (p, k) in enumerate(parents):
+        if k <= 0 or p.done:
+            calls.append(None)
+            continue
+        spec = SamplingSpec(
+            prompt=problem.prompt + p.text,
+            n=k,
+            max_tokens=max(1, min(cfg.step_tokens, cfg.max_tokens - p.tokens)),
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            stop=(cfg.delimiter,),
+            seed=None if cfg.seed is None else cfg.seed + 7919 * hop + 104729 * i,
+        )
+        calls.append(ctx.generate(spec, stage=stage, branch=str(i), hop=hop))
+    outs = await asyncio.gather(*(c for c in calls if c is not None), return_exceptions=True)
+    limited = False
+    children: list[list[Path]] = []
+    it = iter(outs)
+    for (p, _), call in zip(parents, calls):
+        if call is None:
+            children.append([])
+            continue
+        out = next(it)
+        if isinstance(out, BudgetExceeded):
+            limited = True
+            children.append([])
+            continue
+        if isinstance(out, BaseException):
+            raise out
+        kids = []
+        for c in out.completions:
+            tokens = p.tokens + c.tokens
+            text = p.text + c.text
+            done = ctx.extract(text) is not None or not c.text.strip() or tokens >= cfg.max_tokens or c.finish_reason == "abort"
+            if not done and c.finish_reason == "stop":
+                text += cfg.delimiter  # the stop string is not part of the output; the next step starts a line
+            kids.append(Path(text=text, tokens=tokens, done=done, finish_reason=c.finish_reason))
+        children.append(kids)
+    return children, limited
+
+
+async def score_paths(ctx: StrategyContext, problem: Problem, paths: Sequence[Path], how: Aggregation, *, hop: int) -> list[Path]:
+    """The paths with their PRM step scores and aggregate (scored concurrently; charged as verifier tokens)."""
+    if not paths:
+        return []
+    steps = await ctx.prm(problem.text, [p.text for p in paths], stage="score", hop=hop)
+    return [replace(p, steps=s, score=aggregate(s, how)) for p, s in zip(paths, steps)]
+
+
+def path_candidates(ctx: StrategyContext, paths: Sequence[Path]) -> list[Candidate]:
+    return [candidate(ctx, p.text.rstrip("\n"), p.tokens, p.finish_reason, p.score) for p in paths]

@@ -1,0 +1,213 @@
+"""Parallel-Distill-Refine (PDR) and Sequential Refinement (SR).
+
+PDR runs rounds of ``schedule`` drafts (default 8, 4, 1). Round 1 answers the question; every later round
+refines from a *workspace* distilled from the previous round's drafts, never from the drafts' full text, and
+the workspace is bounded: it never exceeds ``kappa`` tokens (pieces that would cross the bound are left
+out). The last round's answer is the result (its majority when it has several drafts).
+
+Distill operators (``distill``):
+
+- ``summary``: a global summary of all drafts (what the refiner reports: per-step agreements and the
+  answers' tally for the bundled task), shared by every refinement of the round.
+- ``shared_top_k``: the ``k`` best drafts verbatim, the same for every refinement.
+- ``per_sample_top_k``: refinement j sees its own parent draft (draft j of the previous round, cyclically)
+  and the ``k - 1`` best others.
+- ``random_k``: every refinement sees its own random ``k`` drafts (bootstrapped, seeded by ``seed``).
+
+"Best" is ranked by ``rank_by``: ``vote`` (drafts whose answer more drafts share first; needs no model),
+``prm`` (aggregated step scores) or ``judge``. SR is the one-candidate case: one draft, refined
+``rounds - 1`` times, each time from a workspace of the previous draft alone.
+
+Both budgets of the paper are reported: ``sequential_tokens`` (prompt + completion of the longest call of
+every round, summed: the latency proxy) and the total (``usage`` plus verifier tokens: the cost proxy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import replace
+from typing import Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from orchestrator.context import StrategyContext
+from orchestrator.errors import BudgetExceeded
+from orchestrator.protocols import StrategySpec
+from orchestrator.scoring import aggregate
+from orchestrator.types import Candidate, Problem, SamplingSpec, StrategyResult
+from strategies.common import candidate, majority, result
+
+Distill = Literal["summary", "shared_top_k", "per_sample_top_k", "random_k"]
+RankBy = Literal["vote", "prm", "judge"]
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kappa: int = Field(256, ge=8, le=8192, description="Most tokens of a workspace (the paper's kappa).")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature of every draft.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(256, ge=1, le=4096, description="Most new tokens per draft.")
+    seed: int | None = Field(None, description="Engine seed (and random-k's draws); None for fresh randomness.")
+
+
+class Params(_Sampling):
+    schedule: list[int] = Field([8, 4, 1], min_length=1, max_length=16, description="Drafts per round.")
+    distill: Distill = Field("summary", description="How a round's drafts become the next round's workspace.")
+    k: int = Field(2, ge=1, le=64, description="Drafts shown by the top-k and random-k operators.")
+    rank_by: RankBy = Field("vote", description="How top-k operators rank drafts.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(m < 1 or m > 64 for m in v):
+            raise ValueError("every round must have 1 to 64 drafts")
+        return v
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> Params:
+        if self.distill != "summary" and len(self.schedule) > 1 and self.k > max(self.schedule[:-1]):
+            raise ValueError(f"k={self.k} exceeds every round's drafts {self.schedule[:-1]}")
+        return self
+
+
+class SRParams(_Sampling):
+    rounds: int = Field(4, ge=1, le=32, description="Calls in the chain: one draft, then rounds - 1 refinements.")
+
+
+def _needs(p: Params) -> frozenset[str]:
+    scorer = {p.rank_by} if p.distill in ("shared_top_k", "per_sample_top_k") and p.rank_by != "vote" else set()
+    return frozenset({"refiner"} | scorer)
+
+
+async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
+    return await _refine(problem, ctx, params, params.schedule, params.distill, params.k, params.rank_by)
+
+
+async def run_sr(problem: Problem, ctx: StrategyContext, params: SRParams) -> StrategyResult:
+    return await _refine(problem, ctx, params, [1] * params.rounds, "summary", 1, "vote")
+
+
+async def _refine(
+    problem: Problem, ctx: StrategyContext, params: _Sampling, schedule: Sequence[int], distill: Distill, k: int, rank_by: RankBy
+) -> StrategyResult:
+    ctx.refiner  # fail before any compute when there is none  # noqa: B018
+    rng = random.Random(params.seed)
+    drafts: list[Candidate] = []
+    rounds: list[dict[str, object]] = []
+    limited = False
+    for r, m in enumerate(schedule):
+        if r == 0:
+            workspaces = [""]
+        elif distill in ("summary", "shared_top_k"):
+            workspaces = [await _workspace(ctx, problem, drafts, distill, k, rank_by, params.kappa, rng, hop=2 * r - 1)]
+        else:
+            ranked = await _ranked(ctx, problem, drafts, rank_by, hop=2 * r - 1) if distill == "per_sample_top_k" else drafts
+            workspaces = [await _own_workspace(ctx, ranked, drafts[j % len(drafts)], distill, k, params.kappa, rng) for j in range(m)]
+        try:
+            new = await _round(ctx, problem, params, workspaces, m, r)
+        except BudgetExceeded:
+            limited = True
+            break
+        sizes = [await ctx.tokens(w) if w else 0 for w in dict.fromkeys(workspaces)]
+        rounds.append({"round": r, "drafts": len(new), "workspace_tokens": sizes, "answers": [c.answer for c in new]})
+        ctx.emit({"stage": "round", "round": r, "drafts": len(new), "leader": majority(new).answer})
+        drafts = new
+        if len(new) < m:  # the budget cut the round short
+            limited = True
+            break
+    if not drafts:
+        raise BudgetExceeded("the budget had no room for a single draft")
+    info = {"rounds": len(rounds), "schedule": list(schedule), "distill": distill, "kappa": params.kappa}
+    return result(majority(drafts), drafts, trace=rounds, info=info, **({"finish_reason": "budget"} if limited else {}))
+
+
+async def _round(ctx: StrategyContext, problem: Problem, params: _Sampling, workspaces: list[str], m: int, r: int) -> list[Candidate]:
+    """m drafts of round r: one call of n=m when every draft shares its workspace, one call each otherwise."""
+    refiner = ctx.refiner
+
+    def spec(prompt: str, n: int, i: int) -> SamplingSpec:
+        seed = None if params.seed is None else params.seed + 1000 * r + i
+        return SamplingSpec(prompt=prompt, n=n, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p, seed=seed)
+
+    def prompt(ws: str) -> str:
+        return problem.prompt if r == 0 else refiner.refine_prompt(problem.text, ws)
+
+    if len(workspaces) == 1:
+        gen = await ctx.generate(spec(prompt(workspaces[0]), m, 0), stage=f"round{r}", hop=2 * r)
+        return [candidate(ctx, c.text, c.tokens, c.finish_reason) for c in gen.completions]
+    outs = await asyncio.gather(
+        *(ctx.generate(spec(prompt(w), 1, j), stage=f"round{r}", branch=str(j), hop=2 * r) for j, w in enumerate(workspaces)),
+        return_exceptions=True,
+    )
+    for o in outs:
+        if isinstance(o, BaseException) and not isinstance(o, BudgetExceeded):
+            raise o
+    done = [o.completions[0] for o in outs if not isinstance(o, BaseException)]
+    if not done:
+        raise BudgetExceeded("the budget had no room for this round")
+    return [candidate(ctx, c.text, c.tokens, c.finish_reason) for c in done]
+
+
+async def _ranked(ctx: StrategyContext, problem: Problem, drafts: list[Candidate], rank_by: RankBy, *, hop: int) -> list[Candidate]:
+    """Drafts best first (stable: equal ranks keep draft order), each with the score it was ranked by."""
+    if rank_by == "vote":
+        counts = Counter(d.answer for d in drafts if d.answer is not None)
+        scored = [replace(d, score=float(counts[d.answer]) if d.answer is not None else 0.0) for d in drafts]
+    elif rank_by == "prm":
+        steps = await ctx.prm(problem.text, [d.text for d in drafts], stage="distill", hop=hop)
+        scored = [replace(d, score=aggregate(s, "last")) for d, s in zip(drafts, steps)]
+    else:
+        scores = await ctx.judge(problem.text, [d.text for d in drafts], stage="distill", hop=hop)
+        scored = [replace(d, score=s) for d, s in zip(drafts, scores)]
+    return sorted(scored, key=lambda d: -(d.score or 0.0))
+
+
+async def _workspace(
+    ctx: StrategyContext, problem: Problem, drafts: list[Candidate], distill: Distill, k: int, rank_by: RankBy, kappa: int, rng: random.Random, *, hop: int
+) -> str:
+    if distill == "summary":
+        return await _bounded(ctx, ctx.refiner.summary(problem.text, [d.text for d in drafts]), kappa)
+    top = (await _ranked(ctx, problem, drafts, rank_by, hop=hop))[:k]
+    return await _bounded(ctx, [ctx.refiner.draft_block(i, d.text) for i, d in enumerate(top)], kappa)
+
+
+async def _own_workspace(
+    ctx: StrategyContext, ranked: list[Candidate], own: Candidate, distill: Distill, k: int, kappa: int, rng: random.Random
+) -> str:
+    if distill == "random_k":
+        picked = rng.sample(ranked, min(k, len(ranked)))
+    else:
+        picked = [own] + [d for d in ranked if d is not own and d.text != own.text][: k - 1]
+    return await _bounded(ctx, [ctx.refiner.draft_block(i, d.text) for i, d in enumerate(picked)], kappa)
+
+
+async def _bounded(ctx: StrategyContext, pieces: Sequence[str], kappa: int) -> str:
+    """The longest prefix of ``pieces`` (joined by newlines) that is at most ``kappa`` policy tokens."""
+    kept: list[str] = []
+    for piece in pieces:
+        if await ctx.tokens("\n".join(kept + [piece])) > kappa:
+            break
+        kept.append(piece)
+    return "\n".join(kept)
+
+
+SPEC = StrategySpec(
+    name="pdr",
+    params=Params,
+    run=run,
+    summary="Parallel-Distill-Refine: rounds of drafts (8, 4, 1), each refined from a kappa-bounded workspace",
+    worst_case=lambda p: sum(p.schedule) * p.max_tokens,  # type: ignore[attr-defined]
+    needs=_needs,  # type: ignore[arg-type]
+)
+
+SR_SPEC = StrategySpec(
+    name="sequential_refinement",
+    params=SRParams,
+    run=run_sr,  # type: ignore[arg-type]
+    summary="Sequential Refinement: one draft refined rounds - 1 times from a workspace of the last draft",
+    worst_case=lambda p: p.rounds * p.max_tokens,  # type: ignore[attr-defined]
+    needs=lambda p: frozenset({"refiner"}),
+)

@@ -1,0 +1,54 @@
+"""A scripted engine for unit tests of strategy logic: solutions written line by line, words as tokens."""
+
+from __future__ import annotations
+
+from orchestrator.budget import Budget, BudgetMeter
+from orchestrator.context import StrategyContext
+from orchestrator.types import Completion, Generation, Usage
+from verifiers import TaskAnswerVerifier
+
+
+class StepEngine:
+    """The prompt is ``q\\n`` plus the lines written so far. Completion j of a call writes the next line:
+    ``sD-good`` when j is even, ``sD-bad`` when odd (D: lines so far); after ``depth`` lines it writes
+    ``Answer: A`` where A counts the good lines. Every line costs 2 tokens; every call is recorded."""
+
+    def __init__(self, depth: int = 3) -> None:
+        self.depth = depth
+        self.calls: list = []
+
+    async def generate(self, role, spec):
+        self.calls.append(spec)
+        prompt = spec.prompt
+        lines = [ln for ln in prompt.split("\n")[1:] if ln]
+        outs = []
+        for j in range(spec.n):
+            if len(lines) >= self.depth or "Workspace" in prompt or "Draft" in prompt:
+                text = f"Answer: {sum('good' in ln for ln in lines) + (j % 2)}"
+            else:
+                text = f"s{len(lines)}-{'good' if j % 2 == 0 else 'bad'}"
+            outs.append(Completion(text, 2, "stop"))
+        return Generation(tuple(outs), Usage(prompt_tokens=len(prompt.split()), completion_tokens=2 * spec.n), worker="scripted-0")
+
+    async def tokenize(self, role, text):
+        return text.split()
+
+    async def abort(self, ids):
+        pass
+
+
+class WordPRM:
+    """Step score 0.9 for a line with ``good`` in it, 0.2 otherwise (no engine call)."""
+
+    async def step_scores(self, engine, question, solution):
+        return tuple(0.9 if "good" in ln else 0.2 for ln in solution.split("\n") if ln.strip())
+
+
+def context(engine, **kwargs):
+    calls = []
+
+    async def sink(call):
+        calls.append(call)
+
+    ctx = StrategyContext(engine=engine, verifier=TaskAnswerVerifier(), sink=sink, meter=BudgetMeter(Budget(kwargs.pop("total_tokens", None))), **kwargs)
+    return ctx, calls

@@ -1,0 +1,71 @@
+"""PDR and SR logic on a scripted engine: round sizes, the kappa bound of every workspace, operators."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from orchestrator.types import Completion, Generation, Problem, Usage
+from strategies import REGISTRY
+from tests.strategies.scripted import StepEngine, WordPRM, context
+from verifiers import TaskAnswerVerifier, TextRefiner
+
+
+class LongEngine(StepEngine):
+    """Drafts of 30 words ending with an answer: a workspace of several of them cannot fit a small kappa."""
+
+    async def generate(self, role, spec):
+        self.calls.append(spec)
+        outs = tuple(Completion(" ".join(["w"] * 30) + f"\nAnswer: {j % 3}", 31, "stop") for j in range(spec.n))
+        return Generation(outs, Usage(prompt_tokens=len(spec.prompt.split()), completion_tokens=31 * spec.n))
+
+
+def run(name, engine=None, **params):
+    engine = engine or LongEngine()
+    ctx, calls = context(engine, refiner=TextRefiner(TaskAnswerVerifier()), step_scorer=WordPRM())
+    spec = REGISTRY[name]
+    result = asyncio.run(spec.run(Problem("q\n", question="q"), ctx, spec.params(**params)))
+    return result, engine, ctx, calls
+
+
+@pytest.mark.parametrize("distill", ["summary", "shared_top_k", "per_sample_top_k", "random_k"])
+def test_rounds_follow_the_schedule_and_workspaces_stay_within_kappa(distill):
+    result, engine, ctx, calls = run("pdr", schedule=[6, 3, 1], distill=distill, k=3, kappa=40, seed=1)
+    assert [r["drafts"] for r in result.trace] == [6, 3, 1]
+    assert len(result.candidates) == 1  # the last round returns one answer
+    for r in result.trace[1:]:
+        assert r["workspace_tokens"] and max(r["workspace_tokens"]) <= 40
+    for spec in engine.calls:  # what the policy saw: the question, the workspace, the instruction
+        if spec.prompt != "q\n":
+            workspace = spec.prompt.split("Earlier attempts:\n", 1)[1].split("\n\nWrite", 1)[0]
+            assert len(workspace.split()) <= 40
+    per_call = distill in ("per_sample_top_k", "random_k")
+    assert [c.n for c in engine.calls] == ([6] + [1] * 4 if per_call else [6, 3, 1])
+    assert ctx.sequential_tokens < ctx.usage.total_tokens
+
+
+def test_kappa_drops_whole_drafts_not_parts():
+    result, engine, *_ = run("pdr", schedule=[4, 1], distill="shared_top_k", k=4, kappa=70)
+    refine = engine.calls[-1].prompt
+    assert refine.count("Draft ") == 2  # a 31-word draft block fits twice in 70 tokens, not three times
+
+
+def test_sequential_refinement_keeps_one_candidate():
+    result, engine, ctx, _ = run("sequential_refinement", rounds=4, kappa=64)
+    assert [r["drafts"] for r in result.trace] == [1, 1, 1, 1]
+    assert all(c.n == 1 for c in engine.calls) and len(engine.calls) == 4
+    # Every call depends on the previous one: the sequential budget is the whole cost.
+    assert ctx.sequential_tokens == ctx.usage.total_tokens
+
+
+def test_pdr_needs_a_refiner():
+    from orchestrator.errors import InvalidRequest
+
+    engine = LongEngine()
+    ctx, _ = context(engine)
+    spec = REGISTRY["pdr"]
+    with pytest.raises(InvalidRequest, match="refiner"):
+        asyncio.run(spec.run(Problem("q\n"), ctx, spec.params()))
+    assert engine.calls == []
+    assert spec.needs(spec.params(distill="shared_top_k", rank_by="prm")) == {"refiner", "prm"}

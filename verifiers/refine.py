@@ -1,0 +1,65 @@
+"""Refiners: what Parallel-Distill-Refine's workspace says, and how the policy is asked to improve on it.
+
+:class:`TaskRefiner` speaks the bundled task's workspace format, the one the bundled target was trained to
+refine from (``models.task.refine_prompt``). :class:`TextRefiner` is task-agnostic: its global summary is
+the tally of the drafts' final answers with one supporting line each, for any model that reads plain text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+from models import task
+from orchestrator.protocols import AnswerVerifier
+from verifiers.answers import TaskAnswerVerifier
+
+
+class TaskRefiner:
+    """The bundled arithmetic task. Questions it cannot parse get the :class:`TextRefiner` treatment."""
+
+    def __init__(self, *, top: int = 3) -> None:
+        self.top = top
+        self._fallback = TextRefiner(TaskAnswerVerifier())
+
+    def summary(self, question: str, drafts: Sequence[str]) -> list[str]:
+        try:
+            problem = task.parse_question(question)
+        except ValueError:
+            return self._fallback.summary(question, drafts)
+        return task.distill(problem, drafts, top=self.top).render().split("\n")
+
+    def draft_block(self, index: int, draft: str) -> str:
+        return f"draft {index + 1}:\n{draft.strip()}"
+
+    def refine_prompt(self, question: str, workspace: str) -> str:
+        return f"{question}\n{workspace}\n" if workspace else task.prompt_for(question)
+
+
+class TextRefiner:
+    """A task-agnostic workspace: answers with their counts (most agreed first), each with the last line of
+    its first draft as support, and how many drafts reached no answer."""
+
+    def __init__(self, verifier: AnswerVerifier) -> None:
+        self.verifier = verifier
+
+    def summary(self, question: str, drafts: Sequence[str]) -> list[str]:
+        answers = [self.verifier.extract(d) for d in drafts]
+        counts = Counter(a for a in answers if a is not None)
+        lines = [f"Summary of {len(drafts)} drafts:"]
+        for answer, count in counts.most_common():
+            support = next(d for d, a in zip(drafts, answers) if a == answer).strip().split("\n")
+            lines.append(f"- answer {answer} ({count} of {len(drafts)}); e.g. {support[-2] if len(support) > 1 else support[-1]}")
+        missing = sum(a is None for a in answers)
+        if missing:
+            lines.append(f"- {missing} draft(s) reached no answer")
+        return lines
+
+    def draft_block(self, index: int, draft: str) -> str:
+        return f"Draft {index + 1}:\n{draft.strip()}"
+
+    def refine_prompt(self, question: str, workspace: str) -> str:
+        if not workspace:
+            return f"{question}\n"
+        return f"{question}\n\nEarlier attempts:\n{workspace}\n\nWrite a complete, corrected solution.\n"
+
