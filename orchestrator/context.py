@@ -6,7 +6,7 @@ import itertools
 import logging
 import time
 import asyncio
-from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from dataclasses import replace
 
@@ -131,7 +131,7 @@ class StrategyContext:
             raise InvalidRequest("this strategy needs a process reward model and none is configured", param="strategy")
         view = _MeteredView(self, stage, branch, hop)
         scorer = self._step_scorer
-        return list(await asyncio.gather(*(scorer.step_scores(view, question, s) for s in solutions)))
+        return await _all(scorer.step_scores(view, question, s) for s in solutions)
 
     async def judge(self, question: str, solutions: Sequence[str], *, stage: str, branch: str = "0", hop: int = 0) -> list[float]:
         """P(correct) of every whole solution from the outcome judge, charged as verifier tokens."""
@@ -139,7 +139,7 @@ class StrategyContext:
             raise InvalidRequest("this strategy needs an outcome judge and none is configured", param="strategy")
         view = _MeteredView(self, stage, branch, hop)
         judge = self._outcome_scorer
-        return list(await asyncio.gather(*(judge.outcome_score(view, question, s) for s in solutions)))
+        return await _all(judge.outcome_score(view, question, s) for s in solutions)
 
     @property
     def sequential_tokens(self) -> int:
@@ -202,6 +202,16 @@ class StrategyContext:
         """Report progress (kept with the request; streamed to callers once streaming exists)."""
         self.events.append(event)
         log.debug("strategy event %s", event)
+
+
+async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Await every call, then raise the first failure: no call may still be charging the ledger after the
+    caller has moved on (as plain ``gather`` would leave them on the first exception)."""
+    out = await asyncio.gather(*calls, return_exceptions=True)
+    for o in out:
+        if isinstance(o, BaseException):
+            raise o
+    return out  # type: ignore[return-value]
 
 
 class _MeteredView:

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from models import task
+from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
 from orchestrator.types import Problem, SamplingSpec
 from strategies import REGISTRY
@@ -30,7 +31,7 @@ class Recording:
         return getattr(self.pool, name)
 
 
-def run(service, name, question=QUESTION, **params):
+def run(service, name, question=QUESTION, total_tokens=None, **params):
     engine = Recording(service.service.pool)
     calls = []
 
@@ -44,6 +45,7 @@ def run(service, name, question=QUESTION, **params):
         step_scorer=MathShepherdPRM(engine),
         outcome_scorer=OutcomeJudge(engine),
         refiner=TaskRefiner(),
+        meter=BudgetMeter(Budget(total_tokens)),
     )
     spec = REGISTRY[name]
     result = service.run(spec.run(Problem(task.prompt_for(question), question=question), ctx, spec.params(**params)))
@@ -138,3 +140,11 @@ def test_new_strategies_over_http_report_trace_stages_and_sequential_tokens(serv
     assert 0 < tts["sequential_tokens"] < r.json()["usage"]["total_tokens"] + tts["verifier_tokens"]
     record = service.service.store.get_request(r.json()["id"])
     assert sum(c.verifier_tokens for c in record.subcalls) == tts["verifier_tokens"]
+
+
+@pytest.mark.parametrize("name, params", [("pdr", {"schedule": [4, 2, 1]}), ("rebase", {"width": 4}), ("best_of_n", {"n": 4})])
+def test_a_budget_stops_the_search_with_its_best_so_far(service, name, params):
+    result, ctx, calls, _ = run(service, name, total_tokens=400, seed=2, **params)
+    assert ctx.meter.spent_tokens <= 400
+    assert ctx.usage.total_tokens + ctx.verifier_tokens == ctx.meter.spent_tokens
+    assert result.finish_reason == "budget" and result.candidates

@@ -1,0 +1,272 @@
+"""Every strategy on the bundled test split: accuracy versus total tokens and versus wall time, N = 4, 8, 16.
+
+    python -m bench.strategies [--problems 30] [--concurrency 4] [--ns 4 8 16] [--seed 0]
+
+One run: the bundled `target` policy and `prm` on a local Ray pool; problems drawn evenly over the five
+levels of the test split; every (strategy, N) runs over all problems, ``--concurrency`` problems at a time.
+Tokens are what the ledger holds: policy prompt + completion plus verifier (PRM) tokens; ``generated`` is
+policy completion tokens only; ``sequential`` is the PDR paper's latency proxy. Wall time is the mean
+latency of one request (under the stated concurrency, so comparable only within this run).
+
+Goals checked and written into the JSON:
+
+- FFS versus majority@N: >= 40% fewer generated tokens at no lower accuracy, and time-to-answer <= 1.1x the
+  winning sample's own time (its generate call's latency).
+- PDR versus single pass at matched sequential tokens: >= +5 points (single pass is run with its
+  ``max_tokens`` raised to PDR's mean sequential tokens: it may think as long as PDR's chain).
+
+Writes bench/results/strategies.json, a Markdown table (strategies.md) and, with plotly installed, an
+interactive plot (strategies.html).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from models import task
+from orchestrator.config import REPO_ROOT
+from orchestrator.context import StrategyContext
+from orchestrator.types import Candidate, Problem, SubCall
+from strategies import REGISTRY
+from verifiers import MathShepherdPRM, TaskAnswerVerifier, TaskRefiner
+
+RESULTS = REPO_ROOT / "bench" / "results"
+
+
+@dataclass
+class Row:
+    strategy: str
+    n: int | None
+    params: dict[str, Any]
+    correct: list[bool] = field(default_factory=list)
+    total_tokens: list[int] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)
+    sequential: list[int] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+    winner_latency: list[float] = field(default_factory=list)  # FFS: the winning sample's own call
+    # Majority@N: what FFS would generate on these very samples if every loser stopped the instant the
+    # first answered sample ended (FFS uses the same per-sample seeds, so these are its samples too).
+    ffs_ideal: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        mean = lambda xs: round(statistics.fmean(xs), 3) if xs else None  # noqa: E731
+        return {
+            "strategy": self.strategy,
+            "n": self.n,
+            "params": self.params,
+            "problems": len(self.correct),
+            "accuracy": mean([float(c) for c in self.correct]),
+            "mean_total_tokens": mean(self.total_tokens),
+            "mean_generated_tokens": mean(self.generated),
+            "mean_sequential_tokens": mean(self.sequential),
+            "mean_latency_s": mean(self.latency),
+            "mean_winner_latency_s": mean(self.winner_latency),
+            "mean_ffs_ideal_generated": mean(self.ffs_ideal),
+        }
+
+
+def configs(ns: list[int], seed: int) -> list[tuple[str, int | None, dict[str, Any]]]:
+    out: list[tuple[str, int | None, dict[str, Any]]] = [("single_pass", None, {}), ("sequential_refinement", None, {"rounds": 3, "seed": seed})]
+    for n in ns:
+        out += [
+            ("self_consistency", n, {"n": n, "seed": seed}),
+            ("best_of_n", n, {"n": n, "seed": seed}),
+            ("beam_search", n, {"n": n, "beam_width": 2 if n == 4 else 4, "seed": seed}),
+            ("rebase", n, {"width": n, "seed": seed}),
+            ("first_finish", n, {"n": n, "seed": seed}),
+            ("first_finish_sync", n, {"n": n, "seed": seed, "mode": "sync"}),
+            ("pdr", n, {"schedule": [n, max(1, n // 2), 1], "seed": seed}),
+        ]
+    return out
+
+
+def ffs_ideal(candidates: Sequence[Candidate]) -> int:
+    """Tokens generated if all samples ran in lockstep until the shortest one with an answer ended."""
+    answered = [c.tokens for c in candidates if c.answer is not None] or [c.tokens for c in candidates]
+    stop = min(answered)
+    return sum(min(c.tokens, stop) for c in candidates)
+
+
+async def run_one(pool, name: str, params: dict[str, Any], p: task.Problem) -> tuple[bool, int, int, int, float, float | None, int | None]:
+    calls: list[SubCall] = []
+
+    async def sink(call: SubCall) -> None:
+        calls.append(call)
+
+    ctx = StrategyContext(engine=pool, verifier=TaskAnswerVerifier(), sink=sink, step_scorer=MathShepherdPRM(pool), refiner=TaskRefiner())
+    spec = REGISTRY[name.removesuffix("_sync")]
+    t0 = time.perf_counter()
+    result = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**params))
+    latency = time.perf_counter() - t0
+    correct = task.check_answer(p, result.text).correct
+    winner = None
+    if name == "first_finish":  # async: one call per sample, branch = sample index
+        winner = next(c.latency_s for c in calls if c.branch == str(result.info["winner"]))
+    total = ctx.usage.total_tokens + ctx.verifier_tokens
+    ideal = ffs_ideal(result.candidates) if name == "self_consistency" else None
+    return correct, total, ctx.usage.completion_tokens, result.sequential_tokens or ctx.sequential_tokens, latency, winner, ideal
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    from workers.config import load_pool_config
+    from workers.pool import WorkerPool, connect_ray
+
+    connect_ray()
+    roles = {"policy": {"model": str(REPO_ROOT / "models" / "target")}, "prm": {"model": str(REPO_ROOT / "models" / "prm")}}
+    pool = await WorkerPool.from_config(load_pool_config(None, env={}, default_roles=roles))
+    per_level = max(1, args.problems // 5)
+    problems = [p for lv in task.LEVELS for p in task.generate("test", per_level, seed=args.seed + 100, levels=[lv])]
+    sem = asyncio.Semaphore(args.concurrency)
+    rows: list[Row] = []
+    t_start = time.perf_counter()
+    try:
+        todo = configs(args.ns, args.seed)
+        with tqdm(total=len(todo) * len(problems), desc="strategies", unit="req") as bar:
+            for name, n, params in todo:
+                row = Row(name, n, params)
+
+                async def one(p: task.Problem) -> None:
+                    async with sem:
+                        c, tot, gen, seq, lat, win, ideal = await run_one(pool, name, params, p)
+                    row.correct.append(c)
+                    row.total_tokens.append(tot)
+                    row.generated.append(gen)
+                    row.sequential.append(seq)
+                    row.latency.append(lat)
+                    if win is not None:
+                        row.winner_latency.append(win)
+                    if ideal is not None:
+                        row.ffs_ideal.append(ideal)
+                    bar.update()
+
+                await asyncio.gather(*(one(p) for p in problems))
+                rows.append(row)
+                bar.set_postfix_str(f"{name}@{n}: {statistics.fmean(map(float, row.correct)):.2f}")
+            # Single pass allowed PDR's sequential budget (matched: the PDR paper's comparison).
+            pdr_seq = [statistics.fmean(r.sequential) for r in rows if r.strategy == "pdr"]
+            matched = int(max(pdr_seq)) if pdr_seq else 256
+            name, params = "single_pass", {"max_tokens": min(matched, 4096)}
+            row = Row("single_pass_matched", None, params)
+            for p in problems:
+                c, tot, gen, seq, lat, _, _ = await run_one(pool, name, params, p)
+                row.correct.append(c), row.total_tokens.append(tot), row.generated.append(gen)
+                row.sequential.append(seq), row.latency.append(lat)
+            rows.append(row)
+    finally:
+        await pool.shutdown()
+    summaries = [r.summary() for r in rows]
+    return {
+        "settings": {"problems": len(problems), "concurrency": args.concurrency, "ns": args.ns, "seed": args.seed},
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "rows": summaries,
+        "goals": goals(summaries),
+    }
+
+
+def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    by = {(r["strategy"], r["n"]): r for r in rows}
+    out: dict[str, Any] = {}
+    for (name, n), r in by.items():
+        if name != "first_finish":
+            continue
+        mv = by[("self_consistency", n)]
+        saving = 1 - r["mean_generated_tokens"] / mv["mean_generated_tokens"]
+        out[f"ffs_vs_majority@{n}"] = {
+            "generated_token_saving": round(saving, 3),
+            "ideal_lockstep_saving": round(1 - mv["mean_ffs_ideal_generated"] / mv["mean_generated_tokens"], 3),
+            "accuracy_delta": round(r["accuracy"] - mv["accuracy"], 3),
+            "time_to_answer_over_winner": round(r["mean_latency_s"] / r["mean_winner_latency_s"], 3),
+            "met": saving >= 0.4 and r["accuracy"] >= mv["accuracy"] and r["mean_latency_s"] <= 1.1 * r["mean_winner_latency_s"],
+        }
+    sp = by.get(("single_pass_matched", None)) or by[("single_pass", None)]
+    for (name, n), r in by.items():
+        if name == "pdr":
+            out[f"pdr@{n}_vs_single_pass_matched"] = {
+                "accuracy_delta": round(r["accuracy"] - sp["accuracy"], 3),
+                "pdr_sequential_tokens": r["mean_sequential_tokens"],
+                "single_pass_sequential_tokens": sp["mean_sequential_tokens"],
+                "met": r["accuracy"] - sp["accuracy"] >= 0.05,
+            }
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "| strategy | N | accuracy | total tokens | generated | sequential | latency (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['strategy']} | {r['n'] or ''} | {r['accuracy']:.3f} | {r['mean_total_tokens']:.0f} | {r['mean_generated_tokens']:.0f} "
+            f"| {r['mean_sequential_tokens']:.0f} | {r['mean_latency_s']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> list[Path]:
+    """Accuracy against total tokens and against latency: interactive HTML, and an SVG for the README when
+    kaleido finds a Chromium (Debian's `chromium` package will do). Returns the files written."""
+    try:
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+    except ImportError:
+        return []
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy vs total tokens", "accuracy vs latency"))
+    names = dict.fromkeys(r["strategy"] for r in report["rows"])
+    for name in names:
+        rs = [r for r in report["rows"] if r["strategy"] == name]
+        labels = [f"N={r['n']}" if r["n"] else "" for r in rs]
+        for col, key in ((1, "mean_total_tokens"), (2, "mean_latency_s")):
+            fig.add_trace(
+                go.Scatter(x=[r[key] for r in rs], y=[r["accuracy"] for r in rs], mode="lines+markers", name=name, text=labels, legendgroup=name, showlegend=col == 1),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(type="log")
+    fig.update_xaxes(title_text="mean total tokens per problem (policy + PRM)", row=1, col=1)
+    fig.update_xaxes(title_text="mean seconds per request", row=1, col=2)
+    fig.update_yaxes(title_text="accuracy", row=1, col=1)
+    fig.update_layout(width=1100, height=450, margin={"t": 40, "b": 40})
+    fig.write_html(path, include_plotlyjs="cdn")
+    written = [path]
+    try:
+        fig.write_image(path.with_suffix(".svg"))
+        written.append(path.with_suffix(".svg"))
+    except Exception as err:  # noqa: BLE001 - no kaleido or no browser: the HTML plot still exists
+        print(f"no SVG plot: {err}")
+    return written
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--problems", type=int, default=30, help="Test problems, spread evenly over the 5 levels.")
+    ap.add_argument("--concurrency", type=int, default=4, help="Problems in flight at once.")
+    ap.add_argument("--ns", type=int, nargs="+", default=[4, 8, 16], help="Sample counts / widths to run.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS / "strategies.json")
+    ap.add_argument("--replot", action="store_true", help="Only redraw the table and plot from --out.")
+    args = ap.parse_args()
+    if args.replot:
+        report = json.loads(args.out.read_text())
+    else:
+        report = asyncio.run(bench(args))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+    plots = plot(report, args.out.with_suffix(".html"))
+    print(markdown(report))
+    print(json.dumps(report["goals"], indent=2))
+    print(f"wrote {args.out}, {args.out.with_suffix('.md')}" + "".join(f", {p}" for p in plots) + ("" if plots else " (no plot: plotly is not installed)"))
+
+
+if __name__ == "__main__":
+    main()
