@@ -27,6 +27,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.db.store import Store
 from strategies import REGISTRY
 from verifiers import MathShepherdPRM, OutcomeJudge, TaskAnswerVerifier, TaskRefiner, TextRefiner
+from verifiers.embeddings import StepClusterer
 from workers.config import PoolConfig, load_pool_config
 from workers.pool import WorkerPool, connect_ray
 
@@ -40,6 +41,8 @@ def pool_config(settings: Settings) -> PoolConfig:
     roles = {"policy": policy}
     if settings.serve_prm:
         roles["prm"] = {"model": str(settings.prm_path), "max_model_len": settings.max_model_len, "kv_cache_gib": settings.kv_cache_gib}
+    if settings.serve_embedder:
+        roles["embedder"] = {}  # the packaged all-MiniLM-L6-v2
     config = load_pool_config(settings.workers_file, default_roles=roles)
     if "policy" not in config.roles:
         raise ConfigError(f"the workers configuration has no `policy` role (roles: {', '.join(config.roles) or 'none'})")
@@ -73,6 +76,7 @@ class Service:
             step_scorer=MathShepherdPRM(pool) if "prm" in pool.roles() else None,
             outcome_scorer=OutcomeJudge(pool) if "prm" in pool.roles() else None,
             refiner=TaskRefiner() if settings.refiner == "task" else TextRefiner(TaskAnswerVerifier()),
+            clusterer=StepClusterer(pool) if "embedder" in pool.roles() else None,
         )
         return cls(settings, pool, store, controller, create_app(settings, controller))
 

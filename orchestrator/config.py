@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     serve_prm: bool = Field(
         True, description="Serve the PRM (and the outcome judge on it) for best_of_n, beam_search and rebase; off saves an engine."
     )
+    serve_embedder: bool = Field(
+        True, description="Serve the packaged sentence embedder (role `embedder`): step clustering for ets; off saves an actor."
+    )
     refiner: Literal["task", "text"] = Field(
         "task", description="PDR/SR workspace format: the bundled task's (what the bundled target was trained on) or plain text."
     )

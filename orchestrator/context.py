@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from orchestrator.budget import Budget, BudgetMeter, Reservation
 from orchestrator.errors import InvalidRequest
-from orchestrator.protocols import AnswerVerifier, Engine, OutcomeScorer, Refiner, StepScorer
+from orchestrator.protocols import AnswerVerifier, Engine, OutcomeScorer, Refiner, StepClustering, StepScorer
 from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, SubCall, Usage
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class StrategyContext:
         step_scorer: StepScorer | None = None,
         outcome_scorer: OutcomeScorer | None = None,
         refiner: Refiner | None = None,
+        clusterer: StepClustering | None = None,
     ) -> None:
         self._engine = engine
         self._verifier = verifier
@@ -47,6 +48,7 @@ class StrategyContext:
         self._step_scorer = step_scorer
         self._outcome_scorer = outcome_scorer
         self._refiner = refiner
+        self._clusterer = clusterer
         self.by_stage: dict[str, Usage] = {}  # every call's usage (policy and verifier) by its stage
         self._hops: dict[int, int] = {}  # dependency depth -> longest call (prompt + completion) at it
         self._seq = itertools.count()
@@ -157,9 +159,16 @@ class StrategyContext:
             raise InvalidRequest("this strategy needs a refiner and none is configured", param="strategy")
         return self._refiner
 
+    async def cluster(self, texts: Sequence[str], *, threshold: float) -> list[int]:
+        """A cluster label per text (equal labels: the same idea). Embedding calls are not charged: they run on
+        a small encoder outside the token budget."""
+        if self._clusterer is None:
+            raise InvalidRequest("this strategy needs step clustering (an `embedder` role) and none is configured", param="strategy")
+        return await self._clusterer.clusters(self._engine, texts, threshold)
+
     def available(self) -> frozenset[str]:
-        """Which of "prm", "judge", "refiner" this context can serve."""
-        have = {"prm": self._step_scorer, "judge": self._outcome_scorer, "refiner": self._refiner}
+        """Which of "prm", "judge", "refiner", "clusterer" this context can serve."""
+        have = {"prm": self._step_scorer, "judge": self._outcome_scorer, "refiner": self._refiner, "clusterer": self._clusterer}
         return frozenset(k for k, v in have.items() if v is not None)
 
     async def abort(self, request_ids: Sequence[str]) -> None:

@@ -21,7 +21,7 @@ from orchestrator.budget import Budget, BudgetMeter, Price
 from orchestrator.context import StrategyContext, prompt_bound
 from orchestrator.db.store import Store
 from orchestrator.errors import BudgetExceeded, InvalidRequest, QuotaExceeded, TTSError, UnknownModel, UnknownStrategy
-from orchestrator.protocols import AnswerVerifier, Engine, OutcomeScorer, Refiner, StepScorer, StrategySpec
+from orchestrator.protocols import AnswerVerifier, Engine, OutcomeScorer, Refiner, StepClustering, StepScorer, StrategySpec
 from orchestrator.types import Problem, Role, StrategyResult, SubCall, Usage
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class Controller:
         step_scorer: StepScorer | None = None,
         outcome_scorer: OutcomeScorer | None = None,
         refiner: Refiner | None = None,
+        clusterer: StepClustering | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -86,10 +87,11 @@ class Controller:
         self.step_scorer = step_scorer
         self.outcome_scorer = outcome_scorer
         self.refiner = refiner
+        self.clusterer = clusterer
 
     def available(self) -> frozenset[str]:
-        """What strategies may need that this controller has: "prm", "judge", "refiner"."""
-        have = {"prm": self.step_scorer, "judge": self.outcome_scorer, "refiner": self.refiner}
+        """What strategies may need that this controller has: "prm", "judge", "refiner", "clusterer"."""
+        have = {"prm": self.step_scorer, "judge": self.outcome_scorer, "refiner": self.refiner, "clusterer": self.clusterer}
         return frozenset(k for k, v in have.items() if v is not None)
 
     def validate(self, req: ReasoningRequest) -> tuple[StrategySpec, BaseModel, Role]:
@@ -212,6 +214,7 @@ class Controller:
             step_scorer=self.step_scorer,
             outcome_scorer=self.outcome_scorer,
             refiner=self.refiner,
+            clusterer=self.clusterer,
         )
         question = next((m.get("content", "") for m in reversed(req.messages) if m.get("role", "user") == "user"), "")
         start = time.perf_counter()

@@ -53,6 +53,12 @@ class OutcomeScorer(Protocol):
     async def outcome_score(self, engine: Engine, question: str, solution: str) -> float: ...
 
 
+class StepClustering(Protocol):
+    """Groups steps that say the same thing (ETS's coverage reward); labels are 0..k-1."""
+
+    async def clusters(self, engine: Engine, texts: Sequence[str], threshold: float) -> list[int]: ...
+
+
 class Refiner(Protocol):
     """How drafts become a refine prompt (Parallel-Distill-Refine). Task knowledge lives here, not in the
     strategy: what a global summary of drafts says, and how the policy is asked to improve on a workspace."""
@@ -84,6 +90,6 @@ class StrategySpec:
     # Most completion tokens a run with these parameters can generate (None: unknown); lets a tenant's
     # request reserve only what it can spend.
     worst_case: Callable[[BaseModel], int] | None = None
-    # What a run with these parameters needs besides the policy: "prm", "judge" and/or "refiner". The
+    # What a run with these parameters needs besides the policy: "prm", "judge", "refiner", "clusterer". The
     # controller refuses the request before any compute when the server lacks one.
     needs: Callable[[BaseModel], frozenset[str]] = lambda p: frozenset()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.controller import summarize
-from strategies import beam_search, best_of_n, first_finish, pdr, rebase, self_consistency, single_pass
+from strategies import beam_search, best_of_n, early_rejection, ets, first_finish, pdr, rebase, self_consistency, single_pass
 
 REGISTRY = summarize(
     [
@@ -11,7 +11,9 @@ REGISTRY = summarize(
         self_consistency.SPEC,
         best_of_n.SPEC,
         beam_search.SPEC,
+        early_rejection.SPEC,
         rebase.SPEC,
+        ets.SPEC,
         first_finish.SPEC,
         pdr.SPEC,
         pdr.SR_SPEC,

@@ -15,11 +15,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.context import StrategyContext
-from orchestrator.errors import BudgetExceeded
 from orchestrator.protocols import StrategySpec
 from orchestrator.scoring import Aggregation
 from orchestrator.types import Problem, StrategyResult
-from strategies.common import Path, StepConfig, best_scored, extend, path_candidates, result, score_paths
+from strategies.common import Path, StepConfig, grow, refill, search_result
 
 
 class Params(BaseModel):
@@ -51,24 +50,12 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
     trace: list[dict[str, object]] = []
     limited = False
     for step in range(params.max_steps):
-        # Refill to n: each survivor gets an equal share of the n expansions (the first ones one more if n
-        # is not a multiple, which only happens when fewer than `keep` survived).
-        share, extra = divmod(params.n, len(survivors))
-        parents = [(p, share + (i < extra)) for i, p in enumerate(survivors)]
-        children, limited = await extend(ctx, problem, parents, cfg, hop=2 * step)
-        kids = [k for ks in children for k in ks]
+        parents = refill(survivors, params.n)
+        kids, limited = await grow(ctx, problem, parents, cfg, params.aggregation, hop=2 * step)
         if not kids:
             break
-        try:
-            kids = await score_paths(ctx, problem, kids, params.aggregation, hop=2 * step + 1)
-        except BudgetExceeded:
-            limited = True
-            finished += [k for k in kids if k.done]
-            survivors = [k for k in kids if not k.done] or survivors
-            break
         finished += [k for k in kids if k.done]
-        open_ = sorted((k for k in kids if not k.done), key=lambda k: -k.score)
-        survivors = open_[:keep]
+        survivors = sorted((k for k in kids if not k.done), key=lambda k: -k.score)[:keep]
         trace.append(
             {
                 "step": step,
@@ -81,13 +68,7 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
         ctx.emit({"stage": "step", "step": step, "kept": len(survivors), "finished": len(finished)})
         if limited or len(finished) >= params.n or not survivors:
             break
-    pool = finished or survivors
-    cands = path_candidates(ctx, pool)
-    if not cands:
-        raise BudgetExceeded("the budget had no room for a single step")
-    chosen = best_scored(cands, params.selection)
-    info = {"finished": len(finished), "steps": len(trace)}
-    return result(chosen, cands, trace=trace, info=info, **({"finish_reason": "budget"} if limited else {}))
+    return search_result(ctx, finished, survivors, params.selection, trace, limited=limited)
 
 
 SPEC = StrategySpec(

@@ -69,6 +69,11 @@ class Path:
     finish_reason: FinishReason = "stop"
     steps: tuple[float, ...] = ()
     score: float = 0.0  # the step scores aggregated (the strategy's aggregation)
+    # Texts of the nodes above this one, the root ("") first: equal texts are one shared prefix in the cache.
+    parents: tuple[str, ...] = ()
+
+    def last_step(self) -> str:
+        return self.text[len(self.parents[-1]) :] if self.parents else self.text
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ async def extend(
             done = ctx.extract(text) is not None or not c.text.strip() or tokens >= cfg.max_tokens or c.finish_reason == "abort"
             if not done and c.finish_reason == "stop":
                 text += cfg.delimiter  # the stop string is not part of the output; the next step starts a line
-            kids.append(Path(text=text, tokens=tokens, done=done, finish_reason=c.finish_reason))
+            kids.append(Path(text=text, tokens=tokens, done=done, finish_reason=c.finish_reason, parents=p.parents + (p.text,)))
         children.append(kids)
     return children, limited
 
@@ -142,5 +147,38 @@ async def score_paths(ctx: StrategyContext, problem: Problem, paths: Sequence[Pa
     return [replace(p, steps=s, score=aggregate(s, how)) for p, s in zip(paths, steps)]
 
 
+async def grow(
+    ctx: StrategyContext, problem: Problem, parents: Sequence[tuple[Path, int]], cfg: StepConfig, how: Aggregation, *, hop: int, stage: str = "expand"
+) -> tuple[list[Path], bool]:
+    """:func:`extend` then :func:`score_paths` (at ``hop`` and ``hop + 1``). Returns the children and whether
+    the budget refused something; children the budget left unscored keep score 0."""
+    children, limited = await extend(ctx, problem, parents, cfg, hop=hop, stage=stage)
+    kids = [k for ks in children for k in ks]
+    if not kids:
+        return kids, limited
+    try:
+        return await score_paths(ctx, problem, kids, how, hop=hop + 1), limited
+    except BudgetExceeded:
+        return kids, True
+
+
+def refill(survivors: Sequence[Path], n: int) -> list[tuple[Path, int]]:
+    """``n`` expansions shared equally among ``survivors`` (the first ones one more when it does not divide)."""
+    share, extra = divmod(n, len(survivors))
+    return [(p, share + (i < extra)) for i, p in enumerate(survivors)]
+
+
 def path_candidates(ctx: StrategyContext, paths: Sequence[Path]) -> list[Candidate]:
     return [candidate(ctx, p.text.rstrip("\n"), p.tokens, p.finish_reason, p.score) for p in paths]
+
+
+def search_result(
+    ctx: StrategyContext, finished: Sequence[Path], open_: Sequence[Path], selection: str, trace: list[dict[str, object]], *, limited: bool
+) -> StrategyResult:
+    """The answer of a step-wise search: chosen among the finished paths (the open ones, best first, when
+    none finished); ``budget`` when the budget stopped the search."""
+    cands = path_candidates(ctx, finished or sorted(open_, key=lambda k: -k.score))
+    if not cands:
+        raise BudgetExceeded("the budget had no room for a single step")
+    info = {"finished": len(finished), "steps": len(trace)}
+    return result(best_scored(cands, selection), cands, trace=trace, info=info, **({"finish_reason": "budget"} if limited else {}))

@@ -11,16 +11,15 @@ each weighted by its aggregated PRM score.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Awaitable, Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.context import StrategyContext
-from orchestrator.errors import BudgetExceeded
 from orchestrator.protocols import StrategySpec
 from orchestrator.scoring import Aggregation
 from orchestrator.types import Problem, StrategyResult
-from strategies.common import Path, StepConfig, best_scored, extend, path_candidates, result, score_paths
+from strategies.common import Path, StepConfig, grow, search_result
 
 
 def allocate(scores: Sequence[float], width: int, temperature: float) -> list[int]:
@@ -60,7 +59,19 @@ class Params(BaseModel):
     seed: int | None = Field(None, description="Engine seed; None for fresh randomness.")
 
 
+# Chooses which open nodes grow and by how many children: (kept nodes, their shares, what to trace).
+Prune = Callable[[list[Path], int], Awaitable[tuple[list[Path], list[int], dict[str, object]]]]
+
+
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
+    async def shares(frontier: list[Path], remaining: int) -> tuple[list[Path], list[int], dict[str, object]]:
+        return frontier, allocate([k.score for k in frontier], remaining, params.softmax_temperature), {}
+
+    return await search(problem, ctx, params, shares)
+
+
+async def search(problem: Problem, ctx: StrategyContext, params: Params, prune: Prune) -> StrategyResult:
+    """The REBASE tree loop; ``prune`` decides, at every depth, which open nodes grow by how much."""
     cfg = StepConfig(params.step_tokens, params.max_tokens, params.temperature, params.top_p, params.seed)
     remaining = params.width
     frontier: list[Path] = [Path()]
@@ -69,42 +80,23 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
     trace: list[dict[str, object]] = []
     limited = False
     for depth in range(params.max_depth):
-        children, limited = await extend(ctx, problem, list(zip(frontier, shares)), cfg, hop=2 * depth)
-        kids = [k for ks in children for k in ks]
+        kids, limited = await grow(ctx, problem, list(zip(frontier, shares)), cfg, params.aggregation, hop=2 * depth)
         if not kids:
-            break
-        try:
-            kids = await score_paths(ctx, problem, kids, params.aggregation, hop=2 * depth + 1)
-        except BudgetExceeded:
-            limited = True
-            finished += [k for k in kids if k.done]
-            frontier = [k for k in kids if not k.done]
             break
         done = [k for k in kids if k.done]
         finished += done
         remaining -= len(done)
         frontier = [k for k in kids if not k.done]
-        shares = allocate([k.score for k in frontier], remaining, params.softmax_temperature)
-        trace.append(
-            {
-                "depth": depth,
-                "expanded": len(kids),
-                "finished": len(done),
-                "remaining": remaining,
-                "scores": [round(k.score, 4) for k in frontier],
-                "allocation": shares,
-            }
-        )
+        step: dict[str, object] = {"depth": depth, "expanded": len(kids), "finished": len(done), "remaining": remaining}
+        step["scores"] = [round(k.score, 4) for k in frontier]
+        if frontier and remaining > 0 and not limited:
+            frontier, shares, extra = await prune(frontier, remaining)
+            step |= extra | {"allocation": shares}
+        trace.append(step)
         ctx.emit({"stage": "depth", "depth": depth, "open": len(frontier), "remaining": remaining})
         if limited or remaining <= 0 or not frontier:
             break
-    pool = finished or sorted(frontier, key=lambda k: -k.score)
-    cands = path_candidates(ctx, pool)
-    if not cands:
-        raise BudgetExceeded("the budget had no room for a single step")
-    chosen = best_scored(cands, params.selection)
-    info = {"finished": len(finished), "depth": len(trace)}
-    return result(chosen, cands, trace=trace, info=info, **({"finish_reason": "budget"} if limited else {}))
+    return search_result(ctx, finished, frontier, params.selection, trace, limited=limited)
 
 
 SPEC = StrategySpec(

@@ -46,3 +46,10 @@ class StepClusterer:
         if not texts:
             return []
         return cluster_vectors(await self.embed(texts), threshold=self.threshold)
+
+    async def clusters(self, engine: Engine, texts: Sequence[str], threshold: float) -> list[int]:
+        """The :class:`~orchestrator.protocols.StepClustering` protocol: embeddings from ``engine``'s role."""
+        if not texts:
+            return []
+        vectors = np.asarray(await engine.embed(self.role, list(texts)), dtype=float).reshape(len(texts), -1)
+        return cluster_vectors(vectors, threshold=threshold)

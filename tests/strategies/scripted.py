@@ -52,3 +52,34 @@ def context(engine, **kwargs):
 
     ctx = StrategyContext(engine=engine, verifier=TaskAnswerVerifier(), sink=sink, meter=BudgetMeter(Budget(kwargs.pop("total_tokens", None))), **kwargs)
     return ctx, calls
+
+
+class WordStepEngine(StepEngine):
+    """Like :class:`StepEngine`, but a step line is 6 words (``sD-good x x x x x``), ``max_tokens`` is
+    honoured (a cut line ends with finish reason ``length``), and a prompt ending mid-line is continued."""
+
+    async def generate(self, role, spec):
+        self.calls.append(spec)
+        body = spec.prompt.split("\n", 1)[1]
+        *done_lines, tail = body.split("\n")
+        lines = [ln for ln in done_lines if ln]
+        outs, total = [], 0
+        for j in range(spec.n):
+            if tail:  # continue the line being written
+                words = tail.split(" ")
+                full = [words[0]] + ["x"] * 5
+                todo = full[len(words):]
+                text_words = todo[: spec.max_tokens]
+                text = "".join(" " + w for w in text_words)
+            else:
+                if len(lines) >= self.depth:
+                    full = ["Answer:", str(sum("good" in ln for ln in lines) + (j % 2))]
+                else:
+                    full = [f"s{len(lines)}-{'good' if j % 2 == 0 else 'bad'}"] + ["x"] * 5
+                text_words = full[: spec.max_tokens]
+                todo = full
+                text = " ".join(text_words)
+            finish = "length" if len(text_words) < len(todo) else "stop"
+            outs.append(Completion(text, len(text_words), finish))
+            total += len(text_words)
+        return Generation(tuple(outs), Usage(prompt_tokens=len(spec.prompt.split()), completion_tokens=total), worker="scripted-0")

@@ -12,6 +12,7 @@ from orchestrator.context import StrategyContext
 from orchestrator.types import Problem, SamplingSpec
 from strategies import REGISTRY
 from verifiers import MathShepherdPRM, OutcomeJudge, TaskAnswerVerifier, TaskRefiner
+from verifiers.embeddings import StepClusterer
 
 pytestmark = pytest.mark.engine
 QUESTION = task.generate("test", 1, seed=5, levels=[3])[0].question
@@ -45,6 +46,7 @@ def run(service, name, question=QUESTION, total_tokens=None, **params):
         step_scorer=MathShepherdPRM(engine),
         outcome_scorer=OutcomeJudge(engine),
         refiner=TaskRefiner(),
+        clusterer=StepClusterer(engine),
         meter=BudgetMeter(Budget(total_tokens)),
     )
     spec = REGISTRY[name]
@@ -148,3 +150,28 @@ def test_a_budget_stops_the_search_with_its_best_so_far(service, name, params):
     assert ctx.meter.spent_tokens <= 400
     assert ctx.usage.total_tokens + ctx.verifier_tokens == ctx.meter.spent_tokens
     assert result.finish_reason == "budget" and result.candidates
+
+
+def test_early_rejection_judges_candidates_after_tau_tokens(service):
+    result, ctx, calls, engine = run(service, "early_rejection", n=4, beam_width=2, tau=4, seed=12)
+    assert result.trace and result.answer is not None
+    for step in result.trace:
+        assert step["sampled"] == 4 and step["kept"] <= 2 and step["completed"] <= 2
+    partial = [s for s in engine.specs if s.max_tokens == 4]
+    assert sum(s.n for s in partial) == 4 * len(result.trace)
+    by_stage = {c.stage for c in calls}
+    assert by_stage == {"partial", "score", "complete"}
+    assert all(c.usage.completion_tokens <= 4 * c.n for c in calls if c.stage == "partial")
+
+
+def test_ets_keeps_a_subset_chosen_by_the_program_and_shares_the_width(service):
+    result, ctx, calls, engine = run(service, "ets", width=6, seed=13)
+    assert result.trace and result.answer is not None
+    for depth in result.trace:
+        if "allocation" in depth:
+            assert sum(depth["allocation"]) == depth["remaining"]
+            assert 1 <= len(depth["kept"]) <= len(depth["scores"])
+            assert len(depth["clusters"]) == len(depth["scores"])
+    # Children of one node are one call: they share the node's prefix in the engine's cache.
+    expand = [s for s in engine.specs]
+    assert len({s.prompt for s in expand}) == len(expand)

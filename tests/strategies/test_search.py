@@ -68,3 +68,29 @@ def test_search_returns_best_so_far_when_the_budget_runs_out():
     assert result.finish_reason == "budget"
     assert ctx.meter.spent_tokens <= 40
     assert result.candidates  # open beams stand in for finished ones
+
+
+def test_early_rejection_completes_only_the_kept_candidates():
+    from tests.strategies.scripted import WordStepEngine
+
+    results = {}
+    for name, params in (("early_rejection", {"tau": 2}), ("beam_search", {})):
+        engine = WordStepEngine(3)
+        ctx, calls = context(engine, step_scorer=WordPRM())
+        spec = REGISTRY[name]
+        results[name] = (asyncio.run(spec.run(Problem("q\n", question="q"), ctx, spec.params(n=8, beam_width=4, **params))), ctx, engine)
+    er, ctx, engine = results["early_rejection"]
+    for step in er.trace:
+        assert step["sampled"] == 8 and step["kept"] <= 2 and step["completed"] <= 2
+        assert step["rejected_at_tau"] >= 6
+    partial = [c for c in engine.calls if c.max_tokens == 2]
+    assert partial and all(c.stop == ("\n",) for c in partial)
+    assert er.answer == "3"  # the good branch, judged after 2 of its 6 words
+    # The saving: rejected candidates cost tau tokens, not a whole step.
+    beam_ctx = results["beam_search"][1]
+    assert ctx.usage.completion_tokens < 0.6 * beam_ctx.usage.completion_tokens
+
+
+def test_early_rejection_tau_must_be_below_a_step():
+    with pytest.raises(ValueError, match="tau"):
+        REGISTRY["early_rejection"].params(tau=64, step_tokens=64)

@@ -1,0 +1,84 @@
+"""ETS's integer program against exhaustive search, its REBASE limit, and the search on a scripted engine."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+
+import pytest
+
+from orchestrator.types import Problem
+from strategies import REGISTRY
+from strategies.ets import TIE_COST, objective, select
+from strategies.rebase import allocate
+from tests.strategies.scripted import StepEngine, WordPRM, context
+
+
+def random_tree(rng: random.Random, leaves: int):
+    """Open nodes with random ancestry: paths of depth 1-3 through a few shared internal nodes."""
+    ancestors = []
+    for _ in range(leaves):
+        depth = rng.randint(1, 3)
+        path = [""] + [f"d{d}-{rng.randint(0, 2)}" for d in range(1, depth)]
+        ancestors.append(tuple(path))
+    return ancestors
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_program_matches_exhaustive_search(seed):
+    rng = random.Random(seed)
+    n = rng.randint(1, 7)
+    scores = [rng.random() for _ in range(n)]
+    width = rng.randint(n, 16)
+    weights = [a / width for a in allocate(scores, width, rng.choice([0.1, 0.2, 1.0]))]
+    ancestors = random_tree(rng, n)
+    clusters = [rng.randint(0, 2) for _ in range(n)]
+    lb, ls = rng.choice([0.0, 0.5, 1.0, 3.0]), rng.choice([0.0, 0.5, 1.5])
+    got = select(weights, ancestors, clusters, lambda_b=lb, lambda_s=ls)
+    best = max(
+        objective(keep, weights, ancestors, clusters, lb, ls) for keep in itertools.product([False, True], repeat=n) if any(keep)
+    )
+    assert any(got)
+    assert objective(got, weights, ancestors, clusters, lb, ls) == pytest.approx(best, abs=1e-9)
+
+
+def test_without_costs_or_coverage_it_keeps_what_rebase_keeps():
+    rng = random.Random(7)
+    for _ in range(50):
+        n = rng.randint(1, 10)
+        scores = [rng.random() for _ in range(n)]
+        width = rng.randint(1, 20)
+        shares = allocate(scores, width, 0.2)
+        keep = select([a / width for a in shares], random_tree(rng, n), [0] * n, lambda_b=0.0, lambda_s=0.0)
+        assert keep == [a > 0 for a in shares]
+    assert TIE_COST < 1 / 256  # never outweighs a share of the largest width
+
+
+def test_a_high_node_cost_keeps_fewer_branches_and_coverage_keeps_more():
+    weights = [0.4, 0.3, 0.2, 0.1]
+    ancestors = [("", "a"), ("", "b"), ("", "c"), ("", "d")]  # four separate branches
+    cheap = select(weights, ancestors, [0, 1, 2, 3], lambda_b=0.0, lambda_s=0.0)
+    dear = select(weights, ancestors, [0, 1, 2, 3], lambda_b=3.0, lambda_s=0.0)
+    assert sum(cheap) == 4 and sum(dear) < 4 and dear[0]
+    covered = select(weights, ancestors, [0, 1, 2, 3], lambda_b=3.0, lambda_s=3.0)
+    assert sum(covered) > sum(dear)
+
+
+class ClusterByText:
+    async def clusters(self, engine, texts, threshold):
+        first = {}
+        return [first.setdefault(t.split("-")[-1], len(first)) for t in texts]
+
+
+def test_ets_search_keeps_allocations_within_the_width():
+    engine = StepEngine(3)
+    ctx, _ = context(engine, step_scorer=WordPRM(), clusterer=ClusterByText())
+    spec = REGISTRY["ets"]
+    result = asyncio.run(spec.run(Problem("q\n", question="q"), ctx, spec.params(width=8)))
+    assert result.answer in ("3", "4")
+    for depth in result.trace:
+        if "allocation" in depth:
+            assert sum(depth["allocation"]) == depth["remaining"] == sum(depth["rebase_allocation"])
+            assert len(depth["allocation"]) == len(depth["kept"]) >= 1
+    assert spec.needs(spec.params()) == {"prm", "clusterer"}
