@@ -38,6 +38,7 @@ from orchestrator.context import StrategyContext
 from orchestrator.types import Candidate, Problem, SubCall
 from strategies import REGISTRY
 from verifiers import MathShepherdPRM, TaskAnswerVerifier, TaskRefiner
+from verifiers.embeddings import StepClusterer
 
 RESULTS = REPO_ROOT / "bench" / "results"
 
@@ -51,6 +52,8 @@ class Row:
     total_tokens: list[int] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)
     sequential: list[int] = field(default_factory=list)
+    flops: list[float] = field(default_factory=list)  # 2 x parameters x tokens computed (not cached), policy and PRM
+    peak_live_nodes: list[int] = field(default_factory=list)  # tree searches: most nodes held at one depth
     latency: list[float] = field(default_factory=list)
     winner_latency: list[float] = field(default_factory=list)  # FFS: the winning sample's own call
     # Majority@N: what FFS would generate on these very samples if every loser stopped the instant the
@@ -68,6 +71,8 @@ class Row:
             "mean_total_tokens": mean(self.total_tokens),
             "mean_generated_tokens": mean(self.generated),
             "mean_sequential_tokens": mean(self.sequential),
+            "mean_gflops": mean([f / 1e9 for f in self.flops]),
+            "mean_peak_live_nodes": mean(self.peak_live_nodes),
             "mean_latency_s": mean(self.latency),
             "mean_winner_latency_s": mean(self.winner_latency),
             "mean_ffs_ideal_generated": mean(self.ffs_ideal),
@@ -81,7 +86,9 @@ def configs(ns: list[int], seed: int) -> list[tuple[str, int | None, dict[str, A
             ("self_consistency", n, {"n": n, "seed": seed}),
             ("best_of_n", n, {"n": n, "seed": seed}),
             ("beam_search", n, {"n": n, "beam_width": 2 if n == 4 else 4, "seed": seed}),
+            ("early_rejection", n, {"n": n, "beam_width": 2 if n == 4 else 4, "seed": seed}),
             ("rebase", n, {"width": n, "seed": seed}),
+            ("ets", n, {"width": n, "seed": seed}),
             ("first_finish", n, {"n": n, "seed": seed}),
             ("first_finish_sync", n, {"n": n, "seed": seed, "mode": "sync"}),
             ("pdr", n, {"schedule": [n, max(1, n // 2), 1], "seed": seed}),
@@ -96,13 +103,25 @@ def ffs_ideal(candidates: Sequence[Candidate]) -> int:
     return sum(min(c.tokens, stop) for c in candidates)
 
 
-async def run_one(pool, name: str, params: dict[str, Any], p: task.Problem) -> tuple[bool, int, int, int, float, float | None, int | None]:
+def parameters(model: str) -> int:
+    """Parameter count of a bundled model, from the training record next to its weights."""
+    return int(json.loads((REPO_ROOT / "models" / model / "training.json").read_text())["params"])
+
+
+async def run_one(pool, name: str, params: dict[str, Any], p: task.Problem) -> tuple[bool, int, int, int, float, float | None, int | None, float, int | None]:
     calls: list[SubCall] = []
 
     async def sink(call: SubCall) -> None:
         calls.append(call)
 
-    ctx = StrategyContext(engine=pool, verifier=TaskAnswerVerifier(), sink=sink, step_scorer=MathShepherdPRM(pool), refiner=TaskRefiner())
+    ctx = StrategyContext(
+        engine=pool,
+        verifier=TaskAnswerVerifier(),
+        sink=sink,
+        step_scorer=MathShepherdPRM(pool),
+        refiner=TaskRefiner(),
+        clusterer=StepClusterer(pool),
+    )
     spec = REGISTRY[name.removesuffix("_sync")]
     t0 = time.perf_counter()
     result = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**params))
@@ -113,7 +132,12 @@ async def run_one(pool, name: str, params: dict[str, Any], p: task.Problem) -> t
         winner = next(c.latency_s for c in calls if c.branch == str(result.info["winner"]))
     total = ctx.usage.total_tokens + ctx.verifier_tokens
     ideal = ffs_ideal(result.candidates) if name == "self_consistency" else None
-    return correct, total, ctx.usage.completion_tokens, result.sequential_tokens or ctx.sequential_tokens, latency, winner, ideal
+    # Tokens a model actually computed: prompt tokens the prefix cache served cost no forward pass.
+    computed = {kind: sum(c.usage.total_tokens - c.usage.cached_tokens for c in calls if c.kind == kind) for kind in ("generate", "score")}
+    flops = 2.0 * (parameters("target") * computed["generate"] + parameters("prm") * computed["score"])
+    live = [int(t["live_nodes"]) for t in result.trace if "live_nodes" in t]  # type: ignore[call-overload]
+    peak = max(live) if live else None
+    return correct, total, ctx.usage.completion_tokens, result.sequential_tokens or ctx.sequential_tokens, latency, winner, ideal, flops, peak
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,7 +145,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from workers.pool import WorkerPool, connect_ray
 
     connect_ray()
-    roles = {"policy": {"model": str(REPO_ROOT / "models" / "target")}, "prm": {"model": str(REPO_ROOT / "models" / "prm")}}
+    roles = {"policy": {"model": str(REPO_ROOT / "models" / "target")}, "prm": {"model": str(REPO_ROOT / "models" / "prm")}, "embedder": {}}
     pool = await WorkerPool.from_config(load_pool_config(None, env={}, default_roles=roles))
     per_level = max(1, args.problems // 5)
     problems = [p for lv in task.LEVELS for p in task.generate("test", per_level, seed=args.seed + 100, levels=[lv])]
@@ -129,19 +153,22 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[Row] = []
     t_start = time.perf_counter()
     try:
-        todo = configs(args.ns, args.seed)
+        todo = [c for c in configs(args.ns, args.seed) if not args.only or c[0] in args.only]
         with tqdm(total=len(todo) * len(problems), desc="strategies", unit="req") as bar:
             for name, n, params in todo:
                 row = Row(name, n, params)
 
                 async def one(p: task.Problem) -> None:
                     async with sem:
-                        c, tot, gen, seq, lat, win, ideal = await run_one(pool, name, params, p)
+                        c, tot, gen, seq, lat, win, ideal, flops, peak = await run_one(pool, name, params, p)
                     row.correct.append(c)
                     row.total_tokens.append(tot)
                     row.generated.append(gen)
                     row.sequential.append(seq)
                     row.latency.append(lat)
+                    row.flops.append(flops)
+                    if peak is not None:
+                        row.peak_live_nodes.append(peak)
                     if win is not None:
                         row.winner_latency.append(win)
                     if ideal is not None:
@@ -153,14 +180,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 bar.set_postfix_str(f"{name}@{n}: {statistics.fmean(map(float, row.correct)):.2f}")
             # Single pass allowed PDR's sequential budget (matched: the PDR paper's comparison).
             pdr_seq = [statistics.fmean(r.sequential) for r in rows if r.strategy == "pdr"]
-            matched = int(max(pdr_seq)) if pdr_seq else 256
-            name, params = "single_pass", {"max_tokens": min(matched, 4096)}
-            row = Row("single_pass_matched", None, params)
-            for p in problems:
-                c, tot, gen, seq, lat, _, _ = await run_one(pool, name, params, p)
-                row.correct.append(c), row.total_tokens.append(tot), row.generated.append(gen)
-                row.sequential.append(seq), row.latency.append(lat)
-            rows.append(row)
+            if pdr_seq:
+                params = {"max_tokens": min(int(max(pdr_seq)), 4096)}
+                row = Row("single_pass_matched", None, params)
+                for p in problems:
+                    c, tot, gen, seq, lat, _, _, flops, _ = await run_one(pool, "single_pass", params, p)
+                    row.correct.append(c), row.total_tokens.append(tot), row.generated.append(gen)
+                    row.sequential.append(seq), row.latency.append(lat), row.flops.append(flops)
+                rows.append(row)
     finally:
         await pool.shutdown()
     summaries = [r.summary() for r in rows]
@@ -187,7 +214,26 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "time_to_answer_over_winner": round(r["mean_latency_s"] / r["mean_winner_latency_s"], 3),
             "met": saving >= 0.4 and r["accuracy"] >= mv["accuracy"] and r["mean_latency_s"] <= 1.1 * r["mean_winner_latency_s"],
         }
-    sp = by.get(("single_pass_matched", None)) or by[("single_pass", None)]
+    for (name, n), r in by.items():
+        if name == "early_rejection" and ("beam_search", n) in by:
+            bs = by[("beam_search", n)]
+            ratio = bs["mean_gflops"] / r["mean_gflops"]
+            out[f"early_rejection_vs_beam_search@{n}"] = {
+                "flops_ratio": round(ratio, 3),
+                "accuracy_delta": round(r["accuracy"] - bs["accuracy"], 3),
+                "met": ratio >= 2 and r["accuracy"] >= bs["accuracy"] - 0.01,
+            }
+    for (name, n), r in by.items():
+        if name == "ets" and ("rebase", n) in by:
+            rb = by[("rebase", n)]
+            out[f"ets_vs_rebase@{n}"] = {
+                "peak_live_nodes_ratio": round(rb["mean_peak_live_nodes"] / r["mean_peak_live_nodes"], 3) if r.get("mean_peak_live_nodes") else None,
+                "throughput_ratio": round(rb["mean_latency_s"] / r["mean_latency_s"], 3),
+                "accuracy_delta": round(r["accuracy"] - rb["accuracy"], 3),
+            }
+    sp = by.get(("single_pass_matched", None)) or by.get(("single_pass", None))
+    if sp is None:
+        return out
     for (name, n), r in by.items():
         if name == "pdr":
             out[f"pdr@{n}_vs_single_pass_matched"] = {
@@ -201,13 +247,13 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        "| strategy | N | accuracy | total tokens | generated | sequential | latency (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| strategy | N | accuracy | total tokens | generated | sequential | GFLOPs | latency (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         lines.append(
             f"| {r['strategy']} | {r['n'] or ''} | {r['accuracy']:.3f} | {r['mean_total_tokens']:.0f} | {r['mean_generated_tokens']:.0f} "
-            f"| {r['mean_sequential_tokens']:.0f} | {r['mean_latency_s']:.2f} |"
+            f"| {r['mean_sequential_tokens']:.0f} | {r.get('mean_gflops') or 0:.1f} | {r['mean_latency_s']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -253,12 +299,20 @@ def main() -> None:
     ap.add_argument("--ns", type=int, nargs="+", default=[4, 8, 16], help="Sample counts / widths to run.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS / "strategies.json")
+    ap.add_argument("--only", nargs="+", default=[], help="Run only these strategies (rows merge into --out).")
     ap.add_argument("--replot", action="store_true", help="Only redraw the table and plot from --out.")
     args = ap.parse_args()
     if args.replot:
         report = json.loads(args.out.read_text())
     else:
         report = asyncio.run(bench(args))
+        if args.only and args.out.exists():  # replace those rows in the last full run, keep the rest
+            old = json.loads(args.out.read_text())
+            fresh = {(r["strategy"], r["n"]) for r in report["rows"]}
+            report["rows"] = [r for r in old["rows"] if (r["strategy"], r["n"]) not in fresh] + report["rows"]
+            report["partial_runs"] = old.get("partial_runs", []) + [{"only": args.only, "wall_s": report["wall_s"]}]
+            report["settings"], report["wall_s"] = old["settings"], old["wall_s"]
+            report["goals"] = goals(report["rows"])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))

@@ -119,12 +119,11 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
             clusters = list(range(len(frontier)))
         keep = select([a / remaining for a in shares], [k.parents for k in frontier], clusters, lambda_b=params.lambda_b, lambda_s=params.lambda_s)
         kept = [k for k, f in zip(frontier, keep) if f]
-        live = {a for k in kept for a in k.parents}
         extra = {
             "rebase_allocation": shares,
             "clusters": clusters,
             "kept": [i for i, f in enumerate(keep) if f],
-            "live_nodes": len(live) + len(kept),  # what the KV cache must hold: kept nodes and their ancestors
+            "live_nodes": rebase.live_nodes(kept),
         }
         return kept, rebase.allocate([k.score for k in kept], remaining, params.softmax_temperature), extra
 

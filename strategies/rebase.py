@@ -11,7 +11,7 @@ each weighted by its aggregated PRM score.
 from __future__ import annotations
 
 import math
-from typing import Awaitable, Callable, Literal, Sequence
+from typing import Awaitable, Callable, Iterable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,6 +44,13 @@ def allocate(scores: Sequence[float], width: int, temperature: float) -> list[in
     return out
 
 
+def live_nodes(kept: Iterable[Path]) -> int:
+    """Nodes whose KV must stay cached for the next depth: the growing nodes and every ancestor of theirs
+    (equal prefixes counted once, as the prefix cache holds them once)."""
+    kept = list(kept)
+    return len({a for k in kept for a in k.parents} | {k.text for k in kept})
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,7 +72,8 @@ Prune = Callable[[list[Path], int], Awaitable[tuple[list[Path], list[int], dict[
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
     async def shares(frontier: list[Path], remaining: int) -> tuple[list[Path], list[int], dict[str, object]]:
-        return frontier, allocate([k.score for k in frontier], remaining, params.softmax_temperature), {}
+        alloc = allocate([k.score for k in frontier], remaining, params.softmax_temperature)
+        return frontier, alloc, {"live_nodes": live_nodes(k for k, a in zip(frontier, alloc) if a > 0)}
 
     return await search(problem, ctx, params, shares)
 

@@ -172,6 +172,6 @@ def test_ets_keeps_a_subset_chosen_by_the_program_and_shares_the_width(service):
             assert sum(depth["allocation"]) == depth["remaining"]
             assert 1 <= len(depth["kept"]) <= len(depth["scores"])
             assert len(depth["clusters"]) == len(depth["scores"])
-    # Children of one node are one call: they share the node's prefix in the engine's cache.
-    expand = [s for s in engine.specs]
-    assert len({s.prompt for s in expand}) == len(expand)
+    # Children of one node are one call of n = its share: they share the node's prefix in the engine's cache.
+    shares = [6] + [a for depth in result.trace for a in depth.get("allocation", []) if a > 0]
+    assert sorted(s.n for s in engine.specs) == sorted(shares)
