@@ -267,13 +267,25 @@ def plot(report: dict[str, Any], path: Path) -> list[Path]:
     except ImportError:
         return []
     fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy vs total tokens", "accuracy vs latency"))
+    from plotly.colors import qualitative
+
     names = dict.fromkeys(r["strategy"] for r in report["rows"])
-    for name in names:
+    palette = qualitative.Dark24  # one colour per strategy, the same in both panels
+    for index, name in enumerate(names):
         rs = [r for r in report["rows"] if r["strategy"] == name]
         labels = [f"N={r['n']}" if r["n"] else "" for r in rs]
         for col, key in ((1, "mean_total_tokens"), (2, "mean_latency_s")):
             fig.add_trace(
-                go.Scatter(x=[r[key] for r in rs], y=[r["accuracy"] for r in rs], mode="lines+markers", name=name, text=labels, legendgroup=name, showlegend=col == 1),
+                go.Scatter(
+                    x=[r[key] for r in rs],
+                    y=[r["accuracy"] for r in rs],
+                    mode="lines+markers",
+                    name=name,
+                    text=labels,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line={"color": palette[index % len(palette)]},
+                ),
                 row=1,
                 col=col,
             )
