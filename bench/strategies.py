@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import time
@@ -103,12 +104,14 @@ def ffs_ideal(candidates: Sequence[Candidate]) -> int:
     return sum(min(c.tokens, stop) for c in candidates)
 
 
+@functools.cache
 def parameters(model: str) -> int:
     """Parameter count of a bundled model, from the training record next to its weights."""
     return int(json.loads((REPO_ROOT / "models" / model / "training.json").read_text())["params"])
 
 
-async def run_one(pool, name: str, params: dict[str, Any], p: task.Problem) -> tuple[bool, int, int, int, float, float | None, int | None, float, int | None]:
+async def run_one(pool, row: Row, strategy: str, p: task.Problem) -> None:
+    """Solve ``p`` with ``strategy`` and ``row.params``; record what it cost in ``row``."""
     calls: list[SubCall] = []
 
     async def sink(call: SubCall) -> None:
@@ -122,22 +125,24 @@ async def run_one(pool, name: str, params: dict[str, Any], p: task.Problem) -> t
         refiner=TaskRefiner(),
         clusterer=StepClusterer(pool),
     )
-    spec = REGISTRY[name.removesuffix("_sync")]
+    spec = REGISTRY[strategy]
     t0 = time.perf_counter()
-    result = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**params))
-    latency = time.perf_counter() - t0
-    correct = task.check_answer(p, result.text).correct
-    winner = None
-    if name == "first_finish":  # async: one call per sample, branch = sample index
-        winner = next(c.latency_s for c in calls if c.branch == str(result.info["winner"]))
-    total = ctx.usage.total_tokens + ctx.verifier_tokens
-    ideal = ffs_ideal(result.candidates) if name == "self_consistency" else None
+    result = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**row.params))
+    row.latency.append(time.perf_counter() - t0)
+    row.correct.append(task.check_answer(p, result.text).correct)
+    row.total_tokens.append(ctx.usage.total_tokens + ctx.verifier_tokens)
+    row.generated.append(ctx.usage.completion_tokens)
+    row.sequential.append(result.sequential_tokens or ctx.sequential_tokens)
     # Tokens a model actually computed: prompt tokens the prefix cache served cost no forward pass.
     computed = {kind: sum(c.usage.total_tokens - c.usage.cached_tokens for c in calls if c.kind == kind) for kind in ("generate", "score")}
-    flops = 2.0 * (parameters("target") * computed["generate"] + parameters("prm") * computed["score"])
+    row.flops.append(2.0 * (parameters("target") * computed["generate"] + parameters("prm") * computed["score"]))
     live = [int(t["live_nodes"]) for t in result.trace if "live_nodes" in t]  # type: ignore[call-overload]
-    peak = max(live) if live else None
-    return correct, total, ctx.usage.completion_tokens, result.sequential_tokens or ctx.sequential_tokens, latency, winner, ideal, flops, peak
+    if live:
+        row.peak_live_nodes.append(max(live))
+    if row.strategy == "first_finish":  # async: one call per sample, branch = sample index
+        row.winner_latency.append(next(c.latency_s for c in calls if c.branch == str(result.info["winner"])))
+    if row.strategy == "self_consistency":
+        row.ffs_ideal.append(ffs_ideal(result.candidates))
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,19 +165,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
                 async def one(p: task.Problem) -> None:
                     async with sem:
-                        c, tot, gen, seq, lat, win, ideal, flops, peak = await run_one(pool, name, params, p)
-                    row.correct.append(c)
-                    row.total_tokens.append(tot)
-                    row.generated.append(gen)
-                    row.sequential.append(seq)
-                    row.latency.append(lat)
-                    row.flops.append(flops)
-                    if peak is not None:
-                        row.peak_live_nodes.append(peak)
-                    if win is not None:
-                        row.winner_latency.append(win)
-                    if ideal is not None:
-                        row.ffs_ideal.append(ideal)
+                        await run_one(pool, row, name.removesuffix("_sync"), p)
                     bar.update()
 
                 await asyncio.gather(*(one(p) for p in problems))
@@ -184,9 +177,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 params = {"max_tokens": min(int(max(pdr_seq)), 4096)}
                 row = Row("single_pass_matched", None, params)
                 for p in problems:
-                    c, tot, gen, seq, lat, _, _, flops, _ = await run_one(pool, "single_pass", params, p)
-                    row.correct.append(c), row.total_tokens.append(tot), row.generated.append(gen)
-                    row.sequential.append(seq), row.latency.append(lat), row.flops.append(flops)
+                    await run_one(pool, row, "single_pass", p)
                 rows.append(row)
     finally:
         await pool.shutdown()

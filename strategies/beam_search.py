@@ -10,30 +10,18 @@ when nothing is open, or after ``max_steps`` iterations. The answer is chosen am
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from orchestrator.context import StrategyContext
 from orchestrator.protocols import StrategySpec
-from orchestrator.scoring import Aggregation
 from orchestrator.types import Problem, StrategyResult
-from strategies.common import Path, StepConfig, grow, refill, search_result
+from strategies.common import Path, StepSearchParams, grow, refill, search_result
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Params(StepSearchParams):
     n: int = Field(8, ge=1, le=256, description="Beams expanded at every iteration.")
     beam_width: int = Field(4, ge=1, le=64, description="Children per surviving beam; n // beam_width survive a pruning.")
     max_steps: int = Field(40, ge=1, le=200, description="Most iterations (steps per beam).")
-    step_tokens: int = Field(64, ge=1, le=1024, description="Most tokens of one step.")
-    max_tokens: int = Field(256, ge=1, le=4096, description="Most generated tokens per beam.")
-    aggregation: Aggregation = Field("last", description="How a beam's step scores become its score.")
-    selection: Literal["argmax", "weighted"] = Field("weighted", description="How the answer is chosen among finished beams.")
-    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    seed: int | None = Field(None, description="Engine seed; None for fresh randomness.")
 
     @model_validator(mode="after")
     def _divisible(self) -> Params:
@@ -43,7 +31,7 @@ class Params(BaseModel):
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
-    cfg = StepConfig(params.step_tokens, params.max_tokens, params.temperature, params.top_p, params.seed)
+    cfg = params.step_config()
     keep = params.n // params.beam_width
     survivors: list[Path] = [Path()]
     finished: list[Path] = []

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
@@ -87,6 +89,24 @@ class StepConfig:
     top_p: float
     seed: int | None
     delimiter: str = "\n"
+
+
+class StepSearchParams(BaseModel):
+    """What every step-wise search (beam search, REBASE and their descendants) is parameterised by."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step_tokens: int = Field(64, ge=1, le=1024, description="Most tokens of one step.")
+    max_tokens: int = Field(256, ge=1, le=4096, description="Most generated tokens per path.")
+    aggregation: Aggregation = Field("last", description="How a path's step scores become its score.")
+    selection: Literal["argmax", "weighted"] = Field("weighted", description="How the answer is chosen among finished paths.")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, description="Engine seed; None for fresh randomness.")
+
+    def step_config(self, step_tokens: int | None = None) -> StepConfig:
+        """How one step is sampled; ``step_tokens`` overrides the whole-step bound (a partial step)."""
+        return StepConfig(step_tokens or self.step_tokens, self.max_tokens, self.temperature, self.top_p, self.seed)
 
 
 async def extend(

@@ -17,7 +17,7 @@ from orchestrator.context import StrategyContext
 from orchestrator.protocols import StrategySpec
 from orchestrator.types import Problem, StrategyResult
 from strategies import beam_search
-from strategies.common import Path, StepConfig, extend, grow, refill, search_result
+from strategies.common import Path, extend, grow, refill, search_result
 
 
 class Params(beam_search.Params):
@@ -31,7 +31,7 @@ class Params(beam_search.Params):
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
-    partial = StepConfig(params.tau, params.max_tokens, params.temperature, params.top_p, params.seed)
+    partial = params.step_config(params.tau)
     rest = replace(partial, step_tokens=params.step_tokens - params.tau, seed=None if params.seed is None else params.seed + 1)
     keep = params.n // params.beam_width
     survivors: list[Path] = [Path()]

@@ -24,6 +24,7 @@ from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
 from orchestrator.protocols import StrategySpec
 from orchestrator.types import Candidate, Generation, Problem, SamplingSpec, StrategyResult
+from strategies.common import majority, result
 
 
 class Params(BaseModel):
@@ -99,22 +100,11 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
     index = {i: pos for pos, i in enumerate(i for i in range(params.n) if i in results)}
     if not results:
         raise BudgetExceeded("the budget had no room for a single sample")
-    if answered:
-        pool = answered[: params.k]
-        votes = Counter(candidates[index[i]].answer for i in pool)
-        winner_answer = votes.most_common(1)[0][0]
-        winner = next(i for i in pool if candidates[index[i]].answer == winner_answer)
-    else:
-        votes = Counter()
-        winner = order[0]
-    chosen = candidates[index[winner]]
-    return StrategyResult(
-        text=chosen.text,
-        answer=chosen.answer,
-        finish_reason="length" if chosen.finish_reason == "length" else "stop",
-        candidates=candidates,
-        info={"winner": winner, "finish_order": order, "aborted": aborted, "votes": dict(votes), "k": params.k},
-    )
+    # Among the first k answered, the majority (ties to the earliest); the first finisher when none answered.
+    first = answered[: params.k] or order[:1]
+    pos, votes = _vote([candidates[index[i]] for i in first])
+    chosen = candidates[index[first[pos]]]
+    return result(chosen, candidates, info={"winner": first[pos], "finish_order": order, "aborted": aborted, "votes": votes, "k": params.k})
 
 
 async def _run_sync(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
@@ -148,19 +138,18 @@ async def _run_sync(problem: Problem, ctx: StrategyContext, params: Params) -> S
         Candidate(text=t, answer=ctx.extract(t) if r not in (None, "abort") else None, tokens=n, finish_reason=r if r in ("stop", "length") else "abort")  # type: ignore[arg-type]
         for t, n, r in zip(texts, tokens, reasons)
     )
-    first = order[: params.k]
-    votes = Counter(cands[i].answer for i in first if cands[i].answer is not None)
-    winner = next((i for i in first if cands[i].answer == votes.most_common(1)[0][0]), first[0]) if votes else (first or [0])[0]
-    chosen = cands[winner]
+    first = order[: params.k] or [0]
+    pos, votes = _vote([cands[i] for i in first])
     aborted = [i for i, c in enumerate(cands) if c.finish_reason == "abort"]
-    return StrategyResult(
-        text=chosen.text,
-        answer=chosen.answer,
-        finish_reason="length" if chosen.finish_reason == "length" else "stop",
-        candidates=cands,
-        info={"winner": winner, "finish_order": order, "aborted": aborted, "votes": dict(votes), "k": params.k, "mode": "sync"},
-    )
+    info = {"winner": first[pos], "finish_order": order, "aborted": aborted, "votes": votes, "k": params.k, "mode": "sync"}
+    return result(cands[first[pos]], cands, info=info)
 
+
+def _vote(pool: list[Candidate]) -> tuple[int, dict[str, int]]:
+    """Where in ``pool`` the majority candidate is (:func:`strategies.common.majority`: ties to the
+    earliest, the first when none has an answer) and the votes."""
+    chosen = majority(pool)
+    return next(p for p, c in enumerate(pool) if c is chosen), dict(Counter(c.answer for c in pool if c.answer is not None))
 
 SPEC = StrategySpec(
     name="first_finish",

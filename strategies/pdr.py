@@ -28,7 +28,7 @@ import asyncio
 import random
 from collections import Counter
 from dataclasses import replace
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -100,18 +100,18 @@ async def _refine(
     limited = False
     for r, m in enumerate(schedule):
         if r == 0:
-            workspaces = [""]
+            workspaces = [Workspace("", 0)]
         elif distill in ("summary", "shared_top_k"):
             workspaces = [await _workspace(ctx, problem, drafts, distill, k, rank_by, params.kappa, rng, hop=2 * r - 1)]
         else:
             ranked = await _ranked(ctx, problem, drafts, rank_by, hop=2 * r - 1) if distill == "per_sample_top_k" else drafts
             workspaces = [await _own_workspace(ctx, ranked, drafts[j % len(drafts)], distill, k, params.kappa, rng) for j in range(m)]
         try:
-            new = await _round(ctx, problem, params, workspaces, m, r)
+            new = await _round(ctx, problem, params, [w.text for w in workspaces], m, r)
         except BudgetExceeded:
             limited = True
             break
-        sizes = [await ctx.tokens(w) if w else 0 for w in dict.fromkeys(workspaces)]
+        sizes = list(dict(workspaces).values())  # one size per distinct workspace
         rounds.append({"round": r, "drafts": len(new), "workspace_tokens": sizes, "answers": [c.answer for c in new]})
         ctx.emit({"stage": "round", "round": r, "drafts": len(new), "leader": majority(new).answer})
         drafts = new
@@ -167,7 +167,7 @@ async def _ranked(ctx: StrategyContext, problem: Problem, drafts: list[Candidate
 
 async def _workspace(
     ctx: StrategyContext, problem: Problem, drafts: list[Candidate], distill: Distill, k: int, rank_by: RankBy, kappa: int, rng: random.Random, *, hop: int
-) -> str:
+) -> Workspace:
     if distill == "summary":
         return await _bounded(ctx, ctx.refiner.summary(problem.text, [d.text for d in drafts]), kappa)
     top = (await _ranked(ctx, problem, drafts, rank_by, hop=hop))[:k]
@@ -176,7 +176,7 @@ async def _workspace(
 
 async def _own_workspace(
     ctx: StrategyContext, ranked: list[Candidate], own: Candidate, distill: Distill, k: int, kappa: int, rng: random.Random
-) -> str:
+) -> Workspace:
     if distill == "random_k":
         picked = rng.sample(ranked, min(k, len(ranked)))
     else:
@@ -184,14 +184,22 @@ async def _own_workspace(
     return await _bounded(ctx, [ctx.refiner.draft_block(i, d.text) for i, d in enumerate(picked)], kappa)
 
 
-async def _bounded(ctx: StrategyContext, pieces: Sequence[str], kappa: int) -> str:
+class Workspace(NamedTuple):
+    text: str
+    tokens: int  # policy tokens, as counted when it was bounded
+
+
+async def _bounded(ctx: StrategyContext, pieces: Sequence[str], kappa: int) -> Workspace:
     """The longest prefix of ``pieces`` (joined by newlines) that is at most ``kappa`` policy tokens."""
     kept: list[str] = []
+    size = 0
     for piece in pieces:
-        if await ctx.tokens("\n".join(kept + [piece])) > kappa:
+        tokens = await ctx.tokens("\n".join(kept + [piece]))
+        if tokens > kappa:
             break
         kept.append(piece)
-    return "\n".join(kept)
+        size = tokens
+    return Workspace("\n".join(kept), size)
 
 
 SPEC = StrategySpec(

@@ -11,15 +11,14 @@ each weighted by its aggregated PRM score.
 from __future__ import annotations
 
 import math
-from typing import Awaitable, Callable, Iterable, Literal, Sequence
+from typing import Awaitable, Callable, Iterable, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from orchestrator.context import StrategyContext
 from orchestrator.protocols import StrategySpec
-from orchestrator.scoring import Aggregation
 from orchestrator.types import Problem, StrategyResult
-from strategies.common import Path, StepConfig, grow, search_result
+from strategies.common import Path, StepSearchParams, grow, search_result
 
 
 def allocate(scores: Sequence[float], width: int, temperature: float) -> list[int]:
@@ -51,19 +50,11 @@ def live_nodes(kept: Iterable[Path]) -> int:
     return len({a for k in kept for a in k.parents} | {k.text for k in kept})
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Params(StepSearchParams):
     width: int = Field(8, ge=1, le=256, description="Leaves the search may finish (the root's children).")
     softmax_temperature: float = Field(0.2, gt=0.0, le=10.0, description="Temperature of the score softmax (the paper's 0.2).")
     max_depth: int = Field(40, ge=1, le=200, description="Most steps from the root.")
-    step_tokens: int = Field(64, ge=1, le=1024, description="Most tokens of one step.")
-    max_tokens: int = Field(256, ge=1, le=4096, description="Most generated tokens per path.")
-    aggregation: Aggregation = Field("last", description="How a path's step scores become its score.")
-    selection: Literal["argmax", "weighted"] = Field("weighted", description="How the answer is chosen among finished leaves.")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="Sampling temperature (the paper's 1.0).")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    seed: int | None = Field(None, description="Engine seed; None for fresh randomness.")
 
 
 # Chooses which open nodes grow and by how many children: (kept nodes, their shares, what to trace).
@@ -80,7 +71,7 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
 
 async def search(problem: Problem, ctx: StrategyContext, params: Params, prune: Prune) -> StrategyResult:
     """The REBASE tree loop; ``prune`` decides, at every depth, which open nodes grow by how much."""
-    cfg = StepConfig(params.step_tokens, params.max_tokens, params.temperature, params.top_p, params.seed)
+    cfg = params.step_config()
     remaining = params.width
     frontier: list[Path] = [Path()]
     shares = [params.width]

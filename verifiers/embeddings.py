@@ -38,18 +38,16 @@ class StepClusterer:
         self.role = role
         self.threshold = threshold
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(await self.engine.embed(self.role, list(texts)), dtype=float).reshape(len(texts), -1)
+    async def embed(self, texts: Sequence[str], *, engine: Engine | None = None) -> np.ndarray:
+        engine = engine or self.engine
+        return np.asarray(await engine.embed(self.role, list(texts)), dtype=float).reshape(len(texts), -1)
 
     async def cluster(self, texts: Sequence[str]) -> list[int]:
         """A cluster label per text: equal labels mean the steps say the same thing."""
-        if not texts:
-            return []
-        return cluster_vectors(await self.embed(texts), threshold=self.threshold)
+        return await self.clusters(self.engine, texts, self.threshold)
 
     async def clusters(self, engine: Engine, texts: Sequence[str], threshold: float) -> list[int]:
         """The :class:`~orchestrator.protocols.StepClustering` protocol: embeddings from ``engine``'s role."""
         if not texts:
             return []
-        vectors = np.asarray(await engine.embed(self.role, list(texts)), dtype=float).reshape(len(texts), -1)
-        return cluster_vectors(vectors, threshold=threshold)
+        return cluster_vectors(await self.embed(texts, engine=engine), threshold=threshold)
