@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
+from orchestrator.admission import Limits
 from orchestrator.config import Settings, get_settings
 from orchestrator.budget import Price
 from orchestrator.controller import Controller
@@ -37,16 +39,46 @@ T = TypeVar("T")
 
 def pool_config(settings: Settings) -> PoolConfig:
     """The workers file when one is given, else the policy from ``settings``; TTS_WORKER_* overrides apply."""
-    policy = {"model": str(settings.model_path), "max_model_len": settings.max_model_len, "kv_cache_gib": settings.kv_cache_gib}
-    roles = {"policy": policy}
+    def engine(path: Path) -> dict[str, object]:
+        return {"model": str(path), "max_model_len": settings.max_model_len, "kv_cache_gib": settings.kv_cache_gib}
+
+    roles: dict[str, dict[str, object]] = {"policy": engine(settings.model_path)}
+    if settings.serve_draft:
+        roles["draft"] = engine(settings.draft_path)
     if settings.serve_prm:
-        roles["prm"] = {"model": str(settings.prm_path), "max_model_len": settings.max_model_len, "kv_cache_gib": settings.kv_cache_gib}
+        roles["prm"] = engine(settings.prm_path)
     if settings.serve_embedder:
         roles["embedder"] = {}  # the packaged all-MiniLM-L6-v2
     config = load_pool_config(settings.workers_file, default_roles=roles)
     if "policy" not in config.roles:
         raise ConfigError(f"the workers configuration has no `policy` role (roles: {', '.join(config.roles) or 'none'})")
     return config.model_copy(update={"call_timeout_s": settings.call_timeout_s}) if settings.workers_file is None else config
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure(settings: Settings, *, has_keys: bool) -> Settings:
+    """Who may reach the server. Beyond loopback every request needs a tenant's key; with no key created yet
+    the server stays on loopback (a warning says how to open it), so a fresh install is never open to the
+    network."""
+    if is_loopback(settings.host):
+        return settings
+    if not has_keys:
+        log.warning(
+            "TTS_HOST=%s but no API key exists: binding 127.0.0.1 only. Create one with "
+            "`python -m orchestrator.admin tenant NAME`, then restart to listen on %s.",
+            settings.host,
+            settings.host,
+        )
+        return settings.model_copy(update={"host": "127.0.0.1"})
+    return settings.model_copy(update={"require_api_key": True})
 
 
 @dataclass
@@ -64,6 +96,7 @@ class Service:
         interrupted = await asyncio.to_thread(store.recover_interrupted)
         if interrupted:
             log.warning("marked %d request(s) left running by a previous run as failed", interrupted)
+        settings = exposure(settings, has_keys=await asyncio.to_thread(store.has_api_keys))
         pool = await WorkerPool.from_config(pool_config(settings))
         controller = Controller(
             engine=pool,
@@ -77,6 +110,10 @@ class Service:
             outcome_scorer=OutcomeJudge(pool) if "prm" in pool.roles() else None,
             refiner=TaskRefiner() if settings.refiner == "task" else TextRefiner(TaskAnswerVerifier()),
             clusterer=StepClusterer(pool) if "embedder" in pool.roles() else None,
+            draft_model=settings.draft_name if "draft" in pool.roles() else None,
+            limits=Limits(width=settings.limit_width, depth=settings.limit_depth, max_tokens=settings.limit_max_tokens),
+            max_running=settings.max_running,
+            max_queued=settings.max_queued,
         )
         return cls(settings, pool, store, controller, create_app(settings, controller))
 
@@ -95,7 +132,7 @@ class ServiceThread:
         self._thread = threading.Thread(target=self._loop.run_forever, name="tts-service", daemon=True)
         self._thread.start()
         self.service: Service = self.run(Service.start(settings))
-        config = uvicorn.Config(self.service.app, host=settings.host, port=settings.port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(self.service.app, host=self.service.settings.host, port=settings.port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._serving = asyncio.run_coroutine_threadsafe(self._server.serve(), self._loop)
         deadline = time.monotonic() + 30
@@ -104,7 +141,7 @@ class ServiceThread:
                 raise RuntimeError(f"API did not start: {self._serving.exception() if self._serving.done() else 'timeout'}")
             time.sleep(0.05)
         port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.base_url = f"http://{settings.host}:{port}"
+        self.base_url = f"http://{self.service.settings.host}:{port}"
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 600) -> T:
         """Run ``coro`` on the service's loop and wait for its result."""
@@ -124,6 +161,7 @@ class ServiceThread:
 async def serve(settings: Settings) -> None:
     t0 = time.perf_counter()
     service = await Service.start(settings)
+    settings = service.settings
     config = uvicorn.Config(service.app, host=settings.host, port=settings.port, log_level="info", lifespan="off")
     server = uvicorn.Server(config)
     log.info("service ready in %.1f s: http://%s:%d (database %s)", time.perf_counter() - t0, settings.host, settings.port, settings.database)

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     model_path: Path = Field(REPO_ROOT / "models" / "target", description="Hugging Face directory of the policy.")
     model_name: str = Field("target", description="Name callers use in the request's `model` field.")
     prm_path: Path = Field(REPO_ROOT / "models" / "prm", description="Hugging Face directory of the process reward model (role `prm`).")
+    draft_path: Path = Field(REPO_ROOT / "models" / "draft", description="Hugging Face directory of the draft model (role `draft`, for atts).")
+    draft_name: str = Field("draft", description="Name of the draft model in calibration set names (`<draft>-><model>/<dataset>`).")
+    serve_draft: bool = Field(True, description="Serve the draft model (role `draft`) for atts; off saves an engine.")
     serve_prm: bool = Field(
         True, description="Serve the PRM (and the outcome judge on it) for best_of_n, beam_search and rebase; off saves an engine."
     )
@@ -44,8 +47,16 @@ class Settings(BaseSettings):
     default_strategy: str = Field("self_consistency", description="Strategy used when a request names none.")
     max_request_tokens: int = Field(200_000, ge=1, description="Ceiling on any one request's total tokens.")
     require_api_key: bool = Field(
-        False, description="Refuse requests without a tenant's API key (401); otherwise keyless requests run unmetered."
+        False,
+        description="Refuse requests without a tenant's API key (401); otherwise keyless requests run unmetered. "
+        "Always on when the server listens beyond loopback.",
     )
+    max_running: int = Field(64, ge=1, description="Requests running strategies at once; more wait in the queue.")
+    max_queued: int = Field(256, ge=0, description="Requests waiting for a run slot; beyond it, 429 with Retry-After.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body (413 beyond it).")
+    limit_width: int = Field(64, ge=1, description="Most samples, beams or tree width of a request (`n`, `width`, PDR schedule entries).")
+    limit_depth: int = Field(64, ge=1, description="Most rounds, turns, steps or tree depth of a request.")
+    limit_max_tokens: int = Field(4096, ge=1, description="Most tokens of one generation, step or chunk (`max_tokens`, `step_tokens`, `chunk_tokens`).")
 
     @property
     def database(self) -> str:

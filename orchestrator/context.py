@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from orchestrator.budget import Budget, BudgetMeter, Reservation
 from orchestrator.errors import InvalidRequest
-from orchestrator.protocols import AnswerVerifier, Engine, OutcomeScorer, Refiner, StepClustering, StepScorer
+from orchestrator.protocols import AnswerVerifier, CalibrationStore, Engine, OutcomeScorer, Refiner, StepClustering, StepScorer
 from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, SubCall, Usage
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,25 @@ class StrategyContext:
         outcome_scorer: OutcomeScorer | None = None,
         refiner: Refiner | None = None,
         clusterer: StepClustering | None = None,
+        draft_model: str | None = None,
+        target_model: str = "",
+        calibration: CalibrationStore | None = None,
+        listener: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._listener = listener
         self._verifier = verifier
         self._sink = sink
         self._step_scorer = step_scorer
         self._outcome_scorer = outcome_scorer
         self._refiner = refiner
         self._clusterer = clusterer
+        # Draft/target strategies: the draft model is served as role "draft", the target is the policy.
+        self.draft_model = draft_model
+        self.target_model = target_model
+        self._calibration = calibration
         self.by_stage: dict[str, Usage] = {}  # every call's usage (policy and verifier) by its stage
+        self.by_role: dict[str, Usage] = {}  # the same by model role
         self._hops: dict[int, int] = {}  # dependency depth -> longest call (prompt + completion) at it
         self._seq = itertools.count()
         self.policy_role: Role = policy_role
@@ -166,9 +176,16 @@ class StrategyContext:
             raise InvalidRequest("this strategy needs step clustering (an `embedder` role) and none is configured", param="strategy")
         return await self._clusterer.clusters(self._engine, texts, threshold)
 
+    @property
+    def calibration(self) -> CalibrationStore:
+        """Conformal calibration sets (ATTS)."""
+        if self._calibration is None:
+            raise InvalidRequest("this strategy needs calibration sets (a database) and none is configured", param="strategy")
+        return self._calibration
+
     def available(self) -> frozenset[str]:
-        """Which of "prm", "judge", "refiner", "clusterer" this context can serve."""
-        have = {"prm": self._step_scorer, "judge": self._outcome_scorer, "refiner": self._refiner, "clusterer": self._clusterer}
+        """Which of "prm", "judge", "refiner", "clusterer", "draft" this context can serve."""
+        have = {"prm": self._step_scorer, "judge": self._outcome_scorer, "refiner": self._refiner, "clusterer": self._clusterer, "draft": self.draft_model}
         return frozenset(k for k, v in have.items() if v is not None)
 
     async def abort(self, request_ids: Sequence[str]) -> None:
@@ -201,6 +218,7 @@ class StrategyContext:
             kind="score" if verifier else "generate",
         )
         self.by_stage[stage] = self.by_stage.get(stage, Usage()) + usage
+        self.by_role[role] = self.by_role.get(role, Usage()) + usage
         await self._sink(call)
 
     def extract(self, text: str) -> str | None:
@@ -208,9 +226,11 @@ class StrategyContext:
         return self._verifier.extract(text)
 
     def emit(self, event: dict[str, object]) -> None:
-        """Report progress (kept with the request; streamed to callers once streaming exists)."""
+        """Report progress: kept with the request's result and streamed to callers that asked for it."""
         self.events.append(event)
         log.debug("strategy event %s", event)
+        if self._listener is not None:
+            self._listener(event)
 
 
 async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:

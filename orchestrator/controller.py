@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.admission import Admission, Limits
 from orchestrator.auto import Measured, choose
 from orchestrator.budget import Budget, BudgetMeter, Price
 from orchestrator.context import StrategyContext, prompt_bound
+from orchestrator.db.models import RequestRecord
 from orchestrator.db.store import Store
-from orchestrator.errors import BudgetExceeded, InvalidRequest, QuotaExceeded, TTSError, UnknownModel, UnknownStrategy
+from orchestrator.errors import BudgetExceeded, Conflict, InvalidRequest, NotFound, QuotaExceeded, TTSError, UnknownModel, UnknownStrategy
+from orchestrator.metrics import ServiceMetrics
 from orchestrator.protocols import AnswerVerifier, Engine, OutcomeScorer, Refiner, StepClustering, StepScorer, StrategySpec
 from orchestrator.types import Problem, Role, StrategyResult, SubCall, Usage
 
@@ -36,6 +40,7 @@ class ReasoningRequest:
     max_total_tokens: int | None = None
     budget: Budget | None = None  # every limit; ``max_total_tokens`` is the same as budget.total_tokens
     auto: Measured | None = None  # set when `auto` chose the strategy: what it chose from
+    prompt: str | None = None  # a raw prompt (completions): sent as it is, ``messages`` unused
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,9 @@ class ReasoningResponse:
     verifier_tokens: int = 0
     cost_usd: float = 0.0
     by_stage: Mapping[str, Usage] = field(default_factory=dict)  # policy and verifier usage by stage
+    by_role: Mapping[str, Usage] = field(default_factory=dict)  # the same by model role
     sequential_tokens: int = 0
+    events: Sequence[dict[str, object]] = ()
 
 
 def _validation_message(err: ValidationError) -> tuple[str, str | None]:
@@ -76,6 +83,11 @@ class Controller:
         outcome_scorer: OutcomeScorer | None = None,
         refiner: Refiner | None = None,
         clusterer: StepClustering | None = None,
+        draft_model: str | None = None,
+        limits: Limits | None = None,
+        max_running: int = 64,
+        max_queued: int = 256,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -88,10 +100,19 @@ class Controller:
         self.outcome_scorer = outcome_scorer
         self.refiner = refiner
         self.clusterer = clusterer
+        self.draft_model = draft_model  # name of the model served as role "draft" (draft/target strategies)
+        self.limits = limits or Limits()
+        self.metrics = metrics or ServiceMetrics()
+        self.admission = Admission(max_running, max_queued, on_change=self._gauges)
+        self._running: dict[str, asyncio.Task] = {}  # request id -> the task running it here (for cancel)
+
+    def _gauges(self, running: int, queued: int) -> None:
+        self.metrics.running.set(running)
+        self.metrics.queue_depth.set(queued)
 
     def available(self) -> frozenset[str]:
-        """What strategies may need that this controller has: "prm", "judge", "refiner", "clusterer"."""
-        have = {"prm": self.step_scorer, "judge": self.outcome_scorer, "refiner": self.refiner, "clusterer": self.clusterer}
+        """What strategies may need that this controller has: "prm", "judge", "refiner", "clusterer", "draft"."""
+        have = {"prm": self.step_scorer, "judge": self.outcome_scorer, "refiner": self.refiner, "clusterer": self.clusterer, "draft": self.draft_model}
         return frozenset(k for k, v in have.items() if v is not None)
 
     def validate(self, req: ReasoningRequest) -> tuple[StrategySpec, BaseModel, Role]:
@@ -110,8 +131,12 @@ class Controller:
         except ValidationError as err:
             msg, loc = _validation_message(err)
             raise InvalidRequest(msg, param=f"strategy_params.{loc}" if loc else "strategy_params") from None
-        if not req.messages or not any(m.get("content", "").strip() for m in req.messages):
+        if req.prompt is not None:
+            if not req.prompt.strip():
+                raise InvalidRequest("prompt must not be empty", param="prompt")
+        elif not req.messages or not any(m.get("content", "").strip() for m in req.messages):
             raise InvalidRequest("messages must contain at least one non-empty message", param="messages")
+        self.limits.check(params)
         if req.max_total_tokens is not None and req.max_total_tokens <= 0:
             raise InvalidRequest("max_total_tokens must be positive", param="max_total_tokens")
         missing = spec.needs(params) - self.available()
@@ -145,19 +170,34 @@ class Controller:
         totals = [t for t in (given.total_tokens, req.max_total_tokens, self.max_request_tokens) if t is not None]
         return Budget(min(totals), given.sequential_tokens, given.cost_usd, given.deadline_s)
 
-    async def reason(self, req: ReasoningRequest, *, tenant: TenantRef | None = None) -> ReasoningResponse:
+    async def reason(
+        self,
+        req: ReasoningRequest,
+        *,
+        tenant: TenantRef | None = None,
+        on_event: Callable[[dict[str, object]], None] | None = None,
+    ) -> ReasoningResponse:
         """Run one request. A tenant's request first takes a concurrency slot and reserves its token budget
         from the tenant's daily quota (atomically, in the database; the budget shrinks to what was granted);
-        what it did not spend is refunded at the end."""
-        if req.strategy == "auto":
-            req = await asyncio.to_thread(self.resolve_auto, req)
-        spec, params, role = self.validate(req)
+        what it did not spend is refunded at the end. Then it waits for a run slot (:class:`Admission`).
+
+        ``on_event`` hears ``{"stage": "started", "request_id": ...}`` once the request is recorded, then
+        the strategy's progress events."""
+        try:
+            if req.strategy == "auto":
+                req = await asyncio.to_thread(self.resolve_auto, req)
+            spec, params, role = self.validate(req)
+        except TTSError as err:
+            self.metrics.rejected.labels(str(err.status)).inc()
+            raise
         budget = self.budget_for(req)
-        prompt = await self.engine.render_chat(role, req.messages)
+        prompt = req.prompt if req.prompt is not None else await self.engine.render_chat(role, req.messages)
         if tenant is None:
-            return await self._run(req, spec, params, role, prompt, BudgetMeter(budget, prices=self.prices), tenant_id=None)
+            async with self.admission.slot():
+                return await self._run(req, spec, params, role, prompt, BudgetMeter(budget, prices=self.prices), tenant_id=None, on_event=on_event)
         if not await asyncio.to_thread(self.store.enter, tenant.id):
-            raise QuotaExceeded(f"tenant {tenant.name!r} already has {tenant.max_concurrent} requests running")
+            self.metrics.rejected.labels("429").inc()
+            raise QuotaExceeded(f"tenant {tenant.name!r} already has {tenant.max_concurrent} requests running", retry_after=1)
         day = datetime.now(timezone.utc).date()
         granted = 0
         meter: BudgetMeter | None = None
@@ -171,10 +211,16 @@ class Controller:
                     want = min(want, spec.worst_case(params) + prompt_bound(prompt))
                 granted = await asyncio.to_thread(self.store.reserve_tokens, tenant.id, want, limit=tenant.tokens_per_day, day=day)
                 if granted == 0:
-                    raise QuotaExceeded(f"tenant {tenant.name!r} has used its {tenant.tokens_per_day} tokens for today")
+                    self.metrics.rejected.labels("429").inc()
+                    midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc)
+                    raise QuotaExceeded(
+                        f"tenant {tenant.name!r} has used its {tenant.tokens_per_day} tokens for today",
+                        retry_after=max(1, math.ceil((midnight - datetime.now(timezone.utc)).total_seconds())),
+                    )
                 budget = replace(budget, total_tokens=granted)
             meter = BudgetMeter(budget, prices=self.prices)
-            return await self._run(req, spec, params, role, prompt, meter, tenant_id=tenant.id)
+            async with self.admission.slot():
+                return await self._run(req, spec, params, role, prompt, meter, tenant_id=tenant.id, on_event=on_event)
         finally:
             # The tenant pays what the ledger holds: every token its calls reported, scoring included.
             spent = meter.spent_tokens if meter is not None else 0
@@ -192,18 +238,50 @@ class Controller:
         meter: BudgetMeter,
         *,
         tenant_id: str | None,
+        on_event: Callable[[dict[str, object]], None] | None = None,
     ) -> ReasoningResponse:
-        budget = meter.budget
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         await self.store.acreate_request(
             request_id=request_id, model=req.model, strategy=spec.name, params=params.model_dump(), prompt=prompt, tenant_id=tenant_id
         )
+        task = asyncio.current_task()
+        if task is not None:
+            self._running[request_id] = task
         calls = 0
 
         async def sink(call: SubCall) -> None:
             nonlocal calls
             calls += 1
+            self.metrics.subcall(call)
             await self.store.aadd_subcall(request_id, call)
+
+        start = time.perf_counter()
+        try:
+            if on_event is not None:
+                on_event({"stage": "started", "request_id": request_id})
+            out = await self._execute(req, spec, params, role, prompt, meter, request_id, sink, on_event)
+        except BaseException as err:
+            state = "cancelled" if isinstance(err, asyncio.CancelledError) else "failed"
+            self.metrics.finished(spec.name, state, time.perf_counter() - start)
+            raise
+        finally:
+            self._running.pop(request_id, None)
+        self.metrics.finished(spec.name, "budget_exhausted" if out.result.finish_reason == "budget" else "succeeded", out.latency_s)
+        return replace(out, subcalls=calls)
+
+    async def _execute(
+        self,
+        req: ReasoningRequest,
+        spec: StrategySpec,
+        params: BaseModel,
+        role: Role,
+        prompt: str,
+        meter: BudgetMeter,
+        request_id: str,
+        sink: Callable[[SubCall], object],
+        on_event: Callable[[dict[str, object]], None] | None,
+    ) -> ReasoningResponse:
+        budget = meter.budget
 
         ctx = StrategyContext(
             engine=self.engine,
@@ -215,8 +293,12 @@ class Controller:
             outcome_scorer=self.outcome_scorer,
             refiner=self.refiner,
             clusterer=self.clusterer,
+            draft_model=self.draft_model,
+            target_model=req.model,
+            calibration=self.store,
+            listener=on_event,
         )
-        question = next((m.get("content", "") for m in reversed(req.messages) if m.get("role", "user") == "user"), "")
+        question = req.prompt if req.prompt is not None else next((m.get("content", "") for m in reversed(req.messages) if m.get("role", "user") == "user"), "")
         start = time.perf_counter()
         try:
             result = await spec.run(Problem(prompt=prompt, question=question), ctx, params)
@@ -251,13 +333,38 @@ class Controller:
             strategy=spec.name,
             result=result,
             usage=ctx.usage,
-            subcalls=calls,
+            subcalls=0,  # counted by the caller's sink
             latency_s=time.perf_counter() - start,
             verifier_tokens=ctx.verifier_tokens,
             cost_usd=ctx.cost_usd,
             by_stage=dict(ctx.by_stage),
+            by_role=dict(ctx.by_role),
             sequential_tokens=result.sequential_tokens or 0,
+            events=tuple(ctx.events),
         )
+
+    # ------------------------------------------------------------------------------------ recorded requests
+
+    def lookup(self, request_id: str, tenant_id: str | None) -> RequestRecord:
+        """The recorded request, if it is the caller's. Another tenant's request is "not found", exactly like
+        a missing one, so that its existence does not leak."""
+        rec = self.store.get_request(request_id)
+        if rec is None or rec.tenant_id != tenant_id:
+            raise NotFound(f"no request {request_id!r}", param="request_id")
+        return rec
+
+    async def cancel(self, request_id: str, tenant_id: str | None) -> RequestRecord:
+        """Cancel a running request of the caller: its engine calls are aborted, what they generated is
+        charged, and it ends ``cancelled``."""
+        rec = await asyncio.to_thread(self.lookup, request_id, tenant_id)
+        task = self._running.get(request_id)
+        if task is None:
+            if rec.state in ("queued", "running"):
+                raise Conflict(f"request {request_id!r} runs on another server replica; cancel it there", param="request_id")
+            raise Conflict(f"request {request_id!r} has already ended ({rec.state})", param="request_id")
+        task.cancel()
+        await asyncio.wait({task})
+        return await asyncio.to_thread(self.lookup, request_id, tenant_id)
 
 
 @dataclass(frozen=True)

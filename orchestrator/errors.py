@@ -3,9 +3,13 @@
     TTSError
     ├── InvalidRequest          the caller's input is wrong (HTTP 400)
     │   ├── UnknownStrategy     no strategy by that name
-    │   └── UnknownModel        no served model by that name (HTTP 404)
+    │   ├── UnknownModel        no served model by that name (HTTP 404)
+    │   ├── NotFound            no such request (or not the caller's: same answer, to hide it) (HTTP 404)
+    │   ├── Conflict            the request is not in a state that allows this (HTTP 409)
+    │   └── TooLarge            the request body is over the server's limit (HTTP 413)
     ├── BudgetExceeded          a call would cross the request's budget (strategies catch it)
     ├── QuotaExceeded           the tenant's daily tokens or concurrent requests are used up (HTTP 429)
+    │   └── Overloaded          the server's queue is full (HTTP 429)
     ├── Unauthorized            a missing or unknown API key where one is required (HTTP 401)
     ├── EngineError             a worker or its engine failed a call (HTTP 502)
     │   ├── WorkerDied          the worker process or its engine died mid-call (retryable on another replica)
@@ -26,10 +30,11 @@ class TTSError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.retry_after = retry_after  # seconds a client should wait before trying again (HTTP Retry-After)
 
 
 class InvalidRequest(TTSError):
@@ -46,6 +51,21 @@ class UnknownModel(InvalidRequest):
     code = "model_not_found"
 
 
+class NotFound(InvalidRequest):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(InvalidRequest):
+    status = 409
+    code = "conflict"
+
+
+class TooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
 class BudgetExceeded(TTSError):
     status = 429
     code = "budget_exceeded"
@@ -54,6 +74,10 @@ class BudgetExceeded(TTSError):
 class QuotaExceeded(TTSError):
     status = 429
     code = "quota_exceeded"
+
+
+class Overloaded(QuotaExceeded):
+    code = "server_overloaded"
 
 
 class Unauthorized(TTSError):

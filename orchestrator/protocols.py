@@ -59,6 +59,14 @@ class StepClustering(Protocol):
     async def clusters(self, engine: Engine, texts: Sequence[str], threshold: float) -> list[int]: ...
 
 
+class CalibrationStore(Protocol):
+    """Where conformal calibration scores live (ATTS): named sets, appended to online, bounded in size."""
+
+    async def acalibration_scores(self, name: str) -> list[float]: ...
+
+    async def aadd_calibration_scores(self, name: str, scores: Sequence[float], *, model: str, keep: int) -> int: ...
+
+
 class Refiner(Protocol):
     """How drafts become a refine prompt (Parallel-Distill-Refine). Task knowledge lives here, not in the
     strategy: what a global summary of drafts says, and how the policy is asked to improve on a workspace."""
@@ -90,6 +98,6 @@ class StrategySpec:
     # Most completion tokens a run with these parameters can generate (None: unknown); lets a tenant's
     # request reserve only what it can spend.
     worst_case: Callable[[BaseModel], int] | None = None
-    # What a run with these parameters needs besides the policy: "prm", "judge", "refiner", "clusterer". The
+    # What a run with these parameters needs besides the policy: "prm", "judge", "refiner", "clusterer", "draft". The
     # controller refuses the request before any compute when the server lacks one.
     needs: Callable[[BaseModel], frozenset[str]] = lambda p: frozenset()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.controller import summarize
-from strategies import beam_search, best_of_n, early_rejection, ets, first_finish, pdr, rebase, self_consistency, single_pass
+from strategies import atts, beam_search, best_of_n, early_rejection, ets, first_finish, pdr, rebase, self_consistency, single_pass
 
 REGISTRY = summarize(
     [
@@ -17,6 +17,7 @@ REGISTRY = summarize(
         first_finish.SPEC,
         pdr.SPEC,
         pdr.SR_SPEC,
+        atts.SPEC,
     ]
 )
 

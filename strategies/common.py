@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
 from orchestrator.scoring import Aggregation, aggregate, weighted_vote
-from orchestrator.types import Candidate, Completion, FinishReason, Problem, SamplingSpec, StrategyResult
+from orchestrator.types import Candidate, Completion, FinishReason, Problem, Role, SamplingSpec, StrategyResult
 
 
 def candidate(ctx: StrategyContext, text: str, tokens: int, finish_reason: FinishReason, score: float | None = None) -> Candidate:
@@ -110,9 +110,17 @@ class StepSearchParams(BaseModel):
 
 
 async def extend(
-    ctx: StrategyContext, problem: Problem, parents: Sequence[tuple[Path, int]], cfg: StepConfig, *, hop: int, stage: str = "expand"
+    ctx: StrategyContext,
+    problem: Problem,
+    parents: Sequence[tuple[Path, int]],
+    cfg: StepConfig,
+    *,
+    hop: int,
+    stage: str = "expand",
+    role: Role | None = None,
 ) -> tuple[list[list[Path]], bool]:
-    """Children of every open parent: ``k`` samples of its next step in one call (siblings share the prefill).
+    """Children of every open parent: ``k`` samples of its next step in one call (siblings share the prefill),
+    written by ``role`` (default: the policy).
 
     A child is finished when it has an answer, when the policy wrote an empty step (it ended), or when it
     used its ``max_tokens``. Returns the children per parent and whether the budget refused some call
@@ -131,7 +139,7 @@ async def extend(
             stop=(cfg.delimiter,),
             seed=None if cfg.seed is None else cfg.seed + 7919 * hop + 104729 * i,
         )
-        calls.append(ctx.generate(spec, stage=stage, branch=str(i), hop=hop))
+        calls.append(ctx.generate(spec, stage=stage, branch=str(i), hop=hop, role=role))
     outs = await asyncio.gather(*(c for c in calls if c is not None), return_exceptions=True)
     limited = False
     children: list[list[Path]] = []

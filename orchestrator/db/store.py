@@ -8,13 +8,14 @@ import secrets
 import uuid
 from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 from sqlalchemy import case, create_engine, event, func, select, update
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from orchestrator.db import migrate
-from orchestrator.db.models import ApiKey, EvalResult, EvalRun, Price, QuotaUsage, RequestRecord, SubCallRecord, Tenant
+from orchestrator.db.models import ApiKey, CalibrationSet, EvalResult, EvalRun, Price, QuotaUsage, RequestRecord, SubCallRecord, Tenant
 from orchestrator.types import RequestState, StrategyResult, SubCall, Usage
 
 
@@ -70,6 +71,10 @@ class Store:
         with self._session.begin() as s:
             s.add(ApiKey(tenant_id=tenant_id, key_hash=_hash_key(key), prefix=key[:10]))
         return key
+
+    def has_api_keys(self) -> bool:
+        with self._session() as s:
+            return s.scalar(select(ApiKey.id).limit(1)) is not None
 
     def tenant_for_key(self, key: str) -> Tenant | None:
         with self._session() as s:
@@ -154,6 +159,43 @@ class Store:
             {"run_id": r[0], "strategy": r[1], "params": r[2], "accuracy": float(r[3]), "mean_tokens": float(r[4]), "mean_cost_usd": float(r[5] or 0), "problems": int(r[6])}
             for r in rows
         ]
+
+    # ------------------------------------------------------------------------------------ calibration (ATTS)
+
+    def calibration_scores(self, name: str) -> list[float]:
+        """The scores of calibration set ``name``, oldest first (empty when there is none)."""
+        with self._session() as s:
+            cs = s.scalar(select(CalibrationSet).where(CalibrationSet.name == name))
+            return [float(x) for x in cs.data.get("scores", [])] if cs is not None else []
+
+    def add_calibration_scores(self, name: str, scores: Sequence[float], *, model: str, keep: int, replace: bool = False) -> int:
+        """Append ``scores`` to set ``name`` (created if missing; emptied first when ``replace``), keeping its
+        newest ``keep``; returns the set's size. Safe against concurrent updates, from other processes too."""
+        with self._session.begin() as s:
+            _insert_ignore(s, CalibrationSet, {"id": uuid.uuid4().hex, "name": name, "model": model, "data": {}, "created_at": datetime.now(timezone.utc)})
+        with self._session.begin() as s:
+            # Write before reading: the write lock (PostgreSQL's row lock, SQLite's database lock) is held from
+            # here to commit, so no other update can slip in between this read and this write.
+            s.execute(update(CalibrationSet).where(CalibrationSet.name == name).values(model=model))
+            cs = s.scalars(select(CalibrationSet).where(CalibrationSet.name == name)).one()
+            old = [] if replace else list(cs.data.get("scores", []))
+            kept = (old + [float(x) for x in scores])[-keep:]
+            cs.data = {"scores": kept, "updated_at": datetime.now(timezone.utc).isoformat()}  # a new dict: JSON columns track assignment
+            return len(kept)
+
+    def calibration_sets(self) -> list[dict]:
+        """Name, model pair, size and creation time of every calibration set."""
+        with self._session() as s:
+            return [
+                {"name": c.name, "model": c.model, "size": len(c.data.get("scores", [])), "created_at": c.created_at.isoformat()}
+                for c in s.scalars(select(CalibrationSet).order_by(CalibrationSet.name))
+            ]
+
+    async def acalibration_scores(self, name: str) -> list[float]:
+        return await asyncio.to_thread(self.calibration_scores, name)
+
+    async def aadd_calibration_scores(self, name: str, scores: Sequence[float], *, model: str, keep: int) -> int:
+        return await asyncio.to_thread(self.add_calibration_scores, name, scores, model=model, keep=keep)
 
     # ------------------------------------------------------------------------------------ prices
 
@@ -242,6 +284,13 @@ class Store:
                 select(RequestRecord).where(RequestRecord.id == request_id).options(selectinload(RequestRecord.subcalls))
             )
 
+    def list_requests(self, tenant_id: str | None, *, limit: int = 20) -> list[RequestRecord]:
+        """A tenant's most recent requests (``None``: the keyless ones), newest first."""
+        owner = RequestRecord.tenant_id.is_(None) if tenant_id is None else RequestRecord.tenant_id == tenant_id
+        with self._session() as s:
+            q = select(RequestRecord).where(owner).order_by(RequestRecord.created_at.desc()).limit(limit).options(selectinload(RequestRecord.subcalls))
+            return list(s.scalars(q))
+
     async def acreate_request(self, **kw: object) -> None:
         await asyncio.to_thread(self.create_request, **kw)  # type: ignore[arg-type]
 
@@ -257,7 +306,7 @@ def _hash_key(key: str) -> str:
 
 
 def _insert_ignore(session: Session, model: type, values: dict) -> None:
-    """INSERT that does nothing when the primary key exists (PostgreSQL and SQLite spell it the same)."""
+    """INSERT that does nothing when the row conflicts with a unique key (PostgreSQL and SQLite spell it the same)."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:

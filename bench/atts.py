@@ -1,0 +1,187 @@
+"""ATTS on the bundled models: measured rejection rate against alpha, and ATTS against sampling the target alone.
+
+    python -m bench.atts [--problems 60] [--calibration-problems 100] [--n 4] [--alphas 0.1 0.3 0.5]
+
+One run, one local Ray pool (`target` as the policy, `draft` as the draft), a temporary SQLite database:
+
+1. calibration: ``python -m deploy.calibrate``'s procedure on the dev split (the draft writes every chunk, the
+   target scores each);
+2. for every alpha, ATTS over the test problems with the calibration set frozen (no online update, so every
+   alpha is tested against the same set): the share of draft chunks rejected, accuracy, wall time;
+3. the target alone: majority over the same ``n`` samples (self-consistency) on the same problems.
+
+Goals (issue 8): rejection rate within +-0.05 of alpha; ATTS >= 3x less wall time than the target alone at no
+lower accuracy. Writes bench/results/atts.json and atts.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from deploy.calibrate import collect
+from models import task
+from orchestrator.config import REPO_ROOT
+from orchestrator.context import StrategyContext
+from orchestrator.db.store import Store
+from orchestrator.types import Problem, SamplingSpec, SubCall
+from strategies import REGISTRY, atts
+from verifiers import TaskAnswerVerifier
+
+RESULTS = REPO_ROOT / "bench" / "results"
+
+
+def problems(split: str, count: int, seed: int) -> list[task.Problem]:
+    per_level = -(-count // len(task.LEVELS))
+    return [p for lv in task.LEVELS for p in task.generate(split, per_level, seed=seed, levels=[lv])][:count]
+
+
+async def run_config(pool: Any, store: Store, strategy: str, params: dict[str, Any], test: list[task.Problem], concurrency: int) -> dict[str, Any]:
+    """Every test problem through ``strategy``; accuracy, wall time and what ATTS reported."""
+    spec = REGISTRY[strategy]
+    sem = asyncio.Semaphore(concurrency)
+    correct: list[bool] = []
+    latency: list[float] = []
+    tokens: dict[str, int] = {}
+    chunks = rejected = 0
+
+    async def one(p: task.Problem) -> None:
+        nonlocal chunks, rejected
+
+        async def sink(call: SubCall) -> None:
+            tokens[call.role] = tokens.get(call.role, 0) + call.usage.total_tokens
+
+        async with sem:
+            ctx = StrategyContext(engine=pool, verifier=TaskAnswerVerifier(), sink=sink, draft_model="draft", target_model="target", calibration=store)
+            t0 = time.perf_counter()
+            r = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**params))
+            latency.append(time.perf_counter() - t0)
+        correct.append(task.check_answer(p, r.text).correct)
+        chunks += int(r.info.get("chunks", 0))  # type: ignore[call-overload]
+        rejected += int(r.info.get("rejected", 0))  # type: ignore[call-overload]
+        bar.update()
+
+    bar = tqdm(total=len(test), desc=f"{strategy} {params}", unit="problem")
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(p) for p in test))
+    wall = time.perf_counter() - t0
+    bar.close()
+    return {
+        "strategy": strategy,
+        "params": params,
+        "problems": len(test),
+        "accuracy": round(statistics.fmean(map(float, correct)), 4),
+        "wall_s": round(wall, 2),
+        "mean_latency_s": round(statistics.fmean(latency), 3),
+        "tokens_by_role": {k: round(v / len(test), 1) for k, v in sorted(tokens.items())},
+        "chunks": chunks,
+        "rejected": rejected,
+        "rejection_rate": round(rejected / chunks, 4) if chunks else None,
+    }
+
+
+async def decode_speed(pool: Any, role: str, *, prompts: int = 16, n: int = 4, tokens: int = 128) -> float:
+    """Generated tokens per second of ``role``'s engine on a fixed batch (EOS ignored): what a token costs each
+    model here, the ratio ATTS's speed-up rests on."""
+    qs = [task.prompt_for(p.question) for p in problems("dev", prompts, 7)]
+    t0 = time.perf_counter()
+    gens = await asyncio.gather(*(pool.generate(role, SamplingSpec(prompt=q, n=n, max_tokens=tokens, ignore_eos=True, seed=i)) for i, q in enumerate(qs)))
+    return sum(g.usage.completion_tokens for g in gens) / (time.perf_counter() - t0)
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    from workers.config import load_pool_config
+    from workers.pool import WorkerPool, connect_ray
+
+    connect_ray()
+    roles = {"policy": {"model": str(REPO_ROOT / "models" / "target")}, "draft": {"model": str(REPO_ROOT / "models" / "draft")}}
+    pool = await WorkerPool.from_config(load_pool_config(None, env={}, default_roles=roles))
+    tmp = tempfile.TemporaryDirectory()
+    store = Store.from_url(f"sqlite:///{Path(tmp.name) / 'bench.db'}")
+    test = problems("test", args.problems, args.seed + 100)
+    rows: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    try:
+        await decode_speed(pool, "draft", prompts=2)  # warm both engines up before timing them
+        await decode_speed(pool, "policy", prompts=2)
+        speed = {"draft": round(await decode_speed(pool, "draft"), 1), "target": round(await decode_speed(pool, "policy"), 1)}
+        base = {"n": args.n, "seed": args.seed, "max_turns": args.max_turns}
+        t0 = time.perf_counter()
+        cal_questions = [p.question for p in problems("dev", args.calibration_problems, args.seed)]
+        scores = await collect(pool, cal_questions, atts.Params(**base, update_calibration=False), draft_model="draft", target_model="target")
+        calibration_s = time.perf_counter() - t0
+        store.add_calibration_scores(atts.calibration_name("draft", "target", "task"), scores, model="draft->target", keep=atts.CALIBRATION_WINDOW, replace=True)
+        for alpha in args.alphas:
+            row = await run_config(pool, store, "atts", {**base, "alpha": alpha, "update_calibration": False}, test, args.concurrency)
+            row["alpha"] = alpha
+            rows.append(row)
+        rows.append(await run_config(pool, store, "self_consistency", {"n": args.n, "seed": args.seed}, test, args.concurrency))
+    finally:
+        await pool.shutdown()
+        tmp.cleanup()
+    return {
+        "settings": {**vars(args), "out": str(args.out)},
+        "decode_tokens_per_s": speed,
+        "calibration": {"questions": len(cal_questions), "scores": len(scores), "seconds": round(calibration_s, 1)},
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "rows": rows,
+        "goals": goals(rows),
+    }
+
+
+def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    target = next(r for r in rows if r["strategy"] == "self_consistency")
+    out: dict[str, Any] = {}
+    for r in rows:
+        if r["strategy"] != "atts":
+            continue
+        speedup = target["wall_s"] / r["wall_s"]
+        out[f"alpha={r['alpha']}"] = {
+            "rejection_rate": r["rejection_rate"],
+            "within_0.05": abs(r["rejection_rate"] - r["alpha"]) <= 0.05,
+            "wall_time_speedup_vs_target": round(speedup, 3),
+            "accuracy_delta_vs_target": round(r["accuracy"] - target["accuracy"], 4),
+            "met_3x_at_no_lower_accuracy": speedup >= 3 and r["accuracy"] >= target["accuracy"],
+        }
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["| strategy | alpha | accuracy | rejection rate | chunks | wall (s) | tokens per problem by role |", "|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        by_role = ", ".join(f"{k} {v:.0f}" for k, v in r["tokens_by_role"].items())
+        rate = "" if r["rejection_rate"] is None else f"{r['rejection_rate']:.3f}"
+        lines.append(f"| {r['strategy']} | {r.get('alpha', '')} | {r['accuracy']:.3f} | {rate} | {r['chunks'] or ''} | {r['wall_s']:.1f} | {by_role} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--problems", type=int, default=60, help="Test problems, spread evenly over the 5 levels.")
+    ap.add_argument("--calibration-problems", type=int, default=100, help="Dev problems the calibration set is built from.")
+    ap.add_argument("--n", type=int, default=4, help="Samples per problem (ATTS and the target alone).")
+    ap.add_argument("--max-turns", type=int, default=16, help="Most chunks per ATTS sample.")
+    ap.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.3, 0.5])
+    ap.add_argument("--concurrency", type=int, default=4, help="Problems in flight at once.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS / "atts.json")
+    args = ap.parse_args()
+    report = asyncio.run(bench(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    print(json.dumps(report["goals"], indent=2))
+    print(f"wrote {args.out}, {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Build an ATTS calibration set: the target's perplexity of draft chunks on held-out questions, stored in the
+service's database under ``<draft>-><model>/<dataset>`` (see strategies/atts.py).
+
+    python -m deploy.calibrate                                   # bundled task, dev split, 100 problems x 4 samples
+    python -m deploy.calibrate --dataset gsm8k --questions q.jsonl  # a JSONL file: field `question` or `problem`
+    python -m deploy.calibrate --help
+
+Calibrate on questions the service will not be evaluated on (the bundled task's dev split, never test): a
+conformal test is only as good as the exchangeability of its calibration set with live traffic. The engines
+are the ones ``deploy.serve`` would start (same TTS_* settings), without the PRM and the embedder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Optional, Sequence
+
+import typer
+from tqdm import tqdm
+
+from models import task
+from orchestrator.config import Settings, get_settings
+from orchestrator.context import StrategyContext
+from orchestrator.db.store import Store
+from orchestrator.errors import ConfigError
+from orchestrator.protocols import Engine
+from orchestrator.types import Problem, SubCall
+from strategies import atts
+from verifiers import TaskAnswerVerifier
+
+log = logging.getLogger(__name__)
+
+
+def read_questions(path: Path) -> list[str]:
+    """Questions of a JSONL file (GSM8K's `question` or MATH's `problem` field); a clear error otherwise."""
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{i}: not JSON ({err.msg})") from None
+        q = row.get("question", row.get("problem")) if isinstance(row, dict) else None
+        if not isinstance(q, str) or not q.strip():
+            raise ConfigError(f"{path}:{i}: no `question` or `problem` text field")
+        out.append(q)
+    if not out:
+        raise ConfigError(f"{path}: no questions")
+    return out
+
+
+async def collect(
+    engine: Engine, questions: Sequence[str], params: atts.Params, *, draft_model: str, target_model: str, concurrency: int = 16, progress: bool = True
+) -> list[float]:
+    """Calibration scores of every question (``params.n`` samples each), questions run ``concurrency`` at once."""
+
+    async def drop(_: SubCall) -> None:
+        pass
+
+    sem = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(questions), desc="calibrating", unit="question", disable=not progress)
+
+    async def one(q: str) -> list[float]:
+        async with sem:
+            ctx = StrategyContext(engine=engine, verifier=TaskAnswerVerifier(), sink=drop, draft_model=draft_model, target_model=target_model)
+            prompt = await engine.render_chat("policy", [{"role": "user", "content": q}])
+            scores = await atts.calibration_scores(ctx, Problem(prompt=prompt, question=q), params)
+        bar.update()
+        return scores
+
+    try:
+        per_question = await asyncio.gather(*(one(q) for q in questions))
+    finally:
+        bar.close()
+    return [s for scores in per_question for s in scores]
+
+
+async def calibrate(settings: Settings, questions: Sequence[str], params: atts.Params, *, dataset: str, append: bool, concurrency: int) -> dict[str, object]:
+    from deploy.serve import pool_config
+    from workers.pool import WorkerPool, connect_ray
+
+    config = pool_config(settings.model_copy(update={"serve_prm": False, "serve_embedder": False, "serve_draft": True}))
+    store = Store.from_url(settings.database)
+    connect_ray(settings.ray_address)
+    pool = await WorkerPool.from_config(config)
+    try:
+        scores = await collect(pool, questions, params, draft_model=settings.draft_name, target_model=settings.model_name, concurrency=concurrency)
+    finally:
+        await pool.shutdown()
+    name = atts.calibration_name(settings.draft_name, settings.model_name, dataset)
+    size = store.add_calibration_scores(
+        name, scores, model=f"{settings.draft_name}->{settings.model_name}", keep=atts.CALIBRATION_WINDOW, replace=not append
+    )
+    q = statistics.quantiles(scores, n=10) if len(scores) >= 2 else scores
+    return {"name": name, "added": len(scores), "size": size, "deciles": [round(x, 3) for x in q]}
+
+
+cli = typer.Typer(add_completion=False, help=__doc__)
+
+
+@cli.command()
+def main(
+    dataset: str = typer.Option("task", help="Name of the calibration set's dataset (requests choose it with strategy_params.dataset)."),
+    questions: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="JSONL of questions; default: the bundled task's split."),
+    split: str = typer.Option("dev", help="Bundled task split when no --questions file is given (never test)."),
+    problems: int = typer.Option(100, min=1, help="Bundled task problems (mixed difficulty) when no --questions file is given."),
+    n: int = typer.Option(4, min=1, max=64, help="Draft samples per question."),
+    max_turns: int = typer.Option(16, min=1, help="Most chunks per sample."),
+    chunk_tokens: int = typer.Option(64, min=1, help="Most tokens per chunk (as the requests' atts.chunk_tokens)."),
+    temperature: float = typer.Option(0.8, min=0.0, help="Draft sampling temperature (as the requests')."),
+    seed: int = typer.Option(0, help="Seed of the problems and of the draft's sampling."),
+    append: bool = typer.Option(False, "--append", help="Add to the existing set instead of replacing it."),
+    concurrency: int = typer.Option(16, min=1, help="Questions in flight at once."),
+) -> None:
+    """Score draft chunks with the target and store them as the calibration set of (draft, model, dataset)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    try:
+        if questions is not None:
+            texts = read_questions(questions)
+        else:
+            if split not in ("train", "dev", "test"):
+                raise ConfigError(f"--split must be train, dev or test, got {split!r}")
+            per_level = -(-problems // len(task.LEVELS))
+            texts = [p.question for lv in task.LEVELS for p in task.generate(split, per_level, seed=seed, levels=[lv])][:problems]
+        params = atts.Params(n=n, max_turns=max_turns, chunk_tokens=chunk_tokens, temperature=temperature, seed=seed, update_calibration=False)
+    except (ConfigError, ValueError) as err:
+        typer.echo(f"error: {getattr(err, 'message', err)}", err=True)
+        raise typer.Exit(2) from None
+    out = asyncio.run(calibrate(settings, texts, params, dataset=dataset, append=append, concurrency=concurrency))
+    typer.echo(json.dumps(out))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,131 @@
+"""ATTS logic on a scripted draft/target pair, and the conformal p-value it rests on. The calibration sets
+live in a real SQLite database."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+
+import pytest
+
+from orchestrator.db.store import Store
+from orchestrator.errors import InvalidRequest
+from orchestrator.types import Completion, Generation, Problem, Scores, Usage
+from strategies import atts
+from tests.strategies.scripted import context
+
+PROMPT = "q\n"
+NAME = atts.calibration_name("d", "t", "task")
+
+
+def test_smoothed_p_value_rejects_exactly_alpha_of_exchangeable_scores():
+    rng = random.Random(0)
+    for alpha in (0.1, 0.3, 0.5):
+        rejected = 0
+        trials = 4000
+        for _ in range(trials):
+            # 19 calibration scores and one live score from the same distribution, with ties (rounded).
+            scores = [round(rng.gauss(0, 1), 1) for _ in range(20)]
+            ordered = sorted(scores[:19])
+            rejected += atts.p_value(scores[19], ordered, rng.random()) <= alpha
+        assert abs(rejected / trials - alpha) < 0.025, (alpha, rejected / trials)
+
+
+def test_p_value_extremes():
+    ordered = [1.0, 2.0, 3.0]
+    assert atts.p_value(10.0, ordered, 0.0) == 0.0  # beyond every calibration score: least conforming
+    assert atts.p_value(0.0, ordered, 0.999) == pytest.approx((3 + 0.999) / 4)
+    assert atts.p_value(2.0, ordered, 0.5) == pytest.approx((1 + 0.5 * 2) / 4)  # one above, one tie
+
+
+class DraftTarget:
+    """Line D of a solution: the draft writes ``sD-bad``, the target ``sD-good``; after ``depth`` lines either
+    writes ``Answer: G`` (G: good lines so far). Scoring gives every chunk token log-probability -2 when the
+    chunk is a bad line, -0.1 otherwise (words are tokens)."""
+
+    def __init__(self, depth: int = 3) -> None:
+        self.depth = depth
+        self.calls: list[tuple[str, str]] = []
+
+    async def generate(self, role, spec):
+        lines = [ln for ln in spec.prompt.split("\n")[1:] if ln]
+        if len(lines) >= self.depth:
+            text = f"Answer: {sum('good' in ln for ln in lines)}"
+        else:
+            text = f"s{len(lines)} {'bad' if role == 'draft' else 'good'}"
+        self.calls.append((role, "generate"))
+        return Generation(tuple(Completion(text, 2, "stop") for _ in range(spec.n)), Usage(len(spec.prompt.split()), 2 * spec.n))
+
+    async def score(self, role, spec):
+        words = spec.prompt.split()
+        chunk = words[spec.start + 1 :]
+        lp = -2.0 if "bad" in chunk else -0.1
+        self.calls.append((role, "score"))
+        return Scores(tuple(range(len(words))), spec.start, tuple(lp for _ in chunk), (), Usage(len(words), 1))
+
+    async def tokenize(self, role, text):
+        return text.split()
+
+    async def abort(self, ids):
+        pass
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.from_url(f"sqlite:///{tmp_path / 'cal.db'}")
+    yield s
+    s.engine.dispose()
+
+
+def _run(engine, store, **params):
+    ctx, calls = context(engine, draft_model="d", target_model="t", calibration=store)
+    out = asyncio.run(atts.run(Problem(prompt=PROMPT, question="q"), ctx, atts.Params(seed=1, **params)))
+    return out, ctx, calls
+
+
+def test_bad_draft_chunks_are_rejected_and_rewritten_by_the_target(store):
+    # Calibration: good chunks (perplexity e^0.1) mostly, so a bad chunk (e^2) is beyond all of them.
+    store.add_calibration_scores(NAME, [math.exp(0.1)] * 30, model="d->t", keep=100)
+    engine = DraftTarget()
+    out, ctx, calls = _run(engine, store, n=2, alpha=0.1)
+    assert out.text == "s0 good\ns1 good\ns2 good\nAnswer: 3"
+    assert out.answer == "3"
+    assert out.info["chunks"] == 8 and out.info["rejected"] == 6  # 3 bad lines per sample; answers accepted
+    turns = [t for t in out.trace if t["sample"] == 0]
+    assert [t["rejected"] for t in turns] == [True, True, True, False]
+    assert all(t["p_value"] <= 0.1 for t in turns if t["rejected"])
+    # Draft and target both wrote; only the target (the policy role) scored; every call is in the ledger.
+    roles = {(c.role, c.kind) for c in calls}
+    assert roles == {("draft", "generate"), ("policy", "generate"), ("policy", "score")}
+    assert sum(c.usage.total_tokens for c in calls if c.kind == "score") == ctx.verifier_tokens
+    # Online update: the 8 chunk scores joined the set.
+    assert len(store.calibration_scores(NAME)) == 38
+
+
+def test_alpha_zero_keeps_every_draft_chunk_and_update_can_be_off(store):
+    store.add_calibration_scores(NAME, [math.exp(0.1)] * 30, model="d->t", keep=100)
+    out, _, calls = _run(DraftTarget(), store, n=1, alpha=0.0, update_calibration=False)
+    assert out.text.startswith("s0 bad\ns1 bad\ns2 bad")
+    assert out.info["rejected"] == 0
+    assert not any(c.role == "policy" and c.kind == "generate" for c in calls)
+    assert len(store.calibration_scores(NAME)) == 30
+
+
+def test_max_turns_bounds_each_sample(store):
+    store.add_calibration_scores(NAME, [1.0] * 30, model="d->t", keep=100)
+    out, _, _ = _run(DraftTarget(depth=10), store, n=3, max_turns=2)
+    assert out.info["chunks"] == 6
+    assert all(c.text.count("\n") == 1 for c in out.candidates)
+
+
+def test_missing_calibration_or_draft_is_a_clear_error(store):
+    with pytest.raises(InvalidRequest, match="python -m deploy.calibrate --dataset other"):
+        _run(DraftTarget(), store, dataset="other")
+    store.add_calibration_scores(NAME, [1.0] * 5, model="d->t", keep=100)
+    with pytest.raises(InvalidRequest, match="has 5 scores"):
+        _run(DraftTarget(), store)
+    ctx, _ = context(DraftTarget(), calibration=store)
+    with pytest.raises(InvalidRequest, match="draft model"):
+        asyncio.run(atts.run(Problem(prompt=PROMPT, question="q"), ctx, atts.Params()))
+    assert atts.SPEC.needs(atts.Params()) == {"draft"}

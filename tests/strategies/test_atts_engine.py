@@ -1,0 +1,126 @@
+"""ATTS on the real engines (bundled `draft` and `target`): the calibrated rejection rate holds on held-out
+problems, the HTTP endpoint serves it with a ledger that adds up, and `python -m deploy.calibrate` builds a set."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.calibrate import collect
+from models import task
+from orchestrator.context import StrategyContext
+from orchestrator.db.store import Store
+from orchestrator.types import Problem
+from strategies import atts
+from verifiers import TaskAnswerVerifier
+
+pytestmark = pytest.mark.engine
+ROOT = Path(__file__).resolve().parent.parent.parent
+NAME = atts.calibration_name("draft", "target", "task")
+
+
+def _problems(split: str, per_level: int, seed: int) -> list[task.Problem]:
+    return [p for lv in task.LEVELS for p in task.generate(split, per_level, seed=seed, levels=[lv])]
+
+
+@pytest.fixture(scope="module")
+def calibrated(service):
+    """The service's calibration set, built as deploy.calibrate does from 200 dev problems. One sample per
+    problem: chunks of one problem are alike, so many problems pin the score distribution down better than
+    many samples of few problems."""
+    questions = [p.question for p in _problems("dev", 40, seed=3)]
+    params = atts.Params(n=1, seed=3, update_calibration=False)
+    scores = service.run(collect(service.service.pool, questions, params, draft_model="draft", target_model="target", progress=False))
+    service.service.store.add_calibration_scores(NAME, scores, model="draft->target", keep=atts.CALIBRATION_WINDOW, replace=True)
+    return scores
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.3, 0.5])
+def test_rejection_rate_is_within_005_of_alpha_on_held_out_problems(service, calibrated, alpha):
+    assert len(calibrated) >= 800
+    pool, store = service.service.pool, service.service.store
+    held_out = _problems("test", 30, seed=11)  # test split: never seen by the calibration
+    params = atts.Params(n=2, alpha=alpha, seed=17, update_calibration=False)
+
+    async def all_of_them():
+        sem = asyncio.Semaphore(16)
+
+        async def one(p):
+            async def sink(_):
+                pass
+
+            async with sem:
+                ctx = StrategyContext(engine=pool, verifier=TaskAnswerVerifier(), sink=sink, draft_model="draft", target_model="target", calibration=store)
+                return await atts.run(Problem(task.prompt_for(p.question), question=p.question), ctx, params)
+
+        return await asyncio.gather(*(one(p) for p in held_out))
+
+    results = service.run(all_of_them())
+    chunks = sum(r.info["chunks"] for r in results)
+    rejected = sum(r.info["rejected"] for r in results)
+    assert chunks >= 600
+    assert abs(rejected / chunks - alpha) <= 0.05, f"alpha {alpha}: rejected {rejected}/{chunks} = {rejected / chunks:.3f}"
+
+
+def test_atts_over_http_charges_draft_and_target_and_updates_the_set_online(service, calibrated):
+    before = len(service.service.store.calibration_scores(NAME))
+    q = _problems("test", 1, seed=12)[0].question
+    body = {"model": "target", "messages": [{"role": "user", "content": q}], "strategy": "atts", "strategy_params": {"n": 2, "alpha": 0.5, "seed": 1}}
+    r = httpx.post(f"{service.base_url}/v1/chat/completions", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    tts = r.json()["tts"]
+    assert tts["info"]["chunks"] == len(tts["trace"]) > 0
+    assert tts["info"]["calibration"] == NAME
+    stages = tts["usage_by_stage"]
+    assert stages["draft"]["completion_tokens"] > 0 and stages["verify"]["prompt_tokens"] > 0
+    record = service.service.store.get_request(tts["request_id"])
+    roles = {c.role for c in record.subcalls}
+    assert "draft" in roles and "policy" in roles
+    # The ledger adds up: generate calls (draft and target) are the usage, target scoring the verifier tokens.
+    usage = r.json()["usage"]
+    gen = [c for c in record.subcalls if not c.verifier_tokens]
+    assert sum(c.prompt_tokens + c.completion_tokens for c in gen) == usage["total_tokens"]
+    assert sum(c.verifier_tokens for c in record.subcalls) == tts["verifier_tokens"] > 0
+    assert len(service.service.store.calibration_scores(NAME)) == before + tts["info"]["chunks"]
+
+
+def test_atts_without_a_calibration_set_is_a_clear_400(service):
+    body = {"model": "target", "messages": [{"role": "user", "content": "1+1"}], "strategy": "atts", "strategy_params": {"dataset": "nothing-here"}}
+    r = httpx.post(f"{service.base_url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400
+    assert "python -m deploy.calibrate --dataset nothing-here" in r.json()["error"]["message"]
+
+
+def test_calibrate_command_builds_a_set(tmp_path):
+    env = {**os.environ, "TTS_DATA_DIR": str(tmp_path), "TTS_KV_CACHE_GIB": "1"}
+    env.pop("DATABASE_URL", None)
+    cmd = [sys.executable, "-m", "deploy.calibrate", "--problems", "3", "--n", "2", "--max-turns", "4", "--dataset", "mini"]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # Ray copies its actors' logs to stdout too: the report is the line that is a JSON object.
+    report = json.loads(next(line for line in reversed(out.stdout.splitlines()) if line.startswith("{")))
+    assert report["name"] == "draft->target/mini" and report["size"] == report["added"] > 0
+    store = Store.from_url(f"sqlite:///{tmp_path / 'tts.db'}")
+    assert len(store.calibration_scores("draft->target/mini")) == report["size"]
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["--split", "nope"], "--split must be"), (["--questions", "{bad}"], "not JSON"), (["--questions", "{empty}"], "no questions")],
+)
+def test_calibrate_command_refuses_bad_input_clearly(tmp_path, args, needle):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1"}\nnot json\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    args = [a.format(bad=bad, empty=empty) for a in args]
+    out = subprocess.run([sys.executable, "-m", "deploy.calibrate", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr
