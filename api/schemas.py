@@ -25,20 +25,71 @@ class BudgetBody(BaseModel):
     deadline_s: float | None = Field(None, gt=0, description="Seconds; no new engine call starts after it.")
 
 
-class ChatCompletionRequest(BaseModel):
-    """OpenAI's chat request; unknown OpenAI fields are ignored. Extension fields (send them with the SDK's
-    ``extra_body``): ``strategy``, ``strategy_params``, ``max_total_tokens`` and ``budget``."""
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(False, description="Send the whole request's usage in a last chunk with no choices.")
+
+
+MODEL_DESCRIPTION = "A served model (`target`), or `<strategy>:<model>` (e.g. `ets:target`) to name the strategy too."
+EXAMPLE_PARAMS = {"n": 4, "max_tokens": 64}
+
+
+class ReasoningFields(BaseModel):
+    """What every reasoning endpoint takes besides the prompt. Unknown OpenAI fields are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str
-    messages: list[Message] = Field(min_length=1)
-    n: int = Field(1, description="Choices returned; only 1 (the strategy's answer) is supported.")
-    stream: bool = False
-    strategy: str | None = Field(None, description="Strategy name; default: the server's default strategy.")
-    strategy_params: dict[str, Any] = Field(default_factory=dict, description="The strategy's parameters.")
+    model: str = Field(description=MODEL_DESCRIPTION, max_length=300)
+    strategy: str | None = Field(None, description="Strategy name, or `auto`; default: the model name's prefix, else the server's default.", max_length=100)
+    strategy_params: dict[str, Any] = Field(default_factory=dict, description="The strategy's parameters (see the README).")
     max_total_tokens: int | None = Field(None, description="Budget: prompt + completion tokens over all sub-calls.")
     budget: BudgetBody | None = Field(None, description="Every budget limit (total/sequential tokens, dollars, deadline).")
+
+
+class OpenAIFields(ReasoningFields):
+    n: int = Field(1, description="Choices returned; only 1 (the strategy's answer) is supported.")
+    stream: bool = Field(False, description="Server-sent events: progress while the strategy runs, then the answer.")
+    stream_options: StreamOptions | None = None
+
+
+class ChatCompletionRequest(OpenAIFields):
+    """OpenAI's chat request. Extension fields (send them with the SDK's ``extra_body``): ``strategy``,
+    ``strategy_params``, ``max_total_tokens`` and ``budget``."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {"model": "target", "messages": [{"role": "user", "content": "Start at 3 and apply +4, *2."}], "strategy_params": EXAMPLE_PARAMS}
+            ]
+        },
+    )
+
+    messages: list[Message] = Field(min_length=1)
+
+
+class CompletionRequest(OpenAIFields):
+    """OpenAI's (legacy) completion request: the prompt is sent to the model as it is, no chat template."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"examples": [{"model": "self_consistency:target", "prompt": "Start at 3 and apply +4, *2.\n", "strategy_params": EXAMPLE_PARAMS}]},
+    )
+
+    prompt: str | list[str] = Field(description="The prompt; a list must hold exactly one.")
+
+
+class ReasonRequest(ReasoningFields):
+    """The native endpoint: ``messages`` (chat template applied) or ``prompt`` (sent as it is), not both."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"examples": [{"model": "target", "strategy": "beam_search", "prompt": "Start at 3 and apply +4, *2.\n", "strategy_params": EXAMPLE_PARAMS}]},
+    )
+
+    messages: list[Message] | None = Field(None, min_length=1)
+    prompt: str | None = None
 
 
 class ChoiceMessage(BaseModel):
@@ -56,11 +107,27 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int
 
 
+class StageUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
 class UsageBody(BaseModel):
+    """OpenAI's usage (policy and draft generation: what the answer cost to write), plus the service's
+    accounting of everything else: scoring tokens, the longest dependent chain, dollars, and the split by
+    model role and strategy stage. Summed over ``by_role``, the tokens are exactly the request's ledger."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails
+    verifier_tokens: int = Field(0, description="Tokens read by verifiers (PRM, judge, target scoring in atts).")
+    all_tokens: int = Field(0, description="total_tokens + verifier_tokens: everything the request was charged.")
+    sequential_tokens: int = Field(0, description="Prompt + completion tokens along the longest chain of dependent calls.")
+    cost_usd: float = Field(0.0, description="Dollars from the price table (0 without prices).")
+    by_role: dict[str, StageUsage] = Field(default_factory=dict, description="Usage per model role (policy, draft, prm, ...).")
+    by_stage: dict[str, StageUsage] = Field(default_factory=dict, description="Usage per strategy stage.")
 
 
 class CandidateBody(BaseModel):
@@ -69,12 +136,6 @@ class CandidateBody(BaseModel):
     completion_tokens: int
     finish_reason: str
     score: float | None = Field(None, description="The verifier's score of this candidate, when the strategy scored it.")
-
-
-class StageUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
 
 
 class TTSInfo(BaseModel):
@@ -89,9 +150,11 @@ class TTSInfo(BaseModel):
     cost_usd: float = Field(0.0, description="Dollar cost from the price table (0 when no price is set).")
     sequential_tokens: int = Field(0, description="Prompt + completion tokens along the longest chain of dependent calls.")
     usage_by_stage: dict[str, StageUsage] = Field(default_factory=dict, description="Policy and verifier usage by strategy stage.")
+    usage_by_role: dict[str, StageUsage] = Field(default_factory=dict, description="Policy and verifier usage by model role.")
     candidates: list[CandidateBody]
     trace: list[dict[str, Any]] = Field(default_factory=list, description="Rounds, search steps or tree nodes, in order, with scores.")
     info: dict[str, Any]
+    events: list[dict[str, Any]] = Field(default_factory=list, description="The strategy's progress events, in order.")
 
 
 class ChatCompletionResponse(BaseModel):
@@ -113,3 +176,63 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length", "budget"]
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageBody
+    tts: TTSInfo
+
+
+class ReasonResponse(TTSInfo):
+    """Everything about one request: the answer and the whole trace."""
+
+    model: str
+    text: str
+    finish_reason: Literal["stop", "length", "budget"]
+    usage: UsageBody
+
+
+class RequestView(BaseModel):
+    """A recorded request as the ledger holds it."""
+
+    id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled", "budget_exhausted"]
+    model: str
+    strategy: str
+    params: dict[str, Any]
+    answer: str | None
+    text: str | None
+    finish_reason: str | None
+    error: str | None
+    usage: UsageBody
+    subcalls: int
+    created_at: str
+    finished_at: str | None
+
+
+class RequestList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[RequestView]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = "tts"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
