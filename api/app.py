@@ -23,6 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.dashboard import add_dashboard
+from api.jobs import add_jobs
 from api.schemas import (
     CandidateBody,
     ChatCompletionRequest,
@@ -338,6 +340,9 @@ def create_app(settings: Settings, controller: Controller) -> FastAPI:
 
     async def caller(request: Request) -> TenantRef | None:
         return await _tenant(controller, request, required=settings.require_api_key)
+
+    add_dashboard(app, controller, caller)
+    add_jobs(app, controller, settings, caller)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:

@@ -27,6 +27,7 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
 from orchestrator.errors import ConfigError
+from orchestrator.evals import jsonl_rows
 from orchestrator.protocols import Engine
 from orchestrator.types import Problem, SubCall
 from strategies import atts
@@ -38,14 +39,8 @@ log = logging.getLogger(__name__)
 def read_questions(path: Path) -> list[str]:
     """Questions of a JSONL file (GSM8K's `question` or MATH's `problem` field); a clear error otherwise."""
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{i}: not JSON ({err.msg})") from None
-        q = row.get("question", row.get("problem")) if isinstance(row, dict) else None
+    for i, row in jsonl_rows(path):
+        q = row.get("question", row.get("problem"))
         if not isinstance(q, str) or not q.strip():
             raise ConfigError(f"{path}:{i}: no `question` or `problem` text field")
         out.append(q)

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
         description="Refuse requests without a tenant's API key (401); otherwise keyless requests run unmetered. "
         "Always on when the server listens beyond loopback.",
     )
+    jobs_address: str = Field("http://127.0.0.1:8265", description="Ray job server (the Ray dashboard) that POST /v1/jobs submits to.")
     max_running: int = Field(64, ge=1, description="Requests running strategies at once; more wait in the queue.")
     max_queued: int = Field(256, ge=0, description="Requests waiting for a run slot; beyond it, 429 with Retry-After.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body (413 beyond it).")

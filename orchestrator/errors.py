@@ -89,8 +89,8 @@ class EngineError(TTSError):
     status = 502
     code = "engine_error"
 
-    def __init__(self, message: str, *, worker: str = "", param: str | None = None) -> None:
-        super().__init__(f"{worker}: {message}" if worker else message, param=param)
+    def __init__(self, message: str, *, worker: str = "", param: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(f"{worker}: {message}" if worker else message, param=param, retry_after=retry_after)
         self.worker = worker
 
 

@@ -455,6 +455,7 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None) -> N
     """Join the Ray cluster at ``address``, or start a local one (no dashboard) when it is None."""
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")  # set for the driver of a Ray job
     if address:
         ray.init(address=address)
     else:

@@ -125,6 +125,12 @@ class EvalRun(Base):
     strategy: Mapped[str] = mapped_column(String(64), index=True)
     params: Mapped[dict] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(32))
+    # A grid's name: a rerun of the same grid finds its runs (same id) and skips what they finished.
+    name: Mapped[str] = mapped_column(String(200), default="", server_default="", index=True)
+    budget: Mapped[int | None] = mapped_column(Integer, nullable=True)  # max_total_tokens per problem
+    planned: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # problems the run will have
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id", ondelete="SET NULL"), nullable=True, index=True)
+    job_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)  # the Ray job that ran it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
@@ -143,6 +149,9 @@ class EvalResult(Base):
     total_tokens: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     latency_s: Mapped[float] = mapped_column(Float)
+    sequential_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    level: Mapped[int | None] = mapped_column(Integer, nullable=True)  # difficulty, when the dataset has one
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # its entry in the request ledger
 
     run: Mapped[EvalRun] = relationship(back_populates="results")
 

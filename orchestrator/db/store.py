@@ -138,6 +138,63 @@ class Store:
             s.add(run)
         return run_id
 
+    def open_eval_run(
+        self, run_id: str, *, name: str, dataset: str, model: str, strategy: str, params: dict, budget: int | None, planned: int,
+        tenant_id: str | None = None, job_id: str | None = None,
+    ) -> set[str]:
+        """Create run ``run_id`` if it is new (state ``running``); return the problem ids it has finished, which a
+        resumed run skips."""
+        with self._session.begin() as s:
+            _insert_ignore(s, EvalRun, {
+                "id": run_id, "name": name, "dataset": dataset, "model": model, "strategy": strategy, "params": params, "budget": budget,
+                "planned": planned, "tenant_id": tenant_id, "job_id": job_id, "state": "running", "created_at": datetime.now(timezone.utc),
+            })
+            s.execute(update(EvalRun).where(EvalRun.id == run_id).values(state="running", planned=planned, job_id=job_id, finished_at=None))
+            return set(s.scalars(select(EvalResult.problem_id).where(EvalResult.run_id == run_id)))
+
+    def add_eval_result(self, run_id: str, result: dict) -> None:
+        """Record one finished problem (once: a repeat of the same problem is ignored)."""
+        with self._session.begin() as s:
+            _insert_ignore(s, EvalResult, {"run_id": run_id, **result})
+
+    def close_eval_run(self, run_id: str, state: str) -> None:
+        with self._session.begin() as s:
+            s.execute(update(EvalRun).where(EvalRun.id == run_id).values(state=state, finished_at=datetime.now(timezone.utc)))
+
+    def eval_runs(self, *, name: str | None = None, job_id: str | None = None) -> list[EvalRun]:
+        """Runs (with their results), oldest first, optionally of one grid or one job."""
+        with self._session() as s:
+            q = select(EvalRun).options(selectinload(EvalRun.results)).order_by(EvalRun.created_at, EvalRun.id)
+            if name is not None:
+                q = q.where(EvalRun.name == name)
+            if job_id is not None:
+                q = q.where(EvalRun.job_id == job_id)
+            return list(s.scalars(q))
+
+    def usage_by_tenant(self, tenant_id: str | None = None) -> list[dict]:
+        """Live usage from the ledger per tenant (keyless requests under ``None``): requests by state and
+        tokens. ``tenant_id`` given: that tenant only."""
+        with self._session() as s:
+            q = (
+                select(
+                    RequestRecord.tenant_id,
+                    func.count(RequestRecord.id),
+                    func.sum(case((RequestRecord.state == "running", 1), else_=0)),
+                    func.sum(RequestRecord.prompt_tokens + RequestRecord.completion_tokens),
+                    func.sum(RequestRecord.verifier_tokens),
+                    func.sum(RequestRecord.cost_usd),
+                )
+                .group_by(RequestRecord.tenant_id)
+            )
+            if tenant_id is not None:
+                q = q.where(RequestRecord.tenant_id == tenant_id)
+            names = {t.id: t.name for t in s.scalars(select(Tenant))}
+            return [
+                {"tenant": names.get(r[0], "(keyless)") if r[0] else "(keyless)", "requests": int(r[1]), "running": int(r[2] or 0),
+                 "tokens": int(r[3] or 0), "verifier_tokens": int(r[4] or 0), "cost_usd": float(r[5] or 0)}
+                for r in s.execute(q).all()
+            ]
+
     def eval_summaries(self, model: str) -> list[dict]:
         """Per finished run of ``model``: strategy, params, accuracy, mean tokens and cost, problem count."""
         with self._session() as s:

@@ -1,0 +1,116 @@
+"""Evaluate a grid of strategies x parameters x budgets on a dataset; results go to the service's database
+(next to the request ledger), where the dashboard and `auto` read them.
+
+    python -m deploy.evaluate --strategy self_consistency --strategy best_of_n --budget 500 --budget 2000 \\
+        --dataset task:test --problems 30 --name small-grid
+    python -m deploy.evaluate --dataset gsm8k_test.jsonl --strategy pdr --params '{"pdr": {"schedule": [4, 1]}}'
+    ray job submit --working-dir . -- python -m deploy.evaluate ...     # the same, as a Ray job
+
+Rerunning the same command (same --name and grid) resumes: problems already finished are skipped. Engines
+are the ones the service would start (same TTS_* settings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import List, Optional
+
+import typer
+from tqdm import tqdm
+
+from orchestrator.config import Settings, get_settings
+from orchestrator.errors import ConfigError, TTSError
+from orchestrator.evals import evaluate, grid, load_dataset, table
+from verifiers import MathAnswerVerifier, TaskAnswerVerifier
+
+log = logging.getLogger(__name__)
+cli = typer.Typer(add_completion=False, help=__doc__)
+
+
+def current_job_id() -> str | None:
+    """The id of the Ray job this process is the driver of (Ray passes it in the job's config)."""
+    try:
+        return json.loads(os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"])["metadata"]["job_submission_id"]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+async def run(settings: Settings, dataset_spec: str, strategies: list[str], budgets: list[int], params: dict, *, problems: int | None, seed: int,
+              name: str, concurrency: int, job_id: str | None, tenant_id: str | None = None) -> str:
+    from deploy.serve import Service
+
+    from pydantic import ValidationError
+
+    from strategies import REGISTRY
+
+    dataset = load_dataset(dataset_spec, problems=problems, seed=seed)
+    cells = grid(strategies, budgets or [None], params)  # type: ignore[list-item]
+    for c in cells:  # refuse a bad grid before any engine starts
+        if c.strategy not in REGISTRY:
+            raise ConfigError(f"unknown strategy {c.strategy!r}; available: {sorted(REGISTRY)}")
+        try:
+            REGISTRY[c.strategy].params.model_validate(dict(c.params))
+        except ValidationError as err:
+            raise ConfigError(f"{c.strategy} parameters: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
+    # Start only the engines the grid needs (a PRM, a draft, an embedder cost memory and start-up time).
+    needs = set().union(*(REGISTRY[c.strategy].needs(REGISTRY[c.strategy].params.model_validate(dict(c.params))) for c in cells))
+    settings = settings.model_copy(
+        update={
+            "serve_prm": settings.serve_prm and bool(needs & {"prm", "judge"}),
+            "serve_draft": settings.serve_draft and "draft" in needs,
+            "serve_embedder": settings.serve_embedder and "clusterer" in needs,
+        }
+    )
+    service = await Service.start(settings)
+    try:
+        verifier = TaskAnswerVerifier() if dataset.verifier == "task" else MathAnswerVerifier()
+        bar = tqdm(total=len(cells) * len(dataset.items), desc=f"{name}: {len(cells)} runs x {len(dataset.items)} problems", unit="problem")
+        summaries = await evaluate(
+            service.controller, service.store, dataset, cells, model=settings.model_name, name=name, verifier=verifier,
+            concurrency=concurrency, job_id=job_id, tenant_id=tenant_id, progress=bar.update,
+        )
+        bar.close()
+    finally:
+        await service.stop()
+    return table(summaries)
+
+
+@cli.command()
+def main(
+    strategy: List[str] = typer.Option(..., "--strategy", "-s", help="A strategy of the grid (repeat the option for more)."),
+    budget: List[int] = typer.Option([], "--budget", "-b", help="A max_total_tokens budget per problem (repeat; none: unbudgeted)."),
+    params: str = typer.Option("{}", help='Parameters per strategy, JSON: {"best_of_n": {"n": 8}}.'),
+    dataset: str = typer.Option("task:test", help="task:<train|dev|test>, or a JSONL file (GSM8K, MATH-500 or AIME fields)."),
+    problems: Optional[int] = typer.Option(None, min=1, help="At most this many problems (task: default 100, spread over levels)."),
+    seed: int = typer.Option(0, help="Which problems of the bundled task."),
+    name: str = typer.Option("default", help="The grid's name: a rerun with the same name and grid resumes it."),
+    concurrency: int = typer.Option(4, min=1, help="Problems in flight at once."),
+    job_id: Optional[str] = typer.Option(None, help="Ray job id to record with the runs (default: the job this runs in)."),
+    tenant: Optional[str] = typer.Option(None, help="Tenant id the runs belong to (set by POST /v1/jobs)."),
+) -> None:
+    """Run the grid and print its summary table."""
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        parsed = json.loads(params)
+        if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
+            raise ConfigError('--params must be a JSON object of objects, e.g. {"best_of_n": {"n": 8}}')
+        if any(b <= 0 for b in budget):
+            raise ConfigError("--budget must be positive")
+        out = asyncio.run(
+            run(get_settings(), dataset, strategy, budget, parsed, problems=problems, seed=seed, name=name, concurrency=concurrency,
+                job_id=job_id or current_job_id(), tenant_id=tenant)
+        )
+    except json.JSONDecodeError as err:
+        typer.echo(f"error: --params is not JSON ({err.msg})", err=True)
+        raise typer.Exit(2) from None
+    except TTSError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(out)
+
+
+if __name__ == "__main__":
+    cli()

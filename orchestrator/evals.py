@@ -1,0 +1,262 @@
+"""Evaluation grids: strategies x parameters x budgets over a dataset, every problem a real request through the
+controller (recorded in the ledger), every result stored next to it, resumable.
+
+A run is one (strategy, parameters, budget) of a grid. Its id is a hash of the grid's name and of what the run
+is, so a rerun of the same grid reopens the same runs and skips the problems they finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from models import task
+from orchestrator.controller import Controller, ReasoningRequest
+from orchestrator.db.store import Store
+from orchestrator.errors import ConfigError, TTSError
+from orchestrator.protocols import AnswerVerifier
+
+
+@dataclass(frozen=True)
+class Item:
+    """One problem: its id within the dataset, the question, the gold answer, and its difficulty if known."""
+
+    id: str
+    question: str
+    answer: str
+    level: int | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    items: tuple[Item, ...]
+    verifier: str  # "task" (the bundled task's exact checker) or "math" (math-verify)
+
+
+# Field conventions of the usual JSONL exports: GSM8K (question, answer ending "#### 42"), MATH-500 (problem,
+# answer, level "Level 3" or 3, unique_id), AIME (problem or Problem, answer or Answer, id or ID).
+_QUESTION = ("question", "problem", "Problem")
+_ANSWER = ("answer", "Answer")
+_ID = ("id", "ID", "unique_id", "problem_id")
+
+
+def _gold(raw: object) -> str:
+    text = str(raw).strip()
+    return text.rsplit("####", 1)[1].strip().replace(",", "") if "####" in text else text
+
+
+def _level(raw: object) -> int | None:
+    m = re.search(r"\d+", str(raw)) if raw is not None else None
+    return int(m.group()) if m else None
+
+
+def jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a JSONL file; a clear error naming the line otherwise."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{i}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{i}: not a JSON object")
+        rows.append((i, row))
+    return rows
+
+
+def read_jsonl(path: Path) -> list[Item]:
+    """Items of a JSONL file in the GSM8K, MATH-500 or AIME conventions; a clear error naming the line otherwise."""
+    items: list[Item] = []
+    for i, row in jsonl_rows(path):
+        q = next((row[k] for k in _QUESTION if isinstance(row.get(k), str)), None)
+        a = next((row[k] for k in _ANSWER if row.get(k) is not None), None)
+        if q is None or a is None:
+            raise ConfigError(f"{path}:{i}: needs a question (`question` or `problem`) and an `answer`")
+        pid = next((str(row[k]) for k in _ID if row.get(k) is not None), f"line-{i}")
+        items.append(Item(pid, q, _gold(a), _level(row.get("level"))))
+    if not items:
+        raise ConfigError(f"{path}: no problems")
+    if len({it.id for it in items}) != len(items):
+        raise ConfigError(f"{path}: problem ids repeat; ids must be unique for a run to resume")
+    return items
+
+
+def load_dataset(spec: str, *, problems: int | None = None, seed: int = 0) -> Dataset:
+    """``task:<split>`` (the bundled task, spread evenly over its levels) or a JSONL file; at most ``problems``."""
+    if spec.startswith("task:"):
+        split = spec.split(":", 1)[1]
+        if split not in task.SPLITS:
+            raise ConfigError(f"dataset {spec!r}: the bundled task's splits are {', '.join(task.SPLITS)}")
+        count = problems or 100
+        per_level = -(-count // len(task.LEVELS))
+        by_level = {lv: task.generate(split, per_level, seed=seed, levels=[lv]) for lv in task.LEVELS}
+        # Levels interleaved, so that a shorter run (a prefix) still covers every level.
+        items = tuple(
+            Item(f"{split}-{seed}-L{lv}-{i}", by_level[lv][i].question, str(by_level[lv][i].answer), lv) for i in range(per_level) for lv in task.LEVELS
+        )[:count]
+        return Dataset(spec if seed == 0 else f"{spec}@{seed}", items, "task")
+    path = Path(spec)
+    items = read_jsonl(path)
+    return Dataset(path.stem, tuple(items[:problems] if problems else items), "math")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a grid."""
+
+    strategy: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    budget: int | None = None
+
+    def run_id(self, grid: str, dataset: str, model: str) -> str:
+        key = json.dumps([grid, dataset, model, self.strategy, dict(self.params), self.budget], sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    @property
+    def label(self) -> str:
+        params = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.strategy}({params})" + (f"@{self.budget}" if self.budget else "")
+
+
+def grid(strategies: Sequence[str], budgets: Sequence[int | None], params: Mapping[str, Mapping[str, Any]] | None = None) -> list[Cell]:
+    """Every strategy at every budget, each with its parameters from ``params`` (by strategy name)."""
+    params = params or {}
+    unknown = set(params) - set(strategies)
+    if unknown:
+        raise ConfigError(f"parameters given for strategies not in the grid: {sorted(unknown)}")
+    return [Cell(s, dict(params.get(s, {})), b) for s in strategies for b in (budgets or [None])]
+
+
+@dataclass
+class RunSummary:
+    label: str
+    run_id: str
+    problems: int
+    accuracy: float
+    ci95: tuple[float, float]
+    mean_tokens: float
+    mean_sequential_tokens: float
+    mean_cost_usd: float
+    mean_latency_s: float
+    by_level: dict[int, float]
+    skipped: int = 0  # finished by an earlier run of the grid
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sensible at 0 and n, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize(label: str, run_id: str, results: Sequence[Mapping[str, Any]], skipped: int = 0) -> RunSummary:
+    n = len(results)
+    correct = sum(bool(r["correct"]) for r in results)
+    levels: dict[int, list[bool]] = {}
+    for r in results:
+        if r.get("level") is not None:
+            levels.setdefault(int(r["level"]), []).append(bool(r["correct"]))
+
+    def mean(key: str) -> float:
+        return statistics.fmean(float(r[key]) for r in results) if results else 0.0
+
+    return RunSummary(
+        label, run_id, n, correct / n if n else 0.0, wilson(correct, n), mean("total_tokens"), mean("sequential_tokens"), mean("cost_usd"),
+        mean("latency_s"), {lv: sum(v) / len(v) for lv, v in sorted(levels.items())}, skipped,
+    )
+
+
+async def evaluate(
+    controller: Controller,
+    store: Store,
+    dataset: Dataset,
+    cells: Sequence[Cell],
+    *,
+    model: str,
+    name: str,
+    verifier: AnswerVerifier,
+    concurrency: int = 4,
+    job_id: str | None = None,
+    tenant_id: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[RunSummary]:
+    """Run every cell over the dataset, ``concurrency`` problems in flight (across cells), skipping problems an
+    earlier run of the same grid finished. A problem whose request fails is recorded as wrong with its error,
+    so one bad problem does not stop the grid."""
+    for c in cells:
+        controller.validate(ReasoningRequest(model=model, messages=({"role": "user", "content": "check"},), strategy=c.strategy, params=c.params))
+    sem = asyncio.Semaphore(concurrency)
+    summaries = []
+    for cell in cells:
+        run_id = cell.run_id(name, dataset.name, model)
+        done = await asyncio.to_thread(
+            store.open_eval_run, run_id, name=name, dataset=dataset.name, model=model, strategy=cell.strategy, params=dict(cell.params),
+            budget=cell.budget, planned=len(dataset.items), job_id=job_id, tenant_id=tenant_id,
+        )
+        todo = [it for it in dataset.items if it.id not in done]
+        if progress is not None and len(done):
+            progress(len(dataset.items) - len(todo))
+
+        async def one(item: Item, cell: Cell = cell, run_id: str = run_id) -> None:
+            req = ReasoningRequest(
+                model=model, messages=({"role": "user", "content": item.question},), strategy=cell.strategy, params=cell.params, max_total_tokens=cell.budget
+            )
+            async with sem:
+                t0 = time.perf_counter()
+                try:
+                    out = await controller.reason(req)
+                except TTSError as err:
+                    row = {"problem_id": item.id, "correct": False, "answer": f"error: {err.message}"[:500], "total_tokens": 0, "latency_s": time.perf_counter() - t0, "level": item.level}
+                else:
+                    row = {
+                        "problem_id": item.id,
+                        "correct": verifier.is_correct(out.result.text, item.answer),
+                        "answer": out.result.answer,
+                        "total_tokens": out.usage.total_tokens + out.verifier_tokens,
+                        "sequential_tokens": out.sequential_tokens,
+                        "cost_usd": out.cost_usd,
+                        "latency_s": out.latency_s,
+                        "level": item.level,
+                        "request_id": out.request_id,
+                    }
+            await asyncio.to_thread(store.add_eval_result, run_id, row)
+            if progress is not None:
+                progress(1)
+
+        await asyncio.gather(*(one(it) for it in todo))
+        await asyncio.to_thread(store.close_eval_run, run_id, "succeeded")
+        run = next(r for r in await asyncio.to_thread(store.eval_runs, name=name) if r.id == run_id)
+        rows = [{c.name: getattr(r, c.name) for c in r.__table__.columns} for r in run.results]
+        summaries.append(summarize(cell.label, run_id, rows, skipped=len(done)))
+    return summaries
+
+
+def table(summaries: Sequence[RunSummary]) -> str:
+    """The summary as a Markdown table."""
+    lines = [
+        "| run | problems | accuracy (95% CI) | mean tokens | mean sequential | mean $ | mean latency (s) | by level |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        levels = " ".join(f"L{lv}:{acc:.2f}" for lv, acc in s.by_level.items())
+        lines.append(
+            f"| {s.label} | {s.problems} | {s.accuracy:.3f} ({s.ci95[0]:.2f}-{s.ci95[1]:.2f}) | {s.mean_tokens:.0f} | "
+            f"{s.mean_sequential_tokens:.0f} | {s.mean_cost_usd:.4f} | {s.mean_latency_s:.2f} | {levels} |"
+        )
+    return "\n".join(lines)

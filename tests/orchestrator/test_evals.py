@@ -1,0 +1,94 @@
+"""Evaluation grids without an engine: datasets and their conventions, the grid, intervals, and resuming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.evals import Cell, grid, load_dataset, read_jsonl, summarize, wilson
+
+
+def test_the_bundled_task_is_spread_over_levels_with_stable_unique_ids():
+    d = load_dataset("task:test", problems=12)
+    assert [it.level for it in d.items[:5]] == [1, 2, 3, 4, 5] and len(d.items) == 12
+    assert len({it.id for it in d.items}) == 12 and d.verifier == "task"
+    assert load_dataset("task:test", problems=12) == d
+    assert load_dataset("task:test", problems=5).items == d.items[:5]  # a smaller run is a prefix
+    with pytest.raises(ConfigError, match="splits are"):
+        load_dataset("task:nope")
+
+
+def test_jsonl_in_gsm8k_math500_and_aime_conventions(tmp_path):
+    rows = [
+        {"question": "2+2?", "answer": "Because... #### 1,024"},
+        {"problem": "x?", "answer": "\\frac{1}{2}", "level": "Level 3", "unique_id": "test/x.json"},
+        {"Problem": "AIME?", "Answer": 33, "ID": "2024-I-1"},
+    ]
+    f = tmp_path / "mixed.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    items = read_jsonl(f)
+    assert [(i.id, i.answer, i.level) for i in items] == [("line-1", "1024", None), ("test/x.json", "\\frac{1}{2}", 3), ("2024-I-1", "33", None)]
+    assert load_dataset(str(f)).verifier == "math"
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [("not json\n", ":1: not JSON"), ('{"question": "q"}\n', ":1: needs a question"), ('[1]\n', "not a JSON object"), ("\n", "no problems"),
+     ('{"question": "a", "answer": 1, "id": 7}\n{"question": "b", "answer": 2, "id": 7}\n', "ids repeat")],
+)
+def test_bad_jsonl_is_a_clear_error(tmp_path, content, needle):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    with pytest.raises(ConfigError, match=needle):
+        read_jsonl(f)
+
+
+def test_grid_and_run_ids():
+    cells = grid(["a", "b"], [100, None], {"a": {"n": 4}})
+    assert cells == [Cell("a", {"n": 4}, 100), Cell("a", {"n": 4}, None), Cell("b", {}, 100), Cell("b", {}, None)]
+    assert cells[0].run_id("g", "d", "m") == Cell("a", {"n": 4}, 100).run_id("g", "d", "m") != cells[0].run_id("g2", "d", "m")
+    with pytest.raises(ConfigError, match="not in the grid"):
+        grid(["a"], [], {"c": {}})
+
+
+def test_wilson_interval():
+    assert wilson(0, 10)[0] == 0 and 0 < wilson(0, 10)[1] < 0.35
+    lo, hi = wilson(15, 30)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(0.34, abs=0.02)
+    s = summarize("x", "r", [{"correct": True, "level": 1, "total_tokens": 10, "sequential_tokens": 5, "cost_usd": 0, "latency_s": 1},
+                             {"correct": False, "level": 2, "total_tokens": 20, "sequential_tokens": 5, "cost_usd": 0, "latency_s": 3}])
+    assert (s.accuracy, s.mean_tokens, s.mean_latency_s, s.by_level) == (0.5, 15, 2, {1: 1.0, 2: 0.0})
+
+
+def test_a_reopened_run_reports_what_it_finished_and_records_each_problem_once(store):
+    kw = dict(name="g", dataset="d", model="m", strategy="s", params={"n": 2}, budget=None, planned=3)
+    assert store.open_eval_run("run1", **kw) == set()
+    store.add_eval_result("run1", {"problem_id": "p1", "correct": True, "total_tokens": 5, "latency_s": 0.1})
+    store.add_eval_result("run1", {"problem_id": "p1", "correct": False, "total_tokens": 9, "latency_s": 0.1})  # a repeat: ignored
+    assert store.open_eval_run("run1", **kw) == {"p1"}
+    [run] = store.eval_runs(name="g")
+    assert run.state == "running" and [(r.problem_id, r.correct) for r in run.results] == [("p1", True)]
+    store.close_eval_run("run1", "succeeded")
+    assert store.eval_runs(name="g")[0].state == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["-s", "nope"], "unknown strategy 'nope'"),
+        (["-s", "self_consistency", "--params", "{bad"], "--params is not JSON"),
+        (["-s", "self_consistency", "--params", '{"best_of_n": {}}'], "not in the grid"),
+        (["-s", "self_consistency", "--params", '{"self_consistency": {"n": 0}}'], "self_consistency parameters"),
+        (["-s", "self_consistency", "--dataset", "task:nope"], "splits are"),
+        (["-s", "self_consistency", "--dataset", "missing.jsonl"], "no such file"),
+        (["-s", "self_consistency", "-b", "0"], "--budget must be positive"),
+    ],
+)
+def test_the_evaluate_command_refuses_bad_input_before_starting_anything(args, needle):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "deploy.evaluate", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
