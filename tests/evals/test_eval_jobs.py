@@ -56,7 +56,9 @@ def ray_jobs():
     env.pop("RAY_ADDRESS", None)
     dash = _free_port()
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"]
+           "--include-dashboard=true",
+           # Its own agent port: the default one is taken by the tests' own cluster, and without an agent no job runs.
+           f"--dashboard-agent-listen-port={_free_port()}", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"]
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     try:
