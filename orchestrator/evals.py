@@ -203,15 +203,20 @@ async def evaluate(
         controller.validate(ReasoningRequest(model=model, messages=({"role": "user", "content": "check"},), strategy=c.strategy, params=c.params))
     sem = asyncio.Semaphore(concurrency)
     summaries = []
+    # Every run is opened before any starts, so that a job's progress counts the whole grid from the start.
+    finished: dict[str, set[str]] = {}
     for cell in cells:
         run_id = cell.run_id(name, dataset.name, model)
-        done = await asyncio.to_thread(
+        finished[run_id] = await asyncio.to_thread(
             store.open_eval_run, run_id, name=name, dataset=dataset.name, model=model, strategy=cell.strategy, params=dict(cell.params),
             budget=cell.budget, planned=len(dataset.items), job_id=job_id, tenant_id=tenant_id,
         )
+        if progress is not None and finished[run_id]:
+            progress(len(finished[run_id]))
+    for cell in cells:
+        run_id = cell.run_id(name, dataset.name, model)
+        done = finished[run_id]
         todo = [it for it in dataset.items if it.id not in done]
-        if progress is not None and len(done):
-            progress(len(dataset.items) - len(todo))
 
         async def one(item: Item, cell: Cell = cell, run_id: str = run_id) -> None:
             req = ReasoningRequest(
