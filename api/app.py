@@ -54,6 +54,7 @@ from orchestrator.config import Settings
 from orchestrator.controller import Controller, ReasoningRequest, ReasoningResponse, TenantRef
 from orchestrator.db.models import RequestRecord
 from orchestrator.errors import Conflict, InvalidRequest, TTSError, Unauthorized
+from orchestrator.protocols import JobServer
 from orchestrator.types import Usage
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def _content_pieces(text: str) -> list[str]:
     return text.splitlines(keepends=True) or [""]
 
 
-def create_app(settings: Settings, controller: Controller) -> FastAPI:
+def create_app(settings: Settings, controller: Controller, jobs: JobServer | None = None) -> FastAPI:
     """Build the app around a ready controller (engines and database are started by the caller)."""
     app = FastAPI(title="Test-time scaling service", version="0.1.0")
     app.state.controller = controller
@@ -342,7 +343,7 @@ def create_app(settings: Settings, controller: Controller) -> FastAPI:
         return await _tenant(controller, request, required=settings.require_api_key)
 
     add_dashboard(app, controller, caller)
-    add_jobs(app, controller, settings, caller)
+    add_jobs(app, controller, settings, caller, jobs)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:

@@ -18,6 +18,7 @@ from orchestrator.config import Settings
 from orchestrator.controller import Controller, TenantRef
 from orchestrator.errors import EngineUnavailable, InvalidRequest, NotFound
 from orchestrator.evals import Cell
+from orchestrator.protocols import JobInfo, JobServer
 
 
 class JobRequest(BaseModel):
@@ -51,40 +52,28 @@ def entrypoint(job: JobRequest, tenant_id: str | None) -> str:
     return shlex.join(args)
 
 
-def add_jobs(app: FastAPI, controller: Controller, settings: Settings, caller: Callable[[Request], Awaitable[TenantRef | None]]) -> None:
-    def client():  # noqa: ANN202 - ray's JobSubmissionClient
-        from ray.job_submission import JobSubmissionClient
+def add_jobs(app: FastAPI, controller: Controller, settings: Settings, caller: Callable[[Request], Awaitable[TenantRef | None]], jobs: JobServer | None) -> None:
+    app.state.jobs = jobs  # deploy.serve gives Ray's job server; tests may swap it
 
-        try:
-            return JobSubmissionClient(app.state.jobs_address)
-        except Exception as err:  # noqa: BLE001 - any failure to reach the job server means the same to the caller
-            raise EngineUnavailable(f"the Ray job server at {app.state.jobs_address} is not reachable ({type(err).__name__})") from None
+    def server() -> JobServer:
+        if app.state.jobs is None:
+            raise EngineUnavailable("this server has no job server configured (TTS_JOBS_ADDRESS)")
+        return app.state.jobs
 
-    app.state.jobs_address = settings.jobs_address
-
-    async def owned(job_id: str, tenant: TenantRef | None) -> Any:
-        def info():  # noqa: ANN202
-            try:
-                return client().get_job_info(job_id)
-            except RuntimeError:
-                return None
-
-        found = await asyncio.to_thread(info)
-        owner = (found.metadata or {}).get("tts_tenant", "") if found is not None else None
-        if found is None or (found.metadata or {}).get("tts") != "eval" or owner != (tenant.id if tenant else ""):
+    async def owned(job_id: str, tenant: TenantRef | None) -> JobInfo:
+        found = await asyncio.to_thread(server().info, job_id)
+        if found is None or found.metadata.get("tts") != "eval" or found.metadata.get("tts_tenant", "") != (tenant.id if tenant else ""):
             raise NotFound(f"no job {job_id!r}", param="job_id")
         return found
 
-    def view(info: Any) -> dict[str, Any]:
-        runs = controller.store.eval_runs(job_id=info.submission_id)
-        done = sum(len(r.results) for r in runs)
-        planned = sum(r.planned for r in runs)
+    def view(info: JobInfo) -> dict[str, Any]:
+        runs = controller.store.eval_runs(job_id=info.id)
         return {
-            "id": info.submission_id,
-            "status": str(info.status.value if hasattr(info.status, "value") else info.status),
+            "id": info.id,
+            "status": info.status,
             "message": info.message,
             "entrypoint": info.entrypoint,
-            "progress": {"done": done, "planned": planned, "runs": len(runs)},
+            "progress": {"done": sum(len(r.results) for r in runs), "planned": sum(r.planned for r in runs), "runs": len(runs)},
             "runs": [{"id": r.id, "strategy": r.strategy, "params": r.params, "budget": r.budget, "state": r.state, "done": len(r.results), "planned": r.planned} for r in runs],
         }
 
@@ -107,16 +96,9 @@ def add_jobs(app: FastAPI, controller: Controller, settings: Settings, caller: C
         job_id = f"eval-{uuid.uuid4().hex[:12]}"
         env = {"DATABASE_URL": settings.database, "TTS_MODEL_PATH": str(settings.model_path), "TTS_MODEL_NAME": settings.model_name,
                "TTS_KV_CACHE_GIB": str(settings.kv_cache_gib), "TTS_MAX_MODEL_LEN": str(settings.max_model_len)}
-        def submit_it() -> None:
-            try:
-                client().submit_job(
-                    entrypoint=entrypoint(body, tenant.id if tenant else None), submission_id=job_id, runtime_env={"env_vars": env},
-                    metadata={"tts": "eval", "tts_tenant": tenant.id if tenant else "", "grid": body.name},
-                )
-            except RuntimeError as err:  # the job server answered, but cannot take the job now
-                raise EngineUnavailable(f"the Ray job server refused the job: {str(err).strip()[:300]}", retry_after=5) from None
-
-        await asyncio.to_thread(submit_it)
+        meta = {"tts": "eval", "tts_tenant": tenant.id if tenant else "", "grid": body.name}
+        js = server()
+        await asyncio.to_thread(lambda: js.submit(entrypoint=entrypoint(body, tenant.id if tenant else None), job_id=job_id, env=env, metadata=meta))
         return {"id": job_id, "status": "PENDING"}
 
     @app.get("/v1/jobs/{job_id}")
@@ -128,11 +110,11 @@ def add_jobs(app: FastAPI, controller: Controller, settings: Settings, caller: C
     @app.get("/v1/jobs/{job_id}/logs", response_class=PlainTextResponse)
     async def logs(job_id: str, request: Request) -> PlainTextResponse:
         await owned(job_id, await caller(request))
-        return PlainTextResponse(await asyncio.to_thread(lambda: client().get_job_logs(job_id)))
+        return PlainTextResponse(await asyncio.to_thread(server().logs, job_id))
 
     @app.delete("/v1/jobs/{job_id}")
     async def stop(job_id: str, request: Request) -> dict[str, Any]:
         """Stop a job; resubmitting the same grid later resumes it."""
         info = await owned(job_id, await caller(request))
-        await asyncio.to_thread(lambda: client().stop_job(job_id))
+        await asyncio.to_thread(server().stop, job_id)
         return await asyncio.to_thread(view, info)

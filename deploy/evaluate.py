@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -23,10 +24,30 @@ from tqdm import tqdm
 
 from orchestrator.config import Settings, get_settings
 from orchestrator.errors import ConfigError, TTSError
-from orchestrator.evals import evaluate, grid, load_dataset, table
+from models import task
+from orchestrator.evals import Dataset, Item, evaluate, grid, read_jsonl, table
 from verifiers import MathAnswerVerifier, TaskAnswerVerifier
 
 log = logging.getLogger(__name__)
+
+
+def load_dataset(spec: str, *, problems: int | None = None, seed: int = 0) -> Dataset:
+    """``task:<split>`` (the bundled task, spread evenly over its levels) or a JSONL file; at most ``problems``."""
+    if spec.startswith("task:"):
+        split = spec.split(":", 1)[1]
+        if split not in task.SPLITS:
+            raise ConfigError(f"dataset {spec!r}: the bundled task's splits are {', '.join(task.SPLITS)}")
+        count = problems or 100
+        per_level = -(-count // len(task.LEVELS))
+        by_level = {lv: task.generate(split, per_level, seed=seed, levels=[lv]) for lv in task.LEVELS}
+        # Levels interleaved, so that a shorter run (a prefix) still covers every level.
+        items = tuple(
+            Item(f"{split}-{seed}-L{lv}-{i}", by_level[lv][i].question, str(by_level[lv][i].answer), lv) for i in range(per_level) for lv in task.LEVELS
+        )[:count]
+        return Dataset(spec if seed == 0 else f"{spec}@{seed}", items, "task")
+    path = Path(spec)
+    items = read_jsonl(path)
+    return Dataset(path.stem, tuple(items[:problems] if problems else items), "math")
 cli = typer.Typer(add_completion=False, help=__doc__)
 
 

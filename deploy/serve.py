@@ -31,6 +31,7 @@ from strategies import REGISTRY
 from verifiers import MathShepherdPRM, OutcomeJudge, TaskAnswerVerifier, TaskRefiner, TextRefiner
 from verifiers.embeddings import StepClusterer
 from workers.config import PoolConfig, load_pool_config
+from workers.jobs import RayJobs
 from workers.pool import WorkerPool, connect_ray
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class Service:
             max_running=settings.max_running,
             max_queued=settings.max_queued,
         )
-        return cls(settings, pool, store, controller, create_app(settings, controller))
+        return cls(settings, pool, store, controller, create_app(settings, controller, jobs=RayJobs(settings.jobs_address)))
 
     async def stop(self) -> None:
         await self.pool.shutdown()

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from models import task
 from orchestrator.controller import Controller, ReasoningRequest
 from orchestrator.db.store import Store
 from orchestrator.errors import ConfigError, TTSError
@@ -92,25 +91,6 @@ def read_jsonl(path: Path) -> list[Item]:
     if len({it.id for it in items}) != len(items):
         raise ConfigError(f"{path}: problem ids repeat; ids must be unique for a run to resume")
     return items
-
-
-def load_dataset(spec: str, *, problems: int | None = None, seed: int = 0) -> Dataset:
-    """``task:<split>`` (the bundled task, spread evenly over its levels) or a JSONL file; at most ``problems``."""
-    if spec.startswith("task:"):
-        split = spec.split(":", 1)[1]
-        if split not in task.SPLITS:
-            raise ConfigError(f"dataset {spec!r}: the bundled task's splits are {', '.join(task.SPLITS)}")
-        count = problems or 100
-        per_level = -(-count // len(task.LEVELS))
-        by_level = {lv: task.generate(split, per_level, seed=seed, levels=[lv]) for lv in task.LEVELS}
-        # Levels interleaved, so that a shorter run (a prefix) still covers every level.
-        items = tuple(
-            Item(f"{split}-{seed}-L{lv}-{i}", by_level[lv][i].question, str(by_level[lv][i].answer), lv) for i in range(per_level) for lv in task.LEVELS
-        )[:count]
-        return Dataset(spec if seed == 0 else f"{spec}@{seed}", items, "task")
-    path = Path(spec)
-    items = read_jsonl(path)
-    return Dataset(path.stem, tuple(items[:problems] if problems else items), "math")
 
 
 @dataclass(frozen=True)

@@ -101,3 +101,24 @@ class StrategySpec:
     # What a run with these parameters needs besides the policy: "prm", "judge", "refiner", "clusterer", "draft". The
     # controller refuses the request before any compute when the server lacks one.
     needs: Callable[[BaseModel], frozenset[str]] = lambda p: frozenset()
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    status: str  # PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED
+    message: str
+    entrypoint: str
+    metadata: dict[str, str]
+
+
+class JobServer(Protocol):
+    """Where evaluation jobs run (Ray's job server); blocking calls."""
+
+    def submit(self, *, entrypoint: str, job_id: str, env: dict[str, str], metadata: dict[str, str]) -> None: ...
+
+    def info(self, job_id: str) -> JobInfo | None: ...
+
+    def logs(self, job_id: str) -> str: ...
+
+    def stop(self, job_id: str) -> None: ...

@@ -22,6 +22,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from workers.jobs import RayJobs
+
 pytestmark = pytest.mark.engine
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -120,7 +122,7 @@ def _results_by_run(service) -> dict[str, dict]:
 
 def test_grid_as_a_ray_job_resumes_after_a_kill_and_shows_in_the_dashboard(service, ray_jobs):
     url, env = ray_jobs
-    service.service.app.state.jobs_address = url
+    service.service.app.state.jobs = RayJobs(url)
     settings = service.service.settings
 
     # 1. Submitted through the API (Ray's JobSubmissionClient underneath), stopped part way.

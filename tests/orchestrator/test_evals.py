@@ -7,7 +7,8 @@ import json
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.evals import Cell, grid, load_dataset, read_jsonl, summarize, wilson
+from deploy.evaluate import load_dataset
+from orchestrator.evals import Cell, grid, read_jsonl, summarize, wilson
 
 
 def test_the_bundled_task_is_spread_over_levels_with_stable_unique_ids():

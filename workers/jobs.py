@@ -1,0 +1,43 @@
+"""Ray's job server (the Ray dashboard's job API) for evaluation jobs: the only place the service talks to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.errors import EngineUnavailable
+from orchestrator.protocols import JobInfo
+
+
+class RayJobs:
+    """Submit, inspect, read and stop jobs through Ray's JobSubmissionClient at ``address`` (blocking calls)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def _client(self) -> Any:
+        from ray.job_submission import JobSubmissionClient
+
+        try:
+            return JobSubmissionClient(self.address)
+        except Exception as err:  # noqa: BLE001 - any failure to reach the job server means the same to the caller
+            raise EngineUnavailable(f"the Ray job server at {self.address} is not reachable ({type(err).__name__})") from None
+
+    def submit(self, *, entrypoint: str, job_id: str, env: dict[str, str], metadata: dict[str, str]) -> None:
+        try:
+            self._client().submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env={"env_vars": env}, metadata=metadata)
+        except RuntimeError as err:  # the job server answered, but cannot take the job now
+            raise EngineUnavailable(f"the Ray job server refused the job: {str(err).strip()[:300]}", retry_after=5) from None
+
+    def info(self, job_id: str) -> JobInfo | None:
+        try:
+            i = self._client().get_job_info(job_id)
+        except RuntimeError:
+            return None
+        status = i.status.value if hasattr(i.status, "value") else str(i.status)
+        return JobInfo(id=i.submission_id, status=status, message=i.message or "", entrypoint=i.entrypoint, metadata=dict(i.metadata or {}))
+
+    def logs(self, job_id: str) -> str:
+        return self._client().get_job_logs(job_id)
+
+    def stop(self, job_id: str) -> None:
+        self._client().stop_job(job_id)
