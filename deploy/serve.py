@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +85,13 @@ def exposure(settings: Settings, *, has_keys: bool) -> Settings:
     return settings.model_copy(update={"require_api_key": True})
 
 
+def server_name(port: int) -> str:
+    """This server's lease id: stable across restarts on a fixed port, so a restart fails its leftovers at
+    once; with a random port (0) there is nothing stable, and the stale lease is reaped instead."""
+    host = socket.gethostname()
+    return f"{host}:{port}" if port else f"{host}:pid{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 @dataclass
 class Service:
     settings: Settings
@@ -89,14 +99,17 @@ class Service:
     store: Store
     controller: Controller
     app: FastAPI
+    server_id: str
+    _lease: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Service:
         connect_ray(settings.ray_address)
         store = Store.from_url(settings.database)
-        interrupted = await asyncio.to_thread(store.recover_interrupted)
+        server_id = settings.server_id or server_name(settings.port)
+        interrupted = await asyncio.to_thread(store.register_server, server_id)
         if interrupted:
-            log.warning("marked %d request(s) left running by a previous run as failed", interrupted)
+            log.warning("server %s: failed %d request(s) its previous run left unfinished", server_id, interrupted)
         settings = exposure(settings, has_keys=await asyncio.to_thread(store.has_api_keys))
         pool = await WorkerPool.from_config(pool_config(settings))
         controller = Controller(
@@ -115,10 +128,32 @@ class Service:
             limits=Limits(width=settings.limit_width, depth=settings.limit_depth, max_tokens=settings.limit_max_tokens),
             max_running=settings.max_running,
             max_queued=settings.max_queued,
+            server_id=server_id,
         )
-        return cls(settings, pool, store, controller, create_app(settings, controller, jobs=RayJobs(settings.jobs_address)))
+        app = create_app(settings, controller, jobs=RayJobs(settings.jobs_address))
+        service = cls(settings, pool, store, controller, app, server_id)
+        service._lease = asyncio.create_task(service._keep_lease(), name="tts-lease")
+        return service
+
+    async def _keep_lease(self) -> None:
+        """Heartbeat this server's lease; finish the requests of servers whose lease ran out."""
+        every = self.settings.lease_s / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(self.store.heartbeat, self.server_id)
+                reaped = await asyncio.to_thread(self.store.reap_servers, self.settings.lease_s)
+                if reaped:
+                    log.warning("failed %d request(s) left unfinished by servers whose lease ran out", reaped)
+            except Exception:  # noqa: BLE001 - a database hiccup must not stop the heartbeat for good
+                log.exception("lease heartbeat failed; retrying in %.0f s", every)
 
     async def stop(self) -> None:
+        if self._lease is not None:
+            self._lease.cancel()
+        left = await asyncio.to_thread(self.store.retire_server, self.server_id)
+        if left:
+            log.warning("server %s: failed %d request(s) still unfinished at shutdown", self.server_id, left)
         await self.pool.shutdown()
         self.store.engine.dispose()
 
@@ -155,7 +190,14 @@ class ServiceThread:
     def stop(self) -> None:
         self._server.should_exit = True
         try:
-            self._serving.result(30)
+            try:
+                self._serving.result(30)
+            except TimeoutError:
+                # uvicorn's own shutdown is bounded (5 s), so its loop was held up elsewhere: say where, then force it.
+                stuck = [repr(t.get_coro()) for t in asyncio.all_tasks(self._loop)]
+                log.warning("API still stopping after 30 s; forcing it. Tasks on its loop: %s", stuck)
+                self._server.force_exit = True
+                self._serving.result(30)
         finally:
             self.run(self.service.stop(), timeout=60)
             self._loop.call_soon_threadsafe(self._loop.stop)

@@ -8,7 +8,7 @@ import asyncio
 import math
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from pydantic import BaseModel
 
@@ -69,7 +69,9 @@ class Admission:
         return max(1, min(600, math.ceil(waves * self._mean_latency)))
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, before_wait: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[None]:
+        """Hold a run slot for the body. ``before_wait`` runs once the request has its place in the queue,
+        before it waits (the controller records the request there, so a refused one leaves no record)."""
         if self.running >= self.max_running and self.queued >= self.max_queued:
             raise Overloaded(
                 f"the server is busy: {self.running} requests running and {self.queued} queued (the queue holds {self.max_queued})",
@@ -78,9 +80,14 @@ class Admission:
         self.queued += 1
         self._changed()
         try:
+            if before_wait is not None:
+                await before_wait()
             await self._slots.acquire()
-        finally:
+        except BaseException:
             self.queued -= 1
+            self._changed()
+            raise
+        self.queued -= 1
         self.running += 1
         self._changed()
         start = asyncio.get_running_loop().time()

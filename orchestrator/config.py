@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     jobs_address: str = Field("http://127.0.0.1:8265", description="Ray job server (the Ray dashboard) that POST /v1/jobs submits to.")
     max_running: int = Field(64, ge=1, description="Requests running strategies at once; more wait in the queue.")
     max_queued: int = Field(256, ge=0, description="Requests waiting for a run slot; beyond it, 429 with Retry-After.")
+    server_id: str | None = Field(
+        None,
+        description="This server's name in the database's server leases; default: `<hostname>:<port>`. A server that "
+        "restarts under the same id fails at once what its previous run left unfinished; give each API replica its own.",
+    )
+    lease_s: float = Field(
+        30.0, ge=1, description="Server lease: heartbeat every lease/3 s; a server silent for longer is dead and its unfinished requests are failed."
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body (413 beyond it).")
     limit_width: int = Field(64, ge=1, description="Most samples, beams or tree width of a request (`n`, `width`, PDR schedule entries).")
     limit_depth: int = Field(64, ge=1, description="Most rounds, turns, steps or tree depth of a request.")

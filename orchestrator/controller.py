@@ -1,7 +1,9 @@
 """The controller: validates a reasoning request, records it, runs its strategy, records every sub-call.
 
-A request is recorded only once it has been validated, so bad input leaves no row at all; a recorded
-request always ends ``succeeded``, ``failed``, ``cancelled`` or ``budget_exhausted``.
+A request is recorded once it has been validated and the queue has room for it, so bad input and refused
+requests leave no row at all. A recorded request is ``queued``, then ``running``, and always ends
+``succeeded``, ``failed``, ``cancelled`` or ``budget_exhausted``; if its server dies first, the next server
+to start under its id, or any server once its lease has gone stale, fails it with the reason.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from orchestrator.budget import Budget, BudgetMeter, Price
 from orchestrator.context import StrategyContext, prompt_bound
 from orchestrator.db.models import RequestRecord
 from orchestrator.db.store import Store
-from orchestrator.errors import BudgetExceeded, Conflict, InvalidRequest, NotFound, QuotaExceeded, TTSError, UnknownModel, UnknownStrategy
+from orchestrator.errors import BudgetExceeded, Conflict, InvalidRequest, NotFound, Overloaded, QuotaExceeded, TTSError, UnknownModel, UnknownStrategy
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.protocols import AnswerVerifier, Engine, OutcomeScorer, Refiner, StepClustering, StepScorer, StrategySpec
-from orchestrator.types import Problem, Role, StrategyResult, SubCall, Usage
+from orchestrator.types import Problem, RequestState, Role, StrategyResult, SubCall, Usage
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class Controller:
         max_running: int = 64,
         max_queued: int = 256,
         metrics: ServiceMetrics | None = None,
+        server_id: str | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -102,6 +105,7 @@ class Controller:
         self.clusterer = clusterer
         self.draft_model = draft_model  # name of the model served as role "draft" (draft/target strategies)
         self.limits = limits or Limits()
+        self.server_id = server_id  # this server's lease (orchestrator.db.store.Store.register_server)
         self.metrics = metrics or ServiceMetrics()
         self.admission = Admission(max_running, max_queued, on_change=self._gauges)
         self._running: dict[str, asyncio.Task] = {}  # request id -> the task running it here (for cancel)
@@ -193,8 +197,7 @@ class Controller:
         budget = self.budget_for(req)
         prompt = req.prompt if req.prompt is not None else await self.engine.render_chat(role, req.messages)
         if tenant is None:
-            async with self.admission.slot():
-                return await self._run(req, spec, params, role, prompt, BudgetMeter(budget, prices=self.prices), tenant_id=None, on_event=on_event)
+            return await self._admit(req, spec, params, role, prompt, BudgetMeter(budget, prices=self.prices), tenant_id=None, on_event=on_event)
         if not await asyncio.to_thread(self.store.enter, tenant.id):
             self.metrics.rejected.labels("429").inc()
             raise QuotaExceeded(f"tenant {tenant.name!r} already has {tenant.max_concurrent} requests running", retry_after=1)
@@ -219,8 +222,7 @@ class Controller:
                     )
                 budget = replace(budget, total_tokens=granted)
             meter = BudgetMeter(budget, prices=self.prices)
-            async with self.admission.slot():
-                return await self._run(req, spec, params, role, prompt, meter, tenant_id=tenant.id, on_event=on_event)
+            return await self._admit(req, spec, params, role, prompt, meter, tenant_id=tenant.id, on_event=on_event)
         finally:
             # The tenant pays what the ledger holds: every token its calls reported, scoring included.
             spent = meter.spent_tokens if meter is not None else 0
@@ -228,7 +230,7 @@ class Controller:
                 await asyncio.shield(asyncio.to_thread(self.store.refund_tokens, tenant.id, granted - spent, day=day))
             await asyncio.shield(asyncio.to_thread(self.store.leave, tenant.id))
 
-    async def _run(
+    async def _admit(
         self,
         req: ReasoningRequest,
         spec: StrategySpec,
@@ -240,13 +242,56 @@ class Controller:
         tenant_id: str | None,
         on_event: Callable[[dict[str, object]], None] | None = None,
     ) -> ReasoningResponse:
+        """Record the request as ``queued`` once the queue has room for it (a refused request leaves no row),
+        then run it when a slot frees. Whatever happens after it is recorded, it ends in a final state."""
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        await self.store.acreate_request(
-            request_id=request_id, model=req.model, strategy=spec.name, params=params.model_dump(), prompt=prompt, tenant_id=tenant_id
-        )
+
+        async def accept() -> None:
+            await self.store.acreate_request(
+                request_id=request_id,
+                model=req.model,
+                strategy=spec.name,
+                params=params.model_dump(),
+                prompt=prompt,
+                tenant_id=tenant_id,
+                server_id=self.server_id,
+                state="queued",
+            )
+
         task = asyncio.current_task()
         if task is not None:
-            self._running[request_id] = task
+            self._running[request_id] = task  # queued or running here: DELETE cancels it
+        try:
+            async with self.admission.slot(before_wait=accept):
+                await self.store.astart_request(request_id)
+                return await self._run(req, spec, params, role, prompt, meter, request_id, on_event=on_event)
+        except Overloaded:
+            raise
+        except BaseException as err:
+            # The strategy records its own failures; this catches the rest (cancelled while queued, a failing
+            # database write, a listener that raised), so no accepted request is left queued or running.
+            state: RequestState = "cancelled" if isinstance(err, asyncio.CancelledError) else "failed"
+            reason = "cancelled by the caller" if state == "cancelled" else f"{type(err).__name__}: {getattr(err, 'message', err)}"
+            try:
+                await asyncio.shield(self.store.afinish_unfinished(request_id, state=state, error=reason))
+            except Exception:  # noqa: BLE001 - the original error matters more; the lease reaper finishes it later
+                log.exception("could not record the end of request %s", request_id)
+            raise
+        finally:
+            self._running.pop(request_id, None)
+
+    async def _run(
+        self,
+        req: ReasoningRequest,
+        spec: StrategySpec,
+        params: BaseModel,
+        role: Role,
+        prompt: str,
+        meter: BudgetMeter,
+        request_id: str,
+        *,
+        on_event: Callable[[dict[str, object]], None] | None = None,
+    ) -> ReasoningResponse:
         calls = 0
 
         async def sink(call: SubCall) -> None:
@@ -264,8 +309,6 @@ class Controller:
             state = "cancelled" if isinstance(err, asyncio.CancelledError) else "failed"
             self.metrics.finished(spec.name, state, time.perf_counter() - start)
             raise
-        finally:
-            self._running.pop(request_id, None)
         self.metrics.finished(spec.name, "budget_exhausted" if out.result.finish_reason == "budget" else "succeeded", out.latency_s)
         return replace(out, subcalls=calls)
 

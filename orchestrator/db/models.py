@@ -64,6 +64,17 @@ class Price(Base):
     completion_per_mtok: Mapped[float] = mapped_column(Float)
 
 
+class Server(Base):
+    """A live API server: it heartbeats ``heartbeat_at``; one whose heartbeat is stale has died, and any other
+    server finishes the requests it left behind."""
+
+    __tablename__ = "servers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 class RequestRecord(Base):
     __tablename__ = "requests"
 
@@ -71,6 +82,7 @@ class RequestRecord(Base):
     tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id", ondelete="SET NULL"), nullable=True, index=True)
     state: Mapped[str] = mapped_column(String(32), index=True)
     model: Mapped[str] = mapped_column(String(200))
+    server_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)  # the server that accepted it
     strategy: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict] = mapped_column(JSON)
     prompt: Mapped[str] = mapped_column(Text)

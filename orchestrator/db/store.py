@@ -6,16 +6,16 @@ import asyncio
 import hashlib
 import secrets
 import uuid
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
 
-from sqlalchemy import case, create_engine, event, func, select, update
+from sqlalchemy import case, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from orchestrator.db import migrate
-from orchestrator.db.models import ApiKey, CalibrationSet, EvalResult, EvalRun, Price, QuotaUsage, RequestRecord, SubCallRecord, Tenant
+from orchestrator.db.models import ApiKey, CalibrationSet, EvalResult, EvalRun, Price, QuotaUsage, RequestRecord, Server, SubCallRecord, Tenant
 from orchestrator.types import RequestState, StrategyResult, SubCall, Usage
 
 
@@ -46,16 +46,55 @@ class Store:
         migrate.upgrade(engine)  # the migrations own the schema; an up-to-date database is left as it is
         return cls(engine)
 
-    def recover_interrupted(self) -> int:
-        """Mark requests a crash left queued or running as failed, with the reason; returns how many."""
+    # ------------------------------------------------------------------------------------ server leases
+
+    def register_server(self, server_id: str) -> int:
+        """Server ``server_id`` starts. Whatever an earlier run under the same id (or a server from before
+        leases existed) left queued or running cannot finish any more: it is failed, with the reason. Returns
+        how many requests that was."""
+        now = datetime.now(timezone.utc)
         with self._session.begin() as s:
-            rows = s.scalars(select(RequestRecord).where(RequestRecord.state.in_(("queued", "running")))).all()
-            for rec in rows:
-                rec.state = "failed"
-                rec.error = "interrupted: the service stopped while this request was running"
-                rec.finished_at = datetime.now(timezone.utc)
-            s.execute(update(Tenant).values(running=0))  # nothing runs before the service is up
-            return len(rows)
+            owner = or_(RequestRecord.server_id == server_id, RequestRecord.server_id.is_(None))
+            n = _fail_unfinished(s, owner, f"interrupted: server {server_id} restarted before this request finished", now)
+            s.execute(delete(Server).where(Server.id == server_id))
+            s.add(Server(id=server_id, started_at=now, heartbeat_at=now))
+            _recount_tenants(s)
+            return n
+
+    def heartbeat(self, server_id: str) -> None:
+        with self._session.begin() as s:
+            now = datetime.now(timezone.utc)
+            if s.execute(update(Server).where(Server.id == server_id).values(heartbeat_at=now)).rowcount == 0:
+                s.add(Server(id=server_id, started_at=now, heartbeat_at=now))  # reaped while it was stalled: rejoin
+
+    def reap_servers(self, stale_after_s: float) -> int:
+        """Fail the unfinished requests of every server whose heartbeat is older than ``stale_after_s``, and
+        forget those servers. Any live server may run this; returns how many requests it failed."""
+        now = datetime.now(timezone.utc)
+        cutoff = now - timedelta(seconds=stale_after_s)
+        with self._session.begin() as s:
+            dead = s.execute(select(Server.id, Server.heartbeat_at).where(Server.heartbeat_at < cutoff)).all()
+            n = 0
+            for server_id, last in dead:
+                reason = f"interrupted: server {server_id} stopped answering (last heartbeat {last:%Y-%m-%d %H:%M:%S} UTC)"
+                n += _fail_unfinished(s, RequestRecord.server_id == server_id, reason, now)
+                s.execute(delete(Server).where(Server.id == server_id))
+            if dead:
+                _recount_tenants(s)
+            return n
+
+    def retire_server(self, server_id: str) -> int:
+        """Server ``server_id`` shuts down: fail what it still holds (the reason says so), drop its lease."""
+        now = datetime.now(timezone.utc)
+        with self._session.begin() as s:
+            n = _fail_unfinished(s, RequestRecord.server_id == server_id, f"interrupted: server {server_id} shut down before this request finished", now)
+            s.execute(delete(Server).where(Server.id == server_id))
+            _recount_tenants(s)
+            return n
+
+    def live_servers(self) -> list[str]:
+        with self._session() as s:
+            return list(s.scalars(select(Server.id).order_by(Server.id)))
 
     # ------------------------------------------------------------------------------------ tenants
 
@@ -271,21 +310,43 @@ class Store:
     def session(self) -> Session:
         return self._session()
 
-    def create_request(self, *, request_id: str, model: str, strategy: str, params: dict, prompt: str, tenant_id: str | None = None) -> None:
+    def create_request(
+        self,
+        *,
+        request_id: str,
+        model: str,
+        strategy: str,
+        params: dict,
+        prompt: str,
+        tenant_id: str | None = None,
+        server_id: str | None = None,
+        state: RequestState = "running",
+    ) -> None:
+        """Record an accepted request: ``queued`` (waiting for a run slot) or already ``running``."""
         with self._session.begin() as s:
             now = datetime.now(timezone.utc)
             s.add(
                 RequestRecord(
                     id=request_id,
                     tenant_id=tenant_id,
-                    state="running",
+                    server_id=server_id,
+                    state=state,
                     model=model,
                     strategy=strategy,
                     params=params,
                     prompt=prompt,
                     created_at=now,
-                    started_at=now,
+                    started_at=now if state == "running" else None,
                 )
+            )
+
+    def start_request(self, request_id: str) -> None:
+        """A queued request got its run slot."""
+        with self._session.begin() as s:
+            s.execute(
+                update(RequestRecord)
+                .where(RequestRecord.id == request_id, RequestRecord.state == "queued")
+                .values(state="running", started_at=datetime.now(timezone.utc))
             )
 
     def add_subcall(self, request_id: str, call: SubCall) -> None:
@@ -335,6 +396,16 @@ class Store:
             if result is not None:
                 rec.answer, rec.text, rec.finish_reason = result.answer, result.text, result.finish_reason
 
+    def finish_unfinished(self, request_id: str, *, state: RequestState, error: str) -> bool:
+        """End the request with ``state`` and ``error`` unless it has ended already; True if it had not."""
+        with self._session.begin() as s:
+            stmt = (
+                update(RequestRecord)
+                .where(RequestRecord.id == request_id, RequestRecord.state.in_(("queued", "running")))
+                .values(state=state, error=error, finished_at=datetime.now(timezone.utc))
+            )
+            return s.execute(stmt).rowcount == 1
+
     def get_request(self, request_id: str) -> RequestRecord | None:
         with self._session() as s:
             return s.scalar(
@@ -351,11 +422,36 @@ class Store:
     async def acreate_request(self, **kw: object) -> None:
         await asyncio.to_thread(self.create_request, **kw)  # type: ignore[arg-type]
 
+    async def astart_request(self, request_id: str) -> None:
+        await asyncio.to_thread(self.start_request, request_id)
+
+    async def afinish_unfinished(self, request_id: str, **kw: object) -> bool:
+        return await asyncio.to_thread(self.finish_unfinished, request_id, **kw)  # type: ignore[arg-type]
+
     async def aadd_subcall(self, request_id: str, call: SubCall) -> None:
         await asyncio.to_thread(self.add_subcall, request_id, call)
 
     async def afinish_request(self, request_id: str, **kw: object) -> None:
         await asyncio.to_thread(self.finish_request, request_id, **kw)  # type: ignore[arg-type]
+
+
+def _fail_unfinished(s: Session, owner: object, reason: str, now: datetime) -> int:
+    rows = s.scalars(select(RequestRecord).where(owner, RequestRecord.state.in_(("queued", "running")))).all()  # type: ignore[arg-type]
+    for rec in rows:
+        rec.state, rec.error, rec.finished_at = "failed", reason, now
+    return len(rows)
+
+
+def _recount_tenants(s: Session) -> None:
+    """Tenants' in-flight counts from the requests still unfinished (a dead server cannot decrement its own)."""
+    s.flush()
+    live = (
+        select(func.count())
+        .select_from(RequestRecord)
+        .where(RequestRecord.tenant_id == Tenant.id, RequestRecord.state.in_(("queued", "running")))
+        .scalar_subquery()
+    )
+    s.execute(update(Tenant).values(running=live))
 
 
 def _hash_key(key: str) -> str:

@@ -17,7 +17,7 @@ def store(request, tmp_path):
     s = Store.from_url(url)
     yield s
     with s.engine.begin() as conn:  # leave an empty database for the next test
-        conn.execute(text("TRUNCATE tenants, api_keys, quota_usage, requests, subcalls, prices, calibration_sets, eval_runs, eval_results CASCADE"))
+        conn.execute(text("TRUNCATE tenants, api_keys, quota_usage, requests, subcalls, prices, calibration_sets, eval_runs, eval_results, servers CASCADE"))
     s.engine.dispose()
 
 

@@ -33,16 +33,3 @@ def test_store_opens_an_up_to_date_database_as_it_is(tmp_path):
     store.create_request(request_id="r1", model="m", strategy="s", params={}, prompt="p")
     again = Store.from_url(url)
     assert again.get_request("r1") is not None
-
-
-def test_requests_left_running_by_a_crash_are_failed_at_start(store):
-    store.create_request(request_id="crashed", model="m", strategy="s", params={}, prompt="p")
-    store.create_request(request_id="done", model="m", strategy="s", params={}, prompt="p")
-    from orchestrator.types import Usage
-
-    store.finish_request("done", state="succeeded", usage=Usage(1, 2, 0))
-    assert store.recover_interrupted() == 1
-    crashed = store.get_request("crashed")
-    assert crashed.state == "failed" and "interrupted" in crashed.error and crashed.finished_at is not None
-    assert store.get_request("done").state == "succeeded"
-    assert store.recover_interrupted() == 0

@@ -1,0 +1,130 @@
+"""Request durability without an engine: accepted requests are recorded before they wait, every recorded
+request reaches a final state, and a dead server's requests are failed by its successor or by the lease reaper.
+Runs on SQLite and PostgreSQL (the ``store`` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import update
+
+from orchestrator.controller import Controller, ReasoningRequest
+from orchestrator.db.models import Server
+from orchestrator.errors import Overloaded
+from orchestrator.types import Usage
+from strategies import REGISTRY
+from tests.strategies.scripted import StepEngine
+from verifiers import TaskAnswerVerifier
+
+
+def _record(store, rid: str, server: str | None, state: str = "running", tenant: str | None = None) -> None:
+    store.create_request(request_id=rid, model="m", strategy="s", params={}, prompt="p", server_id=server, state=state, tenant_id=tenant)
+
+
+def test_a_restarted_server_fails_what_its_previous_run_left_and_nothing_else(store):
+    store.register_server("a")
+    store.register_server("b")
+    _record(store, "a-running", "a")
+    _record(store, "a-queued", "a", state="queued")
+    _record(store, "a-done", "a")
+    store.finish_request("a-done", state="succeeded", usage=Usage(1, 2, 0))
+    _record(store, "b-running", "b")
+    _record(store, "legacy", None)  # recorded before server leases existed
+
+    assert store.register_server("a") == 3
+    for rid in ("a-running", "a-queued", "legacy"):
+        rec = store.get_request(rid)
+        assert rec.state == "failed" and rec.finished_at is not None, rid
+        assert "restarted before this request finished" in rec.error
+    assert store.get_request("a-done").state == "succeeded"
+    assert store.get_request("b-running").state == "running"  # another live server's request is left alone
+    assert store.register_server("a") == 0
+
+
+def test_the_reaper_fails_requests_of_servers_whose_lease_ran_out_and_recounts_tenants(store):
+    tenant = store.create_tenant("t", max_concurrent=2)
+    store.register_server("dead")
+    store.register_server("alive")
+    assert store.enter(tenant) and store.enter(tenant)
+    _record(store, "d1", "dead", tenant=tenant)
+    _record(store, "a1", "alive", tenant=tenant)
+    assert not store.enter(tenant)  # both slots taken
+    with store.session() as s, s.begin():
+        s.execute(update(Server).where(Server.id == "dead").values(heartbeat_at=datetime.now(timezone.utc) - timedelta(seconds=120)))
+
+    assert store.reap_servers(60) == 1
+    d1 = store.get_request("d1")
+    assert d1.state == "failed" and "dead stopped answering" in d1.error
+    assert store.get_request("a1").state == "running"
+    assert store.live_servers() == ["alive"]
+    assert store.enter(tenant)  # the dead server's slot came back; the live one's did not
+    assert not store.enter(tenant)
+    assert store.reap_servers(60) == 0
+
+
+def test_a_stalled_server_rejoins_on_its_next_heartbeat_and_retiring_fails_its_leftovers(store):
+    store.register_server("s")
+    with store.session() as s, s.begin():
+        s.execute(update(Server).values(heartbeat_at=datetime.now(timezone.utc) - timedelta(seconds=120)))
+    store.reap_servers(60)
+    assert store.live_servers() == []
+    store.heartbeat("s")
+    assert store.live_servers() == ["s"]
+    _record(store, "left", "s", state="queued")
+    assert store.retire_server("s") == 1
+    assert "shut down before this request finished" in store.get_request("left").error
+    assert store.live_servers() == []
+
+
+def test_finishing_never_overwrites_a_final_state(store):
+    _record(store, "r", "s")
+    store.finish_request("r", state="succeeded", usage=Usage(1, 2, 0))
+    assert not store.finish_unfinished("r", state="failed", error="late")
+    assert store.get_request("r").state == "succeeded" and store.get_request("r").error is None
+
+
+class GatedEngine(StepEngine):
+    """Generation waits for ``gate``, so that requests pile up in the queue."""
+
+    def __init__(self) -> None:
+        super().__init__(depth=1)
+        self.gate = asyncio.Event()
+
+    async def generate(self, role, spec):
+        await self.gate.wait()
+        return await super().generate(role, spec)
+
+
+def test_queued_requests_are_recorded_before_they_wait_and_all_end_final(store):
+    async def go():
+        engine = GatedEngine()
+        ctl = Controller(
+            engine=engine, store=store, strategies=REGISTRY, verifier=TaskAnswerVerifier(), models={"target": "policy"},
+            max_request_tokens=10_000, max_running=1, max_queued=2, server_id="s",
+        )
+        req = ReasoningRequest(model="target", messages=(), prompt="Start at 3 and apply +4.\n", strategy="self_consistency", params={"n": 2})
+        tasks = [asyncio.create_task(ctl.reason(req)) for _ in range(3)]
+        await asyncio.sleep(0.5)
+        rows = store.list_requests(None, limit=10)
+        assert sorted(r.state for r in rows) == ["queued", "queued", "running"]
+        assert all(r.server_id == "s" for r in rows)
+        assert all(r.started_at is None for r in rows if r.state == "queued")
+        with pytest.raises(Overloaded):
+            await ctl.reason(req)
+        assert len(store.list_requests(None, limit=10)) == 3  # the refused one left no record
+
+        queued = next(r.id for r in rows if r.state == "queued")
+        assert (await ctl.cancel(queued, None)).state == "cancelled"  # DELETE while it waits
+        engine.gate.set()
+        done = [r for r in await asyncio.gather(*tasks, return_exceptions=True) if not isinstance(r, BaseException)]
+        assert len(done) == 2
+        states = {r.id: r for r in store.list_requests(None, limit=10)}
+        assert sorted(r.state for r in states.values()) == ["cancelled", "succeeded", "succeeded"]
+        for resp in done:
+            rec = states[resp.request_id]
+            assert rec.started_at is not None and rec.prompt_tokens + rec.completion_tokens == resp.usage.total_tokens > 0
+        assert (ctl.admission.running, ctl.admission.queued) == (0, 0)
+
+    asyncio.run(go())
