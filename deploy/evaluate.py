@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import List, Optional
 
@@ -83,6 +84,9 @@ async def run(settings: Settings, dataset_spec: str, strategies: list[str], budg
             "serve_prm": settings.serve_prm and bool(needs & {"prm", "judge"}),
             "serve_draft": settings.serve_draft and "draft" in needs,
             "serve_embedder": settings.serve_embedder and "clusterer" in needs,
+            # Its own lease, never the API's: a job on the API's host (which inherits its TTS_* environment)
+            # would otherwise take the API's id and fail the API's unfinished requests as a "restart".
+            "server_id": f"eval-{job_id or name}-{socket.gethostname()}-{os.getpid()}",
         }
     )
     service = await Service.start(settings)

@@ -68,15 +68,20 @@ class Admission:
         waves = (self.queued + 1) / self.max_running
         return max(1, min(600, math.ceil(waves * self._mean_latency)))
 
-    @asynccontextmanager
-    async def slot(self, before_wait: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[None]:
-        """Hold a run slot for the body. ``before_wait`` runs once the request has its place in the queue,
-        before it waits (the controller records the request there, so a refused one leaves no record)."""
+    def check(self) -> None:
+        """Refuse now (:class:`Overloaded`) if a request arriving now would find the queue full; lets the
+        caller skip the work it would do before taking a slot."""
         if self.running >= self.max_running and self.queued >= self.max_queued:
             raise Overloaded(
                 f"the server is busy: {self.running} requests running and {self.queued} queued (the queue holds {self.max_queued})",
                 retry_after=self.retry_after(),
             )
+
+    @asynccontextmanager
+    async def slot(self, before_wait: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[None]:
+        """Hold a run slot for the body. ``before_wait`` runs once the request has its place in the queue,
+        before it waits (the controller records the request there, so a refused one leaves no record)."""
+        self.check()
         self.queued += 1
         self._changed()
         try:

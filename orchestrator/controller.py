@@ -191,6 +191,7 @@ class Controller:
             if req.strategy == "auto":
                 req = await asyncio.to_thread(self.resolve_auto, req)
             spec, params, role = self.validate(req)
+            self.admission.check()  # a full queue refuses before any engine call (rendering the chat is one)
         except TTSError as err:
             self.metrics.rejected.labels(str(err.status)).inc()
             raise
@@ -265,7 +266,8 @@ class Controller:
             async with self.admission.slot(before_wait=accept):
                 await self.store.astart_request(request_id)
                 return await self._run(req, spec, params, role, prompt, meter, request_id, on_event=on_event)
-        except Overloaded:
+        except Overloaded:  # the queue filled up while this request rendered its prompt
+            self.metrics.rejected.labels("429").inc()
             raise
         except BaseException as err:
             # The strategy records its own failures; this catches the rest (cancelled while queued, a failing

@@ -52,6 +52,10 @@ class RoleConfig(BaseModel):
     cpus: float = Field(
         0.25, gt=0, description="Ray CPUs per replica. The actor mostly waits; vLLM's engine-core process does the work."
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each replica needs (e.g. `{ gpu_node = 1 }`): pins the role to the nodes that offer them.",
+    )
     seed: int = Field(0, description="Engine seed; replica i uses seed + i.")
     max_num_seqs: int = Field(256, ge=1, description="Most sequences an engine runs at once.")
 

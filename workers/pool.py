@@ -99,6 +99,9 @@ class EngineActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()
@@ -237,11 +240,13 @@ class WorkerSpec:
     remote_model: str | None = None
     api_key: str | None = None
     embedder_path: Path | None = None  # role "embedder": a sentence-transformers directory
+    resources: tuple[tuple[str, float], ...] = ()  # custom Ray resources per replica (pins a role to nodes)
 
     @classmethod
     def from_config(cls, role: Role, rc: RoleConfig) -> WorkerSpec:
+        pinned = tuple(sorted(rc.resources.items()))
         if role == "embedder":
-            return cls(role, replicas=rc.replicas, num_cpus=rc.cpus, embedder_path=rc.model)
+            return cls(role, replicas=rc.replicas, num_cpus=rc.cpus, embedder_path=rc.model, resources=pinned)
         if rc.url is not None:
             return cls(role, replicas=rc.replicas, remote_url=rc.url, remote_model=rc.served_model or role, api_key=rc.api_key)
         assert rc.model is not None
@@ -254,7 +259,7 @@ class WorkerSpec:
             max_num_seqs=rc.max_num_seqs,
             seed=rc.seed,
         )
-        return cls(role, engine=engine, replicas=rc.replicas, num_cpus=rc.cpus, num_gpus=rc.gpus)
+        return cls(role, engine=engine, replicas=rc.replicas, num_cpus=rc.cpus, num_gpus=rc.gpus, resources=pinned)
 
 
 # ---------------------------------------------------------------------------------------------- the pool
@@ -300,7 +305,12 @@ class WorkerPool:
                     continue
                 if spec.role == "embedder":
                     handle = EmbedderActor.options(
-                        name=f"tts-{tag}-{name}", num_cpus=spec.num_cpus, max_restarts=max_restarts, max_concurrency=4
+                        name=f"tts-{tag}-{name}",
+                        num_cpus=spec.num_cpus,
+                        resources=dict(spec.resources),
+                        max_restarts=max_restarts,
+                        max_concurrency=4,
+                        scheduling_strategy="SPREAD",
                     ).remote(spec.embedder_path, name)
                     replicas.setdefault(spec.role, []).append(ActorReplica(name, handle))
                     continue
@@ -309,8 +319,11 @@ class WorkerPool:
                     name=f"tts-{tag}-{name}",
                     num_cpus=spec.num_cpus,
                     num_gpus=spec.num_gpus,
+                    resources=dict(spec.resources),
                     max_concurrency=1000,
                     max_restarts=max_restarts,
+                    # Replicas of a role on different nodes where it can: one node's loss then takes one replica.
+                    scheduling_strategy="SPREAD",
                     max_task_retries=0,  # the pool decides about retries: it knows which calls are safe to repeat
                 ).remote(replace(spec.engine, seed=spec.engine.seed + i), name)
                 replicas.setdefault(spec.role, []).append(ActorReplica(name, handle))

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -25,8 +25,14 @@ def _config(connection) -> Config:  # noqa: ANN001 - a SQLAlchemy connection
     return cfg
 
 
+MIGRATION_LOCK = 746_515_001  # PostgreSQL advisory lock key: one upgrader at a time
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Several API replicas starting at once on an empty database would race to create the same tables.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         command.upgrade(_config(conn), revision)
 
 

@@ -399,12 +399,14 @@ class Store:
     def finish_unfinished(self, request_id: str, *, state: RequestState, error: str) -> bool:
         """End the request with ``state`` and ``error`` unless it has ended already; True if it had not."""
         with self._session.begin() as s:
-            stmt = (
-                update(RequestRecord)
-                .where(RequestRecord.id == request_id, RequestRecord.state.in_(("queued", "running")))
-                .values(state=state, error=error, finished_at=datetime.now(timezone.utc))
+            rec = s.scalar(
+                select(RequestRecord).where(RequestRecord.id == request_id, RequestRecord.state.in_(("queued", "running"))).with_for_update()
             )
-            return s.execute(stmt).rowcount == 1
+            if rec is None:
+                return False
+            rec.state, rec.error, rec.finished_at = state, error, datetime.now(timezone.utc)
+            _total_from_subcalls(s, rec)
+            return True
 
     def get_request(self, request_id: str) -> RequestRecord | None:
         with self._session() as s:
@@ -436,10 +438,27 @@ class Store:
 
 
 def _fail_unfinished(s: Session, owner: object, reason: str, now: datetime) -> int:
+    """Fail the matching unfinished requests; their totals become what their recorded sub-calls add up to,
+    since the server that would have written them is gone."""
     rows = s.scalars(select(RequestRecord).where(owner, RequestRecord.state.in_(("queued", "running")))).all()  # type: ignore[arg-type]
     for rec in rows:
         rec.state, rec.error, rec.finished_at = "failed", reason, now
+        _total_from_subcalls(s, rec)
     return len(rows)
+
+
+def _total_from_subcalls(s: Session, rec: RequestRecord) -> None:
+    generated = SubCallRecord.verifier_tokens == 0
+    p, c, k, v, cost = s.execute(
+        select(
+            func.coalesce(func.sum(case((generated, SubCallRecord.prompt_tokens), else_=0)), 0),
+            func.coalesce(func.sum(case((generated, SubCallRecord.completion_tokens), else_=0)), 0),
+            func.coalesce(func.sum(case((generated, SubCallRecord.cached_tokens), else_=0)), 0),
+            func.coalesce(func.sum(SubCallRecord.verifier_tokens), 0),
+            func.coalesce(func.sum(SubCallRecord.cost_usd), 0.0),
+        ).where(SubCallRecord.request_id == rec.id)
+    ).one()
+    rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens, rec.verifier_tokens, rec.cost_usd = int(p), int(c), int(k), int(v), float(cost)
 
 
 def _recount_tenants(s: Session) -> None:

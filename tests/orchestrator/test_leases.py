@@ -13,7 +13,7 @@ from sqlalchemy import update
 from orchestrator.controller import Controller, ReasoningRequest
 from orchestrator.db.models import Server
 from orchestrator.errors import Overloaded
-from orchestrator.types import Usage
+from orchestrator.types import SubCall, Usage
 from strategies import REGISTRY
 from tests.strategies.scripted import StepEngine
 from verifiers import TaskAnswerVerifier
@@ -32,8 +32,12 @@ def test_a_restarted_server_fails_what_its_previous_run_left_and_nothing_else(st
     store.finish_request("a-done", state="succeeded", usage=Usage(1, 2, 0))
     _record(store, "b-running", "b")
     _record(store, "legacy", None)  # recorded before server leases existed
+    store.add_subcall("a-running", SubCall(0, "sample", "policy", "", 4, Usage(10, 40, 3), 0.1, "policy-0", ("stop",) * 4))
+    store.add_subcall("a-running", SubCall(1, "score", "prm", "", 1, Usage(50, 0, 0), 0.1, "prm-0", ("stop",), kind="score"))
 
     assert store.register_server("a") == 3
+    crashed = store.get_request("a-running")  # its totals are what its sub-calls recorded
+    assert (crashed.prompt_tokens, crashed.completion_tokens, crashed.cached_tokens, crashed.verifier_tokens) == (10, 40, 3, 50)
     for rid in ("a-running", "a-queued", "legacy"):
         rec = store.get_request(rid)
         assert rec.state == "failed" and rec.finished_at is not None, rid

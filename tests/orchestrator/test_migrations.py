@@ -33,3 +33,15 @@ def test_store_opens_an_up_to_date_database_as_it_is(tmp_path):
     store.create_request(request_id="r1", model="m", strategy="s", params={}, prompt="p")
     again = Store.from_url(url)
     assert again.get_request("r1") is not None
+
+
+def test_replicas_starting_together_on_an_empty_postgresql_all_come_up(postgres_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = create_engine(postgres_url)
+    migrate.downgrade(engine, "base")
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: Store.from_url(postgres_url).engine.dispose(), range(4)))  # each runs the upgrade
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
+    engine.dispose()

@@ -22,6 +22,14 @@ def test_file_and_env_overrides(tmp_path):
     assert local.engine is not None and local.replicas == 3 and local.num_gpus == 0
 
 
+def test_a_role_is_pinned_to_nodes_by_custom_resources(tmp_path):
+    f = tmp_path / "workers.toml"
+    f.write_text('[roles.policy]\nmodel = "models/target"\ngpus = 1\nresources = { gpu_node = 1 }\n[roles.prm]\nmodel = "models/prm"\n')
+    cfg = load_pool_config(f, env={})
+    assert WorkerSpec.from_config("policy", cfg.roles["policy"]).resources == (("gpu_node", 1.0),)
+    assert WorkerSpec.from_config("prm", cfg.roles["prm"]).resources == ()
+
+
 def test_defaults_without_a_file():
     cfg = load_pool_config(None, env={}, default_roles={"policy": {"model": "models/draft"}})
     assert list(cfg.roles) == ["policy"] and cfg.roles["policy"].max_model_len == 512
