@@ -362,13 +362,13 @@ def soak(
 
 @cli.command()
 def nodes(
-    requests: int = typer.Option(120, help="Requests to send."),
+    requests: int = typer.Option(160, help="Requests to send."),
     concurrency: int = typer.Option(16, help="Requests in flight at once."),
     n: int = typer.Option(4, help="self_consistency samples per request."),
     max_tokens: int = typer.Option(128, help="Most tokens per sample."),
     out: Optional[Path] = typer.Option(None, help="Result JSON (default bench/results/reliability-nodes.json)."),
 ) -> None:
-    """Three nodes, one policy replica each; a worker node is removed a third of the way through."""
+    """Three nodes, one policy replica each; a worker node is removed a quarter of the way through."""
     import ray
 
     folder = Path(tempfile.mkdtemp(prefix="nodes"))
@@ -377,19 +377,25 @@ def nodes(
         pool = svc.service.pool
         names = pool.replica_names("policy")
 
-        def placement() -> dict[str, str]:
-            out = {}
-            for name in names:
-                handle = pool.replica(name).handle
-                wait_restarted(handle)  # a replica lost with its node comes back on another one
-                out[name] = ray.get(handle.node_id.remote(), timeout=60)
-            return out
+        def placement(avoid: str | None = None, timeout_s: float = 300) -> dict[str, str]:
+            """Where each replica runs; with ``avoid``, wait until none is reported on that (removed) node:
+            Ray restarts a replica lost with its node on a surviving one."""
+            deadline = time.monotonic() + timeout_s
+            while True:
+                out = {}
+                for name in names:
+                    handle = pool.replica(name).handle
+                    wait_restarted(handle)
+                    out[name] = ray.get(handle.node_id.remote(), timeout=60)
+                if avoid not in out.values() or time.monotonic() > deadline:
+                    return out
+                time.sleep(1)
 
         before = placement()
         workers = [node for node in c.worker_nodes if node.node_id in before.values()]
         victim = workers[0] if workers else None
         removed: dict[str, Any] = {}
-        mark = requests // 3
+        mark = requests // 4
         done = 0
         fire = asyncio.Event()
 
@@ -404,9 +410,10 @@ def nodes(
             if victim is None:
                 return
             hosted = [name for name, node in before.items() if node == victim.node_id]
+            removed.update({"node": victim.node_id[:12], "replicas_on_it": hosted, "after_completed": done})
             t = time.perf_counter()
             await asyncio.to_thread(c.remove_node, victim, False)
-            removed.update({"node": victim.node_id[:12], "replicas_on_it": hosted, "after_completed": done, "remove_s": round(time.perf_counter() - t, 1)})
+            removed.update({"completed_when_gone": done, "remove_s": round(time.perf_counter() - t, 1)})
 
         async def run() -> list[Outcome]:
             r = asyncio.create_task(remover())
@@ -418,7 +425,7 @@ def nodes(
         t0 = time.perf_counter()
         outcomes = asyncio.run(run())
         wall = time.perf_counter() - t0
-        after = placement()  # Ray restarted the lost replica on a surviving node
+        after = placement(avoid=victim.node_id if victim else None)
         short = lambda p: {k: v[:12] for k, v in p.items()}  # noqa: E731
         report = {
             "scenario": "nodes",
@@ -437,6 +444,10 @@ def nodes(
         extra.append(f"replicas did not spread over the three nodes: {report['placement_before']}")
     if not removed.get("replicas_on_it"):
         extra.append("no node holding a replica was removed")
+    elif removed["completed_when_gone"] >= requests:
+        extra.append("the node was gone only after the load had ended: send more requests")
+    elif set(report["placement_after"].values()) & {removed["node"]}:
+        extra.append("the lost replica was not restarted on a surviving node")
     finish(report, out, "nodes", allow_errors=True, extra=extra)
 
 

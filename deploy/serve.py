@@ -170,7 +170,8 @@ class ServiceThread:
         self.service: Service = self.run(Service.start(settings))
         # A bounded shutdown: requests still running after it are cancelled (and recorded as such).
         config = uvicorn.Config(
-            self.service.app, host=self.service.settings.host, port=settings.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=5
+            self.service.app, host=self.service.settings.host, port=settings.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=5,
+            timeout_keep_alive=settings.keep_alive_s,
         )
         self._server = uvicorn.Server(config)
         self._serving = asyncio.run_coroutine_threadsafe(self._server.serve(), self._loop)
@@ -208,7 +209,10 @@ async def serve(settings: Settings) -> None:
     t0 = time.perf_counter()
     service = await Service.start(settings)
     settings = service.settings
-    config = uvicorn.Config(service.app, host=settings.host, port=settings.port, log_level="info", lifespan="off", timeout_graceful_shutdown=30)
+    config = uvicorn.Config(
+        service.app, host=settings.host, port=settings.port, log_level="info", lifespan="off", timeout_graceful_shutdown=30,
+        timeout_keep_alive=settings.keep_alive_s,
+    )
     server = uvicorn.Server(config)
     log.info("service ready in %.1f s: http://%s:%d (database %s)", time.perf_counter() - t0, settings.host, settings.port, settings.database)
     try:

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     lease_s: float = Field(
         30.0, ge=1, description="Server lease: heartbeat every lease/3 s; a server silent for longer is dead and its unfinished requests are failed."
     )
+    keep_alive_s: int = Field(
+        65,
+        ge=1,
+        description="Seconds an idle HTTP keep-alive connection stays open. Longer than clients' own idle expiry "
+        "(httpx and the openai SDK: 5 s), so that a client never reuses a connection the server is closing.",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body (413 beyond it).")
     limit_width: int = Field(64, ge=1, description="Most samples, beams or tree width of a request (`n`, `width`, PDR schedule entries).")
     limit_depth: int = Field(64, ge=1, description="Most rounds, turns, steps or tree depth of a request.")

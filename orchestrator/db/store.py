@@ -20,10 +20,13 @@ from orchestrator.types import RequestState, StrategyResult, SubCall, Usage
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI connection
-    # WAL lets the dashboard read while requests write; busy_timeout rides out short write locks.
+    # WAL lets the dashboard read while requests write. Under load (dozens of requests recording sub-calls
+    # on a busy disk) writers queue for the lock for seconds: busy_timeout must outlast that, and
+    # synchronous=NORMAL (safe in WAL against a process crash) keeps each commit from waiting on an fsync.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 

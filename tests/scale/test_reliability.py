@@ -49,12 +49,13 @@ def test_soak_with_two_worker_kills_loses_nothing_and_keeps_the_ledger_exact(tmp
 
 
 def test_removing_a_node_of_three_mid_load_loses_nothing(tmp_path):
-    report = _scenario(tmp_path, "nodes", "--requests", "90", "--concurrency", "16")
-    _no_request_lost(report, 90)
+    report = _scenario(tmp_path, "nodes", "--requests", "160", "--concurrency", "16")
+    _no_request_lost(report, 160)
     assert report["distinct_nodes_before"] == 3  # one replica per node
-    lost = report["removed"]["replicas_on_it"]
-    assert len(lost) == 1 and report["placement_after"][lost[0]] != report["removed"]["node"]
-    assert report["latency"]["succeeded"] >= 85, report["outcomes"]
+    removed = report["removed"]
+    assert len(removed["replicas_on_it"]) == 1 and removed["completed_when_gone"] < 160  # it went away mid-load
+    assert report["placement_after"][removed["replicas_on_it"][0]] != removed["node"]  # restarted elsewhere
+    assert report["latency"]["succeeded"] >= 155, report["outcomes"]
 
 
 def test_64_concurrent_clients_get_answers_without_errors(tmp_path):
