@@ -71,7 +71,9 @@ class Admission:
     def check(self) -> None:
         """Refuse now (:class:`Overloaded`) if a request arriving now would find the queue full; lets the
         caller skip the work it would do before taking a slot."""
-        if self.running >= self.max_running and self.queued >= self.max_queued:
+        # Counted as a total: a request is ``queued`` from the moment it passes here, before it awaits anything,
+        # so arrivals racing through the controller's recording step cannot overfill the queue.
+        if self.running + self.queued >= self.max_running + self.max_queued:
             raise Overloaded(
                 f"the server is busy: {self.running} requests running and {self.queued} queued (the queue holds {self.max_queued})",
                 retry_after=self.retry_after(),

@@ -38,6 +38,28 @@ def test_admission_runs_max_running_queues_max_queued_and_refuses_the_rest():
     asyncio.run(go())
 
 
+def test_arrivals_racing_through_an_awaiting_admission_step_cannot_overfill_the_queue():
+    async def go():
+        adm = Admission(1, 1)
+        release = asyncio.Event()
+
+        async def record():  # the controller writes the queued record here: other arrivals run meanwhile
+            await asyncio.sleep(0.01)
+
+        async def job():
+            async with adm.slot(before_wait=record):
+                await release.wait()
+
+        tasks = [asyncio.create_task(job()) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        assert (adm.running, adm.queued) == (1, 1)
+        release.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [type(r).__name__ for r in results].count("Overloaded") == 2
+
+    asyncio.run(go())
+
+
 def test_limits_name_the_parameter_and_the_setting():
     limits = Limits(width=8, depth=20, max_tokens=64)
     limits.check(REGISTRY["self_consistency"].params(n=8, max_tokens=64))  # at the limit: fine
