@@ -265,7 +265,7 @@ class Controller:
         try:
             async with self.admission.slot(before_wait=accept):
                 await self.store.astart_request(request_id)
-                return await self._run(req, spec, params, role, prompt, meter, request_id, on_event=on_event)
+                return await self._run(_Job(req, spec, params, role, prompt, meter, request_id, on_event))
         except Overloaded:  # the queue filled up while this request rendered its prompt
             self.metrics.rejected.labels("429").inc()
             raise
@@ -282,18 +282,8 @@ class Controller:
         finally:
             self._running.pop(request_id, None)
 
-    async def _run(
-        self,
-        req: ReasoningRequest,
-        spec: StrategySpec,
-        params: BaseModel,
-        role: Role,
-        prompt: str,
-        meter: BudgetMeter,
-        request_id: str,
-        *,
-        on_event: Callable[[dict[str, object]], None] | None = None,
-    ) -> ReasoningResponse:
+    async def _run(self, job: _Job) -> ReasoningResponse:
+        spec, request_id, on_event = job.spec, job.request_id, job.on_event
         calls = 0
 
         async def sink(call: SubCall) -> None:
@@ -306,7 +296,7 @@ class Controller:
         try:
             if on_event is not None:
                 on_event({"stage": "started", "request_id": request_id})
-            out = await self._execute(req, spec, params, role, prompt, meter, request_id, sink, on_event)
+            out = await self._execute(job, sink)
         except BaseException as err:
             state = "cancelled" if isinstance(err, asyncio.CancelledError) else "failed"
             self.metrics.finished(spec.name, state, time.perf_counter() - start)
@@ -314,18 +304,10 @@ class Controller:
         self.metrics.finished(spec.name, "budget_exhausted" if out.result.finish_reason == "budget" else "succeeded", out.latency_s)
         return replace(out, subcalls=calls)
 
-    async def _execute(
-        self,
-        req: ReasoningRequest,
-        spec: StrategySpec,
-        params: BaseModel,
-        role: Role,
-        prompt: str,
-        meter: BudgetMeter,
-        request_id: str,
-        sink: Callable[[SubCall], object],
-        on_event: Callable[[dict[str, object]], None] | None,
-    ) -> ReasoningResponse:
+    async def _execute(self, job: _Job, sink: Callable[[SubCall], object]) -> ReasoningResponse:
+        req, spec, params, role, prompt, meter, request_id, on_event = (
+            job.req, job.spec, job.params, job.role, job.prompt, job.meter, job.request_id, job.on_event
+        )
         budget = meter.budget
 
         ctx = StrategyContext(
@@ -410,6 +392,20 @@ class Controller:
         task.cancel()
         await asyncio.wait({task})
         return await asyncio.to_thread(self.lookup, request_id, tenant_id)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One admitted request, as the controller's run and execute steps need it."""
+
+    req: ReasoningRequest
+    spec: StrategySpec
+    params: BaseModel
+    role: Role
+    prompt: str
+    meter: BudgetMeter
+    request_id: str
+    on_event: Callable[[dict[str, object]], None] | None
 
 
 @dataclass(frozen=True)
