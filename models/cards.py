@@ -49,26 +49,55 @@ def goals_table(headline: dict) -> str:
     return "\n".join(rows)
 
 
+def recipe_time(timings: dict) -> str:
+    """Stage times as run, and for stages trained on a GPU the CPU time their measured CPU step rate gives."""
+    from models.recipe import STAGES
+
+    devices = timings.get("device", {})
+    rates = timings.get("cpu_seconds_per_step", {})
+    timings = {k: timings[k] for k in STAGES if isinstance(timings.get(k), (int, float))}
+    ran = [f"{k} {v / 60:.1f} min ({devices.get(k, 'cpu')})" for k, v in timings.items()]
+    text = ", ".join(ran) or "see recipe_timings.json"
+    on_gpu = {k: r for k, r in rates.items() if devices.get(k, "cpu") != "cpu" or k not in timings}
+    if on_gpu:
+        total = sum(r["seconds"] for r in on_gpu.values()) + sum(v for k, v in timings.items() if k not in on_gpu)
+        parts = ", ".join(f"{k} {r['steps']} steps x {r['per_step']:.2f} s = {r['seconds'] / 60:.0f} min" for k, r in on_gpu.items())
+        text += f". On 2 CPU cores (measured seconds per step): {parts}; the whole recipe about {total / 60:.0f} min on CPU"
+    return text
+
+
 def _common(metrics: dict) -> str:
     s = metrics["settings"]
-    timings = metrics.get("recipe_timings", {})
-    timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) or "see recipe_timings.json"
+    timing = recipe_time(metrics.get("recipe_timings", {}))
     return f"""## How it was measured
 vLLM {metrics.get('vllm_version', '')} on CPU, float32, the test split: {s['problems']} problems
 ({s['problems_per_level']} per difficulty level 1-5), {s['samples']} samples each at temperature
 {s['temperature']}, top_p 1.0, at most {s['max_tokens']} new tokens, engine seed {s['seed']}.
 Reproduce the numbers with `{EVAL_CMD}`; retrain everything from scratch with `{RECIPE_CMD}`
-(fixed seeds; stage times on 2 CPU cores: {timing}).
+(add `--device cuda` to train on a GPU). Fixed seeds; a GPU and a CPU run give different weights of
+similar quality. Stage times: {timing}.
 
 ## Format
 Prompt: the question and a newline (the chat template renders a user message the same way), e.g.
 `Start at 37 and apply +48, *3.` Solution: one step per line (`37+48=85`), optional corrections
 (`wait, 85*3=255`), then `Answer: <integer>`, then EOS. Refine prompts add a workspace after the question
-(per-step values and answers of earlier drafts with counts, ended by `---`), see `models/task.py`.
+(the step lines and answers of earlier drafts with counts, ended by `---`), see `models/task.py`.
 
 ## All goals of the bundled models
 {goals_table(metrics['headline'])}
 """
+
+
+def _refine_tune_line(tr: dict) -> str:
+    rt = tr.get("refine_tune")
+    if not rt:
+        return ""
+    return (
+        f"\n- Then refine-tuned: {rt['config']['steps']} steps ({rt['train_tokens'] / 1e6:.1f}M tokens) on refine prompts whose "
+        f"workspaces hold {rt['drafts_per_problem']} of its own drafts (random subsets) of {rt['problems']} train-split problems, "
+        f"{_pct(rt['solve_fraction'])} solve examples mixed in; final loss {rt['final_loss']}; "
+        f"{rt['train_seconds'] / 60:.1f} min on {rt['config'].get('device', 'cpu')}."
+    )
 
 
 def policy_card(name: str, metrics: dict, model_dir: Path) -> str:
@@ -87,10 +116,11 @@ A {tr.get('params', 0) / 1e6:.2f}M-parameter Llama (character-level tokenizer sh
 trained from scratch on the bundled chained-arithmetic task, for the test-time scaling service's tests,
 benchmarks and offline default. Not a general language model.
 
-- Training: {tr.get('train_tokens', 0) / 1e6:.1f}M tokens of train-split problems (levels 1-5 uniformly),
-  {_pct(tr.get('refine_fraction', 0))} of examples in the refine format, 10% of traces with a masked slip
-  followed by a `wait,` correction; final loss {tr.get('final_loss')}; {tr.get('train_seconds', 0) / 60:.1f} min.
-- Settings: {json.dumps(tr.get('config', {}))}
+- Training: {tr.get('train_tokens', 0) / 1e6:.1f}M tokens (rows of whole examples) of train-split problems
+  (levels 1-5 uniformly), {_pct(tr.get('refine_fraction', 0))} of examples in the refine format, 10% of traces
+  with a masked slip followed by a `wait,` correction; final loss {tr.get('final_loss')};
+  {tr.get('train_seconds', 0) / 60:.1f} min on {tr.get('config', {}).get('device', 'cpu')}.
+- Settings: {json.dumps(tr.get('config', {}))}{_refine_tune_line(tr)}
 
 ## Results (test split)
 | metric | value |
@@ -119,9 +149,11 @@ Input: the prompt, then each step followed by ` ки` and a newline. A step's sc
 scores every step of a solution). Label of a step: the exact checker's *on track* verdict (the trace's
 value after the step is the true intermediate value).
 
-- Training data: {tr.get('train_examples', 0)} solutions to train-split problems sampled from `draft` and
-  `target` with vLLM (temperature 0.8), every step labelled by the checker; so its errors are the
-  policies' real errors. {tr.get('train_seconds', 0) / 60:.1f} min, final loss {tr.get('final_loss')}.
+- Training data: {tr.get('train_examples', 0)} labelled traces of train-split problems:
+  {tr.get('train_examples', 0) - tr.get('simulated_examples', 0)} solutions sampled from `draft` and `target` with vLLM (temperature 0.8), every step labelled by the checker, so its errors
+  are the policies' real errors; plus {tr.get('simulated_examples', 0)} simulated drafts (reference
+  solutions with random arithmetic slips carried forward), which contrast a right step with the same step
+  slipped. {tr.get('train_seconds', 0) / 60:.1f} min on {tr.get('config', {}).get('device', 'cpu')}, final loss {tr.get('final_loss')}.
 - Settings: {json.dumps(tr.get('config', {}))}
 
 ## Results (test split, samples of both policies)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,13 @@ def prm_step_scores(llm, items: Sequence[tuple[str, Sequence[str]]]) -> list[lis
 # -------------------------------------------------------------------------------------------- PRM data
 
 
-def write_prm_data(out: Path, *, problems: int, samples: int, temperature: float) -> int:
-    """Sample train-split solutions from both policies, label each step with the exact checker."""
+def write_prm_data(out: Path, *, problems: int, samples: int, temperature: float, simulated: int = 0) -> int:
+    """Sample train-split solutions from both policies, label each step with the exact checker.
+
+    ``simulated`` extra traces per problem come from :func:`task.simulated_draft` (the reference solution
+    with random arithmetic slips carried forward). The policies' samples hold few clean contrasts of a
+    right step against the same step slipped, and the first PRM trained on them alone scored a step and its
+    corrupted copy alike; the simulated traces supply those contrasts."""
     probs = task.generate("train", problems, seed=777)
     prompts = [task.prompt_for(p.question) for p in probs]
     rows = []
@@ -91,15 +97,39 @@ def write_prm_data(out: Path, *, problems: int, samples: int, temperature: float
                 labels = [v.on_track for v in task.check_steps(p, s.text)]
                 rows.append({"policy": policy, "question": p.question, "steps": steps, "labels": labels})
         del llm
+    rng = random.Random("prm-data")
+    for p in probs:
+        for _ in range(simulated):
+            text = task.simulated_draft(p, rng, slip_rate=rng.choice([0.1, 0.2, 0.35]))
+            labels = [v.on_track for v in task.check_steps(p, text)]
+            rows.append({"policy": "simulated", "question": p.question, "steps": task.split_steps(text), "labels": labels})
     path = out / "prm_data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return len(rows)
 
 
-def load_prm_examples(out: Path) -> list[tuple[list[int], list[int]]]:
+def write_refine_data(out: Path, *, problems: int, drafts: int, temperature: float) -> int:
+    """Sample ``drafts`` solutions per train-split problem from ``target``, for its refine-tune stage."""
+    probs = task.generate("train", problems, seed=555)
+    llm = engine(out / "target", seed=2)
+    groups = sample(llm, [task.prompt_for(p.question) for p in probs], n=drafts, temperature=temperature)
+    del llm
+    rows = [{"question": p.question, "drafts": [s.text for s in g]} for p, g in zip(probs, groups)]
+    (out / "refine_data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return len(rows)
+
+
+def load_refine_rows(out: Path) -> list[tuple[task.Problem, list[str]]]:
+    rows = [json.loads(line) for line in (out / "refine_data.jsonl").read_text().splitlines()]
+    return [(task.parse_question(r["question"]), r["drafts"]) for r in rows]
+
+
+def load_prm_examples(out: Path) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """The PRM's training examples and how many of them are simulated drafts."""
     tok = tok_mod.build()
     rows = [json.loads(line) for line in (out / "prm_data.jsonl").read_text().splitlines()]
-    return [prm_example(tok, r["question"], r["steps"], r["labels"]) for r in rows]
+    simulated = sum(r["policy"] == "simulated" for r in rows)
+    return [prm_example(tok, r["question"], r["steps"], r["labels"]) for r in rows], simulated
 
 
 # ------------------------------------------------------------------------------------------ evaluation

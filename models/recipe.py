@@ -1,14 +1,20 @@
-"""Retrain the bundled models from scratch on CPU, then measure them with vLLM and write their model cards.
+"""Retrain the bundled models from scratch (CPU by default), then measure them with vLLM and write their model cards.
 
-    python -m models.recipe                      # every stage, about 80 minutes on 2 cores
+    python -m models.recipe                      # every stage on CPU (see the model cards for stage times)
+    python -m models.recipe --device cuda        # the training stages on a GPU (a few minutes)
     python -m models.recipe --stages evaluate    # re-measure the committed weights only
 
 Stages, in order (each reads what the previous ones wrote under --out, default models/):
   draft, target   train the two policies on the task's train split (solve + refine formats)
+  refine-data     sample 8 drafts per train-split problem from `target` with vLLM
+  refine-tune     continue training `target` on refine prompts built from those drafts
   prm-data        sample solutions to train-split problems from both policies with vLLM, label every step
   prm             fine-tune a copy of `target` into a Math-Shepherd-style PRM on those labels
   evaluate        measure everything on the test split with vLLM; write metrics.json and the model cards
-All seeds are fixed, so a rerun reproduces the committed weights up to floating-point nondeterminism.
+  time-cpu        (only when named) seconds per CPU training step of each training stage, for the cards
+All seeds are fixed, so a rerun on the same kind of device reproduces the committed weights up to floating-point
+nondeterminism; a CPU and a GPU run give different weights of similar quality (the model cards say which device
+trained each stage).
 """
 
 from __future__ import annotations
@@ -20,22 +26,69 @@ import os
 import time
 from pathlib import Path
 
-STAGES = ("draft", "target", "prm-data", "prm", "evaluate")
+STAGES = ("draft", "target", "refine-data", "refine-tune", "prm-data", "prm", "evaluate")
+EXTRA_STAGES = ("time-cpu",)  # run only when named
 DEFAULT_OUT = Path(__file__).resolve().parent
 
-# Chosen so the whole recipe fits in about 80 minutes on 2 CPU cores (see the model cards for timings).
+# Rows are 16 x 512 tokens of whole examples (see train.row_batches): refine examples need the length, and
+# in the GPU sweep of this recipe 16 rows per step learned more per token than 32 (same tokens: 45.9% vs
+# 32.3% pass@1). Pass@1 grew steeply with steps: 31% at 2400, 49% at 2800, 89% at 4800 (32 rows), so the
+# target stops where its pass@1 sits inside the 40-75% band the strategies need.
 POLICY_RECIPES = {
-    # The draft is deliberately trained for fewer steps: draft/target strategies need a clearly weaker draft.
-    "draft": {"steps": 700, "lr": 3e-3, "refine_fraction": 0.25},
-    # At lr 2e-3 with 4 heads of 64 the target stalled at loss 0.68 without learning to copy operands; with 8 heads
-    # of 32 and 1000 steps at 1.5e-3 it was still improving at the end (loss 0.33, pass@1 21.5%).
-    "target": {"steps": 1600, "lr": 2.5e-3, "warmup": 150, "refine_fraction": 0.25},
+    # The draft must stay well below the target (>= 15 points) yet solve easy problems, for draft/target strategies.
+    "draft": {"steps": 2000, "batch": 16, "seq_len": 512, "lr": 3e-3, "warmup": 50, "refine_fraction": 0.25},
+    "target": {"steps": 2800, "batch": 16, "seq_len": 512, "lr": 2.5e-3, "warmup": 100, "refine_fraction": 0.25},
 }
-PRM_RECIPE = {"steps": 400, "lr": 5e-4, "batch": 32}
-PRM_DATA = {"problems": 1200, "samples": 4, "temperature": 0.8}
+# The target's last stage: refine examples whose workspaces hold its own drafts (see train.refine_tune).
+REFINE_DATA = {"problems": 2000, "drafts": 8, "temperature": 0.8}
+REFINE_TUNE = {"steps": 300, "lr": 5e-4, "warmup": 20, "batch": 16, "seq_len": 512, "solve_fraction": 0.3}
+PRM_RECIPE = {"steps": 600, "lr": 5e-4, "batch": 32}
+PRM_DATA = {"problems": 1200, "samples": 4, "temperature": 0.8, "simulated": 2}
 
 
-def run(stages: list[str], out: Path) -> None:
+def policy_config(name: str, device: str = "cpu"):
+    from models import train
+
+    r = POLICY_RECIPES[name]
+    return train.TrainConfig(
+        steps=r["steps"], lr=r["lr"], warmup=r["warmup"], batch=r["batch"], seq_len=r["seq_len"], device=device
+    )
+
+
+def refine_config(device: str = "cpu"):
+    from models import train
+
+    r = REFINE_TUNE
+    return train.TrainConfig(steps=r["steps"], lr=r["lr"], warmup=r["warmup"], batch=r["batch"], seq_len=r["seq_len"], device=device)
+
+
+def prm_config(device: str = "cpu"):
+    from models import train
+
+    return train.TrainConfig(steps=PRM_RECIPE["steps"], lr=PRM_RECIPE["lr"], batch=PRM_RECIPE["batch"], warmup=20, device=device)
+
+
+def time_cpu(out: Path, steps: int = 8) -> dict:
+    """Seconds per training step on this machine's CPU for each training stage, and the stage time they give.
+
+    For weights trained on a GPU this is what says how long the CPU recipe takes."""
+    from models import measure, train
+
+    rates = {}
+    for name in POLICY_RECIPES:
+        cfg = policy_config(name)
+        per_step = train.seconds_per_step(name, cfg, steps=steps)
+        rates[name] = {"steps": cfg.steps, "per_step": round(per_step, 3), "seconds": round(per_step * cfg.steps, 1)}
+    # Refine-tune steps have the target's model and row shape, so they cost what its steps cost.
+    cfg = refine_config()
+    rates["refine-tune"] = {"steps": cfg.steps, "per_step": rates["target"]["per_step"], "seconds": round(rates["target"]["per_step"] * cfg.steps, 1)}
+    cfg = prm_config()
+    per_step = train.seconds_per_step("prm", cfg, steps=steps, prm_examples=measure.load_prm_examples(out)[0], init_dir=out / "target")
+    rates["prm"] = {"steps": cfg.steps, "per_step": round(per_step, 3), "seconds": round(per_step * cfg.steps, 1)}
+    return rates
+
+
+def run(stages: list[str], out: Path, device: str = "cpu") -> None:
     from models import train
 
     train.set_threads()
@@ -43,10 +96,18 @@ def run(stages: list[str], out: Path) -> None:
     for stage in stages:
         t0 = time.time()
         if stage in POLICY_RECIPES:
-            r = POLICY_RECIPES[stage]
-            cfg = train.TrainConfig(steps=r["steps"], lr=r["lr"], warmup=r.get("warmup", 50))
-            info = train.train_policy(stage, out / stage, cfg, refine_fraction=r["refine_fraction"])
+            info = train.train_policy(stage, out / stage, policy_config(stage, device), refine_fraction=POLICY_RECIPES[stage]["refine_fraction"])
             print(f"{stage}: {info['params']} params, loss {info['final_loss']}, {info['train_seconds']} s")
+        elif stage == "refine-data":
+            from models import measure
+
+            n = measure.write_refine_data(out, **REFINE_DATA)
+            print(f"refine-data: {n} problems with {REFINE_DATA['drafts']} drafts each")
+        elif stage == "refine-tune":
+            from models import measure
+
+            info = train.refine_tune(out / "target", measure.load_refine_rows(out), refine_config(device), solve_fraction=REFINE_TUNE["solve_fraction"])
+            print(f"refine-tune: loss {info['final_loss']}, {info['train_seconds']} s")
         elif stage == "prm-data":
             from models import measure
 
@@ -55,10 +116,12 @@ def run(stages: list[str], out: Path) -> None:
         elif stage == "prm":
             from models import measure
 
-            examples = measure.load_prm_examples(out)
-            cfg = train.TrainConfig(steps=PRM_RECIPE["steps"], lr=PRM_RECIPE["lr"], batch=PRM_RECIPE["batch"], warmup=20)
-            info = train.train_prm(out / "target", out / "prm", examples, cfg)
+            examples, simulated = measure.load_prm_examples(out)
+            info = train.train_prm(out / "target", out / "prm", examples, prm_config(device), simulated=simulated)
             print(f"prm: {info['params']} params, loss {info['final_loss']}, {info['train_seconds']} s")
+        elif stage == "time-cpu":
+            rates = time_cpu(out)
+            print(json.dumps(rates, indent=2))
         elif stage == "evaluate":
             from models import measure
 
@@ -68,7 +131,11 @@ def run(stages: list[str], out: Path) -> None:
             raise SystemExit(f"unknown stage {stage!r}; expected some of {', '.join(STAGES)}")
         timings_path = out / "recipe_timings.json"
         timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-        timings[stage] = round(time.time() - t0, 1)
+        if stage == "time-cpu":
+            timings["cpu_seconds_per_step"] = rates
+        else:
+            timings[stage] = round(time.time() - t0, 1)
+            timings.setdefault("device", {})[stage] = device if stage in ("draft", "target", "refine-tune", "prm") else "cpu"
         timings_path.write_text(json.dumps(timings, indent=2) + "\n")
 
 
@@ -76,13 +143,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {STAGES}")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where model directories are written")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device for the training stages (cpu, cuda); sampling and evaluation use vLLM on CPU"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"))
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in STAGES + EXTRA_STAGES]
     if unknown:
         parser.error(f"unknown stages {unknown}; expected some of {list(STAGES)}")
-    run(stages, args.out)
+    run(stages, args.out, args.device)
 
 
 if __name__ == "__main__":

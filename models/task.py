@@ -40,6 +40,9 @@ ANSWER_PREFIX = "Answer: "
 CORRECTION_PREFIX = "wait, "
 WORKSPACE_HEADER = "Workspace from {n} drafts:"
 WORKSPACE_END = "---"
+# Entries kept per workspace line: with three, a level-5 refine prompt plus its solution outgrew the
+# 512-token context the bundled models are trained on.
+WORKSPACE_TOP = 2
 
 _STEP_RE = re.compile(r"^(-?\d+)([+\-*])(\d+)=(-?\d+)$")
 _ANSWER_RE = re.compile(r"^Answer:\s*(.*)$")
@@ -296,21 +299,22 @@ def check_steps(problem: Problem, text: str, *, delimiter: str = "\n") -> list[S
     return verdicts
 
 
-def step_values(problem: Problem, text: str) -> tuple[list[int | None], int | None]:
-    """The value a trace claims after each operation (None where it never got there) and its answer."""
-    values: list[int | None] = [None] * len(problem.ops)
+def step_lines(problem: Problem, text: str) -> tuple[list[str | None], int | None]:
+    """The step line (``a<op>b=c``, correction prefix dropped) a trace last wrote for each operation (None
+    where it never got there) and its answer."""
+    lines: list[str | None] = [None] * len(problem.ops)
     k = 0
     for raw in split_steps(text):
         correction = raw.startswith(CORRECTION_PREFIX)
-        m = _STEP_RE.match(raw[len(CORRECTION_PREFIX):] if correction else raw)
-        if not m:
+        body = raw[len(CORRECTION_PREFIX):] if correction else raw
+        if not _STEP_RE.match(body):
             continue
         if correction and k > 0:
             k -= 1
-        if k < len(values):
-            values[k] = int(m.group(4))
+        if k < len(lines):
+            lines[k] = body
             k += 1
-    return values, extract_answer(text)
+    return lines, extract_answer(text)
 
 
 # ----------------------------------------------------------------------------------------------- refining
@@ -318,44 +322,49 @@ def step_values(problem: Problem, text: str) -> tuple[list[int | None], int | No
 
 @dataclass(frozen=True)
 class Workspace:
-    """A bounded distillation of several drafts: for every operation the values drafts reached, with counts,
-    and the final answers with counts. At most ``top`` values are kept per line, so its size is bounded by
-    the number of operations, whatever the number or length of the drafts."""
+    """A bounded distillation of several drafts: for every operation the step lines drafts wrote, with
+    counts, and the final answers with counts. At most ``top`` entries are kept per line, so its size is
+    bounded by the number of operations, whatever the number or length of the drafts.
+
+    Entries are whole step lines (``85*3=255 x5``) rather than bare values: a model that has written
+    ``85*3=`` finds the same text in the workspace and reads the value after it, a lookup small
+    transformers learn easily. The first format listed bare values by step number, which the bundled
+    target never learned to use (its refine round was no better than a fresh sample)."""
 
     n_drafts: int
-    steps: tuple[tuple[tuple[int, int], ...], ...]
+    steps: tuple[tuple[tuple[str, int], ...], ...]
     answers: tuple[tuple[int, int], ...]
 
     def render(self) -> str:
-        def tally(pairs: tuple[tuple[int, int], ...]) -> str:
+        def tally(pairs: tuple[tuple[object, int], ...]) -> str:
             return ", ".join(f"{v} x{c}" for v, c in pairs) or "none"
 
         lines = [WORKSPACE_HEADER.format(n=self.n_drafts)]
-        lines += [f"step {k + 1}: {tally(p)}" for k, p in enumerate(self.steps)]
+        lines += [tally(p) for p in self.steps]
         lines.append(f"answer: {tally(self.answers)}")
         lines.append(WORKSPACE_END)
         return "\n".join(lines)
 
 
-def distill(problem: Problem, drafts: Sequence[str], *, top: int = 3) -> Workspace:
-    """Tally the per-step values and answers of ``drafts`` (most common first, ties by value)."""
-    per_step: list[Counter[int]] = [Counter() for _ in problem.ops]
+def distill(problem: Problem, drafts: Sequence[str], *, top: int = WORKSPACE_TOP) -> Workspace:
+    """Tally the per-step lines and answers of ``drafts`` (most common first, ties by text or value)."""
+    per_step: list[Counter[str]] = [Counter() for _ in problem.ops]
     answers: Counter[int] = Counter()
     for text in drafts:
-        values, answer = step_values(problem, text)
-        for k, v in enumerate(values):
-            if v is not None:
-                per_step[k][v] += 1
+        lines, answer = step_lines(problem, text)
+        for k, line in enumerate(lines):
+            if line is not None:
+                per_step[k][line] += 1
         if answer is not None:
             answers[answer] += 1
 
-    def best(c: Counter[int]) -> tuple[tuple[int, int], ...]:
+    def best(c: Counter) -> tuple:
         return tuple(sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:top])
 
     return Workspace(len(drafts), tuple(best(c) for c in per_step), best(answers))
 
 
-def refine_prompt(problem: Problem, drafts: Sequence[str], *, top: int = 3) -> str:
+def refine_prompt(problem: Problem, drafts: Sequence[str], *, top: int = WORKSPACE_TOP) -> str:
     """The prompt for one refine call: the question, then the workspace distilled from ``drafts``."""
     return f"{problem.question}\n{distill(problem, drafts, top=top).render()}\n"
 

@@ -49,6 +49,7 @@ class TrainConfig:
     warmup: int = 50
     weight_decay: float = 0.01
     seed: int = 0
+    device: str = "cpu"
 
 
 def llama_config(shape: Shape, vocab_size: int) -> LlamaConfig:
@@ -83,24 +84,32 @@ def encode(tok: Tokenizer, example: task.Example) -> tuple[list[int], list[int]]
     return ids, mask
 
 
-def packed_batches(
+def row_batches(
     examples: Iterator[tuple[list[int], list[int]]], batch: int, seq_len: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Concatenate examples into one stream and cut it into ``batch`` x ``seq_len`` blocks.
+    """Fill ``batch`` x ``seq_len`` blocks with whole examples, padding each row's tail (masked out).
 
-    Packing wastes no compute on padding; an example sees the tail of the previous one, which is harmless
-    because every example starts with a self-contained question."""
-    buf_ids: list[int] = []
-    buf_mask: list[int] = []
-    need = batch * (seq_len + 1)
+    No example is ever cut across rows: a refine example whose workspace landed in one row and its
+    solution in the next taught the model to solve without seeing the workspace (the first recipe packed
+    a plain stream and its refine round lost 24 points to pass@1). Several short examples share a row; a
+    later one sees the earlier ones, which is harmless because every example starts with a self-contained
+    question."""
+    width = seq_len + 1
+    rows: list[tuple[list[int], list[int]]] = []
+    row_ids: list[int] = []
+    row_mask: list[int] = []
     for ids, mask in examples:
-        buf_ids += ids
-        buf_mask += mask
-        if len(buf_ids) >= need:
-            x = torch.tensor(buf_ids[:need]).view(batch, seq_len + 1)
-            m = torch.tensor(buf_mask[:need]).view(batch, seq_len + 1)
-            buf_ids, buf_mask = buf_ids[need:], buf_mask[need:]
-            yield x, m
+        if len(ids) > width:
+            raise ValueError(f"an example of {len(ids)} tokens does not fit a row of {width}; raise seq_len")
+        if len(row_ids) + len(ids) > width:
+            pad = width - len(row_ids)
+            rows.append((row_ids + [0] * pad, row_mask + [0] * pad))
+            row_ids, row_mask = [], []
+            if len(rows) == batch:
+                yield torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+                rows = []
+        row_ids = row_ids + ids
+        row_mask = row_mask + mask
 
 
 def _schedule(step: int, cfg: TrainConfig) -> float:
@@ -124,13 +133,14 @@ def _fit(
     cfg: TrainConfig,
     desc: str,
 ) -> list[float]:
+    model.to(cfg.device)
     opt = _optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, cfg))
     model.train()
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc=desc, mininterval=30, disable=False)
     for _ in bar:
-        loss = loss_fn(model, next(batches))
+        loss = loss_fn(model, tuple(t.to(cfg.device, non_blocking=True) for t in next(batches)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -172,7 +182,7 @@ def train_policy(name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction:
     n_params = sum(p.numel() for p in model.parameters())
     stream = (encode(tok, ex) for ex in policy_examples(cfg.seed, refine_fraction=refine_fraction))
     t0 = time.time()
-    losses = _fit(model, packed_batches(stream, cfg.batch, cfg.seq_len), _lm_loss, cfg, f"train {name}")
+    losses = _fit(model, row_batches(stream, cfg.batch, cfg.seq_len), _lm_loss, cfg, f"train {name}")
     info = {
         "params": n_params,
         "train_seconds": round(time.time() - t0, 1),
@@ -182,8 +192,51 @@ def train_policy(name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction:
         "refine_fraction": refine_fraction,
         "config": asdict(cfg),
     }
-    save_model(model, out_dir, info)
+    save_model(model.cpu(), out_dir, info)
     return info
+
+
+def own_draft_examples(
+    rows: Sequence[tuple[task.Problem, Sequence[str]]], seed: int, *, solve_fraction: float, min_drafts: int = 4
+) -> Iterator[task.Example]:
+    """An endless, seeded stream of refine examples whose workspaces come from a policy's own sampled drafts
+    (``rows``: a problem and its drafts; a random subset of at least ``min_drafts`` of them per example),
+    mixed with plain solve examples so the policy keeps solving from scratch."""
+    rng = random.Random(f"own-drafts:{seed}")
+    solve = policy_examples(seed + 1, refine_fraction=0.0)
+    while True:
+        for i in rng.sample(range(len(rows)), len(rows)):
+            if rng.random() < solve_fraction:
+                yield next(solve)
+            problem, drafts = rows[i]
+            subset = rng.sample(list(drafts), rng.randint(min(min_drafts, len(drafts)), len(drafts)))
+            yield task.Example(task.refine_prompt(problem, subset), tuple(task.training_trace(problem, rng, backtrack_rate=0.1)))
+
+
+def refine_tune(model_dir: Path, rows: Sequence[tuple[task.Problem, Sequence[str]]], cfg: TrainConfig, *, solve_fraction: float) -> dict:
+    """Continue training the policy in ``model_dir`` on refine examples built from its own drafts, in place.
+
+    Simulated drafts slip in ways the policy does not, and with them the target learned to ignore the
+    workspace; its own drafts hold its own mistakes, which is what a refine round has to see past."""
+    torch.manual_seed(cfg.seed)
+    tok = tok_mod.build()
+    model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    stream = (encode(tok, ex) for ex in own_draft_examples(rows, cfg.seed, solve_fraction=solve_fraction))
+    t0 = time.time()
+    losses = _fit(model, row_batches(stream, cfg.batch, cfg.seq_len), _lm_loss, cfg, "refine-tune")
+    info = json.loads((model_dir / "training.json").read_text())
+    info["refine_tune"] = {
+        "train_seconds": round(time.time() - t0, 1),
+        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        "loss_every_50_steps": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)],
+        "problems": len(rows),
+        "drafts_per_problem": max(len(d) for _, d in rows),
+        "solve_fraction": solve_fraction,
+        "train_tokens": cfg.steps * cfg.batch * cfg.seq_len,
+        "config": asdict(cfg),
+    }
+    save_model(model.cpu(), model_dir, info)
+    return info["refine_tune"]
 
 
 # -------------------------------------------------------------------------------------------------- PRM
@@ -241,8 +294,11 @@ def train_prm(
     out_dir: Path,
     examples: list[tuple[list[int], list[int]]],
     cfg: TrainConfig,
+    *,
+    simulated: int = 0,
 ) -> dict:
-    """Fine-tune a copy of the policy in ``init_dir`` into a PRM on labelled step examples."""
+    """Fine-tune a copy of the policy in ``init_dir`` into a PRM on labelled step examples (``simulated`` of
+    them from simulated drafts, recorded for the model card)."""
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM.from_pretrained(init_dir, torch_dtype=torch.float32)
     t0 = time.time()
@@ -252,11 +308,48 @@ def train_prm(
         "train_seconds": round(time.time() - t0, 1),
         "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
         "train_examples": len(examples),
+        "simulated_examples": simulated,
         "initialised_from": init_dir.name,
         "config": asdict(cfg),
     }
-    save_model(model, out_dir, info)
+    save_model(model.cpu(), out_dir, info)
     return info
+
+
+def seconds_per_step(
+    name: str,
+    cfg: TrainConfig,
+    *,
+    steps: int = 8,
+    prm_examples: list[tuple[list[int], list[int]]] | None = None,
+    init_dir: Path | None = None,
+) -> float:
+    """Median wall time of a training step of stage ``name`` (a policy shape, or "prm") on ``cfg.device``,
+    after one warm-up step; the weights are thrown away."""
+    torch.manual_seed(cfg.seed)
+    tok = tok_mod.build()
+    if name == "prm":
+        if prm_examples is None or init_dir is None:
+            raise ValueError("timing the prm stage needs its examples and the policy it starts from")
+        model = LlamaForCausalLM.from_pretrained(init_dir, torch_dtype=torch.float32)
+        batches: Iterator[tuple[torch.Tensor, ...]] = _prm_batches(prm_examples, cfg.batch, cfg.seed)
+        loss_fn = _prm_loss
+    else:
+        model = LlamaForCausalLM(llama_config(SHAPES[name], tok.get_vocab_size()))
+        stream = (encode(tok, ex) for ex in policy_examples(cfg.seed, refine_fraction=0.25))
+        batches = row_batches(stream, cfg.batch, cfg.seq_len)
+        loss_fn = _lm_loss
+    model.to(cfg.device).train()
+    opt = _optimizer(model, cfg)
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        loss = loss_fn(model, tuple(t.to(cfg.device) for t in next(batches)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[steps // 2]
 
 
 def save_model(model: LlamaForCausalLM, out_dir: Path, info: dict) -> None:

@@ -18,7 +18,7 @@ from verifiers.answers import TaskAnswerVerifier
 class TaskRefiner:
     """The bundled arithmetic task. Questions it cannot parse get the :class:`TextRefiner` treatment."""
 
-    def __init__(self, *, top: int = 3) -> None:
+    def __init__(self, *, top: int = task.WORKSPACE_TOP) -> None:
         self.top = top
         self._fallback = TextRefiner(TaskAnswerVerifier())
 

@@ -62,10 +62,11 @@ def test_workspace_is_bounded_and_counts_drafts():
     drafts = ["10+5=15\n15*2=30\nAnswer: 30"] * 5 + ["10+5=16\n16*2=32\nAnswer: 32"] * 2 + ["garbage"]
     ws = task.distill(p, drafts)
     assert ws.n_drafts == 8
-    assert ws.steps[0] == ((15, 5), (16, 2))
+    assert ws.steps[0] == (("10+5=15", 5), ("10+5=16", 2))
     assert ws.answers == ((30, 5), (32, 2))
+    assert ws.render().split("\n")[1:3] == ["10+5=15 x5, 10+5=16 x2", "15*2=30 x5, 16*2=32 x2"]
     many = [f"10+5={v}\n{v}*2={2 * v}\nAnswer: {2 * v}" for v in range(100)]
-    assert all(len(s) <= 3 for s in task.distill(p, many).steps)
+    assert all(len(s) <= task.WORKSPACE_TOP for s in task.distill(p, many).steps)
     prompt = task.refine_prompt(p, drafts)
     assert prompt.startswith(p.question + "\n") and prompt.endswith(task.WORKSPACE_END + "\n")
 
@@ -78,3 +79,19 @@ def test_training_traces_mask_the_slip_only():
     assert len(masked) == 1
     text = "".join(s.text for s in trace)
     assert task.CORRECTION_PREFIX in text and task.check_answer(p, text).correct
+
+
+def test_refine_examples_fit_the_training_rows():
+    # train.row_batches refuses an example longer than a row; the longest refine example (level 5, eight
+    # drafts that disagree everywhere, a correction line) must fit the 512-token context with room to spare.
+    from models import tokenizer as tok_mod
+    from models.train import encode
+
+    tok = tok_mod.build()
+    rng = random.Random(1)
+    longest = 0
+    for p in task.generate("train", 200, seed=3, levels=[5]):
+        drafts = [task.simulated_draft(p, rng, slip_rate=0.5) for _ in range(8)]
+        ex = task.Example(task.refine_prompt(p, drafts), tuple(task.training_trace(p, rng, backtrack_rate=1.0)))
+        longest = max(longest, len(encode(tok, ex)[0]))
+    assert longest <= tok_mod.MODEL_MAX_LENGTH - 32, longest
