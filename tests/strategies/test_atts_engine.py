@@ -43,8 +43,9 @@ def calibrated(service):
 
 
 # Known miss since the third-recipe models (issue 2): at alpha 0.3 the held-out rate is 548/1500 = 0.365,
-# 0.015 beyond the tolerance, the same in CI and alone (seeded); 0.1 and 0.5 hold. The calibration set is
-# collected with nothing rejected, the held-out chunks follow target rewrites, so they are not exchangeable.
+# 0.015 beyond the tolerance, the same in CI and alone (seeded); 0.1 and 0.5 hold. Every rate sits above its
+# alpha (bench.atts: 0.139, 0.335, 0.545); the likely cause, not yet measured: the calibration chunks are
+# drafted with nothing rejected, held-out chunks follow target rewrites, so they are not exchangeable.
 # Strict: the mark must go once the rate is back inside the tolerance.
 _ALPHA_03 = pytest.param(
     0.3, marks=pytest.mark.xfail(strict=True, reason="held-out rejection rate 0.365 at alpha 0.3 with the third-recipe models")
