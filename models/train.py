@@ -159,6 +159,14 @@ def _lm_loss(model: LlamaForCausalLM, batch: tuple[torch.Tensor, ...]) -> torch.
     return torch.nn.functional.cross_entropy(logits[learn], target[learn])
 
 
+def loss_summary(losses: Sequence[float]) -> dict:
+    """What training.json keeps of a loss curve: the mean of the last 50 steps and the mean of every 50."""
+    return {
+        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        "loss_every_50_steps": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)],
+    }
+
+
 def policy_examples(
     seed: int, *, refine_fraction: float, backtrack_rate: float = 0.1
 ) -> Iterator[task.Example]:
@@ -186,8 +194,7 @@ def train_policy(name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction:
     info = {
         "params": n_params,
         "train_seconds": round(time.time() - t0, 1),
-        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-        "loss_every_50_steps": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)],
+        **loss_summary(losses),
         "train_tokens": cfg.steps * cfg.batch * cfg.seq_len,
         "refine_fraction": refine_fraction,
         "config": asdict(cfg),
@@ -227,8 +234,7 @@ def refine_tune(model_dir: Path, rows: Sequence[tuple[task.Problem, Sequence[str
     info = json.loads((model_dir / "training.json").read_text())
     info["refine_tune"] = {
         "train_seconds": round(time.time() - t0, 1),
-        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-        "loss_every_50_steps": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)],
+        **loss_summary(losses),
         "problems": len(rows),
         "drafts_per_problem": max(len(d) for _, d in rows),
         "solve_fraction": solve_fraction,
@@ -306,7 +312,7 @@ def train_prm(
     info = {
         "params": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(time.time() - t0, 1),
-        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        "final_loss": loss_summary(losses)["final_loss"],
         "train_examples": len(examples),
         "simulated_examples": simulated,
         "initialised_from": init_dir.name,
