@@ -15,7 +15,7 @@ GOALS = [
     ("draft at least 15 points below target", lambda h: h["target_minus_draft"] >= 0.15),
     ("maj@16 at least +10 points over pass@1", lambda h: h["maj@16_gain"] >= 0.10),
     ("pass@16 at least +25 points over pass@1", lambda h: h["pass@16_gain"] >= 0.25),
-    ("PRM step AUROC >= 0.85", lambda h: h["prm_step_auroc"] >= 0.85),
+    ("PRM step AUROC >= 0.85 (both policies' steps pooled)", lambda h: h["prm_step_auroc"] >= 0.85),
     ("PRM-weighted best-of-16 at least +5 points over maj@16", lambda h: h["prm_weighted_bo16_gain_over_maj16"] >= 0.05),
     ("correct traces shorter than incorrect", lambda h: h["tokens_correct_vs_incorrect"][0] < h["tokens_correct_vs_incorrect"][1]),
     ("one refine round at least +10 points over pass@1", lambda h: h["refine_gain_over_pass@1"] >= 0.10),
@@ -138,6 +138,10 @@ benchmarks and offline default. Not a general language model.
 {_common(metrics)}"""
 
 
+def _sources(tr: dict) -> str:
+    return ", ".join(f"{n} {name}" for name, n in tr.get("sources", {}).items()) or "sources not recorded"
+
+
 def prm_card(metrics: dict, model_dir: Path) -> str:
     p = metrics["prm"]
     tr = _training(model_dir)
@@ -149,11 +153,12 @@ Input: the prompt, then each step followed by ` ки` and a newline. A step's sc
 scores every step of a solution). Label of a step: the exact checker's *on track* verdict (the trace's
 value after the step is the true intermediate value).
 
-- Training data: {tr.get('train_examples', 0)} labelled traces of train-split problems:
-  {tr.get('train_examples', 0) - tr.get('simulated_examples', 0)} solutions sampled from `draft` and `target` with vLLM (temperature 0.8), every step labelled by the checker, so its errors
-  are the policies' real errors; plus {tr.get('simulated_examples', 0)} simulated drafts (reference
-  solutions with random arithmetic slips carried forward), which contrast a right step with the same step
-  slipped. {tr.get('train_seconds', 0) / 60:.1f} min on {tr.get('config', {}).get('device', 'cpu')}, final loss {tr.get('final_loss')}.
+- Training data: {tr.get('train_examples', 0)} labelled traces of train-split problems ({_sources(tr)}):
+  solutions sampled from `draft` and `target` with vLLM (temperature 0.8), every step labelled by the
+  checker, so its errors are the policies' real errors, and simulated drafts (reference solutions with
+  random arithmetic slips carried forward), which contrast a right step with the same step slipped.
+  Loss: cross-entropy of the label at each tag, plus {tr.get('lm_weight', 0)} x next-token loss on the tokens of
+  on-track steps (keeps the policy's arithmetic). {tr.get('train_seconds', 0) / 60:.1f} min on {tr.get('config', {}).get('device', 'cpu')}, final loss {tr.get('final_loss')}.
 - Settings: {json.dumps(tr.get('config', {}))}
 
 ## Results (test split, samples of both policies)

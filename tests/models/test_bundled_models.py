@@ -34,12 +34,6 @@ def test_policy_writes_well_formed_solutions(engines, name):
     assert sum(task.check_answer(p, g[0].text).correct for p, g in zip(problems, groups)) >= 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known miss (issue 2): the shipped PRM scores a step and its +10-corrupted copy within ~0.03 of "
-    "each other (e.g. 0.728 vs 0.733); its step AUROC (0.822) comes from other cues. Strict: passes only once "
-    "the PRM checks arithmetic.",
-)
 def test_prm_scores_a_correct_step_above_its_corrupted_copy(engines):
     problems = task.generate("test", 8, seed=9, levels=[2, 3])
     items = []
