@@ -1,7 +1,8 @@
 """Training loops for the bundled models (CPU, fixed seeds, torch + transformers' Llama).
 
-Policies learn only the solution tokens of packed (prompt, solution) examples; the PRM learns only the
-``+``/``-`` prediction at each step tag (Math-Shepherd style: the logits *at* the tag position are read).
+Policies learn only the solution tokens of whole (prompt, solution) examples packed into rows; the PRM learns
+the ``+``/``-`` prediction at each step tag (Math-Shepherd style: the logits *at* the tag position are read),
+plus, as an auxiliary loss, the tokens of the steps that are on track.
 """
 
 from __future__ import annotations
@@ -304,8 +305,9 @@ def _prm_batches(
 def _prm_loss(model: LlamaForCausalLM, batch: tuple[torch.Tensor, ...], *, lm_weight: float = 0.0) -> torch.Tensor:
     """Label cross-entropy at the tags, plus ``lm_weight`` times next-token loss on on-track steps' tokens.
 
-    The auxiliary term keeps the policy's own arithmetic in the weights: trained on the labels alone, the
-    PRM kept less of it and ranked steps worse (dev-split step AUROC 0.849 without it, 0.856 with it)."""
+    The auxiliary term is there to keep the policy's arithmetic in the weights while the labels are learned;
+    in the sweep of PRM recipes it raised the dev-split step AUROC after 3000 steps from 0.849 to 0.856 (after
+    1500 steps both stood at 0.848)."""
     x, y, m = batch
     logits = model(input_ids=x, attention_mask=(x != 0).long()).logits
     loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-100)

@@ -208,7 +208,10 @@ def test_delete_cancels_a_running_request_and_its_caller_gets_a_409(service):
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     t.join(30)
     assert answer["r"].status_code == 409 and "cancelled" in answer["r"].json()["error"]["message"]
-    assert _engines_running(service) == 0
+    # The caller's 409 can reach it while the engines' aborts are still landing (CI once saw 6 running
+    # right then); the contract is the one the disconnect test holds: idle within a second.
+    took = _wait_for(lambda: _engines_running(service) == 0, timeout=1.0)
+    print(f"engines idle {took:.3f} s after the caller's 409")
     again = httpx.delete(f"{service.base_url}/v1/requests/{rid}")
     assert again.status_code == 409 and "already ended" in again.json()["error"]["message"]
 
