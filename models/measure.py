@@ -77,6 +77,14 @@ def prm_step_scores(llm, items: Sequence[tuple[str, Sequence[str]]]) -> list[lis
 # -------------------------------------------------------------------------------------------- PRM data
 
 
+def _labelled(policy: str, problem: task.Problem, text: str) -> dict | None:
+    """A PRM data row: the trace's steps and the checker's on-track verdict for each; None for no steps."""
+    steps = task.split_steps(text)
+    if not steps:
+        return None
+    return {"policy": policy, "question": problem.question, "steps": steps, "labels": [v.on_track for v in task.check_steps(problem, text)]}
+
+
 def write_prm_data(out: Path, *, problems: int, samples: int, temperature: float, simulated: int = 0) -> int:
     """Sample train-split solutions from both policies, label each step with the exact checker.
 
@@ -90,19 +98,12 @@ def write_prm_data(out: Path, *, problems: int, samples: int, temperature: float
     for policy in ("draft", "target"):
         llm = engine(out / policy, seed=1)
         for p, group in zip(probs, sample(llm, prompts, n=samples, temperature=temperature)):
-            for s in group:
-                steps = task.split_steps(s.text)
-                if not steps:
-                    continue
-                labels = [v.on_track for v in task.check_steps(p, s.text)]
-                rows.append({"policy": policy, "question": p.question, "steps": steps, "labels": labels})
+            rows += [r for s in group if (r := _labelled(policy, p, s.text))]
         del llm
     rng = random.Random("prm-data")
     for p in probs:
         for _ in range(simulated):
-            text = task.simulated_draft(p, rng, slip_rate=rng.choice([0.1, 0.2, 0.35]))
-            labels = [v.on_track for v in task.check_steps(p, text)]
-            rows.append({"policy": "simulated", "question": p.question, "steps": task.split_steps(text), "labels": labels})
+            rows.append(_labelled("simulated", p, task.simulated_draft(p, rng, slip_rate=rng.choice([0.1, 0.2, 0.35]))))
     path = out / "prm_data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return len(rows)
@@ -134,11 +135,7 @@ def load_prm_examples(out: Path) -> tuple[list[tuple[list[int], list[int], list[
     tok = tok_mod.build()
     rows = [json.loads(line) for line in (out / "prm_data.jsonl").read_text().splitlines()]
     for problem, drafts in load_refine_rows(out):
-        for text in drafts:
-            steps = task.split_steps(text)
-            if steps:
-                labels = [v.on_track for v in task.check_steps(problem, text)]
-                rows.append({"policy": "target (refine-data)", "question": problem.question, "steps": steps, "labels": labels})
+        rows += [r for text in drafts if (r := _labelled("target (refine-data)", problem, text))]
     sources = dict(sorted(Counter(r["policy"] for r in rows).items()))
     return [prm_example(tok, r["question"], r["steps"], r["labels"]) for r in rows], sources
 

@@ -266,19 +266,21 @@ def prm_example(
     mask over the tokens of on-track steps, which the auxiliary language-model loss learns."""
     if len(steps) != len(labels):
         raise ValueError(f"{len(steps)} steps for {len(labels)} labels")
+    ids = tok.encode(prm_text(question, steps)).ids
     tag_id = tok.token_to_id(tok_mod.STEP_TAG)
     good, bad = tok.token_to_id(tok_mod.PRM_GOOD), tok.token_to_id(tok_mod.PRM_BAD)
-    space, newline = tok.encode(" ").ids, tok.encode("\n").ids
-    ids = tok.encode(task.prompt_for(question)).ids
+    positions = [i for i, t in enumerate(ids) if t == tag_id]
+    if len(positions) != len(labels):
+        raise ValueError(f"{len(positions)} tags for {len(labels)} labels")
+    space, newline = len(tok.encode(" ").ids), len(tok.encode("\n").ids)
     target = [-100] * len(ids)
     lm = [0] * len(ids)
-    for step, ok in zip(steps, labels):
-        step_ids = tok.encode(step).ids
-        ids += step_ids + space + [tag_id] + newline
-        target += [-100] * (len(step_ids) + len(space)) + [good if ok else bad] + [-100] * len(newline)
-        lm += [int(ok)] * len(step_ids) + [0] * (len(space) + 1 + len(newline))
-    if ids != tok.encode(prm_text(question, steps)).ids:
-        raise ValueError("the PRM example's pieces do not tokenize like its whole text")
+    start = len(tok.encode(task.prompt_for(question)).ids)  # where the first step's tokens begin
+    for pos, ok in zip(positions, labels):
+        target[pos] = good if ok else bad
+        if ok:
+            lm[start : pos - space] = [1] * (pos - space - start)
+        start = pos + 1 + newline
     return ids, target, lm
 
 
