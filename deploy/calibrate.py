@@ -79,7 +79,8 @@ async def calibrate(settings: Settings, questions: Sequence[str], params: atts.P
     from deploy.serve import pool_config
     from workers.pool import WorkerPool, connect_ray
 
-    config = pool_config(settings.model_copy(update={"serve_prm": False, "serve_embedder": False, "serve_draft": True}))
+    # Only the policy and the draft score chunks; a workers file says for itself which engines start.
+    config = pool_config(settings if settings.workers_file else settings.model_copy(update={"serve_prm": False, "serve_embedder": False, "serve_draft": True}))
     store = Store.from_url(settings.database)
     connect_ray(settings.ray_address)
     pool = await WorkerPool.from_config(config)

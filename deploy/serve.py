@@ -41,8 +41,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# Settings that describe the engines; a workers file describes them instead, so these are then not read.
+ENGINE_SETTINGS = ("model_path", "prm_path", "draft_path", "serve_draft", "serve_prm", "serve_embedder", "kv_cache_gib", "max_model_len", "call_timeout_s")
+
+
 def pool_config(settings: Settings) -> PoolConfig:
-    """The workers file when one is given, else the policy from ``settings``; TTS_WORKER_* overrides apply."""
+    """The workers file when one is given, else the policy from ``settings``; TTS_WORKER_* overrides apply.
+
+    With a workers file, engine settings the user set are ignored; they are named in a warning, because a
+    TTS_MODEL_PATH that silently does nothing is worse than one that is refused."""
     def engine(path: Path) -> dict[str, object]:
         return {"model": str(path), "max_model_len": settings.max_model_len, "kv_cache_gib": settings.kv_cache_gib}
 
@@ -54,6 +61,14 @@ def pool_config(settings: Settings) -> PoolConfig:
     if settings.serve_embedder:
         roles["embedder"] = {}  # the packaged all-MiniLM-L6-v2
     config = load_pool_config(settings.workers_file, default_roles=roles)
+    ignored = sorted(settings.model_fields_set & set(ENGINE_SETTINGS)) if settings.workers_file is not None else []
+    if ignored:
+        log.warning(
+            "the workers file %s defines the engines, so these settings have no effect: %s (set them in the file, "
+            "or TTS_WORKER_<ROLE>_<KEY>)",
+            settings.workers_file,
+            ", ".join(f"TTS_{k.upper()}" for k in ignored),
+        )
     if "policy" not in config.roles:
         raise ConfigError(f"the workers configuration has no `policy` role (roles: {', '.join(config.roles) or 'none'})")
     return config.model_copy(update={"call_timeout_s": settings.call_timeout_s}) if settings.workers_file is None else config

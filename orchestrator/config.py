@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     kv_cache_gib: int = Field(1, ge=1, description="KV-cache memory per CPU engine, whole GiB (VLLM_CPU_KVCACHE_SPACE).")
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, in tokens.")
     workers_file: Path | None = Field(
-        None, description="TOML file of model roles and their engines (see workers/config.py); default: `model_path` as the policy."
+        None,
+        description="TOML file of model roles and their engines (see workers/config.py); default: `model_path` as the policy. "
+        "With a file, the engine settings (model, PRM and draft paths, serve_*, kv_cache_gib, max_model_len, call_timeout_s) are not read.",
     )
     call_timeout_s: float = Field(600.0, gt=0, description="Deadline of one engine call, its one retry included.")
     ray_address: str | None = Field(None, description="Existing Ray cluster to join; default: start a local one.")

@@ -69,3 +69,20 @@ def test_service_refuses_a_configuration_without_a_policy(tmp_path):
     f.write_text('[roles.prm]\nmodel = "models/prm"\n')
     with pytest.raises(ConfigError, match="no `policy` role"):
         pool_config(get_settings(workers_file=f))
+
+
+def test_engine_settings_a_workers_file_overrides_are_named_in_a_warning(tmp_path, caplog):
+    from deploy.serve import pool_config
+    from orchestrator.config import get_settings
+
+    f = tmp_path / "w.toml"
+    f.write_text('[roles.policy]\nmodel = "models/draft"\n')
+    with caplog.at_level("WARNING", logger="deploy.serve"):
+        cfg = pool_config(get_settings(workers_file=f, model_path="models/target", kv_cache_gib=3, port=9))
+    assert cfg.roles["policy"].model.name == "draft"  # the file wins
+    warned = [r.getMessage() for r in caplog.records if "no effect" in r.getMessage()]
+    assert len(warned) == 1 and "TTS_KV_CACHE_GIB, TTS_MODEL_PATH" in warned[0] and "PORT" not in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deploy.serve"):
+        pool_config(get_settings(model_path="models/target", kv_cache_gib=3))  # no file: the settings are read
+    assert not [r for r in caplog.records if "no effect" in r.getMessage()]
