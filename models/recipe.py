@@ -48,6 +48,8 @@ REFINE_TUNE = {"steps": 300, "lr": 5e-4, "warmup": 20, "batch": 16, "seq_len": 5
 # 0.856 at 3000 of a 3000-step run) and not on prm-data alone (0.816 at 600, 0.771 at 3000).
 PRM_RECIPE = {"steps": 2400, "lr": 5e-4, "batch": 32, "warmup": 20, "lm_weight": 1.0}
 PRM_DATA = {"problems": 1200, "samples": 4, "temperature": 0.8, "simulated": 2}
+# The stages that train (on --device); the others sample or evaluate with vLLM on the CPU.
+TRAINING_STAGES = {**POLICY_RECIPES, "refine-tune": REFINE_TUNE, "prm": PRM_RECIPE}
 
 
 def _config(recipe: dict, device: str):
@@ -60,35 +62,29 @@ def _config(recipe: dict, device: str):
     return train.TrainConfig(**{k: v for k, v in recipe.items() if k in names}, device=device)
 
 
-def policy_config(name: str, device: str = "cpu"):
-    return _config(POLICY_RECIPES[name], device)
-
-
-def refine_config(device: str = "cpu"):
-    return _config(REFINE_TUNE, device)
-
-
-def prm_config(device: str = "cpu"):
-    return _config(PRM_RECIPE, device)
+def stage_config(stage: str, device: str = "cpu"):
+    """The TrainConfig of training stage ``stage`` (one of TRAINING_STAGES)."""
+    return _config(TRAINING_STAGES[stage], device)
 
 
 def time_cpu(out: Path, steps: int = 8) -> dict:
     """Seconds per training step on this machine's CPU for each training stage, and the stage time they give.
 
-    For weights trained on a GPU this is what says how long the CPU recipe takes."""
+    For weights trained on a GPU this is what says how long the CPU recipe takes. Each stage is timed as it
+    trains (same setup and loop), so refine-tune and prm need the data files their stages read."""
     from models import measure, train
 
+    setups = {
+        name: lambda cfg, name=name: train.policy_setup(name, cfg, refine_fraction=POLICY_RECIPES[name]["refine_fraction"])
+        for name in POLICY_RECIPES
+    }
+    setups["refine-tune"] = lambda cfg: train.refine_setup(out / "target", measure.load_refine_rows(out), cfg, solve_fraction=REFINE_TUNE["solve_fraction"])
+    setups["prm"] = lambda cfg: train.prm_setup(out / "target", measure.load_prm_examples(out)[0], cfg, lm_weight=PRM_RECIPE["lm_weight"])
     rates = {}
-    for name in POLICY_RECIPES:
-        cfg = policy_config(name)
-        per_step = train.seconds_per_step(name, cfg, steps=steps)
-        rates[name] = {"steps": cfg.steps, "per_step": round(per_step, 3), "seconds": round(per_step * cfg.steps, 1)}
-    # Refine-tune steps have the target's model and row shape, so they cost what its steps cost.
-    cfg = refine_config()
-    rates["refine-tune"] = {"steps": cfg.steps, "per_step": rates["target"]["per_step"], "seconds": round(rates["target"]["per_step"] * cfg.steps, 1)}
-    cfg = prm_config()
-    per_step = train.seconds_per_step("prm", cfg, steps=steps, prm_examples=measure.load_prm_examples(out)[0], init_dir=out / "target")
-    rates["prm"] = {"steps": cfg.steps, "per_step": round(per_step, 3), "seconds": round(per_step * cfg.steps, 1)}
+    for stage, setup in setups.items():
+        cfg = stage_config(stage)
+        per_step = train.seconds_per_step(setup(cfg), cfg, steps=steps)
+        rates[stage] = {"steps": cfg.steps, "per_step": round(per_step, 3), "seconds": round(per_step * cfg.steps, 1)}
     return rates
 
 
@@ -100,7 +96,7 @@ def run(stages: list[str], out: Path, device: str = "cpu") -> None:
     for stage in stages:
         t0 = time.time()
         if stage in POLICY_RECIPES:
-            info = train.train_policy(stage, out / stage, policy_config(stage, device), refine_fraction=POLICY_RECIPES[stage]["refine_fraction"])
+            info = train.train_policy(stage, out / stage, stage_config(stage, device), refine_fraction=POLICY_RECIPES[stage]["refine_fraction"])
             print(f"{stage}: {info['params']} params, loss {info['final_loss']}, {info['train_seconds']} s")
         elif stage == "refine-data":
             from models import measure
@@ -110,7 +106,7 @@ def run(stages: list[str], out: Path, device: str = "cpu") -> None:
         elif stage == "refine-tune":
             from models import measure
 
-            info = train.refine_tune(out / "target", measure.load_refine_rows(out), refine_config(device), solve_fraction=REFINE_TUNE["solve_fraction"])
+            info = train.refine_tune(out / "target", measure.load_refine_rows(out), stage_config("refine-tune", device), solve_fraction=REFINE_TUNE["solve_fraction"])
             print(f"refine-tune: loss {info['final_loss']}, {info['train_seconds']} s")
         elif stage == "prm-data":
             from models import measure
@@ -122,7 +118,7 @@ def run(stages: list[str], out: Path, device: str = "cpu") -> None:
 
             examples, sources = measure.load_prm_examples(out)
             info = train.train_prm(
-                out / "target", out / "prm", examples, prm_config(device), lm_weight=PRM_RECIPE["lm_weight"], sources=sources
+                out / "target", out / "prm", examples, stage_config("prm", device), lm_weight=PRM_RECIPE["lm_weight"], sources=sources
             )
             print(f"prm: {info['params']} params, loss {info['final_loss']}, {info['train_seconds']} s")
         elif stage == "time-cpu":
@@ -141,7 +137,7 @@ def run(stages: list[str], out: Path, device: str = "cpu") -> None:
             timings["cpu_seconds_per_step"] = rates
         else:
             timings[stage] = round(time.time() - t0, 1)
-            timings.setdefault("device", {})[stage] = device if stage in ("draft", "target", "refine-tune", "prm") else "cpu"
+            timings.setdefault("device", {})[stage] = device if stage in TRAINING_STAGES else "cpu"
         timings_path.write_text(json.dumps(timings, indent=2) + "\n")
 
 

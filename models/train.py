@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -134,7 +134,11 @@ def _fit(
     loss_fn: Callable[[LlamaForCausalLM, tuple[torch.Tensor, ...]], torch.Tensor],
     cfg: TrainConfig,
     desc: str,
+    *,
+    step_seconds: list[float] | None = None,
 ) -> list[float]:
+    """Train for ``cfg.steps`` steps; returns the loss of each. ``step_seconds``, when given, receives the
+    wall time of each step (what :func:`seconds_per_step` measures)."""
     model.to(cfg.device)
     opt = _optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, cfg))
@@ -142,6 +146,7 @@ def _fit(
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc=desc, mininterval=30, disable=False)
     for _ in bar:
+        t0 = time.perf_counter()
         loss = loss_fn(model, tuple(t.to(cfg.device, non_blocking=True) for t in next(batches)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -149,6 +154,8 @@ def _fit(
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if step_seconds is not None:
+            step_seconds.append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", refresh=False)
     return losses
 
@@ -184,15 +191,26 @@ def policy_examples(
         chunk += 1
 
 
-def train_policy(name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction: float) -> dict:
-    """Train policy ``name`` (a key of SHAPES) from scratch and save it as a Hugging Face directory."""
+# What a training stage runs: the model it starts from, its batches and its loss. Building it is all a
+# stage does before the common loop, so the CPU timing of a stage (seconds_per_step) builds the same one.
+Setup = tuple[LlamaForCausalLM, Iterator[tuple[torch.Tensor, ...]], Callable[[LlamaForCausalLM, tuple[torch.Tensor, ...]], torch.Tensor]]
+
+
+def policy_setup(name: str, cfg: TrainConfig, *, refine_fraction: float) -> Setup:
+    """Policy ``name`` (a key of SHAPES), freshly initialised, on packed rows of train-split examples."""
     torch.manual_seed(cfg.seed)
     tok = tok_mod.build()
     model = LlamaForCausalLM(llama_config(SHAPES[name], tok.get_vocab_size()))
-    n_params = sum(p.numel() for p in model.parameters())
     stream = (encode(tok, ex) for ex in policy_examples(cfg.seed, refine_fraction=refine_fraction))
+    return model, row_batches(stream, cfg.batch, cfg.seq_len), _lm_loss
+
+
+def train_policy(name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction: float) -> dict:
+    """Train policy ``name`` (a key of SHAPES) from scratch and save it as a Hugging Face directory."""
+    model, batches, loss_fn = policy_setup(name, cfg, refine_fraction=refine_fraction)
+    n_params = sum(p.numel() for p in model.parameters())
     t0 = time.time()
-    losses = _fit(model, row_batches(stream, cfg.batch, cfg.seq_len), _lm_loss, cfg, f"train {name}")
+    losses = _fit(model, batches, loss_fn, cfg, f"train {name}")
     info = {
         "params": n_params,
         "train_seconds": round(time.time() - t0, 1),
@@ -222,17 +240,23 @@ def own_draft_examples(
             yield task.Example(task.refine_prompt(problem, subset), tuple(task.training_trace(problem, rng, backtrack_rate=0.1)))
 
 
+def refine_setup(model_dir: Path, rows: Sequence[tuple[task.Problem, Sequence[str]]], cfg: TrainConfig, *, solve_fraction: float) -> Setup:
+    """The policy in ``model_dir`` on packed rows of refine examples from its own drafts (see own_draft_examples)."""
+    torch.manual_seed(cfg.seed)
+    tok = tok_mod.build()
+    model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    stream = (encode(tok, ex) for ex in own_draft_examples(rows, cfg.seed, solve_fraction=solve_fraction))
+    return model, row_batches(stream, cfg.batch, cfg.seq_len), _lm_loss
+
+
 def refine_tune(model_dir: Path, rows: Sequence[tuple[task.Problem, Sequence[str]]], cfg: TrainConfig, *, solve_fraction: float) -> dict:
     """Continue training the policy in ``model_dir`` on refine examples built from its own drafts, in place.
 
     Simulated drafts slip in ways the policy does not, and with them the target learned to ignore the
     workspace; its own drafts hold its own mistakes, which is what a refine round has to see past."""
-    torch.manual_seed(cfg.seed)
-    tok = tok_mod.build()
-    model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    stream = (encode(tok, ex) for ex in own_draft_examples(rows, cfg.seed, solve_fraction=solve_fraction))
+    model, batches, loss_fn = refine_setup(model_dir, rows, cfg, solve_fraction=solve_fraction)
     t0 = time.time()
-    losses = _fit(model, row_batches(stream, cfg.batch, cfg.seq_len), _lm_loss, cfg, "refine-tune")
+    losses = _fit(model, batches, loss_fn, cfg, "refine-tune")
     info = json.loads((model_dir / "training.json").read_text())
     info["refine_tune"] = {
         "train_seconds": round(time.time() - t0, 1),
@@ -319,6 +343,13 @@ def _prm_loss(model: LlamaForCausalLM, batch: tuple[torch.Tensor, ...], *, lm_we
     return loss
 
 
+def prm_setup(init_dir: Path, examples: list[tuple[list[int], list[int], list[int]]], cfg: TrainConfig, *, lm_weight: float = 0.0) -> Setup:
+    """A copy of the policy in ``init_dir`` on shuffled batches of labelled step examples."""
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM.from_pretrained(init_dir, torch_dtype=torch.float32)
+    return model, _prm_batches(examples, cfg.batch, cfg.seed), partial(_prm_loss, lm_weight=lm_weight)
+
+
 def train_prm(
     init_dir: Path,
     out_dir: Path,
@@ -330,10 +361,9 @@ def train_prm(
 ) -> dict:
     """Fine-tune a copy of the policy in ``init_dir`` into a PRM on labelled step examples (``sources``: how
     many came from where, recorded for the model card; ``lm_weight``: see :func:`_prm_loss`)."""
-    torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM.from_pretrained(init_dir, torch_dtype=torch.float32)
+    model, batches, loss_fn = prm_setup(init_dir, examples, cfg, lm_weight=lm_weight)
     t0 = time.time()
-    losses = _fit(model, _prm_batches(examples, cfg.batch, cfg.seed), partial(_prm_loss, lm_weight=lm_weight), cfg, "train prm")
+    losses = _fit(model, batches, loss_fn, cfg, "train prm")
     info = {
         "params": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(time.time() - t0, 1),
@@ -348,39 +378,12 @@ def train_prm(
     return info
 
 
-def seconds_per_step(
-    name: str,
-    cfg: TrainConfig,
-    *,
-    steps: int = 8,
-    prm_examples: list[tuple[list[int], list[int], list[int]]] | None = None,
-    init_dir: Path | None = None,
-) -> float:
-    """Median wall time of a training step of stage ``name`` (a policy shape, or "prm") on ``cfg.device``,
-    after one warm-up step; the weights are thrown away."""
-    torch.manual_seed(cfg.seed)
-    tok = tok_mod.build()
-    if name == "prm":
-        if prm_examples is None or init_dir is None:
-            raise ValueError("timing the prm stage needs its examples and the policy it starts from")
-        model = LlamaForCausalLM.from_pretrained(init_dir, torch_dtype=torch.float32)
-        batches: Iterator[tuple[torch.Tensor, ...]] = _prm_batches(prm_examples, cfg.batch, cfg.seed)
-        loss_fn = _prm_loss
-    else:
-        model = LlamaForCausalLM(llama_config(SHAPES[name], tok.get_vocab_size()))
-        stream = (encode(tok, ex) for ex in policy_examples(cfg.seed, refine_fraction=0.25))
-        batches = row_batches(stream, cfg.batch, cfg.seq_len)
-        loss_fn = _lm_loss
-    model.to(cfg.device).train()
-    opt = _optimizer(model, cfg)
-    times = []
-    for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        loss = loss_fn(model, tuple(t.to(cfg.device) for t in next(batches)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
+def seconds_per_step(setup: Setup, cfg: TrainConfig, *, steps: int = 8) -> float:
+    """Median wall time of a step of the training stage ``setup`` builds, run by the training loop itself
+    for ``steps`` steps after one warm-up step (the weights are thrown away)."""
+    model, batches, loss_fn = setup
+    times: list[float] = []
+    _fit(model, batches, loss_fn, replace(cfg, steps=steps + 1), "time step", step_seconds=times)
     return sorted(times[1:])[steps // 2]
 
 
