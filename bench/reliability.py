@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Awaitable, Callable, Iterator, Optional, Sequence
 
 import httpx
 import openai
@@ -198,6 +198,19 @@ def latency_summary(outcomes: Sequence[Outcome], wall_s: float) -> dict[str, Any
     }
 
 
+def measured(store: Store, run: Callable[[], Awaitable[list[Outcome]]]) -> dict[str, Any]:
+    """Run the requests of one scenario: their latency, the ledger's audit of them, and the ones that failed."""
+    since = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    outcomes = asyncio.run(run())
+    wall = time.perf_counter() - t0
+    return {
+        "latency": latency_summary(outcomes, wall),
+        "audit": audit(store, outcomes, since),
+        "outcomes": [asdict(o) for o in outcomes if o.status != 200],
+    }
+
+
 def verdict(report: dict[str, Any], *, allow_errors: bool) -> list[str]:
     """The guarantees, as a list of what was broken (empty: all held)."""
     a, lat = report["audit"], report["latency"]
@@ -343,17 +356,12 @@ def soak(
             await asyncio.wait_for(k, 600)
             return outcomes
 
-        since = datetime.now(timezone.utc)
-        t0 = time.perf_counter()
-        outcomes = asyncio.run(run())
-        wall = time.perf_counter() - t0
+        result = measured(svc.service.store, run)
         report = {
             "scenario": "soak",
             "config": {"requests": requests, "concurrency": concurrency, "kills": kills, "replicas": replicas, "n": n, "max_tokens": max_tokens},
             "kills": kill_log,
-            "latency": latency_summary(outcomes, wall),
-            "audit": audit(svc.service.store, outcomes, since),
-            "outcomes": [asdict(o) for o in outcomes if o.status != 200],
+            **result,
         }
     shutil.rmtree(folder, ignore_errors=True)
     # A request may fail with a clear reason (its call and the one retry both hit dying workers); none may vanish.
@@ -421,10 +429,7 @@ def nodes(
             await asyncio.wait_for(r, 120)
             return outcomes
 
-        since = datetime.now(timezone.utc)
-        t0 = time.perf_counter()
-        outcomes = asyncio.run(run())
-        wall = time.perf_counter() - t0
+        result = measured(svc.service.store, run)
         after = placement(avoid=victim.node_id if victim else None)
         short = lambda p: {k: v[:12] for k, v in p.items()}  # noqa: E731
         report = {
@@ -434,9 +439,7 @@ def nodes(
             "distinct_nodes_before": len(set(before.values())),
             "removed": removed,
             "placement_after": short(after),
-            "latency": latency_summary(outcomes, wall),
-            "audit": audit(svc.service.store, outcomes, since),
-            "outcomes": [asdict(o) for o in outcomes if o.status != 200],
+            **result,
         }
     shutil.rmtree(folder, ignore_errors=True)
     extra = []
@@ -464,16 +467,11 @@ def load(
     folder = Path(tempfile.mkdtemp(prefix="load"))
     items = problems(clients * per_client)
     with cluster(1, cpus_per_node=2) as c, local_service(service_settings(folder, replicas, ray_address=c.address)) as svc:
-        since = datetime.now(timezone.utc)
-        t0 = time.perf_counter()
-        outcomes = asyncio.run(drive(svc.base_url, items, concurrency=clients, params=_params(n, max_tokens), label="load"))
-        wall = time.perf_counter() - t0
+        result = measured(svc.service.store, lambda: drive(svc.base_url, items, concurrency=clients, params=_params(n, max_tokens), label="load"))
         report = {
             "scenario": "load",
             "config": {"clients": clients, "per_client": per_client, "replicas": replicas, "n": n, "max_tokens": max_tokens},
-            "latency": latency_summary(outcomes, wall),
-            "audit": audit(svc.service.store, outcomes, since),
-            "outcomes": [asdict(o) for o in outcomes if o.status != 200],
+            **result,
         }
     shutil.rmtree(folder, ignore_errors=True)
     finish(report, out, "load", allow_errors=False)
