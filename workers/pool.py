@@ -409,18 +409,29 @@ class WorkerPool:
         return await self._dispatch(role, spec.prompt, spec.request_id, lambda r: r.generate(spec))  # type: ignore[arg-type]
 
     async def stream(self, role: Role, spec: SamplingSpec) -> AsyncIterator[StreamDelta]:
-        """Partial outputs as they are produced. Not retried: a caller may already have acted on a part."""
+        """Partial outputs as they are produced, within the call deadline. A stream whose worker dies before
+        its first part is retried once on another replica, as a call is; once a part has been passed on it
+        is not (the caller may already have acted on it)."""
         spec = _with_id(spec)
-        with self._placed(role, spec.prompt, spec.request_id) as replica:  # type: ignore[arg-type]
-            try:
-                async with asyncio.timeout(self.call_timeout_s):
-                    async for delta in replica.stream(spec):
-                        yield delta
-            except TimeoutError:
-                raise EngineTimeout(f"stream ran past the {self.call_timeout_s:g} s deadline; aborted", worker=replica.name) from None
-            except WorkerDied:
-                self._routers[role].mark_failed(replica.name)
-                raise
+        tried: list[str] = []
+        deadline = asyncio.get_running_loop().time() + self.call_timeout_s
+        while True:
+            with self._placed(role, spec.prompt, spec.request_id, exclude=tried) as replica:  # type: ignore[arg-type]
+                tried.append(replica.name)
+                started = False
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        async for delta in replica.stream(spec):
+                            started = True
+                            yield delta
+                    return
+                except TimeoutError:
+                    raise EngineTimeout(f"stream ran past the {self.call_timeout_s:g} s deadline; aborted", worker=replica.name) from None
+                except WorkerDied as err:
+                    self._routers[role].mark_failed(replica.name)
+                    if started or len(tried) > 1:
+                        raise
+                    log.warning("%s before the stream's first part; retrying request %s once on another replica", err.message, spec.request_id)
 
     async def abort(self, request_ids: Sequence[str]) -> None:
         """Abort running calls by request id (unknown or finished ids are ignored)."""
