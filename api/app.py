@@ -417,6 +417,7 @@ def create_app(settings: Settings, controller: Controller, jobs: JobServer | Non
 
     @app.delete("/v1/requests/{request_id}", response_model=RequestView, responses=ERRORS)
     async def cancel_request(request_id: str, request: Request) -> RequestView:
+        """Cancel a queued or running request, on whichever replica runs it (409 if it has ended)."""
         tenant = await caller(request)
         return request_view(await controller.cancel(request_id, tenant.id if tenant else None))
 

@@ -116,6 +116,7 @@ class Service:
     app: FastAPI
     server_id: str
     _lease: asyncio.Task[None] | None = None
+    _cancels: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Service:
@@ -148,6 +149,7 @@ class Service:
         app = create_app(settings, controller, jobs=RayJobs(settings.jobs_address))
         service = cls(settings, pool, store, controller, app, server_id)
         service._lease = asyncio.create_task(service._keep_lease(), name="tts-lease")
+        service._cancels = asyncio.create_task(controller.watch_cancels(), name="tts-cancels")
         return service
 
     async def _keep_lease(self) -> None:
@@ -164,8 +166,9 @@ class Service:
                 log.exception("lease heartbeat failed; retrying in %.0f s", every)
 
     async def stop(self) -> None:
-        if self._lease is not None:
-            self._lease.cancel()
+        for task in (self._lease, self._cancels):
+            if task is not None:
+                task.cancel()
         left = await asyncio.to_thread(self.store.retire_server, self.server_id)
         if left:
             log.warning("server %s: failed %d request(s) still unfinished at shutdown", self.server_id, left)

@@ -380,18 +380,46 @@ class Controller:
             raise NotFound(f"no request {request_id!r}", param="request_id")
         return rec
 
-    async def cancel(self, request_id: str, tenant_id: str | None) -> RequestRecord:
+    async def cancel(self, request_id: str, tenant_id: str | None, *, wait_s: float = 10.0) -> RequestRecord:
         """Cancel a running request of the caller: its engine calls are aborted, what they generated is
-        charged, and it ends ``cancelled``."""
+        charged, and it ends ``cancelled``. A request that another server replica runs is flagged in the
+        database, and that server cancels it (see :meth:`watch_cancels`); the answer waits up to ``wait_s``
+        for it to end and shows the state it has then."""
         rec = await asyncio.to_thread(self.lookup, request_id, tenant_id)
         task = self._running.get(request_id)
-        if task is None:
-            if rec.state in ("queued", "running"):
-                raise Conflict(f"request {request_id!r} runs on another server replica; cancel it there", param="request_id")
-            raise Conflict(f"request {request_id!r} has already ended ({rec.state})", param="request_id")
-        task.cancel()
-        await asyncio.wait({task})
-        return await asyncio.to_thread(self.lookup, request_id, tenant_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+            return await asyncio.to_thread(self.lookup, request_id, tenant_id)
+        if rec.state in ("queued", "running") and await asyncio.to_thread(self.store.request_cancel, request_id):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_s
+            while rec.state in ("queued", "running") and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+                rec = await asyncio.to_thread(self.lookup, request_id, tenant_id)
+            return rec
+        rec = await asyncio.to_thread(self.lookup, request_id, tenant_id)
+        raise Conflict(f"request {request_id!r} has already ended ({rec.state})", param="request_id")
+
+    async def cancel_flagged(self) -> list[str]:
+        """Cancel the requests running here that a DELETE on another server flagged; returns their ids."""
+        if not self._running:
+            return []
+        flagged = await asyncio.to_thread(self.store.cancel_requested, list(self._running))
+        for request_id in flagged:
+            task = self._running.get(request_id)
+            if task is not None:
+                task.cancel()
+        return flagged
+
+    async def watch_cancels(self, every_s: float = 0.5) -> None:
+        """Run :meth:`cancel_flagged` every ``every_s`` seconds, for as long as the server runs."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.cancel_flagged()
+            except Exception:  # noqa: BLE001 - a database hiccup must not stop the watch for good
+                log.exception("checking for cancelled requests failed; retrying in %.1f s", every_s)
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,8 @@ class RequestRecord(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Set by a DELETE that reached a server not running the request; the server running it cancels it.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     subcalls: Mapped[list[SubCallRecord]] = relationship(back_populates="request", order_by="SubCallRecord.seq")
 

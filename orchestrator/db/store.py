@@ -411,6 +411,21 @@ class Store:
             _total_from_subcalls(s, rec)
             return True
 
+    def request_cancel(self, request_id: str) -> bool:
+        """Flag an unfinished request for its own server to cancel; True if it was unfinished."""
+        with self._session.begin() as s:
+            unfinished = (RequestRecord.id == request_id) & RequestRecord.state.in_(("queued", "running"))
+            now = datetime.now(timezone.utc)
+            return s.execute(update(RequestRecord).where(unfinished).values(cancel_requested_at=now)).rowcount > 0
+
+    def cancel_requested(self, request_ids: Sequence[str]) -> list[str]:
+        """Those of ``request_ids`` that some server was asked to cancel."""
+        if not request_ids:
+            return []
+        with self._session() as s:
+            flagged = RequestRecord.id.in_(list(request_ids)) & RequestRecord.cancel_requested_at.is_not(None)
+            return list(s.scalars(select(RequestRecord.id).where(flagged)))
+
     def get_request(self, request_id: str) -> RequestRecord | None:
         with self._session() as s:
             return s.scalar(

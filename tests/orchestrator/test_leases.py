@@ -132,3 +132,39 @@ def test_queued_requests_are_recorded_before_they_wait_and_all_end_final(store):
         assert (ctl.admission.running, ctl.admission.queued) == (0, 0)
 
     asyncio.run(go())
+
+
+def test_a_delete_reaching_another_server_cancels_the_request_where_it_runs(store):
+    from orchestrator.errors import Conflict
+
+    async def go():
+        engine = GatedEngine()
+
+        def controller(server: str) -> Controller:
+            return Controller(
+                engine=engine, store=store, strategies=REGISTRY, verifier=TaskAnswerVerifier(), models={"target": "policy"},
+                max_request_tokens=10_000, server_id=server,
+            )
+
+        runs_it, other = controller("a"), controller("b")
+        watch = asyncio.create_task(runs_it.watch_cancels(every_s=0.1))
+        req = ReasoningRequest(model="target", messages=(), prompt="Start at 3 and apply +4.\n", strategy="self_consistency", params={"n": 2})
+        call = asyncio.create_task(runs_it.reason(req))
+        while not store.list_requests(None, limit=1):
+            await asyncio.sleep(0.01)
+        rid = store.list_requests(None, limit=1)[0].id
+        rec = await other.cancel(rid, None)  # the DELETE landed on the replica that does not run it
+        assert rec.state == "cancelled" and rec.error == "cancelled by the caller" and rec.cancel_requested_at is not None
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        with pytest.raises(Conflict, match="already ended"):
+            await other.cancel(rid, None)
+        assert not store.request_cancel(rid)  # an ended request is never flagged again
+
+        # A request that is not flagged is left alone by the watch.
+        engine.gate.set()
+        done = await runs_it.reason(req)
+        assert store.get_request(done.request_id).state == "succeeded"
+        watch.cancel()
+
+    asyncio.run(go())
