@@ -114,7 +114,7 @@ def main(
     name: str = typer.Option("default", help="The grid's name: a rerun with the same name and grid resumes it."),
     concurrency: int = typer.Option(4, min=1, help="Problems in flight at once."),
     job_id: Optional[str] = typer.Option(None, help="Ray job id to record with the runs (default: the job this runs in)."),
-    tenant: Optional[str] = typer.Option(None, help="Tenant id the runs belong to (set by POST /v1/jobs)."),
+    tenant: Optional[str] = typer.Option(None, help="Tenant id the runs belong to and are charged to: its quota and concurrency limit apply (set by POST /v1/jobs)."),
 ) -> None:
     """Run the grid and print its summary table."""
     logging.basicConfig(level=logging.WARNING)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from orchestrator.controller import Controller, ReasoningRequest
+from orchestrator.controller import Controller, ReasoningRequest, TenantRef
 from orchestrator.db.store import Store
-from orchestrator.errors import ConfigError, TTSError
+from orchestrator.errors import ConfigError, QuotaExceeded, TTSError
 from orchestrator.protocols import AnswerVerifier
 
 
@@ -178,10 +178,16 @@ async def evaluate(
 ) -> list[RunSummary]:
     """Run every cell over the dataset, ``concurrency`` problems in flight (across cells), skipping problems an
     earlier run of the same grid finished. A problem whose request fails is recorded as wrong with its error,
-    so one bad problem does not stop the grid."""
+    so one bad problem does not stop the grid.
+
+    The requests of a tenant's grid are the tenant's (``tenant_id``): they count against its concurrency
+    limit and daily token quota like its HTTP requests. A request refused for a moment (the tenant's
+    concurrency limit, a full server queue) waits and is sent again; once the day's quota is spent the grid
+    stops with that error, its runs marked ``failed``, and resubmitting it later resumes where it stopped."""
     for c in cells:
         controller.validate(ReasoningRequest(model=model, messages=({"role": "user", "content": "check"},), strategy=c.strategy, params=c.params))
     sem = asyncio.Semaphore(concurrency)
+    tenant = await asyncio.to_thread(_tenant_ref, store, tenant_id)
     summaries = []
     # Every run is opened before any starts, so that a job's progress counts the whole grid from the start.
     finished: dict[str, set[str]] = {}
@@ -205,7 +211,9 @@ async def evaluate(
             async with sem:
                 t0 = time.perf_counter()
                 try:
-                    out = await controller.reason(req)
+                    out = await _reason(controller, req, tenant)
+                except QuotaExceeded:
+                    raise  # the day's quota: no problem after this one can run either
                 except TTSError as err:
                     row = {"problem_id": item.id, "correct": False, "answer": f"error: {err.message}"[:500], "total_tokens": 0, "latency_s": time.perf_counter() - t0, "level": item.level}
                 else:
@@ -224,12 +232,46 @@ async def evaluate(
             if progress is not None:
                 progress(1)
 
-        await asyncio.gather(*(one(it) for it in todo))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for it in todo:
+                    tg.create_task(one(it))
+        except BaseExceptionGroup as group:  # the first failure stopped the others; raise it as itself
+            err = next((e for e in group.exceptions if isinstance(e, QuotaExceeded)), group.exceptions[0])
+            if isinstance(err, QuotaExceeded):
+                for c in cells:
+                    await asyncio.to_thread(store.close_eval_run, c.run_id(name, dataset.name, model), "failed")
+            raise err from None
         await asyncio.to_thread(store.close_eval_run, run_id, "succeeded")
         run = next(r for r in await asyncio.to_thread(store.eval_runs, name=name) if r.id == run_id)
         rows = [{c.name: getattr(r, c.name) for c in r.__table__.columns} for r in run.results]
         summaries.append(summarize(cell.label, run_id, rows, skipped=len(done)))
     return summaries
+
+
+# A refusal that says to retry within this many seconds is momentary (a concurrency slot, a queue place);
+# a later one is the tenant's daily quota, which only the next day resets.
+MOMENTARY_S = 60.0
+
+
+def _tenant_ref(store: Store, tenant_id: str | None) -> TenantRef | None:
+    if tenant_id is None:
+        return None
+    tenant = store.get_tenant(tenant_id)
+    if tenant is None:
+        raise ConfigError(f"no tenant {tenant_id!r}")
+    return TenantRef(tenant.id, tenant.name, tenant.tokens_per_day, tenant.max_concurrent)
+
+
+async def _reason(controller: Controller, req: ReasoningRequest, tenant: TenantRef | None):
+    """Run ``req`` for ``tenant``, waiting out momentary refusals as an HTTP client honouring Retry-After would."""
+    while True:
+        try:
+            return await controller.reason(req, tenant=tenant)
+        except QuotaExceeded as err:
+            if err.retry_after is None or err.retry_after > MOMENTARY_S:
+                raise
+            await asyncio.sleep(err.retry_after)
 
 
 def table(summaries: Sequence[RunSummary]) -> str:

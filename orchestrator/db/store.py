@@ -118,6 +118,10 @@ class Store:
         with self._session() as s:
             return s.scalar(select(ApiKey.id).limit(1)) is not None
 
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        with self._session() as s:
+            return s.get(Tenant, tenant_id)
+
     def tenant_for_key(self, key: str) -> Tenant | None:
         with self._session() as s:
             return s.scalar(

@@ -93,3 +93,70 @@ def test_the_evaluate_command_refuses_bad_input_before_starting_anything(args, n
 
     out = subprocess.run([sys.executable, "-m", "deploy.evaluate", *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+class SlowEngine:
+    """The scripted engine, each call taking a moment, so that several of a grid's problems overlap."""
+
+    def __init__(self) -> None:
+        from tests.strategies.scripted import StepEngine
+
+        self.inner = StepEngine(depth=1)
+
+    async def generate(self, role, spec):
+        import asyncio
+
+        await asyncio.sleep(0.05)
+        return await self.inner.generate(role, spec)
+
+    async def tokenize(self, role, text):
+        return await self.inner.tokenize(role, text)
+
+    async def render_chat(self, role, messages):
+        return "".join(m["content"] + "\n" for m in messages)
+
+    async def abort(self, ids):
+        pass
+
+
+def _grid_run(store, tenant_id, *, concurrency: int):
+    import asyncio
+
+    from orchestrator.controller import Controller
+    from orchestrator.evals import evaluate
+    from strategies import REGISTRY
+    from verifiers import TaskAnswerVerifier
+
+    ctl = Controller(
+        engine=SlowEngine(), store=store, strategies=REGISTRY, verifier=TaskAnswerVerifier(), models={"target": "policy"},
+        max_request_tokens=10_000, server_id="eval",
+    )
+    dataset = load_dataset("task:test", problems=6)
+    cells = [Cell("self_consistency", {"n": 2, "max_tokens": 8})]
+    return asyncio.run(evaluate(ctl, store, dataset, cells, model="target", name="g", verifier=TaskAnswerVerifier(), concurrency=concurrency, tenant_id=tenant_id))
+
+
+def test_a_tenants_grid_is_metered_and_waits_for_its_concurrency_slots(store):
+    tenant = store.create_tenant("evals", tokens_per_day=1_000_000, max_concurrent=1)
+    (summary,) = _grid_run(store, tenant, concurrency=3)  # 3 in flight against a limit of 1: they take turns
+    assert summary.problems == 6 and not any((r.answer or "").startswith("error") for r in store.eval_runs(name="g")[0].results)
+    records = store.list_requests(tenant, limit=20)
+    assert len(records) == 6 and all(r.state == "succeeded" for r in records)
+    assert store.tokens_used(tenant) == sum(r.prompt_tokens + r.completion_tokens + r.verifier_tokens for r in records) > 0
+    assert store.list_requests(None, limit=20) == []  # none ran keyless
+
+
+def test_a_grid_stops_when_the_tenants_quota_is_spent_and_resumes_later(store):
+    from orchestrator.errors import QuotaExceeded
+
+    tenant = store.create_tenant("thrifty", tokens_per_day=1, max_concurrent=4)
+    with pytest.raises(QuotaExceeded, match="tokens for today"):
+        _grid_run(store, tenant, concurrency=2)
+    (run,) = store.eval_runs(name="g")
+    assert run.state == "failed" and len(run.results) < 6
+    from orchestrator.db.models import Tenant
+
+    with store.session() as s, s.begin():  # next day, or a raised quota
+        s.get(Tenant, tenant).tokens_per_day = 1_000_000
+    (summary,) = _grid_run(store, tenant, concurrency=2)
+    assert summary.problems == 6 and store.eval_runs(name="g")[0].state == "succeeded"
