@@ -94,8 +94,9 @@ def add_jobs(app: FastAPI, controller: Controller, settings: Settings, caller: C
         if unknown:
             raise InvalidRequest(f"params for strategies not in the grid: {sorted(unknown)}", param="params")
         job_id = f"eval-{uuid.uuid4().hex[:12]}"
-        env = {"DATABASE_URL": settings.database, "TTS_MODEL_PATH": str(settings.model_path), "TTS_MODEL_NAME": settings.model_name,
-               "TTS_KV_CACHE_GIB": str(settings.kv_cache_gib), "TTS_MAX_MODEL_LEN": str(settings.max_model_len)}
+        env = {"DATABASE_URL": settings.database, "TTS_MODEL_NAME": settings.model_name}
+        if settings.workers_file is None:  # otherwise the job's own environment names its workers file (deploy/README.md)
+            env |= {"TTS_MODEL_PATH": str(settings.model_path), "TTS_KV_CACHE_GIB": str(settings.kv_cache_gib), "TTS_MAX_MODEL_LEN": str(settings.max_model_len)}
         meta = {"tts": "eval", "tts_tenant": tenant.id if tenant else "", "grid": body.name}
         js = server()
         await asyncio.to_thread(lambda: js.submit(entrypoint=entrypoint(body, tenant.id if tenant else None), job_id=job_id, env=env, metadata=meta))
