@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from orchestrator.controller import Controller, ReasoningRequest, TenantRef
 from orchestrator.db.store import Store
-from orchestrator.errors import ConfigError, QuotaExceeded, TTSError
+from orchestrator.errors import ConfigError, Overloaded, QuotaExceeded, TTSError
 from orchestrator.protocols import AnswerVerifier
 
 
@@ -249,8 +249,8 @@ async def evaluate(
     return summaries
 
 
-# A refusal that says to retry within this many seconds is momentary (a concurrency slot, a queue place);
-# a later one is the tenant's daily quota, which only the next day resets.
+# A tenant's refusal that says to retry within this many seconds is momentary (a concurrency slot); a later
+# one is its daily quota, which only the next day resets.
 MOMENTARY_S = 60.0
 
 
@@ -269,9 +269,10 @@ async def _reason(controller: Controller, req: ReasoningRequest, tenant: TenantR
         try:
             return await controller.reason(req, tenant=tenant)
         except QuotaExceeded as err:
-            if err.retry_after is None or err.retry_after > MOMENTARY_S:
+            # A busy server always frees up; a tenant's refusal does soon only if it says so.
+            if not isinstance(err, Overloaded) and (err.retry_after is None or err.retry_after > MOMENTARY_S):
                 raise
-            await asyncio.sleep(err.retry_after)
+            await asyncio.sleep(err.retry_after or 1.0)
 
 
 def table(summaries: Sequence[RunSummary]) -> str:
