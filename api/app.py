@@ -434,4 +434,4 @@ async def _tenant(ctl: Controller, request: Request, *, required: bool) -> Tenan
         if required:
             raise Unauthorized("a valid API key is required: send it as `Authorization: Bearer <key>`")
         return None
-    return TenantRef(tenant.id, tenant.name, tenant.tokens_per_day, tenant.max_concurrent)
+    return TenantRef.of(tenant)

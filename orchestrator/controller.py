@@ -23,12 +23,12 @@ from orchestrator.admission import Admission, Limits
 from orchestrator.auto import Measured, choose
 from orchestrator.budget import Budget, BudgetMeter, Price
 from orchestrator.context import StrategyContext, prompt_bound
-from orchestrator.db.models import RequestRecord
+from orchestrator.db.models import RequestRecord, Tenant
 from orchestrator.db.store import Store
 from orchestrator.errors import BudgetExceeded, Conflict, InvalidRequest, NotFound, Overloaded, QuotaExceeded, TTSError, UnknownModel, UnknownStrategy
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.protocols import AnswerVerifier, Engine, OutcomeScorer, Refiner, StepClustering, StepScorer, StrategySpec
-from orchestrator.types import Problem, RequestState, Role, StrategyResult, SubCall, Usage
+from orchestrator.types import UNFINISHED, Problem, RequestState, Role, StrategyResult, SubCall, Usage
 
 log = logging.getLogger(__name__)
 
@@ -391,10 +391,10 @@ class Controller:
             task.cancel()
             await asyncio.wait({task})
             return await asyncio.to_thread(self.lookup, request_id, tenant_id)
-        if rec.state in ("queued", "running") and await asyncio.to_thread(self.store.request_cancel, request_id):
+        if rec.state in UNFINISHED and await asyncio.to_thread(self.store.request_cancel, request_id):
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait_s
-            while rec.state in ("queued", "running") and loop.time() < deadline:
+            while rec.state in UNFINISHED and loop.time() < deadline:
                 await asyncio.sleep(0.1)
                 rec = await asyncio.to_thread(self.lookup, request_id, tenant_id)
             return rec
@@ -444,6 +444,10 @@ class TenantRef:
     name: str
     tokens_per_day: int | None = None
     max_concurrent: int | None = None
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantRef:
+        return cls(tenant.id, tenant.name, tenant.tokens_per_day, tenant.max_concurrent)
 
 
 def summarize(strategies: Sequence[StrategySpec]) -> dict[str, StrategySpec]:

@@ -260,7 +260,7 @@ def _tenant_ref(store: Store, tenant_id: str | None) -> TenantRef | None:
     tenant = store.get_tenant(tenant_id)
     if tenant is None:
         raise ConfigError(f"no tenant {tenant_id!r}")
-    return TenantRef(tenant.id, tenant.name, tenant.tokens_per_day, tenant.max_concurrent)
+    return TenantRef.of(tenant)
 
 
 async def _reason(controller: Controller, req: ReasoningRequest, tenant: TenantRef | None):

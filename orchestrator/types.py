@@ -8,6 +8,7 @@ from typing import Literal
 Role = Literal["policy", "draft", "target", "prm", "embedder"]
 FinishReason = Literal["stop", "length", "abort"]
 RequestState = Literal["queued", "running", "succeeded", "failed", "cancelled", "budget_exhausted"]
+UNFINISHED: tuple[RequestState, ...] = ("queued", "running")  # the states a request can still leave
 
 
 @dataclass(frozen=True)

@@ -388,14 +388,19 @@ class WorkerPool:
                         try:
                             return await call(replica)
                         except WorkerDied as err:
-                            self._routers[role].mark_failed(replica.name)
-                            if len(tried) > 1:
-                                raise
-                            log.warning("%s; retrying request %s once on another replica", err.message, request_id)
+                            self._after_death(role, err, tried, request_id)
         except TimeoutError:
             raise EngineTimeout(
                 f"no result within the {self.call_timeout_s:g} s deadline; the call was aborted", worker=tried[-1] if tried else ""
             ) from None
+
+    def _after_death(self, role: Role, err: WorkerDied, tried: list[str], request_id: str, *, retry: bool = True) -> None:
+        """The worker of the last of ``tried`` died under a call: keep it out of rotation, and re-raise unless
+        the call may be tried once more elsewhere (first try, and ``retry``)."""
+        self._routers[role].mark_failed(tried[-1])
+        if not retry or len(tried) > 1:
+            raise err
+        log.warning("%s; retrying request %s once on another replica", err.message, request_id)
 
     def _note_route(self, request_id: str, route: Route) -> None:
         self.last_route[request_id] = route
@@ -428,10 +433,7 @@ class WorkerPool:
                 except TimeoutError:
                     raise EngineTimeout(f"stream ran past the {self.call_timeout_s:g} s deadline; aborted", worker=replica.name) from None
                 except WorkerDied as err:
-                    self._routers[role].mark_failed(replica.name)
-                    if started or len(tried) > 1:
-                        raise
-                    log.warning("%s before the stream's first part; retrying request %s once on another replica", err.message, spec.request_id)
+                    self._after_death(role, err, tried, spec.request_id, retry=not started)
 
     async def abort(self, request_ids: Sequence[str]) -> None:
         """Abort running calls by request id (unknown or finished ids are ignored)."""

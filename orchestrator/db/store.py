@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from orchestrator.db import migrate
 from orchestrator.db.models import ApiKey, CalibrationSet, EvalResult, EvalRun, Price, QuotaUsage, RequestRecord, Server, SubCallRecord, Tenant
-from orchestrator.types import RequestState, StrategyResult, SubCall, Usage
+from orchestrator.types import UNFINISHED, RequestState, StrategyResult, SubCall, Usage
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI connection
@@ -407,7 +407,7 @@ class Store:
         """End the request with ``state`` and ``error`` unless it has ended already; True if it had not."""
         with self._session.begin() as s:
             rec = s.scalar(
-                select(RequestRecord).where(RequestRecord.id == request_id, RequestRecord.state.in_(("queued", "running"))).with_for_update()
+                select(RequestRecord).where(RequestRecord.id == request_id, RequestRecord.state.in_(UNFINISHED)).with_for_update()
             )
             if rec is None:
                 return False
@@ -418,7 +418,7 @@ class Store:
     def request_cancel(self, request_id: str) -> bool:
         """Flag an unfinished request for its own server to cancel; True if it was unfinished."""
         with self._session.begin() as s:
-            unfinished = (RequestRecord.id == request_id) & RequestRecord.state.in_(("queued", "running"))
+            unfinished = (RequestRecord.id == request_id) & RequestRecord.state.in_(UNFINISHED)
             now = datetime.now(timezone.utc)
             return s.execute(update(RequestRecord).where(unfinished).values(cancel_requested_at=now)).rowcount > 0
 
@@ -462,7 +462,7 @@ class Store:
 def _fail_unfinished(s: Session, owner: object, reason: str, now: datetime) -> int:
     """Fail the matching unfinished requests; their totals become what their recorded sub-calls add up to,
     since the server that would have written them is gone."""
-    rows = s.scalars(select(RequestRecord).where(owner, RequestRecord.state.in_(("queued", "running")))).all()  # type: ignore[arg-type]
+    rows = s.scalars(select(RequestRecord).where(owner, RequestRecord.state.in_(UNFINISHED))).all()  # type: ignore[arg-type]
     for rec in rows:
         rec.state, rec.error, rec.finished_at = "failed", reason, now
         _total_from_subcalls(s, rec)
@@ -489,7 +489,7 @@ def _recount_tenants(s: Session) -> None:
     live = (
         select(func.count())
         .select_from(RequestRecord)
-        .where(RequestRecord.tenant_id == Tenant.id, RequestRecord.state.in_(("queued", "running")))
+        .where(RequestRecord.tenant_id == Tenant.id, RequestRecord.state.in_(UNFINISHED))
         .scalar_subquery()
     )
     s.execute(update(Tenant).values(running=live))

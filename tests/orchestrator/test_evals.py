@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from orchestrator.errors import ConfigError
 from deploy.evaluate import load_dataset
 from orchestrator.evals import Cell, grid, read_jsonl, summarize, wilson
+from tests.strategies.scripted import StepEngine
 
 
 def test_the_bundled_task_is_spread_over_levels_with_stable_unique_ids():
@@ -95,40 +97,25 @@ def test_the_evaluate_command_refuses_bad_input_before_starting_anything(args, n
     assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
-class SlowEngine:
+class SlowEngine(StepEngine):
     """The scripted engine, each call taking a moment, so that several of a grid's problems overlap."""
 
-    def __init__(self) -> None:
-        from tests.strategies.scripted import StepEngine
-
-        self.inner = StepEngine(depth=1)
-
     async def generate(self, role, spec):
-        import asyncio
-
         await asyncio.sleep(0.05)
-        return await self.inner.generate(role, spec)
-
-    async def tokenize(self, role, text):
-        return await self.inner.tokenize(role, text)
+        return await super().generate(role, spec)
 
     async def render_chat(self, role, messages):
         return "".join(m["content"] + "\n" for m in messages)
 
-    async def abort(self, ids):
-        pass
-
 
 def _grid_run(store, tenant_id, *, concurrency: int):
-    import asyncio
-
     from orchestrator.controller import Controller
     from orchestrator.evals import evaluate
     from strategies import REGISTRY
     from verifiers import TaskAnswerVerifier
 
     ctl = Controller(
-        engine=SlowEngine(), store=store, strategies=REGISTRY, verifier=TaskAnswerVerifier(), models={"target": "policy"},
+        engine=SlowEngine(depth=1), store=store, strategies=REGISTRY, verifier=TaskAnswerVerifier(), models={"target": "policy"},
         max_request_tokens=10_000, server_id="eval",
     )
     dataset = load_dataset("task:test", problems=6)
