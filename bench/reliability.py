@@ -618,17 +618,23 @@ def restart(
         server = _server(folder, port, address, max_running)
         try:
             report["start_s"] = round(_wait_healthy(url, server, folder), 1)
-            # Long requests, so that some run and the rest queue behind them when the server dies.
-            slow = _params(16, 256)
+            # Long requests (the widest TTS_LIMIT_WIDTH allows), so that some run and the rest queue behind
+            # them when the server dies. With 16 samples a request ended in about 0.4 s, and the requests
+            # reached the server up to 0.5 s apart (a client per call builds its own SSL context under the
+            # GIL; the server shares 2 cores with the engine), so a kill once found all 8 answered before a
+            # poll saw one running and one waiting. One client for all threads removes the first delay.
+            slow = _params(64, 256)
             client_errors: list[str] = []
+            client = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=requests))
 
             def send(item: Item) -> None:
                 try:
-                    httpx.post(url + "/v1/chat/completions", json=body(item, slow), timeout=600)
+                    client.post(url + "/v1/chat/completions", json=body(item, slow))
                 except httpx.HTTPError as err:
                     client_errors.append(type(err).__name__)
 
             threads = [threading.Thread(target=send, args=(it,), daemon=True) for it in items[:requests]]
+            sent_at = datetime.now(timezone.utc)
             for t in threads:
                 t.start()
             deadline = time.monotonic() + 120
@@ -639,8 +645,14 @@ def restart(
                 time.sleep(0.2)
             _stop_group(server, 10, signal.SIGKILL)
             report["at_kill"] = dict(states)
+
+            def since(t: datetime | None) -> float | None:
+                return None if t is None else round((t.replace(tzinfo=timezone.utc) - sent_at).total_seconds(), 2)
+
+            report["timeline_s"] = sorted(([since(r.created_at), since(r.started_at), since(r.finished_at)] for r in store.list_requests(None, limit=100)), key=lambda x: x[0] or 0.0)
             for t in threads:
                 t.join(30)
+            client.close()
             report["clients_saw"] = dict(Counter(client_errors))
             held = [r.id for r in store.list_requests(None, limit=100) if r.state in UNFINISHED]
             report["unfinished_after_kill"] = len(held)
