@@ -34,6 +34,7 @@ from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
 from orchestrator.types import Problem, SamplingSpec, SubCall
 from strategies import REGISTRY, atts
+from orchestrator.types import problem_seed
 from verifiers import TaskAnswerVerifier
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -53,7 +54,7 @@ async def run_config(pool: Any, store: Store, strategy: str, params: dict[str, A
     tokens: dict[str, int] = {}
     chunks = rejected = 0
 
-    async def one(p: task.Problem) -> None:
+    async def one(k: int, p: task.Problem) -> None:
         nonlocal chunks, rejected
 
         async def sink(call: SubCall) -> None:
@@ -62,7 +63,8 @@ async def run_config(pool: Any, store: Store, strategy: str, params: dict[str, A
         async with sem:
             ctx = StrategyContext(engine=pool, verifier=TaskAnswerVerifier(), sink=sink, draft_model="draft", target_model="target", calibration=store)
             t0 = time.perf_counter()
-            r = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**params))
+            own = {**params, "seed": problem_seed(params.get("seed"), k)}
+            r = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**own))
             latency.append(time.perf_counter() - t0)
         correct.append(task.check_answer(p, r.text).correct)
         chunks += int(r.info.get("chunks", 0))  # type: ignore[call-overload]
@@ -71,7 +73,7 @@ async def run_config(pool: Any, store: Store, strategy: str, params: dict[str, A
 
     bar = tqdm(total=len(test), desc=f"{strategy} {params}", unit="problem")
     t0 = time.perf_counter()
-    await asyncio.gather(*(one(p) for p in test))
+    await asyncio.gather(*(one(k, p) for k, p in enumerate(test)))
     wall = time.perf_counter() - t0
     bar.close()
     return {

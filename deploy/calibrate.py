@@ -31,6 +31,7 @@ from orchestrator.evals import jsonl_rows
 from orchestrator.protocols import Engine
 from orchestrator.types import Problem, SubCall
 from strategies import atts
+from orchestrator.types import problem_seed
 from verifiers import TaskAnswerVerifier
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ def read_questions(path: Path) -> list[str]:
 async def collect(
     engine: Engine, questions: Sequence[str], params: atts.Params, *, draft_model: str, target_model: str, concurrency: int = 16, progress: bool = True
 ) -> list[float]:
-    """Calibration scores of every question (``params.n`` samples each), questions run ``concurrency`` at once."""
+    """Calibration scores of every question (``params.n`` samples each), questions run ``concurrency`` at once;
+    each question samples with its own seed derived from ``params.seed`` (see ``problem_seed``)."""
 
     async def drop(_: SubCall) -> None:
         pass
@@ -60,16 +62,17 @@ async def collect(
     sem = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(questions), desc="calibrating", unit="question", disable=not progress)
 
-    async def one(q: str) -> list[float]:
+    async def one(k: int, q: str) -> list[float]:
         async with sem:
             ctx = StrategyContext(engine=engine, verifier=TaskAnswerVerifier(), sink=drop, draft_model=draft_model, target_model=target_model)
             prompt = await engine.render_chat("policy", [{"role": "user", "content": q}])
-            scores = await atts.calibration_scores(ctx, Problem(prompt=prompt, question=q), params)
+            own = params.model_copy(update={"seed": problem_seed(params.seed, k)})
+            scores = await atts.calibration_scores(ctx, Problem(prompt=prompt, question=q), own)
         bar.update()
         return scores
 
     try:
-        per_question = await asyncio.gather(*(one(q) for q in questions))
+        per_question = await asyncio.gather(*(one(k, q) for k, q in enumerate(questions)))
     finally:
         bar.close()
     return [s for scores in per_question for s in scores]
@@ -109,7 +112,7 @@ def main(
     max_turns: int = typer.Option(16, min=1, help="Most chunks per sample."),
     chunk_tokens: int = typer.Option(64, min=1, help="Most tokens per chunk (as the requests' atts.chunk_tokens)."),
     temperature: float = typer.Option(0.8, min=0.0, help="Draft sampling temperature (as the requests')."),
-    seed: int = typer.Option(0, help="Seed of the problems and of the draft's sampling."),
+    seed: int = typer.Option(0, help="Seed of the problems and of the draft's sampling (each problem samples with its own seed derived from it)."),
     append: bool = typer.Option(False, "--append", help="Add to the existing set instead of replacing it."),
     concurrency: int = typer.Option(16, min=1, help="Questions in flight at once."),
 ) -> None:

@@ -22,6 +22,7 @@ from orchestrator.controller import Controller, ReasoningRequest, TenantRef
 from orchestrator.db.store import Store
 from orchestrator.errors import ConfigError, Overloaded, QuotaExceeded, TTSError
 from orchestrator.protocols import AnswerVerifier
+from orchestrator.types import problem_seed
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,9 @@ async def evaluate(
 ) -> list[RunSummary]:
     """Run every cell over the dataset, ``concurrency`` problems in flight (across cells), skipping problems an
     earlier run of the same grid finished. A problem whose request fails is recorded as wrong with its error,
-    so one bad problem does not stop the grid.
+    so one bad problem does not stop the grid. A cell with a ``seed`` gives each problem its own seed derived
+    from it and the problem's position in the dataset (see ``problem_seed``): the grid is reproducible, and
+    its problems do not all draw the same sampling noise.
 
     The requests of a tenant's grid are the tenant's (``tenant_id``): they count against its concurrency
     limit and daily token quota like its HTTP requests. A request refused for a moment (the tenant's
@@ -199,14 +202,18 @@ async def evaluate(
         )
         if progress is not None and finished[run_id]:
             progress(len(finished[run_id]))
+    position = {it.id: k for k, it in enumerate(dataset.items)}
     for cell in cells:
         run_id = cell.run_id(name, dataset.name, model)
         done = finished[run_id]
         todo = [it for it in dataset.items if it.id not in done]
 
         async def one(item: Item, cell: Cell = cell, run_id: str = run_id) -> None:
+            params = dict(cell.params)
+            if params.get("seed") is not None:  # reproducible, without every problem drawing the same noise
+                params["seed"] = problem_seed(params["seed"], position[item.id])
             req = ReasoningRequest(
-                model=model, messages=({"role": "user", "content": item.question},), strategy=cell.strategy, params=cell.params, max_total_tokens=cell.budget
+                model=model, messages=({"role": "user", "content": item.question},), strategy=cell.strategy, params=params, max_total_tokens=cell.budget
             )
             async with sem:
                 t0 = time.perf_counter()

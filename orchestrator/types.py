@@ -11,6 +11,20 @@ RequestState = Literal["queued", "running", "succeeded", "failed", "cancelled", 
 UNFINISHED: tuple[RequestState, ...] = ("queued", "running")  # the states a request can still leave
 
 
+# Larger than any offset a strategy adds to its seed within one request (samples x 1_000_003, hops x 7919,
+# parents x 104729).
+PROBLEM_SEED_STRIDE = 100_000_007
+
+
+def problem_seed(seed: int | None, index: int) -> int | None:
+    """The seed for the ``index``-th problem of a seeded batch: reproducible, yet independent across problems.
+
+    The engine draws the same noise for the same seed whatever the prompt, so one seed for every problem of a
+    batch gives all of them one draw per turn, not one each. An ATTS calibration set built that way was not
+    exchangeable with other runs (held-out rejection rate 0.365 at alpha 0.3; 0.310 with a seed per problem)."""
+    return None if seed is None else seed + PROBLEM_SEED_STRIDE * index
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
     """One engine call: ``n`` completions of ``prompt`` (text, or token ids to skip tokenisation).

@@ -147,3 +147,23 @@ def test_a_grid_stops_when_the_tenants_quota_is_spent_and_resumes_later(store):
         s.get(Tenant, tenant).tokens_per_day = 1_000_000
     (summary,) = _grid_run(store, tenant, concurrency=2)
     assert summary.problems == 6 and store.eval_runs(name="g")[0].state == "succeeded"
+
+
+def test_a_seeded_grid_gives_each_problem_its_own_seed_and_repeats_them(store):
+    from orchestrator.controller import Controller
+    from orchestrator.evals import evaluate
+    from orchestrator.types import problem_seed
+    from strategies import REGISTRY
+    from verifiers import TaskAnswerVerifier
+
+    def seeds(name):
+        engine = SlowEngine(depth=1)
+        ctl = Controller(engine=engine, store=store, strategies=REGISTRY, verifier=TaskAnswerVerifier(), models={"target": "policy"}, max_request_tokens=10_000, server_id="eval")
+        dataset = load_dataset("task:test", problems=6)
+        asyncio.run(evaluate(ctl, store, dataset, [Cell("single_pass", {"temperature": 0.8, "max_tokens": 8, "seed": 5})], model="target", name=name, verifier=TaskAnswerVerifier()))
+        by_question = {c.prompt.split("\n")[0]: c.seed for c in engine.calls}
+        return [by_question[it.question] for it in dataset.items]
+
+    first = seeds("a")
+    assert first == [problem_seed(5, k) for k in range(6)]  # one each, by position: not 5 for all
+    assert seeds("b") == first

@@ -129,3 +129,15 @@ def test_missing_calibration_or_draft_is_a_clear_error(store):
     with pytest.raises(InvalidRequest, match="draft model"):
         asyncio.run(atts.run(Problem(prompt=PROMPT, question="q"), ctx, atts.Params()))
     assert atts.SPEC.needs(atts.Params()) == {"draft"}
+
+
+def test_a_seeded_batch_gives_each_problem_its_own_reproducible_seed():
+    from orchestrator.types import problem_seed
+
+    assert problem_seed(None, 3) is None
+    seeds = [problem_seed(5, k) for k in range(200)]
+    assert seeds == [problem_seed(5, k) for k in range(200)] and len(set(seeds)) == 200
+    # No problem's seed reaches another's through the offsets a request adds: samples (ATTS, up to the
+    # width limit 64), hops (3 per turn, 16 turns) and parents (104729 each, up to 64).
+    offsets = {1_000_003 * s + 7919 * h + 104729 * i for s in range(64) for h in range(48) for i in range(64)}
+    assert max(offsets) < seeds[1] - seeds[0]
