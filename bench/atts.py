@@ -32,9 +32,8 @@ from models import task
 from orchestrator.config import REPO_ROOT
 from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
-from orchestrator.types import Problem, SamplingSpec, SubCall
+from orchestrator.types import Problem, SamplingSpec, SubCall, problem_seed
 from strategies import REGISTRY, atts
-from orchestrator.types import problem_seed
 from verifiers import TaskAnswerVerifier
 
 RESULTS = REPO_ROOT / "bench" / "results"

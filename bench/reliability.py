@@ -649,7 +649,7 @@ def restart(
             def since(t: datetime | None) -> float | None:
                 return None if t is None else round((t.replace(tzinfo=timezone.utc) - sent_at).total_seconds(), 2)
 
-            report["timeline_s"] = sorted(([since(r.created_at), since(r.started_at), since(r.finished_at)] for r in store.list_requests(None, limit=100)), key=lambda x: x[0] or 0.0)
+            report["timeline_s"] = [[since(r.created_at), since(r.started_at), since(r.finished_at)] for r in reversed(store.list_requests(None, limit=100))]
             for t in threads:
                 t.join(30)
             client.close()

@@ -29,9 +29,8 @@ from orchestrator.db.store import Store
 from orchestrator.errors import ConfigError
 from orchestrator.evals import jsonl_rows
 from orchestrator.protocols import Engine
-from orchestrator.types import Problem, SubCall
+from orchestrator.types import Problem, SubCall, problem_seed
 from strategies import atts
-from orchestrator.types import problem_seed
 from verifiers import TaskAnswerVerifier
 
 log = logging.getLogger(__name__)
