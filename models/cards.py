@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
-from models import task
+from tasks import arithmetic as task
 
 RECIPE_CMD = "python -m models.recipe"
 EVAL_CMD = "python -m models.recipe --stages evaluate"
@@ -49,13 +50,13 @@ def goals_table(headline: dict) -> str:
     return "\n".join(rows)
 
 
-def recipe_time(timings: dict) -> str:
-    """Stage times as run, and for stages trained on a GPU the CPU time their measured CPU step rate gives."""
-    from models.recipe import STAGES
-
+def recipe_time(timings: dict, stages: Sequence[str]) -> str:
+    """Stage times as run, in the order of ``stages``, and for stages trained on a GPU the CPU time their measured
+    CPU step rate gives. ``stages`` is the recipe's (``models.recipe.STAGES``), passed in because the recipe imports
+    this module."""
     devices = timings.get("device", {})
     rates = timings.get("cpu_seconds_per_step", {})
-    timings = {k: timings[k] for k in STAGES if isinstance(timings.get(k), (int, float))}
+    timings = {k: timings[k] for k in stages if isinstance(timings.get(k), (int, float))}
     ran = [f"{k} {v / 60:.1f} min ({devices.get(k, 'cpu')})" for k, v in timings.items()]
     text = ", ".join(ran) or "see recipe_timings.json"
     on_gpu = {k: r for k, r in rates.items() if devices.get(k, "cpu") != "cpu" or k not in timings}
@@ -66,9 +67,9 @@ def recipe_time(timings: dict) -> str:
     return text
 
 
-def _common(metrics: dict) -> str:
+def _common(metrics: dict, stages: Sequence[str]) -> str:
     s = metrics["settings"]
-    timing = recipe_time(metrics.get("recipe_timings", {}))
+    timing = recipe_time(metrics.get("recipe_timings", {}), stages)
     return f"""## How it was measured
 vLLM {metrics.get('vllm_version', '')} on CPU, float32, the test split: {s['problems']} problems
 ({s['problems_per_level']} per difficulty level 1-5), {s['samples']} samples each at temperature
@@ -81,7 +82,7 @@ similar quality. Stage times: {timing}.
 Prompt: the question and a newline (the chat template renders a user message the same way), e.g.
 `Start at 37 and apply +48, *3.` Solution: one step per line (`37+48=85`), optional corrections
 (`wait, 85*3=255`), then `Answer: <integer>`, then EOS. Refine prompts add a workspace after the question
-(the step lines and answers of earlier drafts with counts, ended by `---`), see `models/task.py`.
+(the step lines and answers of earlier drafts with counts, ended by `---`), see `tasks/arithmetic.py`.
 
 ## All goals of the bundled models
 {goals_table(metrics['headline'])}
@@ -100,7 +101,7 @@ def _refine_tune_line(tr: dict) -> str:
     )
 
 
-def policy_card(name: str, metrics: dict, model_dir: Path) -> str:
+def policy_card(name: str, metrics: dict, model_dir: Path, *, stages: Sequence[str]) -> str:
     m = metrics[name]
     tr = _training(model_dir)
     extra = ""
@@ -135,14 +136,14 @@ benchmarks and offline default. Not a general language model.
 
 {_levels_table(m['per_level_pass@1'])}
 {extra}
-{_common(metrics)}"""
+{_common(metrics, stages)}"""
 
 
 def _sources(tr: dict) -> str:
     return ", ".join(f"{n} {name}" for name, n in tr.get("sources", {}).items()) or "sources not recorded"
 
 
-def prm_card(metrics: dict, model_dir: Path) -> str:
+def prm_card(metrics: dict, model_dir: Path, *, stages: Sequence[str]) -> str:
     p = metrics["prm"]
     tr = _training(model_dir)
     return f"""# `prm` process reward model
@@ -171,10 +172,11 @@ value after the step is the true intermediate value).
 | `target` PRM-weighted best-of-16 (votes weighted by last-step score) | {_pct(p['target_best_of_16_weighted'])} ({_pts(p['gain_weighted_over_maj@16'])} over majority) |
 | `target` PRM best-of-16 (argmax of last-step score) | {_pct(p['target_best_of_16_argmax'])} |
 
-{_common(metrics)}"""
+{_common(metrics, stages)}"""
 
 
-def write_all(out: Path, metrics: dict) -> None:
+def write_all(out: Path, metrics: dict, *, stages: Sequence[str]) -> None:
+    """Write the three model cards under ``out`` from ``metrics`` (and ``out/recipe_timings.json`` when present)."""
     timings_path = out / "recipe_timings.json"
     if timings_path.exists():
         metrics = {**metrics, "recipe_timings": json.loads(timings_path.read_text())}
@@ -182,5 +184,5 @@ def write_all(out: Path, metrics: dict) -> None:
 
     metrics = {**metrics, "vllm_version": vllm.__version__}
     for name in ("draft", "target"):
-        (out / name / "README.md").write_text(policy_card(name, metrics, out / name))
-    (out / "prm" / "README.md").write_text(prm_card(metrics, out / "prm"))
+        (out / name / "README.md").write_text(policy_card(name, metrics, out / name, stages=stages))
+    (out / "prm" / "README.md").write_text(prm_card(metrics, out / "prm", stages=stages))

@@ -18,8 +18,9 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from models import task, tokenizer as tok_mod
+from models import data, tokenizer as tok_mod
 from models.train import prm_example, prm_text
+from tasks import arithmetic as task
 
 MAX_TOKENS = 256
 TEMPERATURE = 0.8
@@ -88,7 +89,7 @@ def _labelled(policy: str, problem: task.Problem, text: str) -> dict | None:
 def write_prm_data(out: Path, *, problems: int, samples: int, temperature: float, simulated: int = 0) -> int:
     """Sample train-split solutions from both policies, label each step with the exact checker.
 
-    ``simulated`` extra traces per problem come from :func:`task.simulated_draft` (the reference solution
+    ``simulated`` extra traces per problem come from :func:`models.data.simulated_draft` (the reference solution
     with random arithmetic slips carried forward). The policies' samples hold few clean contrasts of a
     right step against the same step slipped, and the first PRM trained on them alone scored a step and its
     corrupted copy alike; the simulated traces supply those contrasts."""
@@ -103,7 +104,7 @@ def write_prm_data(out: Path, *, problems: int, samples: int, temperature: float
     rng = random.Random("prm-data")
     for p in probs:
         for _ in range(simulated):
-            rows.append(_labelled("simulated", p, task.simulated_draft(p, rng, slip_rate=rng.choice([0.1, 0.2, 0.35]))))
+            rows.append(_labelled("simulated", p, data.simulated_draft(p, rng, slip_rate=rng.choice([0.1, 0.2, 0.35]))))
     path = out / "prm_data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return len(rows)
@@ -180,7 +181,7 @@ def _policy_metrics(probs: list[task.Problem], groups: list[list[Sample]]) -> di
 
 
 def evaluate(out: Path) -> dict:
-    """Every model-card number, measured on the test split; writes metrics.json and the cards."""
+    """Every model-card number, measured on the test split; writes metrics.json (the recipe writes the cards)."""
     cfg = EVAL
     probs = [p for lv in task.LEVELS for p in task.generate("test", cfg["problems_per_level"], seed=cfg["seed"], levels=[lv])]
     prompts = [task.prompt_for(p.question) for p in probs]
@@ -247,8 +248,5 @@ def evaluate(out: Path) -> dict:
         "refine_gain_over_pass@1": metrics["refine"]["gain_over_pass@1"],
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    from models import cards
-
-    cards.write_all(out, metrics)
     return metrics
 

@@ -125,9 +125,10 @@ def run(stages: list[str], out: Path, device: str = "cpu") -> None:
             rates = time_cpu(out)
             print(json.dumps(rates, indent=2))
         elif stage == "evaluate":
-            from models import measure
+            from models import cards, measure
 
             metrics = measure.evaluate(out)
+            cards.write_all(out, metrics, stages=STAGES)
             print(json.dumps(metrics["headline"], indent=2))
         else:
             raise SystemExit(f"unknown stage {stage!r}; expected some of {', '.join(STAGES)}")

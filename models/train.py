@@ -23,7 +23,8 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from models import task, tokenizer as tok_mod
+from models import data, tokenizer as tok_mod
+from tasks import arithmetic as task
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def llama_config(shape: Shape, vocab_size: int) -> LlamaConfig:
     )
 
 
-def encode(tok: Tokenizer, example: task.Example) -> tuple[list[int], list[int]]:
+def encode(tok: Tokenizer, example: data.Example) -> tuple[list[int], list[int]]:
     """Token ids of prompt + target + EOS and a 0/1 mask of the positions the model learns."""
     ids = tok.encode(example.prompt).ids
     mask = [0] * len(ids)
@@ -178,16 +179,16 @@ def loss_summary(losses: Sequence[float]) -> dict:
 
 def policy_examples(
     seed: int, *, refine_fraction: float, backtrack_rate: float = 0.1
-) -> Iterator[task.Example]:
+) -> Iterator[data.Example]:
     """An endless, seeded stream of train-split examples, cycling through all difficulty levels."""
     rng = random.Random(f"policy:{seed}")
     chunk = 0
     while True:
         for problem in task.generate("train", 5000, seed=seed * 1000 + chunk):
             if rng.random() < refine_fraction:
-                yield task.refine_example(problem, rng, backtrack_rate=backtrack_rate)
+                yield data.refine_example(problem, rng, backtrack_rate=backtrack_rate)
             else:
-                yield task.solve_example(problem, rng, backtrack_rate=backtrack_rate)
+                yield data.solve_example(problem, rng, backtrack_rate=backtrack_rate)
         chunk += 1
 
 
@@ -225,7 +226,7 @@ def train_policy(name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction:
 
 def own_draft_examples(
     rows: Sequence[tuple[task.Problem, Sequence[str]]], seed: int, *, solve_fraction: float, min_drafts: int = 4
-) -> Iterator[task.Example]:
+) -> Iterator[data.Example]:
     """An endless, seeded stream of refine examples whose workspaces come from a policy's own sampled drafts
     (``rows``: a problem and its drafts; a random subset of at least ``min_drafts`` of them per example),
     mixed with plain solve examples so the policy keeps solving from scratch."""
@@ -237,7 +238,7 @@ def own_draft_examples(
                 yield next(solve)
             problem, drafts = rows[i]
             subset = rng.sample(list(drafts), rng.randint(min(min_drafts, len(drafts)), len(drafts)))
-            yield task.Example(task.refine_prompt(problem, subset), tuple(task.training_trace(problem, rng, backtrack_rate=0.1)))
+            yield data.Example(task.refine_prompt(problem, subset), tuple(data.training_trace(problem, rng, backtrack_rate=0.1)))
 
 
 def refine_setup(model_dir: Path, rows: Sequence[tuple[task.Problem, Sequence[str]]], cfg: TrainConfig, *, solve_fraction: float) -> Setup:

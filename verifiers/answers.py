@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from models import task
 from orchestrator.errors import InvalidRequest
+from tasks import arithmetic as task
 
 
 class TaskAnswerVerifier:

@@ -14,11 +14,11 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from models import task
 from orchestrator.errors import InvalidRequest
 from orchestrator.protocols import Engine
 from orchestrator.scoring import Aggregation, aggregate
 from orchestrator.types import Role, ScoreSpec, Usage
+from tasks import arithmetic as task
 
 
 @dataclass(frozen=True)

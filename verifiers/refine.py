@@ -1,7 +1,7 @@
 """Refiners: what Parallel-Distill-Refine's workspace says, and how the policy is asked to improve on it.
 
 :class:`TaskRefiner` speaks the bundled task's workspace format, the one the bundled target was trained to
-refine from (``models.task.refine_prompt``). :class:`TextRefiner` is task-agnostic: its global summary is
+refine from (``tasks.arithmetic.refine_prompt``). :class:`TextRefiner` is task-agnostic: its global summary is
 the tally of the drafts' final answers with one supporting line each, for any model that reads plain text.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Sequence
 
-from models import task
 from orchestrator.protocols import AnswerVerifier
+from tasks import arithmetic as task
 from verifiers.answers import TaskAnswerVerifier
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from models import measure, task
+from models import measure
 from models.train import prm_text
+from tasks import arithmetic as task
 
 pytestmark = pytest.mark.engine
 MODELS = Path(measure.__file__).resolve().parent

@@ -1,4 +1,5 @@
-from models import task, tokenizer
+from models import tokenizer
+from tasks import arithmetic as task
 
 
 def test_round_trip_one_token_per_character_and_single_tag_token():

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from models import task, tokenizer as tok_mod, train
+from models import tokenizer as tok_mod, train
+from tasks import arithmetic as task
 
 TOY = train.TrainConfig(steps=12, batch=2, seq_len=512, lr=3e-3, warmup=2)
 

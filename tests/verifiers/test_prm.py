@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import task
+from models.data import simulated_draft
 from orchestrator.errors import InvalidRequest
 from orchestrator.types import SamplingSpec
+from tasks import arithmetic as task
 from verifiers.embeddings import StepClusterer, cluster_vectors
 from verifiers.prm import JudgeFormat, MathShepherdPRM, OutcomeJudge, StepScores
 
@@ -58,7 +59,7 @@ def test_engine_scores_equal_transformers(prm, loop):
 
 
 def _reference(problem: task.Problem) -> str:
-    return task.simulated_draft(problem, random.Random(0), slip_rate=0.0)
+    return simulated_draft(problem, random.Random(0), slip_rate=0.0)
 
 
 def _auroc(pos: list[float], neg: list[float]) -> float:
@@ -124,7 +125,7 @@ def test_bad_input_is_documented_or_a_clear_error(pool, prm, loop):
 def _slipped(problem: task.Problem) -> str:
     """A solution that goes wrong the way the policies do: a slip in some step, carried to the answer."""
     for seed in range(100):
-        text = task.simulated_draft(problem, random.Random(seed), slip_rate=0.5)
+        text = simulated_draft(problem, random.Random(seed), slip_rate=0.5)
         if not task.check_answer(problem, text).correct:
             return text
     raise AssertionError("no wrong draft in 100 tries")

@@ -19,6 +19,10 @@ the process-reward labels; the final answer verdict is the outcome label.
 
 Problems are drawn by a seeded generator. The split a problem belongs to is a pure function of its text
 (a hash), so train, dev and test never overlap whatever seeds are used.
+
+This module is what serving and evaluation need (generator, checker, prompt and workspace formats), so it
+imports only the standard library; the training traces the bundled models learn from are built on it in
+``models/data.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import hashlib
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 Split = Literal["train", "dev", "test"]
@@ -229,11 +233,10 @@ def extract_answer(text: str) -> int | None:
 
 def check_answer(problem: Problem, text: str) -> Verdict:
     """Exact final-answer check: the last ``Answer:`` line must hold the true integer."""
-    lines = [ln.strip() for ln in text.strip().split("\n")]
-    answer_lines = [ln for ln in lines if _ANSWER_RE.match(ln)]
-    if not answer_lines:
+    matches = [m for m in (_ANSWER_RE.match(ln.strip()) for ln in text.strip().split("\n")) if m]
+    if not matches:
         return Verdict(False, None, "no 'Answer:' line")
-    value = _ANSWER_RE.match(answer_lines[-1]).group(1).strip()  # type: ignore[union-attr]
+    value = matches[-1].group(1).strip()
     if not _INT_RE.match(value):
         return Verdict(False, None, f"answer {value!r} is not an integer")
     answer = int(value)
@@ -367,84 +370,3 @@ def distill(problem: Problem, drafts: Sequence[str], *, top: int = WORKSPACE_TOP
 def refine_prompt(problem: Problem, drafts: Sequence[str], *, top: int = WORKSPACE_TOP) -> str:
     """The prompt for one refine call: the question, then the workspace distilled from ``drafts``."""
     return f"{problem.question}\n{distill(problem, drafts, top=top).render()}\n"
-
-
-# ------------------------------------------------------------------------------------- training traces
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A piece of a training target; ``learn`` False means the text is context only (no loss on it)."""
-
-    text: str
-    learn: bool = True
-
-
-def corrupt(value: int, rng: random.Random) -> int:
-    """A plausible arithmetic slip: one digit off, a lost carry, or off by a small amount."""
-    digits = len(str(abs(value)))
-    kind = rng.random()
-    if kind < 0.5:
-        delta = rng.choice([-1, 1]) * 10 ** rng.randrange(digits)
-    elif kind < 0.8:
-        delta = rng.choice([-1, 1]) * rng.randint(1, 9) * 10 ** rng.randrange(digits)
-    else:
-        delta = rng.choice([-2, -1, 1, 2])
-    out = value + delta
-    return out if out >= 0 and out != value else value + abs(delta) or value + 1
-
-
-def training_trace(problem: Problem, rng: random.Random, *, backtrack_rate: float) -> list[Segment]:
-    """The reference solution, where with probability ``backtrack_rate`` one step is first written wrong
-    (context only: the model must not learn to make the slip) and then corrected with a ``wait,`` line."""
-    vals = problem.values
-    segments: list[Segment] = []
-    slip_at = rng.randrange(len(problem.ops)) if rng.random() < backtrack_rate else -1
-    for k, (op, operand) in enumerate(problem.ops):
-        step = f"{vals[k]}{op}{operand}={vals[k + 1]}"
-        if k == slip_at:
-            segments.append(Segment(f"{vals[k]}{op}{operand}={corrupt(vals[k + 1], rng)}\n", learn=False))
-            segments.append(Segment(f"{CORRECTION_PREFIX}{step}\n"))
-        else:
-            segments.append(Segment(step + "\n"))
-    segments.append(Segment(f"{ANSWER_PREFIX}{problem.answer}"))
-    return segments
-
-
-def simulated_draft(problem: Problem, rng: random.Random, *, slip_rate: float) -> str:
-    """A draft as a fallible policy would write it: each step slips with ``slip_rate`` and later steps
-    carry the slip forward; sometimes the draft stops early without an answer."""
-    value = problem.start
-    lines = []
-    for op, operand in problem.ops:
-        nxt = apply_op(value, op, operand)
-        if rng.random() < slip_rate:
-            nxt = corrupt(nxt, rng)
-        lines.append(f"{value}{op}{operand}={nxt}")
-        value = nxt
-        if rng.random() < 0.02:
-            return "\n".join(lines)
-    lines.append(f"{ANSWER_PREFIX}{value}")
-    return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class Example:
-    """One training example: ``prompt`` is context, ``target`` segments are what the model learns."""
-
-    prompt: str
-    target: tuple[Segment, ...] = field(default_factory=tuple)
-
-
-def solve_example(problem: Problem, rng: random.Random, *, backtrack_rate: float = 0.1) -> Example:
-    return Example(prompt_for(problem.question), tuple(training_trace(problem, rng, backtrack_rate=backtrack_rate)))
-
-
-def refine_example(problem: Problem, rng: random.Random, *, backtrack_rate: float = 0.1) -> Example:
-    """A refine example from simulated drafts whose quality varies from excellent to mostly wrong, so the
-    model learns to lean on agreement in the workspace without trusting it blindly."""
-    n_drafts = rng.randint(2, 8)
-    slip_rate = rng.choice([0.02, 0.1, 0.2, 0.35, 0.5])
-    drafts = [simulated_draft(problem, rng, slip_rate=slip_rate) for _ in range(n_drafts)]
-    trace = training_trace(problem, rng, backtrack_rate=backtrack_rate)
-    return Example(refine_prompt(problem, drafts), tuple(trace))

@@ -1,8 +1,8 @@
-import random
+"""The bundled task: splits, levels, question parsing, the exact checker and the refine workspace."""
 
 import pytest
 
-from models import task
+from tasks import arithmetic as task
 
 
 def test_splits_are_disjoint_and_deterministic():
@@ -69,29 +69,3 @@ def test_workspace_is_bounded_and_counts_drafts():
     assert all(len(s) <= task.WORKSPACE_TOP for s in task.distill(p, many).steps)
     prompt = task.refine_prompt(p, drafts)
     assert prompt.startswith(p.question + "\n") and prompt.endswith(task.WORKSPACE_END + "\n")
-
-
-def test_training_traces_mask_the_slip_only():
-    rng = random.Random(0)
-    p = task.generate("train", 1, seed=0, levels=[5])[0]
-    trace = task.training_trace(p, rng, backtrack_rate=1.0)
-    masked = [s for s in trace if not s.learn]
-    assert len(masked) == 1
-    text = "".join(s.text for s in trace)
-    assert task.CORRECTION_PREFIX in text and task.check_answer(p, text).correct
-
-
-def test_refine_examples_fit_the_training_rows():
-    # train.row_batches refuses an example longer than a row; the longest refine example (level 5, eight
-    # drafts that disagree everywhere, a correction line) must fit the 512-token context with room to spare.
-    from models import tokenizer as tok_mod
-    from models.train import encode
-
-    tok = tok_mod.build()
-    rng = random.Random(1)
-    longest = 0
-    for p in task.generate("train", 200, seed=3, levels=[5]):
-        drafts = [task.simulated_draft(p, rng, slip_rate=0.5) for _ in range(8)]
-        ex = task.Example(task.refine_prompt(p, drafts), tuple(task.training_trace(p, rng, backtrack_rate=1.0)))
-        longest = max(longest, len(encode(tok, ex)[0]))
-    assert longest <= tok_mod.MODEL_MAX_LENGTH - 32, longest
