@@ -20,9 +20,9 @@ import time
 import uuid
 from pathlib import Path
 
-from models import task
 from orchestrator.config import REPO_ROOT
 from orchestrator.types import SamplingSpec
+from tasks import arithmetic as task
 
 
 def _specs(args: argparse.Namespace) -> list[SamplingSpec]:
@@ -84,11 +84,12 @@ async def bare_round(llm, specs: list[SamplingSpec]) -> tuple[int, float]:
 
 async def run(args: argparse.Namespace) -> dict:
     from workers.engine import EngineConfig, VllmEngine
-    from workers.pool import WorkerPool, WorkerSpec, connect_ray
+    from workers.local import LocalSpec
+    from workers.pool import WorkerPool, connect_ray
 
     config = EngineConfig(model_path=args.model)
     connect_ray()
-    pool = await WorkerPool.start([WorkerSpec("policy", engine=config)])
+    pool = await WorkerPool.start([LocalSpec("policy", engine=config)])
     # The same engine arguments as the pool's actor (VllmEngine.create), used through AsyncLLM's own API.
     bare = VllmEngine.create(config, name="bare")
     specs = _specs(args)

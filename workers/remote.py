@@ -1,6 +1,6 @@
-"""An engine that is an external `vllm serve`, reached over its OpenAI-compatible HTTP API.
+"""The remote backend: an external `vllm serve`, reached over its OpenAI-compatible HTTP API.
 
-It offers the same calls as :class:`workers.engine.VllmEngine`, so the pool treats it as one more replica. Only
+:class:`RemoteEngine` is a :class:`workers.backend.Backend` itself (embedding is not served). Only
 failures to connect are retried (the server never saw the call); anything after the request was sent is an
 error, since a retry could sample twice and bill twice. Closing a call's connection makes vLLM abort it, which
 is how ``abort`` and cancellation work here.
@@ -13,17 +13,22 @@ import json
 import logging
 import math
 import uuid
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence
 
 import httpx
 
-from orchestrator.errors import EngineError, EngineTimeout, InvalidRequest, WorkerDied
-from orchestrator.types import Completion, EngineStats, Generation, SamplingSpec, Scores, ScoreSpec, StreamDelta, Usage
+from orchestrator.errors import ConfigError, EngineError, EngineTimeout, InvalidRequest, WorkerDied
+from orchestrator.types import Completion, EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, Usage
+from workers.backend import Unsupported
+from workers.config import RoleConfig
 
 log = logging.getLogger(__name__)
 
 
-class RemoteEngine:
+class RemoteEngine(Unsupported):
+    """One connection pool to the server at ``base_url`` serving ``model``; ``name`` is this replica's."""
+
     def __init__(
         self,
         base_url: str,
@@ -78,6 +83,9 @@ class RemoteEngine:
             self._tasks.pop(request_id, None)
 
     # ------------------------------------------------------------------------------------------ calls
+
+    async def start(self) -> None:
+        await self.stats()  # fails fast with WorkerDied when the server is unreachable
 
     def _body(self, spec: SamplingSpec) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -190,8 +198,30 @@ class RemoteEngine:
             prefix_cache_hits=int(values.get("vllm:prefix_cache_hits_total", 0)),
         )
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
+    async def shutdown(self) -> None:
+        await self._client.aclose()  # the server is not ours to stop
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    """A role served by the `vllm serve` at ``url`` under the model name ``model``; each of ``replicas`` is
+    its own connection pool to it."""
+
+    role: Role
+    url: str
+    model: str
+    api_key: str | None = None
+    replicas: int = 1
+
+    @classmethod
+    def from_config(cls, role: Role, rc: RoleConfig) -> RemoteSpec:
+        if rc.url is None:
+            raise ConfigError(f"role {role}: a remote engine needs `url`")
+        return cls(role, url=rc.url, model=rc.served_model or role, api_key=rc.api_key, replicas=rc.replicas)
+
+    def build(self, name: str, index: int, *, tag: str, max_restarts: int) -> RemoteEngine:
+        # No actor here: nothing to name cluster-wide or to restart; the server's lifetime is its own.
+        return RemoteEngine(self.url, model=self.model, name=name, api_key=self.api_key)
 
 
 def _checked(resp: httpx.Response, name: str) -> dict[str, Any]:

@@ -13,10 +13,11 @@ DRAFT = Path(__file__).resolve().parents[2] / "models" / "draft"
 def pool(loop):
     """Two replicas of the draft model serving role `policy`."""
     from workers.engine import EngineConfig
-    from workers.pool import WorkerPool, WorkerSpec, connect_ray
+    from workers.local import LocalSpec
+    from workers.pool import WorkerPool, connect_ray
 
     connect_ray()
-    spec = WorkerSpec("policy", engine=EngineConfig(model_path=DRAFT, kv_cache_gib=1), replicas=2)
+    spec = LocalSpec("policy", engine=EngineConfig(model_path=DRAFT, kv_cache_gib=1), replicas=2)
     p = loop.run(WorkerPool.start([spec], call_timeout_s=120))
     yield p
     loop.run(p.shutdown(), timeout=120)

@@ -6,7 +6,10 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from workers.config import load_pool_config
-from workers.pool import WorkerSpec
+from workers.embedder import EmbedderSpec
+from workers.factory import backend_spec
+from workers.local import LocalSpec
+from workers.remote import RemoteSpec
 
 
 def test_file_and_env_overrides(tmp_path):
@@ -16,18 +19,28 @@ def test_file_and_env_overrides(tmp_path):
     assert cfg.call_timeout_s == 30
     assert cfg.roles["policy"].replicas == 3 and cfg.roles["policy"].model.is_absolute()
     assert cfg.roles["prm"].model.name == "prm"
-    remote = WorkerSpec.from_config("target", cfg.roles["target"])
-    assert remote.remote_url == "http://127.0.0.1:9" and remote.remote_model == "target" and remote.engine is None
-    local = WorkerSpec.from_config("policy", cfg.roles["policy"])
-    assert local.engine is not None and local.replicas == 3 and local.num_gpus == 0
+    remote = backend_spec("target", cfg.roles["target"])
+    assert isinstance(remote, RemoteSpec) and remote.url == "http://127.0.0.1:9" and remote.model == "target"
+    local = backend_spec("policy", cfg.roles["policy"])
+    assert isinstance(local, LocalSpec) and local.replicas == 3 and local.placement.num_gpus == 0
+    assert local.engine.model_path == cfg.roles["policy"].model
 
 
 def test_a_role_is_pinned_to_nodes_by_custom_resources(tmp_path):
     f = tmp_path / "workers.toml"
     f.write_text('[roles.policy]\nmodel = "models/target"\ngpus = 1\nresources = { gpu_node = 1 }\n[roles.prm]\nmodel = "models/prm"\n')
     cfg = load_pool_config(f, env={})
-    assert WorkerSpec.from_config("policy", cfg.roles["policy"]).resources == (("gpu_node", 1.0),)
-    assert WorkerSpec.from_config("prm", cfg.roles["prm"]).resources == ()
+    policy, prm = backend_spec("policy", cfg.roles["policy"]), backend_spec("prm", cfg.roles["prm"])
+    assert isinstance(policy, LocalSpec) and isinstance(prm, LocalSpec)
+    assert policy.placement.resources == (("gpu_node", 1.0),) and policy.placement.num_gpus == 1
+    assert prm.placement.resources == ()
+
+
+def test_the_embedder_role_is_an_embedder_backend_on_the_packaged_model():
+    cfg = load_pool_config(None, env={}, default_roles={"embedder": {}, "policy": {"model": "models/draft"}})
+    spec = backend_spec("embedder", cfg.roles["embedder"])
+    assert isinstance(spec, EmbedderSpec) and spec.model_path is not None and spec.model_path.exists()
+    assert spec.placement.num_gpus == 0
 
 
 def test_defaults_without_a_file():

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from models import task
 from orchestrator.errors import EngineTimeout, InvalidRequest, WorkerDied
 from orchestrator.types import SamplingSpec, ScoreSpec
+from tasks import arithmetic as task
 from tests.workers.conftest import DRAFT
 
 pytestmark = pytest.mark.engine

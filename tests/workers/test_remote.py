@@ -10,9 +10,9 @@ import time
 import httpx
 import pytest
 
-from models import task
 from orchestrator.errors import InvalidRequest, WorkerDied
 from orchestrator.types import SamplingSpec, ScoreSpec
+from tasks import arithmetic as task
 from tests.helpers import free_port
 from tests.workers.conftest import DRAFT
 
@@ -58,9 +58,10 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def remote_pool(server, loop):
-    from workers.pool import WorkerPool, WorkerSpec
+    from workers.pool import WorkerPool
+    from workers.remote import RemoteSpec
 
-    p = loop.run(WorkerPool.start([WorkerSpec("draft", remote_url=server, remote_model="draft")]))
+    p = loop.run(WorkerPool.start([RemoteSpec("draft", url=server, model="draft")]))
     yield p
     loop.run(p.shutdown())
 
@@ -125,4 +126,4 @@ def test_remote_errors_are_typed(remote_pool, loop):
     with pytest.raises(WorkerDied, match="cannot connect"):
         loop.run(dead.generate(SamplingSpec("Q", max_tokens=4)))
     assert time.monotonic() - t0 < 10
-    loop.run(dead.aclose())
+    loop.run(dead.shutdown())

@@ -1,0 +1,98 @@
+"""The Backend protocol and what the pool assumes of it, without engines (no Ray, no vLLM started)."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import EngineUnavailable, WorkerDied
+from orchestrator.types import EngineStats, SamplingSpec
+from tests.helpers import free_port
+from workers.backend import Backend, Unsupported
+from workers.embedder import EmbedderBackend
+from workers.local import LocalEngine
+from workers.pool import WorkerPool
+from workers.remote import RemoteEngine, RemoteSpec
+
+WORKERS = Path(__file__).resolve().parents[2] / "workers"
+CALLS = [name for name, _ in inspect.getmembers(Backend, inspect.isfunction) if not name.startswith("_")]
+
+
+@pytest.mark.parametrize("cls", [LocalEngine, RemoteEngine, EmbedderBackend, Unsupported])
+def test_every_backend_has_every_call_of_the_protocol_with_its_signature(cls):
+    for call in CALLS:
+        if call in ("start", "shutdown") and cls is Unsupported:
+            continue  # a backend's own: there is nothing to refuse
+        ours = inspect.signature(getattr(cls, call))
+        promised = inspect.signature(getattr(Backend, call))
+        assert list(ours.parameters) == list(promised.parameters), f"{cls.__name__}.{call}"
+        assert inspect.isasyncgenfunction(getattr(cls, call)) == (call == "stream"), f"{cls.__name__}.{call}"
+
+
+def test_the_pool_talks_to_backends_only():
+    tree = ast.parse((WORKERS / "pool.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert not {m for m in imported if m and m.split(".")[0] in ("ray", "vllm", "httpx")}
+    assert not imported & {"workers.local", "workers.remote", "workers.embedder", "workers.engine"}
+
+
+def test_backends_are_complete_classes_not_forwarders():
+    for path in WORKERS.glob("*.py"):
+        defined = {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
+        assert "__getattr__" not in defined, path.name
+
+
+class Embedder(Unsupported):
+    """A scripted embedder: serves ``embed`` only, as the real one does."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def start(self) -> None:
+        pass
+
+    async def embed(self, texts):
+        return [[1.0] for _ in texts]
+
+    async def shutdown(self) -> None:
+        pass
+
+
+class Engine(Embedder):
+    async def stats(self) -> EngineStats:
+        return EngineStats(self.name, 0, 0, 0, 0, 0, 0)
+
+
+def test_a_call_a_backend_does_not_serve_is_a_typed_error_naming_it():
+    pool = WorkerPool({"embedder": [Embedder("embedder-0")]})
+
+    async def run():
+        assert await pool.embed("embedder", ["a", "b"]) == [[1.0], [1.0]]
+        with pytest.raises(EngineUnavailable, match="embedder-0: does not serve `generate`"):
+            await pool.generate("embedder", SamplingSpec("Q", max_tokens=4))
+        with pytest.raises(EngineUnavailable, match="does not serve `stream`"):
+            [d async for d in pool.stream("embedder", SamplingSpec("Q", max_tokens=4))]
+        await pool.abort(["not-running"])  # nothing to abort: no error
+
+    asyncio.run(run())
+    assert pool._load == {"embedder-0": 0} and not pool._running
+
+
+def test_stats_of_every_engine_leave_the_embedder_out():
+    pool = WorkerPool({"policy": [Engine("policy-0"), Engine("policy-1")], "embedder": [Embedder("embedder-0")]})
+    stats = asyncio.run(pool.stats())
+    assert sorted(s.worker for s in stats) == ["policy-0", "policy-1"]
+    with pytest.raises(EngineUnavailable, match="stats"):
+        asyncio.run(pool.stats("embedder"))
+
+
+def test_a_remote_role_whose_server_is_unreachable_fails_to_start_typed():
+    spec = RemoteSpec("target", url=f"http://127.0.0.1:{free_port()}", model="target")
+    with pytest.raises(WorkerDied, match="target-0: metrics unavailable"):
+        asyncio.run(WorkerPool.start([spec]))
