@@ -10,6 +10,7 @@ Every command works on the service's database (DATABASE_URL / TTS_DATA_DIR), mig
 
 from __future__ import annotations
 
+import asyncio
 from typing import Optional
 
 import typer
@@ -32,15 +33,20 @@ def tenant(
     url: Optional[str] = typer.Option(None, help="SQLAlchemy URL (default: the service's database)."),
 ) -> None:
     """Create a tenant and print its first API key (shown once; only a hash is stored)."""
-    store = _store(url)
-    tenant_id = store.create_tenant(name, tokens_per_day=tokens_per_day, max_concurrent=max_concurrent)
-    typer.echo(f"tenant {tenant_id}\nkey    {store.create_api_key(tenant_id)}")
+    tenants = _store(url).tenants
+
+    async def create() -> tuple[str, str]:
+        tenant_id = await tenants.create(name, tokens_per_day=tokens_per_day, max_concurrent=max_concurrent)
+        return tenant_id, await tenants.create_api_key(tenant_id)
+
+    tenant_id, api_key = asyncio.run(create())
+    typer.echo(f"tenant {tenant_id}\nkey    {api_key}")
 
 
 @cli.command()
 def key(tenant_id: str, url: Optional[str] = typer.Option(None, help="SQLAlchemy URL.")) -> None:
     """Issue another API key for a tenant."""
-    typer.echo(_store(url).create_api_key(tenant_id))
+    typer.echo(asyncio.run(_store(url).tenants.create_api_key(tenant_id)))
 
 
 @cli.command()
@@ -52,13 +58,13 @@ def price(
     url: Optional[str] = typer.Option(None, help="SQLAlchemy URL."),
 ) -> None:
     """Set the price of a served model (used by cost budgets and the dashboard)."""
-    _store(url).set_price(model, prompt=prompt, cached=cached, completion=completion)
+    asyncio.run(_store(url).prices.set(model, prompt=prompt, cached=cached, completion=completion))
 
 
 @cli.command()
 def prices(url: Optional[str] = typer.Option(None, help="SQLAlchemy URL.")) -> None:
     """List prices ($ per million tokens: prompt, cached, completion)."""
-    for model, (p, c, q) in sorted(_store(url).prices().items()):
+    for model, (p, c, q) in sorted(asyncio.run(_store(url).prices.all()).items()):
         typer.echo(f"{model}\t{p}\t{c}\t{q}")
 
 

@@ -14,7 +14,7 @@ import math
 import re
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -190,14 +190,14 @@ async def evaluate(
     for c in cells:
         controller.validate(ReasoningRequest(model=model, messages=({"role": "user", "content": "check"},), strategy=c.strategy, params=c.params))
     sem = asyncio.Semaphore(concurrency)
-    tenant = await asyncio.to_thread(_tenant_ref, store, tenant_id)
+    tenant = await _tenant_ref(store, tenant_id)
     summaries = []
     # Every run is opened before any starts, so that a job's progress counts the whole grid from the start.
     finished: dict[str, set[str]] = {}
     for cell in cells:
         run_id = cell.run_id(name, dataset.name, model)
-        finished[run_id] = await asyncio.to_thread(
-            store.open_eval_run, run_id, name=name, dataset=dataset.name, model=model, strategy=cell.strategy, params=dict(cell.params),
+        finished[run_id] = await store.evals.open_run(
+            run_id, name=name, dataset=dataset.name, model=model, strategy=cell.strategy, params=dict(cell.params),
             budget=cell.budget, planned=len(dataset.items), job_id=job_id, tenant_id=tenant_id,
         )
         if progress is not None and finished[run_id]:
@@ -235,7 +235,7 @@ async def evaluate(
                         "level": item.level,
                         "request_id": out.request_id,
                     }
-            await asyncio.to_thread(store.add_eval_result, run_id, row)
+            await store.evals.add_result(run_id, result=row)
             if progress is not None:
                 progress(1)
 
@@ -247,11 +247,11 @@ async def evaluate(
             err = next((e for e in group.exceptions if isinstance(e, QuotaExceeded)), group.exceptions[0])
             if isinstance(err, QuotaExceeded):
                 for c in cells:
-                    await asyncio.to_thread(store.close_eval_run, c.run_id(name, dataset.name, model), "failed")
+                    await store.evals.close_run(c.run_id(name, dataset.name, model), state="failed")
             raise err from None
-        await asyncio.to_thread(store.close_eval_run, run_id, "succeeded")
-        run = next(r for r in await asyncio.to_thread(store.eval_runs, name=name) if r.id == run_id)
-        rows = [{c.name: getattr(r, c.name) for c in r.__table__.columns} for r in run.results]
+        await store.evals.close_run(run_id, state="succeeded")
+        run = next(r for r in await store.evals.runs(name=name) if r.id == run_id)
+        rows = [asdict(r) for r in run.results]
         summaries.append(summarize(cell.label, run_id, rows, skipped=len(done)))
     return summaries
 
@@ -261,10 +261,10 @@ async def evaluate(
 MOMENTARY_S = 60.0
 
 
-def _tenant_ref(store: Store, tenant_id: str | None) -> TenantRef | None:
+async def _tenant_ref(store: Store, tenant_id: str | None) -> TenantRef | None:
     if tenant_id is None:
         return None
-    tenant = store.get_tenant(tenant_id)
+    tenant = await store.tenants.get(tenant_id)
     if tenant is None:
         raise ConfigError(f"no tenant {tenant_id!r}")
     return TenantRef.of(tenant)

@@ -50,7 +50,7 @@ class QuotaUsage(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     tokens: Mapped[int] = mapped_column(Integer, default=0)
-    last_grant: Mapped[int] = mapped_column(Integer, default=0)  # what the latest reservation got (see Store)
+    last_grant: Mapped[int] = mapped_column(Integer, default=0)  # what the latest reservation got (see Tenants.reserve_tokens)
 
 
 class Price(Base):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
@@ -30,9 +32,9 @@ def test_upgrade_builds_exactly_the_models_and_downgrade_removes_them(tmp_path):
 def test_store_opens_an_up_to_date_database_as_it_is(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     store = Store.from_url(url)
-    store.create_request(request_id="r1", model="m", strategy="s", params={}, prompt="p")
+    asyncio.run(store.requests.create(request_id="r1", model="m", strategy="s", params={}, prompt="p"))
     again = Store.from_url(url)
-    assert again.get_request("r1") is not None
+    assert asyncio.run(again.requests.get("r1")) is not None
 
 
 def test_replicas_starting_together_on_an_empty_postgresql_all_come_up(postgres_url):

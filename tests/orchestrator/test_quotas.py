@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from alembic.autogenerate import compare_metadata
@@ -13,32 +14,32 @@ from orchestrator.db.models import ApiKey, Base
 
 
 def test_api_keys_are_stored_hashed(store):
-    tenant = store.create_tenant("acme", tokens_per_day=1000)
-    key = store.create_api_key(tenant)
+    tenant = asyncio.run(store.tenants.create("acme", tokens_per_day=1000))
+    key = asyncio.run(store.tenants.create_api_key(tenant))
     with store.session() as s:
         row = s.scalar(select(ApiKey))
     assert key not in (row.key_hash, row.prefix) and len(row.key_hash) == 64 and key.startswith(row.prefix)
-    assert store.tenant_for_key(key).id == tenant
-    assert store.tenant_for_key(key + "x") is None
+    assert asyncio.run(store.tenants.for_key(key)).id == tenant
+    assert asyncio.run(store.tenants.for_key(key + "x")) is None
 
 
 def test_50_concurrent_reservations_never_exceed_the_quota(store):
-    tenant = store.create_tenant("busy", tokens_per_day=5000)
+    tenant = asyncio.run(store.tenants.create("busy", tokens_per_day=5000))
     with ThreadPoolExecutor(50) as pool:
-        grants = list(pool.map(lambda _: store.reserve_tokens(tenant, 300, limit=5000), range(50)))
-    assert sum(grants) == store.tokens_used(tenant) == 5000  # 16 full grants, one partial, the rest 0
+        grants = list(pool.map(lambda _: asyncio.run(store.tenants.reserve_tokens(tenant, want=300, limit=5000)), range(50)))
+    assert sum(grants) == asyncio.run(store.tenants.tokens_used(tenant)) == 5000  # 16 full grants, one partial, the rest 0
     assert sorted(set(grants)) == [0, 200, 300] and grants.count(200) == 1
 
 
 def test_concurrency_slots_are_taken_atomically(store):
-    tenant = store.create_tenant("few", max_concurrent=3)
+    tenant = asyncio.run(store.tenants.create("few", max_concurrent=3))
     with ThreadPoolExecutor(20) as pool:
-        taken = list(pool.map(lambda _: store.enter(tenant), range(20)))
+        taken = list(pool.map(lambda _: asyncio.run(store.tenants.enter(tenant)), range(20)))
     assert taken.count(True) == 3
-    store.leave(tenant)
-    assert store.enter(tenant) and not store.enter(tenant)
-    store.register_server("s1")  # a restart frees every slot its requests held
-    assert store.enter(tenant)
+    asyncio.run(store.tenants.leave(tenant))
+    assert asyncio.run(store.tenants.enter(tenant)) and not asyncio.run(store.tenants.enter(tenant))
+    asyncio.run(store.leases.register("s1"))  # a restart frees every slot its requests held
+    assert asyncio.run(store.tenants.enter(tenant))
 
 
 def test_migrations_on_postgresql(postgres_url):
