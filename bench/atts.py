@@ -28,12 +28,13 @@ from typing import Any
 from tqdm import tqdm
 
 from deploy.calibrate import collect
-from models import task
 from orchestrator.config import REPO_ROOT
 from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
+from orchestrator.toolbox import Toolbox
 from orchestrator.types import Problem, SamplingSpec, SubCall, problem_seed
 from strategies import REGISTRY, atts
+from tasks import arithmetic as task
 from verifiers import TaskAnswerVerifier
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -60,7 +61,7 @@ async def run_config(pool: Any, store: Store, strategy: str, params: dict[str, A
             tokens[call.role] = tokens.get(call.role, 0) + call.usage.total_tokens
 
         async with sem:
-            ctx = StrategyContext(engine=pool, verifier=TaskAnswerVerifier(), sink=sink, draft_model="draft", target_model="target", calibration=store)
+            ctx = StrategyContext(engine=pool, tools=Toolbox(verifier=TaskAnswerVerifier(), draft_model="draft", calibration=store.calibration), sink=sink, target_model="target")
             t0 = time.perf_counter()
             own = {**params, "seed": problem_seed(params.get("seed"), k)}
             r = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**own))
@@ -119,7 +120,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         cal_questions = [p.question for p in problems("dev", args.calibration_problems, args.seed)]
         scores = await collect(pool, cal_questions, atts.Params(**base, update_calibration=False), draft_model="draft", target_model="target")
         calibration_s = time.perf_counter() - t0
-        store.add_calibration_scores(atts.calibration_name("draft", "target", "task"), scores, model="draft->target", keep=atts.CALIBRATION_WINDOW, replace=True)
+        await store.calibration.add_scores(atts.calibration_name("draft", "target", "task"), scores=scores, model="draft->target", keep=atts.CALIBRATION_WINDOW, replace=True)
         for alpha in args.alphas:
             row = await run_config(pool, store, "atts", {**base, "alpha": alpha, "update_calibration": False}, test, args.concurrency)
             row["alpha"] = alpha

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import httpx
 
-from models import task
 from orchestrator.config import REPO_ROOT, get_settings
 from orchestrator.types import SamplingSpec
+from tasks import arithmetic as task
 
 N = 16
 MAX_TOKENS = 256
@@ -92,7 +92,7 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     bare = loop.run_until_complete(_create_bare(EngineConfig(model_path=settings.model_path), VllmEngine))
     try:
-        # Warm both paths once and time one request end to end (the latency figure in the README).
+        # Warm both paths once and time one request end to end (the latency figure in bench/README.md).
         loop.run_until_complete(bare_round(bare, questions[:1], 1))
         t1 = time.perf_counter()
         loop.run_until_complete(service_round(svc.base_url, questions[:1], 1))

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models import measure, task, tokenizer as tok_mod
+from models import measure, tokenizer as tok_mod
 from orchestrator.config import REPO_ROOT
+from tasks import arithmetic as task
 
 RESULTS = REPO_ROOT / "bench" / "results"
 

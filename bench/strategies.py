@@ -33,11 +33,12 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from models import task
 from orchestrator.config import REPO_ROOT
 from orchestrator.context import StrategyContext
+from orchestrator.toolbox import Toolbox
 from orchestrator.types import Candidate, Problem, SubCall
 from strategies import REGISTRY
+from tasks import arithmetic as task
 from verifiers import MathShepherdPRM, TaskAnswerVerifier, TaskRefiner
 from verifiers.embeddings import StepClusterer
 
@@ -119,11 +120,8 @@ async def run_one(pool, row: Row, strategy: str, p: task.Problem) -> None:
 
     ctx = StrategyContext(
         engine=pool,
-        verifier=TaskAnswerVerifier(),
+        tools=Toolbox(verifier=TaskAnswerVerifier(), step_scorer=MathShepherdPRM(pool), refiner=TaskRefiner(), clusterer=StepClusterer(pool)),
         sink=sink,
-        step_scorer=MathShepherdPRM(pool),
-        refiner=TaskRefiner(),
-        clusterer=StepClusterer(pool),
     )
     spec = REGISTRY[strategy]
     t0 = time.perf_counter()
@@ -250,7 +248,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: Path) -> list[Path]:
-    """Accuracy against total tokens and against latency: interactive HTML, and an SVG for the README when
+    """Accuracy against total tokens and against latency: interactive HTML, and an SVG for bench/README.md when
     kaleido finds a Chromium (Debian's `chromium` package will do). Returns the files written."""
     try:
         import plotly.graph_objects as go

@@ -22,15 +22,16 @@ from typing import Optional, Sequence
 import typer
 from tqdm import tqdm
 
-from models import task
 from orchestrator.config import Settings, get_settings
 from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
 from orchestrator.errors import ConfigError
 from orchestrator.evals import jsonl_rows
 from orchestrator.protocols import Engine
+from orchestrator.toolbox import Toolbox
 from orchestrator.types import Problem, SubCall, problem_seed
 from strategies import atts
+from tasks import arithmetic as task
 from verifiers import TaskAnswerVerifier
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ async def collect(
 
     async def one(k: int, q: str) -> list[float]:
         async with sem:
-            ctx = StrategyContext(engine=engine, verifier=TaskAnswerVerifier(), sink=drop, draft_model=draft_model, target_model=target_model)
+            ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier(), draft_model=draft_model), sink=drop, target_model=target_model)
             prompt = await engine.render_chat("policy", [{"role": "user", "content": q}])
             own = params.model_copy(update={"seed": problem_seed(params.seed, k)})
             scores = await atts.calibration_scores(ctx, Problem(prompt=prompt, question=q), own)
@@ -91,8 +92,8 @@ async def calibrate(settings: Settings, questions: Sequence[str], params: atts.P
     finally:
         await pool.shutdown()
     name = atts.calibration_name(settings.draft_name, settings.model_name, dataset)
-    size = store.add_calibration_scores(
-        name, scores, model=f"{settings.draft_name}->{settings.model_name}", keep=atts.CALIBRATION_WINDOW, replace=not append
+    size = await store.calibration.add_scores(
+        name, scores=scores, model=f"{settings.draft_name}->{settings.model_name}", keep=atts.CALIBRATION_WINDOW, replace=not append
     )
     q = statistics.quantiles(scores, n=10) if len(scores) >= 2 else scores
     return {"name": name, "added": len(scores), "size": size, "deciles": [round(x, 3) for x in q]}

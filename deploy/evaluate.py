@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from orchestrator.config import Settings, get_settings
 from orchestrator.errors import ConfigError, TTSError
-from models import task
 from orchestrator.evals import Dataset, Item, evaluate, grid, read_jsonl, table
+from tasks import arithmetic as task
 from verifiers import MathAnswerVerifier, TaskAnswerVerifier
 
 log = logging.getLogger(__name__)

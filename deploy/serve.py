@@ -30,6 +30,7 @@ from orchestrator.budget import Price
 from orchestrator.controller import Controller
 from orchestrator.errors import ConfigError
 from orchestrator.db.store import Store
+from orchestrator.toolbox import Toolbox
 from strategies import REGISTRY
 from verifiers import MathShepherdPRM, OutcomeJudge, TaskAnswerVerifier, TaskRefiner, TextRefiner
 from verifiers.embeddings import StepClusterer
@@ -123,24 +124,27 @@ class Service:
         connect_ray(settings.ray_address)
         store = Store.from_url(settings.database)
         server_id = settings.server_id or server_name(settings.port)
-        interrupted = await asyncio.to_thread(store.register_server, server_id)
+        interrupted = await store.leases.register(server_id)
         if interrupted:
             log.warning("server %s: failed %d request(s) its previous run left unfinished", server_id, interrupted)
-        settings = exposure(settings, has_keys=await asyncio.to_thread(store.has_api_keys))
+        settings = exposure(settings, has_keys=await store.tenants.has_api_keys())
         pool = await WorkerPool.from_config(pool_config(settings))
         controller = Controller(
             engine=pool,
             store=store,
             strategies=REGISTRY,
-            verifier=TaskAnswerVerifier(),
+            tools=Toolbox(
+                verifier=TaskAnswerVerifier(),
+                step_scorer=MathShepherdPRM(pool) if "prm" in pool.roles() else None,
+                outcome_scorer=OutcomeJudge(pool) if "prm" in pool.roles() else None,
+                refiner=TaskRefiner() if settings.refiner == "task" else TextRefiner(TaskAnswerVerifier()),
+                clusterer=StepClusterer(pool) if "embedder" in pool.roles() else None,
+                calibration=store.calibration,
+                draft_model=settings.draft_name if "draft" in pool.roles() else None,
+            ),
             models={settings.model_name: "policy"},
             max_request_tokens=settings.max_request_tokens,
-            prices={"policy": Price(*p) for name, p in store.prices().items() if name == settings.model_name},
-            step_scorer=MathShepherdPRM(pool) if "prm" in pool.roles() else None,
-            outcome_scorer=OutcomeJudge(pool) if "prm" in pool.roles() else None,
-            refiner=TaskRefiner() if settings.refiner == "task" else TextRefiner(TaskAnswerVerifier()),
-            clusterer=StepClusterer(pool) if "embedder" in pool.roles() else None,
-            draft_model=settings.draft_name if "draft" in pool.roles() else None,
+            prices={"policy": Price(*p) for name, p in (await store.prices.all()).items() if name == settings.model_name},
             limits=Limits(width=settings.limit_width, depth=settings.limit_depth, max_tokens=settings.limit_max_tokens),
             max_running=settings.max_running,
             max_queued=settings.max_queued,
@@ -158,8 +162,8 @@ class Service:
         while True:
             await asyncio.sleep(every)
             try:
-                await asyncio.to_thread(self.store.heartbeat, self.server_id)
-                reaped = await asyncio.to_thread(self.store.reap_servers, self.settings.lease_s)
+                await self.store.leases.heartbeat(self.server_id)
+                reaped = await self.store.leases.reap(stale_after_s=self.settings.lease_s)
                 if reaped:
                     log.warning("failed %d request(s) left unfinished by servers whose lease ran out", reaped)
             except Exception:  # noqa: BLE001 - a database hiccup must not stop the heartbeat for good
@@ -169,7 +173,7 @@ class Service:
         for task in (self._lease, self._cancels):
             if task is not None:
                 task.cancel()
-        left = await asyncio.to_thread(self.store.retire_server, self.server_id)
+        left = await self.store.leases.retire(self.server_id)
         if left:
             log.warning("server %s: failed %d request(s) still unfinished at shutdown", self.server_id, left)
         await self.pool.shutdown()

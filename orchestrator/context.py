@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
-import asyncio
-from typing import AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
-
-from dataclasses import replace
+import uuid
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from orchestrator.budget import Budget, BudgetMeter, Reservation
-from orchestrator.errors import InvalidRequest
-from orchestrator.protocols import AnswerVerifier, CalibrationStore, Engine, OutcomeScorer, Refiner, StepClustering, StepScorer
-from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, SubCall, Usage
+from orchestrator.errors import BudgetExceeded, InvalidRequest
+from orchestrator.protocols import CalibrationStore, Engine, Refiner
+from orchestrator.toolbox import Capability, Toolbox
+from orchestrator.types import FinishReason, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, SubCall, Usage
 
 log = logging.getLogger(__name__)
 
@@ -27,37 +29,29 @@ class StrategyContext:
     Every ``generate`` and ``score`` is admitted by the request's :class:`BudgetMeter` before it starts (which
     may cut its ``max_tokens`` to what is left, or refuse it with ``BudgetExceeded``), recorded through
     ``sink`` after it ends, and charged. ``usage`` is what the policy roles cost (OpenAI's usage);
-    ``verifier_tokens`` what scoring cost. Both count against the budget."""
+    ``verifier_tokens`` what scoring cost. Both count against the budget.
+
+    Request ids are the context's: a strategy stops calls by leaving a :meth:`race` or stopping a
+    :meth:`stream`, never by naming them."""
 
     def __init__(
         self,
         *,
         engine: Engine,
-        verifier: AnswerVerifier,
+        tools: Toolbox,
         sink: SubCallSink,
         policy_role: Role = "policy",
         meter: BudgetMeter | None = None,
-        step_scorer: StepScorer | None = None,
-        outcome_scorer: OutcomeScorer | None = None,
-        refiner: Refiner | None = None,
-        clusterer: StepClustering | None = None,
-        draft_model: str | None = None,
         target_model: str = "",
-        calibration: CalibrationStore | None = None,
         listener: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         self._engine = engine
         self._listener = listener
-        self._verifier = verifier
+        self.tools = tools
         self._sink = sink
-        self._step_scorer = step_scorer
-        self._outcome_scorer = outcome_scorer
-        self._refiner = refiner
-        self._clusterer = clusterer
         # Draft/target strategies: the draft model is served as role "draft", the target is the policy.
-        self.draft_model = draft_model
+        self.draft_model = tools.draft_model
         self.target_model = target_model
-        self._calibration = calibration
         self.by_stage: dict[str, Usage] = {}  # every call's usage (policy and verifier) by its stage
         self.by_role: dict[str, Usage] = {}  # the same by model role
         self._hops: dict[int, int] = {}  # dependency depth -> longest call (prompt + completion) at it
@@ -92,17 +86,19 @@ class StrategyContext:
         await self._record(stage, role, branch, spec.n, gen.usage, gen.worker, tuple(c.finish_reason for c in gen.completions), cost, latency)
         return gen
 
-    async def stream(
-        self, spec: SamplingSpec, *, stage: str, branch: str = "0", role: Role | None = None, hop: int = 0
-    ) -> AsyncIterator[StreamDelta]:
-        """Partial outputs of ``spec`` as they come; charged and recorded like ``generate`` once the stream
-        ends (also when it ends by ``abort``). Prompt tokens are counted with the role's tokenizer; the
-        prefix-cache share of a streamed call is not reported (counted as 0)."""
-        role = role or self.policy_role
+    def stream(self, spec: SamplingSpec, *, stage: str, branch: str = "0", role: Role | None = None, hop: int = 0) -> Stream:
+        """Partial outputs of ``spec`` as they come (iterate the returned :class:`Stream`); charged and
+        recorded like ``generate`` once the stream ends, also when it ends by :meth:`Stream.stop`. Prompt
+        tokens are counted with the role's tokenizer; the prefix-cache share of a streamed call is not
+        reported (counted as 0)."""
+        spec = spec if spec.request_id is not None else replace(spec, request_id=uuid.uuid4().hex)
+        return Stream(self, spec, stage=stage, branch=branch, role=role or self.policy_role, hop=hop)
+
+    async def _stream(self, spec: SamplingSpec, *, stage: str, branch: str, role: Role, hop: int) -> AsyncIterator[StreamDelta]:
         r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
         spec = replace(spec, max_tokens=r.max_tokens) if r.truncated else spec
         counts: dict[int, int] = {}
-        reasons: dict[int, str] = {}
+        reasons: dict[int, FinishReason] = {}
         start = time.perf_counter()
         prompt_tokens = 0
         try:
@@ -119,8 +115,15 @@ class StrategyContext:
             self.usage = self.usage + usage
             self.cost_usd += cost
             self._hop(hop, prompt_tokens + max(counts.values(), default=0))
-            finish = tuple(reasons.get(i, "abort") for i in range(spec.n))  # type: ignore[misc]
+            finish = tuple(reasons.get(i, "abort") for i in range(spec.n))
             await asyncio.shield(self._record(stage, role, branch, spec.n, usage, "", finish, cost, time.perf_counter() - start))
+
+    def race(self, specs: Sequence[SamplingSpec], *, stage: str, hop: int = 0) -> Race:
+        """Start one call per spec at once (on the policy; call i's branch is ``str(i)``) and meet them in
+        the order they finish: ``async with ctx.race(specs, stage=...) as race: async for f in race: ...``.
+        Leaving the block aborts the calls still running; they return what they had generated (finish
+        reason ``abort``), which is charged and recorded before the block is left."""
+        return Race(self, specs, stage=stage, hop=hop)
 
     async def score(self, spec: ScoreSpec, *, stage: str, branch: str = "0", role: Role = "prm", hop: int = 0) -> Scores:
         """Prompt log-probabilities from ``role`` (a PRM, a judge); charged as verifier tokens."""
@@ -139,18 +142,18 @@ class StrategyContext:
 
     async def prm(self, question: str, solutions: Sequence[str], *, stage: str, branch: str = "0", hop: int = 0) -> list[tuple[float, ...]]:
         """Step scores in [0, 1] of every solution (scored concurrently), charged as verifier tokens."""
-        if self._step_scorer is None:
+        scorer = self.tools.step_scorer
+        if scorer is None:
             raise InvalidRequest("this strategy needs a process reward model and none is configured", param="strategy")
         view = _MeteredView(self, stage, branch, hop)
-        scorer = self._step_scorer
         return await _all(scorer.step_scores(view, question, s) for s in solutions)
 
     async def judge(self, question: str, solutions: Sequence[str], *, stage: str, branch: str = "0", hop: int = 0) -> list[float]:
         """P(correct) of every whole solution from the outcome judge, charged as verifier tokens."""
-        if self._outcome_scorer is None:
+        judge = self.tools.outcome_scorer
+        if judge is None:
             raise InvalidRequest("this strategy needs an outcome judge and none is configured", param="strategy")
         view = _MeteredView(self, stage, branch, hop)
-        judge = self._outcome_scorer
         return await _all(judge.outcome_score(view, question, s) for s in solutions)
 
     @property
@@ -165,34 +168,27 @@ class StrategyContext:
     @property
     def refiner(self) -> Refiner:
         """How drafts are distilled and refined (Parallel-Distill-Refine)."""
-        if self._refiner is None:
+        if self.tools.refiner is None:
             raise InvalidRequest("this strategy needs a refiner and none is configured", param="strategy")
-        return self._refiner
+        return self.tools.refiner
 
     async def cluster(self, texts: Sequence[str], *, threshold: float) -> list[int]:
         """A cluster label per text (equal labels: the same idea). Embedding calls are not charged: they run on
         a small encoder outside the token budget."""
-        if self._clusterer is None:
+        if self.tools.clusterer is None:
             raise InvalidRequest("this strategy needs step clustering (an `embedder` role) and none is configured", param="strategy")
-        return await self._clusterer.clusters(self._engine, texts, threshold)
+        return await self.tools.clusterer.clusters(self._engine, texts, threshold)
 
     @property
     def calibration(self) -> CalibrationStore:
         """Conformal calibration sets (ATTS)."""
-        if self._calibration is None:
+        if self.tools.calibration is None:
             raise InvalidRequest("this strategy needs calibration sets (a database) and none is configured", param="strategy")
-        return self._calibration
+        return self.tools.calibration
 
-    def available(self) -> frozenset[str]:
-        """Which of "prm", "judge", "refiner", "clusterer", "draft" this context can serve."""
-        have = {"prm": self._step_scorer, "judge": self._outcome_scorer, "refiner": self._refiner, "clusterer": self._clusterer, "draft": self.draft_model}
-        return frozenset(k for k, v in have.items() if v is not None)
-
-    async def abort(self, request_ids: Sequence[str]) -> None:
-        """Stop running calls by their specs' ``request_id``. Each aborted ``generate`` still returns, with
-        finish reason ``abort`` and the tokens it had generated, so the ledger keeps what they cost."""
-        if request_ids:
-            await self._engine.abort(list(request_ids))
+    def available(self) -> frozenset[Capability]:
+        """The capabilities this context can serve (its toolbox's)."""
+        return self.tools.available()
 
     async def _metered(self, r: Reservation, call: Awaitable[T]) -> tuple[T, float]:
         start = time.perf_counter()
@@ -223,7 +219,7 @@ class StrategyContext:
 
     def extract(self, text: str) -> str | None:
         """The canonical answer of ``text`` (None when it has none); equal keys are equivalent answers."""
-        return self._verifier.extract(text)
+        return self.tools.verifier.extract(text)
 
     def emit(self, event: dict[str, object]) -> None:
         """Report progress: kept with the request's result and streamed to callers that asked for it."""
@@ -236,11 +232,102 @@ class StrategyContext:
 async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
     """Await every call, then raise the first failure: no call may still be charging the ledger after the
     caller has moved on (as plain ``gather`` would leave them on the first exception)."""
-    out = await asyncio.gather(*calls, return_exceptions=True)
+    out: list[T | BaseException] = await asyncio.gather(*calls, return_exceptions=True)
+    done: list[T] = []
     for o in out:
         if isinstance(o, BaseException):
             raise o
-    return out  # type: ignore[return-value]
+        done.append(o)
+    return done
+
+
+class Stream:
+    """A streaming call of a :class:`StrategyContext`: iterate it for its deltas; :meth:`stop` ends it early."""
+
+    def __init__(self, ctx: StrategyContext, spec: SamplingSpec, *, stage: str, branch: str, role: Role, hop: int) -> None:
+        self._ctx, self._request_id = ctx, spec.request_id or ""
+        self._deltas = ctx._stream(spec, stage=stage, branch=branch, role=role, hop=hop)
+
+    def __aiter__(self) -> AsyncIterator[StreamDelta]:
+        return self._deltas
+
+    async def stop(self) -> None:
+        """Abort the call. Iteration goes on until the engine lets it go: sequences not yet finished then
+        end with finish reason ``abort``, and what they generated is charged."""
+        await self._ctx._engine.abort([self._request_id])
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A call of a :class:`Race` that has returned: its position in the specs, and what it generated."""
+
+    index: int
+    generation: Generation
+
+
+class Race:
+    """Calls started together and met in finish order (see :meth:`StrategyContext.race`).
+
+    After the block: ``order`` holds every returned call's index in the order it returned (the calls
+    aborted on leaving included), ``results`` their generations, ``refused`` the calls the budget had no
+    room for (they never ran and are never met), ``aborted`` the calls still running when the block was left."""
+
+    def __init__(self, ctx: StrategyContext, specs: Sequence[SamplingSpec], *, stage: str, hop: int) -> None:
+        self._ctx, self._stage, self._hop = ctx, stage, hop
+        self._specs = [replace(s, request_id=uuid.uuid4().hex) for s in specs]
+        self._tasks: dict[asyncio.Future[Generation], int] = {}
+        self._meeting: AsyncGenerator[Finished, None] | None = None
+        self.order: list[int] = []
+        self.results: dict[int, Generation] = {}
+        self.refused: list[int] = []
+        self.aborted: list[int] = []
+
+    async def __aenter__(self) -> Race:
+        for i, s in enumerate(self._specs):
+            self._tasks[asyncio.ensure_future(self._ctx.generate(s, stage=self._stage, branch=str(i), hop=self._hop))] = i
+        return self
+
+    @property
+    def running(self) -> list[int]:
+        """Indices of the calls that have not returned yet."""
+        return sorted(i for t, i in self._tasks.items() if not t.done())
+
+    def __aiter__(self) -> AsyncIterator[Finished]:
+        self._meeting = self._meet()
+        return self._meeting
+
+    async def _meet(self) -> AsyncGenerator[Finished, None]:
+        pending = {t for t, i in self._tasks.items() if i not in self.results and i not in self.refused}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in sorted(done, key=self._tasks.__getitem__):
+                i = self._tasks[t]
+                try:
+                    self.results[i] = t.result()
+                except BudgetExceeded:
+                    self.refused.append(i)
+                    continue
+                self.order.append(i)
+                yield Finished(i, self.results[i])
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._meeting is not None:
+            await self._meeting.aclose()
+        self.aborted = self.running
+        ids = [self._specs[i].request_id or "" for i in self.aborted]
+        if exc is not None:
+            # Cancelled, or failed inside the block: stop the engine work and the calls without waiting on them.
+            if ids:
+                await asyncio.shield(self._ctx._engine.abort(ids))
+            for t in self._tasks:
+                t.cancel()
+            return
+        if ids:
+            await self._ctx._engine.abort(ids)
+        # The aborted calls return promptly with what they had generated: meet them, so that they are
+        # recorded and charged before the strategy goes on.
+        async for _ in self._meet():
+            pass
 
 
 class _MeteredView:

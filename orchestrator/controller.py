@@ -1,6 +1,7 @@
 """The controller: validates a reasoning request, records it, runs its strategy, records every sub-call.
 
-A request is recorded once it has been validated and the queue has room for it, so bad input and refused
+:meth:`Controller.reason` reads straight down: validate -> quota (:mod:`orchestrator.quota`) -> record ->
+run slot (:class:`~orchestrator.admission.Admission`) -> run -> record the end. A request is recorded once it has been validated and the queue has room for it, so bad input and refused
 requests leave no row at all. A recorded request is ``queued``, then ``running``, and always ends
 ``succeeded``, ``failed``, ``cancelled`` or ``budget_exhausted``; if its server dies first, the next server
 to start under its id, or any server once its lease has gone stale, fails it with the reason.
@@ -10,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
@@ -23,12 +23,17 @@ from orchestrator.admission import Admission, Limits
 from orchestrator.auto import Measured, choose
 from orchestrator.budget import Budget, BudgetMeter, Price
 from orchestrator.context import StrategyContext, prompt_bound
-from orchestrator.db.models import RequestRecord, Tenant
 from orchestrator.db.store import Store
-from orchestrator.errors import BudgetExceeded, Conflict, InvalidRequest, NotFound, Overloaded, QuotaExceeded, TTSError, UnknownModel, UnknownStrategy
+from orchestrator.db.views import RequestRow
+from orchestrator.errors import BudgetExceeded, Conflict, InvalidRequest, NotFound, Overloaded, TTSError, UnknownModel, UnknownStrategy
 from orchestrator.metrics import ServiceMetrics
-from orchestrator.protocols import AnswerVerifier, Engine, OutcomeScorer, Refiner, StepClustering, StepScorer, StrategySpec
+from orchestrator.protocols import Engine
+from orchestrator.quota import Grant, QuotaShare, Quotas, TenantRef
+from orchestrator.strategy import AnySpec
+from orchestrator.toolbox import Capability, Toolbox
 from orchestrator.types import UNFINISHED, Problem, RequestState, Role, StrategyResult, SubCall, Usage
+
+__all__ = ["Controller", "ReasoningRequest", "ReasoningResponse", "TenantRef"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,7 @@ class ReasoningResponse:
     by_role: Mapping[str, Usage] = field(default_factory=dict)  # the same by model role
     sequential_tokens: int = 0
     events: Sequence[dict[str, object]] = ()
+    quota: QuotaShare | None = None  # set when the tenant's daily remainder cut this request's token budget
 
 
 def _validation_message(err: ValidationError) -> tuple[str, str | None]:
@@ -69,23 +75,19 @@ def _validation_message(err: ValidationError) -> tuple[str, str | None]:
 
 
 class Controller:
-    """Runs reasoning requests. ``models`` maps the names callers use to the worker role serving them."""
+    """Runs reasoning requests. ``models`` maps the names callers use to the worker role serving them;
+    ``tools`` is what the server can do besides generating (its calibration store defaults to ``store.calibration``)."""
 
     def __init__(
         self,
         *,
         engine: Engine,
         store: Store,
-        strategies: Mapping[str, StrategySpec],
-        verifier: AnswerVerifier,
+        strategies: Mapping[str, AnySpec],
+        tools: Toolbox,
         models: Mapping[str, Role],
         max_request_tokens: int,
         prices: Mapping[str, Price] | None = None,
-        step_scorer: StepScorer | None = None,
-        outcome_scorer: OutcomeScorer | None = None,
-        refiner: Refiner | None = None,
-        clusterer: StepClustering | None = None,
-        draft_model: str | None = None,
         limits: Limits | None = None,
         max_running: int = 64,
         max_queued: int = 256,
@@ -95,18 +97,15 @@ class Controller:
         self.engine = engine
         self.store = store
         self.strategies = strategies
-        self.verifier = verifier
+        # A controller built without a database (unit tests pass store=None) has no calibration sets either.
+        self.tools = tools if tools.calibration is not None or store is None else replace(tools, calibration=store.calibration)
         self.models = models
         self.max_request_tokens = max_request_tokens
         self.prices: dict[str, Price] = dict(prices or {})  # by role
-        self.step_scorer = step_scorer
-        self.outcome_scorer = outcome_scorer
-        self.refiner = refiner
-        self.clusterer = clusterer
-        self.draft_model = draft_model  # name of the model served as role "draft" (draft/target strategies)
         self.limits = limits or Limits()
-        self.server_id = server_id  # this server's lease (orchestrator.db.store.Store.register_server)
+        self.server_id = server_id  # this server's lease (orchestrator.db.leases.Leases.register)
         self.metrics = metrics or ServiceMetrics()
+        self.quotas = Quotas(store, self.metrics)
         self.admission = Admission(max_running, max_queued, on_change=self._gauges)
         self._running: dict[str, asyncio.Task] = {}  # request id -> the task running it here (for cancel)
 
@@ -114,12 +113,11 @@ class Controller:
         self.metrics.running.set(running)
         self.metrics.queue_depth.set(queued)
 
-    def available(self) -> frozenset[str]:
-        """What strategies may need that this controller has: "prm", "judge", "refiner", "clusterer", "draft"."""
-        have = {"prm": self.step_scorer, "judge": self.outcome_scorer, "refiner": self.refiner, "clusterer": self.clusterer, "draft": self.draft_model}
-        return frozenset(k for k, v in have.items() if v is not None)
+    def available(self) -> frozenset[Capability]:
+        """What strategies may need that this server has (:meth:`Toolbox.available`)."""
+        return self.tools.available()
 
-    def validate(self, req: ReasoningRequest) -> tuple[StrategySpec, BaseModel, Role]:
+    def validate(self, req: ReasoningRequest) -> tuple[AnySpec, BaseModel, Role]:
         """Check everything that can be checked before any compute is spent; raise InvalidRequest."""
         if req.model not in self.models:
             raise UnknownModel(f"model {req.model!r} is not served; served: {sorted(self.models)}", param="model")
@@ -154,15 +152,15 @@ class Controller:
             raise InvalidRequest(f"budget.cost_usd needs a price for model {req.model!r}; none is configured", param="budget.cost_usd")
         return spec, params, role
 
-    def resolve_auto(self, req: ReasoningRequest) -> ReasoningRequest:
+    async def resolve_auto(self, req: ReasoningRequest) -> ReasoningRequest:
         """Replace `auto` by the measured best (strategy, params) for the request's budget."""
         if req.model not in self.models:
             raise UnknownModel(f"model {req.model!r} is not served; served: {sorted(self.models)}", param="model")
         if req.params:
             raise InvalidRequest("strategy `auto` chooses its own parameters; send no strategy_params", param="strategy_params")
         measured = [
-            Measured(r["strategy"], r["params"], r["accuracy"], r["mean_tokens"], r["mean_cost_usd"], r["problems"], source=r["run_id"])
-            for r in self.store.eval_summaries(req.model)
+            Measured(r.strategy, r.params, r.accuracy, r.mean_tokens, r.mean_cost_usd, r.problems, source=r.run_id)
+            for r in await self.store.evals.summaries(req.model)
         ]
         pick = choose(measured, self.budget_for(req), allowed=list(self.strategies))
         log.info("auto: %s %s (accuracy %.3f, %.0f tokens, from %s)", pick.strategy, dict(pick.params), pick.accuracy, pick.mean_tokens, pick.source)
@@ -181,167 +179,71 @@ class Controller:
         tenant: TenantRef | None = None,
         on_event: Callable[[dict[str, object]], None] | None = None,
     ) -> ReasoningResponse:
-        """Run one request. A tenant's request first takes a concurrency slot and reserves its token budget
-        from the tenant's daily quota (atomically, in the database; the budget shrinks to what was granted);
-        what it did not spend is refunded at the end. Then it waits for a run slot (:class:`Admission`).
+        """Run one request: validate, hold the tenant's quota, record it once the queue has room, wait for a
+        run slot (:class:`Admission`), run its strategy, record how it ended.
 
         ``on_event`` hears ``{"stage": "started", "request_id": ...}`` once the request is recorded, then
         the strategy's progress events."""
+        req, spec, params, role = await self._admissible(req)
+        prompt = req.prompt if req.prompt is not None else await self.engine.render_chat(role, req.messages)
+        budget = self.budget_for(req)
+        # Reserve what the request can at most spend, not the server's ceiling, so that one request does
+        # not lock up a tenant's whole quota while it runs.
+        want = budget.total_tokens or self.max_request_tokens
+        if spec.worst_case is not None:
+            want = min(want, spec.worst_case(params) + prompt_bound(prompt))
+        async with self.quotas.hold(tenant, budget, want=want, least=prompt_bound(prompt) + 1, prices=self.prices) as grant:
+            job = _Job(req, spec, params, role, prompt, grant, f"chatcmpl-{uuid.uuid4().hex}", on_event, tenant.id if tenant else None)
+            async with self._recorded(job) as record:
+                async with self.admission.slot(before_wait=record.accept):
+                    await record.start()
+                    return await record.finish(await self._run(job, record.sink))
+
+    async def _admissible(self, req: ReasoningRequest) -> tuple[ReasoningRequest, AnySpec, BaseModel, Role]:
+        """``req`` with `auto` resolved and validated; refused when a request arriving now finds the queue full."""
         try:
             if req.strategy == "auto":
-                req = await asyncio.to_thread(self.resolve_auto, req)
+                req = await self.resolve_auto(req)
             spec, params, role = self.validate(req)
             self.admission.check()  # a full queue refuses before any engine call (rendering the chat is one)
         except TTSError as err:
             self.metrics.rejected.labels(str(err.status)).inc()
             raise
-        budget = self.budget_for(req)
-        prompt = req.prompt if req.prompt is not None else await self.engine.render_chat(role, req.messages)
-        if tenant is None:
-            return await self._admit(req, spec, params, role, prompt, BudgetMeter(budget, prices=self.prices), tenant_id=None, on_event=on_event)
-        if not await asyncio.to_thread(self.store.enter, tenant.id):
-            self.metrics.rejected.labels("429").inc()
-            raise QuotaExceeded(f"tenant {tenant.name!r} already has {tenant.max_concurrent} requests running", retry_after=1)
-        day = datetime.now(timezone.utc).date()
-        granted = 0
-        meter: BudgetMeter | None = None
-        try:
-            if tenant.tokens_per_day is not None:
-                assert budget.total_tokens is not None
-                # Reserve what the request can at most spend, not the server's ceiling, so that one request
-                # does not lock up the whole quota while it runs.
-                want = budget.total_tokens
-                if spec.worst_case is not None:
-                    want = min(want, spec.worst_case(params) + prompt_bound(prompt))
-                granted = await asyncio.to_thread(self.store.reserve_tokens, tenant.id, want, limit=tenant.tokens_per_day, day=day)
-                if granted == 0:
-                    self.metrics.rejected.labels("429").inc()
-                    midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc)
-                    raise QuotaExceeded(
-                        f"tenant {tenant.name!r} has used its {tenant.tokens_per_day} tokens for today",
-                        retry_after=max(1, math.ceil((midnight - datetime.now(timezone.utc)).total_seconds())),
-                    )
-                budget = replace(budget, total_tokens=granted)
-            meter = BudgetMeter(budget, prices=self.prices)
-            return await self._admit(req, spec, params, role, prompt, meter, tenant_id=tenant.id, on_event=on_event)
-        finally:
-            # The tenant pays what the ledger holds: every token its calls reported, scoring included.
-            spent = meter.spent_tokens if meter is not None else 0
-            if granted:
-                await asyncio.shield(asyncio.to_thread(self.store.refund_tokens, tenant.id, granted - spent, day=day))
-            await asyncio.shield(asyncio.to_thread(self.store.leave, tenant.id))
+        return req, spec, params, role
 
-    async def _admit(
-        self,
-        req: ReasoningRequest,
-        spec: StrategySpec,
-        params: BaseModel,
-        role: Role,
-        prompt: str,
-        meter: BudgetMeter,
-        *,
-        tenant_id: str | None,
-        on_event: Callable[[dict[str, object]], None] | None = None,
-    ) -> ReasoningResponse:
-        """Record the request as ``queued`` once the queue has room for it (a refused request leaves no row),
-        then run it when a slot frees. Whatever happens after it is recorded, it ends in a final state."""
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-
-        async def accept() -> None:
-            await self.store.acreate_request(
-                request_id=request_id,
-                model=req.model,
-                strategy=spec.name,
-                params=params.model_dump(),
-                prompt=prompt,
-                tenant_id=tenant_id,
-                server_id=self.server_id,
-                state="queued",
-            )
-
+    @asynccontextmanager
+    async def _recorded(self, job: _Job) -> AsyncIterator[_Record]:
+        """The request's row, from ``queued`` (once the queue has room: a refused request leaves no row) to
+        a final state, which is written here and only here, whatever ends the request."""
+        record = _Record(self, job)
         task = asyncio.current_task()
         if task is not None:
-            self._running[request_id] = task  # queued or running here: DELETE cancels it
+            self._running[job.request_id] = task  # queued or running here: DELETE cancels it
         try:
-            async with self.admission.slot(before_wait=accept):
-                await self.store.astart_request(request_id)
-                return await self._run(_Job(req, spec, params, role, prompt, meter, request_id, on_event))
-        except Overloaded:  # the queue filled up while this request rendered its prompt
+            yield record
+        except Overloaded:  # the queue filled up while this request rendered its prompt: it has no row
             self.metrics.rejected.labels("429").inc()
             raise
         except BaseException as err:
-            # The strategy records its own failures; this catches the rest (cancelled while queued, a failing
-            # database write, a listener that raised), so no accepted request is left queued or running.
-            state: RequestState = "cancelled" if isinstance(err, asyncio.CancelledError) else "failed"
-            reason = "cancelled by the caller" if state == "cancelled" else f"{type(err).__name__}: {getattr(err, 'message', err)}"
-            try:
-                await asyncio.shield(self.store.afinish_unfinished(request_id, state=state, error=reason))
-            except Exception:  # noqa: BLE001 - the original error matters more; the lease reaper finishes it later
-                log.exception("could not record the end of request %s", request_id)
+            await record.fail(err)
             raise
         finally:
-            self._running.pop(request_id, None)
+            self._running.pop(job.request_id, None)
 
-    async def _run(self, job: _Job) -> ReasoningResponse:
-        spec, request_id, on_event = job.spec, job.request_id, job.on_event
-        calls = 0
-
-        async def sink(call: SubCall) -> None:
-            nonlocal calls
-            calls += 1
-            self.metrics.subcall(call)
-            await self.store.aadd_subcall(request_id, call)
-
-        start = time.perf_counter()
-        try:
-            if on_event is not None:
-                on_event({"stage": "started", "request_id": request_id})
-            out = await self._execute(job, sink)
-        except BaseException as err:
-            state = "cancelled" if isinstance(err, asyncio.CancelledError) else "failed"
-            self.metrics.finished(spec.name, state, time.perf_counter() - start)
-            raise
-        self.metrics.finished(spec.name, "budget_exhausted" if out.result.finish_reason == "budget" else "succeeded", out.latency_s)
-        return replace(out, subcalls=calls)
-
-    async def _execute(self, job: _Job, sink: Callable[[SubCall], object]) -> ReasoningResponse:
-        req, spec, params, role, prompt, meter, request_id, on_event = (
-            job.req, job.spec, job.params, job.role, job.prompt, job.meter, job.request_id, job.on_event
-        )
-        budget = meter.budget
-
-        ctx = StrategyContext(
-            engine=self.engine,
-            verifier=self.verifier,
-            sink=sink,
-            policy_role=role,
-            meter=meter,
-            step_scorer=self.step_scorer,
-            outcome_scorer=self.outcome_scorer,
-            refiner=self.refiner,
-            clusterer=self.clusterer,
-            draft_model=self.draft_model,
-            target_model=req.model,
-            calibration=self.store,
-            listener=on_event,
-        )
+    async def _run(self, job: _Job, sink: Callable[[SubCall], Awaitable[None]]) -> _Outcome:
+        """Run the strategy under the request's meter. A budget refusal the strategy let through is an empty
+        answer (it had nothing better), not a failure."""
+        ctx = StrategyContext(engine=self.engine, tools=self.tools, sink=sink, policy_role=job.role, meter=job.meter, target_model=job.req.model, listener=job.on_event)
+        req = job.req
         question = req.prompt if req.prompt is not None else next((m.get("content", "") for m in reversed(req.messages) if m.get("role", "user") == "user"), "")
+        if job.on_event is not None:
+            job.on_event({"stage": "started", "request_id": job.request_id})
         start = time.perf_counter()
         try:
-            result = await spec.run(Problem(prompt=prompt, question=question), ctx, params)
-        except asyncio.CancelledError:
-            await asyncio.shield(self.store.afinish_request(request_id, state="cancelled", usage=ctx.usage, error="cancelled by the caller"))
-            raise
+            result = await job.spec.run(Problem(prompt=job.prompt, question=question), ctx, job.params)
         except BudgetExceeded as err:
-            # The strategy let the refusal through: it had nothing better, so the answer is empty.
             result = StrategyResult(text="", answer=None, finish_reason="budget", info={"budget": err.message})
-        except TTSError as err:
-            await self.store.afinish_request(request_id, state="failed", usage=ctx.usage, error=f"{type(err).__name__}: {err.message}")
-            raise
-        except Exception as err:
-            log.exception("request %s failed", request_id)
-            await self.store.afinish_request(request_id, state="failed", usage=ctx.usage, error=f"{type(err).__name__}: {err}")
-            raise
+        latency = time.perf_counter() - start
         if req.auto is not None:
             a = req.auto
             chosen = {"strategy": a.strategy, "params": dict(a.params), "accuracy": a.accuracy, "mean_tokens": a.mean_tokens, "source": a.source}
@@ -350,62 +252,44 @@ class Controller:
             result = replace(result, sequential_tokens=ctx.sequential_tokens)
         if ctx.budget_limited and result.finish_reason != "budget":
             result = replace(result, finish_reason="budget")  # the budget shaped this answer: say so
-        state = "budget_exhausted" if result.finish_reason == "budget" else "succeeded"
-        await self.store.afinish_request(
-            request_id, state=state, usage=ctx.usage, result=result, verifier_tokens=ctx.verifier_tokens, cost_usd=ctx.cost_usd, budget=budget.as_dict()
-        )
-        return ReasoningResponse(
-            request_id=request_id,
-            model=req.model,
-            strategy=spec.name,
-            result=result,
-            usage=ctx.usage,
-            subcalls=0,  # counted by the caller's sink
-            latency_s=time.perf_counter() - start,
-            verifier_tokens=ctx.verifier_tokens,
-            cost_usd=ctx.cost_usd,
-            by_stage=dict(ctx.by_stage),
-            by_role=dict(ctx.by_role),
-            sequential_tokens=result.sequential_tokens or 0,
-            events=tuple(ctx.events),
-        )
+        return _Outcome(result, ctx, latency)
 
     # ------------------------------------------------------------------------------------ recorded requests
 
-    def lookup(self, request_id: str, tenant_id: str | None) -> RequestRecord:
+    async def lookup(self, request_id: str, tenant_id: str | None) -> RequestRow:
         """The recorded request, if it is the caller's. Another tenant's request is "not found", exactly like
         a missing one, so that its existence does not leak."""
-        rec = self.store.get_request(request_id)
+        rec = await self.store.requests.get(request_id)
         if rec is None or rec.tenant_id != tenant_id:
             raise NotFound(f"no request {request_id!r}", param="request_id")
         return rec
 
-    async def cancel(self, request_id: str, tenant_id: str | None, *, wait_s: float = 10.0) -> RequestRecord:
+    async def cancel(self, request_id: str, tenant_id: str | None, *, wait_s: float = 10.0) -> RequestRow:
         """Cancel a running request of the caller: its engine calls are aborted, what they generated is
         charged, and it ends ``cancelled``. A request that another server replica runs is flagged in the
         database, and that server cancels it (see :meth:`watch_cancels`); the answer waits up to ``wait_s``
         for it to end and shows the state it has then."""
-        rec = await asyncio.to_thread(self.lookup, request_id, tenant_id)
+        rec = await self.lookup(request_id, tenant_id)
         task = self._running.get(request_id)
         if task is not None:
             task.cancel()
             await asyncio.wait({task})
-            return await asyncio.to_thread(self.lookup, request_id, tenant_id)
-        if rec.state in UNFINISHED and await asyncio.to_thread(self.store.request_cancel, request_id):
+            return await self.lookup(request_id, tenant_id)
+        if rec.state in UNFINISHED and await self.store.requests.request_cancel(request_id):
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait_s
             while rec.state in UNFINISHED and loop.time() < deadline:
                 await asyncio.sleep(0.1)
-                rec = await asyncio.to_thread(self.lookup, request_id, tenant_id)
+                rec = await self.lookup(request_id, tenant_id)
             return rec
-        rec = await asyncio.to_thread(self.lookup, request_id, tenant_id)
+        rec = await self.lookup(request_id, tenant_id)
         raise Conflict(f"request {request_id!r} has already ended ({rec.state})", param="request_id")
 
     async def cancel_flagged(self) -> list[str]:
         """Cancel the requests running here that a DELETE on another server flagged; returns their ids."""
         if not self._running:
             return []
-        flagged = await asyncio.to_thread(self.store.cancel_requested, list(self._running))
+        flagged = await self.store.requests.cancel_requested(list(self._running))
         for request_id in flagged:
             task = self._running.get(request_id)
             if task is not None:
@@ -424,37 +308,92 @@ class Controller:
 
 @dataclass(frozen=True)
 class _Job:
-    """One admitted request, as the controller's run and execute steps need it."""
+    """One admitted request, as the controller's recording and running steps need it."""
 
     req: ReasoningRequest
-    spec: StrategySpec
+    spec: AnySpec
     params: BaseModel
     role: Role
     prompt: str
-    meter: BudgetMeter
+    grant: Grant
     request_id: str
     on_event: Callable[[dict[str, object]], None] | None
+    tenant_id: str | None
+
+    @property
+    def meter(self) -> BudgetMeter:
+        return self.grant.meter
 
 
 @dataclass(frozen=True)
-class TenantRef:
-    """The tenant a request is charged to (from its API key)."""
+class _Outcome:
+    """What a strategy's run produced, with the context that metered it."""
 
-    id: str
-    name: str
-    tokens_per_day: int | None = None
-    max_concurrent: int | None = None
-
-    @classmethod
-    def of(cls, tenant: Tenant) -> TenantRef:
-        return cls(tenant.id, tenant.name, tenant.tokens_per_day, tenant.max_concurrent)
+    result: StrategyResult
+    ctx: StrategyContext
+    latency_s: float
 
 
-def summarize(strategies: Sequence[StrategySpec]) -> dict[str, StrategySpec]:
-    """Index strategy specs by name, refusing duplicates (a registry typo must fail at start-up)."""
-    out: dict[str, StrategySpec] = {}
-    for s in strategies:
-        if s.name in out:
-            raise ValueError(f"strategy {s.name!r} registered twice")
-        out[s.name] = s
-    return out
+class _Record:
+    """One accepted request's row and its run metrics: every write the controller makes about it."""
+
+    def __init__(self, controller: Controller, job: _Job) -> None:
+        self._c, self._job = controller, job
+        self._calls = 0
+        self._started: float | None = None  # when it got a run slot
+
+    async def accept(self) -> None:
+        j = self._job
+        await self._c.store.requests.create(
+            j.request_id,
+            model=j.req.model,
+            strategy=j.spec.name,
+            params=j.params.model_dump(),
+            prompt=j.prompt,
+            tenant_id=j.tenant_id,
+            server_id=self._c.server_id,
+            state="queued",
+        )
+
+    async def start(self) -> None:
+        await self._c.store.requests.start(self._job.request_id)
+        self._started = time.perf_counter()
+
+    async def sink(self, call: SubCall) -> None:
+        self._calls += 1
+        self._c.metrics.subcall(call)
+        await self._c.store.requests.add_subcall(self._job.request_id, call=call)
+
+    async def finish(self, out: _Outcome) -> ReasoningResponse:
+        """Record the answer; the request ends ``succeeded``, or ``budget_exhausted`` when its budget shaped it."""
+        j, ctx, result = self._job, out.ctx, out.result
+        state: RequestState = "budget_exhausted" if result.finish_reason == "budget" else "succeeded"
+        await self._c.store.requests.finish(
+            j.request_id, state=state, usage=ctx.usage, result=result, verifier_tokens=ctx.verifier_tokens, cost_usd=ctx.cost_usd, budget=j.meter.budget.as_dict()
+        )
+        self._c.metrics.finished(j.spec.name, state, out.latency_s)
+        return ReasoningResponse(
+            request_id=j.request_id, model=j.req.model, strategy=j.spec.name, result=result, usage=ctx.usage, subcalls=self._calls,
+            latency_s=out.latency_s, verifier_tokens=ctx.verifier_tokens, cost_usd=ctx.cost_usd, by_stage=dict(ctx.by_stage),
+            by_role=dict(ctx.by_role), sequential_tokens=result.sequential_tokens or 0, events=tuple(ctx.events),
+            quota=j.grant.quota,
+        )
+
+    async def fail(self, err: BaseException) -> None:
+        """End the request ``cancelled`` or ``failed`` with the reason, its totals read off the ledger (exact:
+        every call was recorded as it ended). A request that already ended is left as it is."""
+        j = self._job
+        cancelled = isinstance(err, asyncio.CancelledError)
+        state: RequestState = "cancelled" if cancelled else "failed"
+        if cancelled:
+            reason = "cancelled by the caller"
+        else:
+            reason = f"{type(err).__name__}: {err.message if isinstance(err, TTSError) else err}"
+            if not isinstance(err, TTSError):
+                log.error("request %s failed", j.request_id, exc_info=err)
+        if self._started is not None:
+            self._c.metrics.finished(j.spec.name, state, time.perf_counter() - self._started)
+        try:
+            await asyncio.shield(self._c.store.requests.finish_unfinished(j.request_id, state=state, error=reason))
+        except Exception:  # noqa: BLE001 - the original error matters more; the lease reaper finishes it later
+            log.exception("could not record the end of request %s", j.request_id)

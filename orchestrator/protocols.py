@@ -1,16 +1,11 @@
-"""The seams between packages: what the controller needs from workers, verifiers and strategies."""
+"""The seams between packages: what the controller and strategies need from workers and verifiers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Protocol, Sequence
+from typing import AsyncIterator, Protocol, Sequence
 
-from pydantic import BaseModel
-
-from orchestrator.types import Generation, Problem, Role, SamplingSpec, Scores, ScoreSpec, StrategyResult, StreamDelta
-
-if TYPE_CHECKING:
-    from orchestrator.context import StrategyContext
+from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta
 
 
 class Engine(Protocol):
@@ -62,9 +57,9 @@ class StepClustering(Protocol):
 class CalibrationStore(Protocol):
     """Where conformal calibration scores live (ATTS): named sets, appended to online, bounded in size."""
 
-    async def acalibration_scores(self, name: str) -> list[float]: ...
+    async def scores(self, name: str) -> list[float]: ...
 
-    async def aadd_calibration_scores(self, name: str, scores: Sequence[float], *, model: str, keep: int) -> int: ...
+    async def add_scores(self, name: str, *, scores: Sequence[float], model: str, keep: int) -> int: ...
 
 
 class Refiner(Protocol):
@@ -82,25 +77,6 @@ class Refiner(Protocol):
     def refine_prompt(self, question: str, workspace: str) -> str:
         """The policy's prompt for one refinement of ``question`` given ``workspace`` (may be empty)."""
         ...
-
-
-StrategyFn = Callable[[Problem, "StrategyContext", BaseModel], Awaitable[StrategyResult]]
-
-
-@dataclass(frozen=True)
-class StrategySpec:
-    """A registered strategy: its validated parameters and its ``run`` coroutine."""
-
-    name: str
-    params: type[BaseModel]
-    run: StrategyFn
-    summary: str
-    # Most completion tokens a run with these parameters can generate (None: unknown); lets a tenant's
-    # request reserve only what it can spend.
-    worst_case: Callable[[BaseModel], int] | None = None
-    # What a run with these parameters needs besides the policy: "prm", "judge", "refiner", "clusterer", "draft". The
-    # controller refuses the request before any compute when the server lacks one.
-    needs: Callable[[BaseModel], frozenset[str]] = lambda p: frozenset()
 
 
 @dataclass(frozen=True)

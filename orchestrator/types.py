@@ -7,6 +7,7 @@ from typing import Literal
 
 Role = Literal["policy", "draft", "target", "prm", "embedder"]
 FinishReason = Literal["stop", "length", "abort"]
+ResultFinish = Literal["stop", "length", "budget"]  # a strategy's answer: "budget" when its budget shaped it
 RequestState = Literal["queued", "running", "succeeded", "failed", "cancelled", "budget_exhausted"]
 UNFINISHED: tuple[RequestState, ...] = ("queued", "running")  # the states a request can still leave
 
@@ -171,7 +172,7 @@ class StrategyResult:
 
     text: str
     answer: str | None
-    finish_reason: Literal["stop", "length", "budget"]
+    finish_reason: ResultFinish
     candidates: tuple[Candidate, ...] = field(default_factory=tuple)
     info: dict[str, object] = field(default_factory=dict)
     # Rounds, search steps or tree nodes, with their scores: what the strategy did, in order.

@@ -1,24 +1,24 @@
-"""Test-time scaling strategies, one file each; ``REGISTRY`` maps request names to them."""
+"""Test-time scaling strategies, one file each; ``REGISTRY`` maps request names to them.
+
+A module of this package that defines ``SPEC`` (or ``SPECS``, when it holds several strategies) is a
+strategy: adding the file registers it. Shared helpers (``common``, ``params``) define neither.
+"""
 
 from __future__ import annotations
 
-from orchestrator.controller import summarize
-from strategies import atts, beam_search, best_of_n, early_rejection, ets, first_finish, pdr, rebase, self_consistency, single_pass
+import importlib
+import pkgutil
+from typing import Iterator
 
-REGISTRY = summarize(
-    [
-        single_pass.SPEC,
-        self_consistency.SPEC,
-        best_of_n.SPEC,
-        beam_search.SPEC,
-        early_rejection.SPEC,
-        rebase.SPEC,
-        ets.SPEC,
-        first_finish.SPEC,
-        pdr.SPEC,
-        pdr.SR_SPEC,
-        atts.SPEC,
-    ]
-)
+from orchestrator.strategy import AnySpec, registry
+
+
+def _specs() -> Iterator[AnySpec]:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        yield from getattr(module, "SPECS", ()) or ([module.SPEC] if hasattr(module, "SPEC") else [])
+
+
+REGISTRY = registry(_specs())
 
 __all__ = ["REGISTRY"]

@@ -25,29 +25,27 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded, InvalidRequest
-from orchestrator.protocols import StrategySpec
+from orchestrator.strategy import StrategySpec
 from orchestrator.types import Problem, ScoreSpec, StrategyResult
 from strategies.common import Path, StepConfig, extend, majority, path_candidates, result
+from strategies.params import MaxTokens, Sampling, Seed, Temperature
 
 CALIBRATION_WINDOW = 4096  # newest scores a calibration set keeps
 MIN_CALIBRATION = 20  # fewer scores cannot resolve alpha = 0.05 (p-values move in steps of 1/(size + 1))
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Params(Sampling):
     n: int = Field(4, ge=1, le=64, description="Independent samples (parallel scaling); the answer is their majority.")
     alpha: float = Field(0.3, ge=0.0, le=1.0, description="Share of draft chunks the target rejects and rewrites (0: never, 1: always).")
     max_turns: int = Field(16, ge=1, le=256, description="Most chunks per sample (sequential scaling).")
     chunk_tokens: int = Field(64, ge=1, le=1024, description="Most tokens of one chunk (a chunk is one step).")
-    max_tokens: int = Field(256, ge=1, le=4096, description="Most generated tokens per sample.")
-    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature of draft and target.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    seed: int | None = Field(None, description="Engine seed (sample i offset by i); also seeds the p-value tie-breaks.")
+    max_tokens: MaxTokens = Field(256, description="Most generated tokens per sample.")
+    temperature: Temperature = Field(0.8, description="Sampling temperature of draft and target.")
+    seed: Seed = Field(None, description="Engine seed (sample i offset by i); also seeds the p-value tie-breaks.")
     dataset: str = Field("task", min_length=1, max_length=100, description="Which calibration set of the model pair to test against.")
     update_calibration: bool = Field(True, description="Append this request's chunk scores to the calibration set.")
 
@@ -133,7 +131,7 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
     if ctx.draft_model is None:
         raise InvalidRequest("atts needs a draft model (role `draft`) and none is served", param="strategy")
     name = calibration_name(ctx.draft_model, ctx.target_model, params.dataset)
-    ordered = sorted(await ctx.calibration.acalibration_scores(name))
+    ordered = sorted(await ctx.calibration.scores(name))
     if len(ordered) < MIN_CALIBRATION:
         raise InvalidRequest(
             f"calibration set {name!r} has {len(ordered)} scores, atts needs at least {MIN_CALIBRATION}: "
@@ -149,7 +147,7 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
     samples = list(await asyncio.gather(*(one(i) for i in range(params.n))))
     scores = [x for s in samples for x in s.scores]
     if params.update_calibration and scores:
-        await ctx.calibration.aadd_calibration_scores(name, scores, model=f"{ctx.draft_model}->{ctx.target_model}", keep=CALIBRATION_WINDOW)
+        await ctx.calibration.add_scores(name, scores=scores, model=f"{ctx.draft_model}->{ctx.target_model}", keep=CALIBRATION_WINDOW)
     paths = [s.path for s in samples if s.path.text]
     if not paths:
         raise BudgetExceeded("the budget had no room for a single chunk")
@@ -181,6 +179,6 @@ SPEC = StrategySpec(
     run=run,
     summary="draft writes, target rejects by a conformal test at rate alpha and rewrites",
     # A rejected chunk is paid twice: the draft's and the target's rewrite.
-    worst_case=lambda p: 2 * p.n * p.max_tokens,  # type: ignore[attr-defined]
+    worst_case=lambda p: 2 * p.n * p.max_tokens,
     needs=lambda p: frozenset({"draft"}),
 )

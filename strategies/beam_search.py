@@ -13,7 +13,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from orchestrator.context import StrategyContext
-from orchestrator.protocols import StrategySpec
+from orchestrator.strategy import StrategySpec
 from orchestrator.types import Problem, StrategyResult
 from strategies.common import Path, StepSearchParams, grow, refill, search_result
 
@@ -65,6 +65,6 @@ SPEC = StrategySpec(
     run=run,
     summary="PRM beam search: n beams, keep n/beam_width at every step, expand each beam_width times",
     # Every iteration generates at most n steps; there are at most min(max_steps, max_tokens) iterations.
-    worst_case=lambda p: p.n * p.step_tokens * min(p.max_steps, p.max_tokens),  # type: ignore[attr-defined]
+    worst_case=lambda p: p.n * p.step_tokens * min(p.max_steps, p.max_tokens),
     needs=lambda p: frozenset({"prm"}),
 )

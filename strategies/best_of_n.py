@@ -11,34 +11,26 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
-from orchestrator.protocols import StrategySpec
 from orchestrator.scoring import Aggregation, aggregate
-from orchestrator.types import Problem, SamplingSpec, StrategyResult
+from orchestrator.strategy import StrategySpec
+from orchestrator.types import Problem, StrategyResult
 from strategies.common import best_scored, candidates, majority, result
+from strategies.params import Sampling
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Params(Sampling):
     n: int = Field(8, ge=1, le=256, description="Samples to draw.")
     scorer: Literal["prm", "judge"] = Field("prm", description="Who scores: the process reward model or the outcome judge.")
     aggregation: Aggregation = Field("last", description="How the PRM's step scores become one (ignored by the judge).")
     selection: Literal["argmax", "weighted"] = Field("weighted", description="Highest score, or weighted majority vote.")
-    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_tokens: int = Field(256, ge=1, le=4096, description="Most new tokens per sample.")
-    seed: int | None = Field(None, description="Engine seed; None for fresh randomness.")
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
-    spec = SamplingSpec(
-        prompt=problem.prompt, n=params.n, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p, seed=params.seed
-    )
-    gen = await ctx.generate(spec, stage="sample")
+    gen = await ctx.generate(params.sampling(problem.prompt, n=params.n), stage="sample")
     cands = candidates(ctx, gen.completions)
     texts = [c.text for c in cands]
     try:
@@ -60,6 +52,6 @@ SPEC = StrategySpec(
     params=Params,
     run=run,
     summary="n samples scored by the PRM or the judge; best (argmax) or weighted majority",
-    worst_case=lambda p: p.n * p.max_tokens,  # type: ignore[attr-defined]
-    needs=lambda p: frozenset({p.scorer}),  # type: ignore[attr-defined]
+    worst_case=lambda p: p.n * p.max_tokens,
+    needs=lambda p: frozenset({p.scorer}),
 )

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
 from orchestrator.scoring import Aggregation, aggregate, weighted_vote
-from orchestrator.types import Candidate, Completion, FinishReason, Problem, Role, SamplingSpec, StrategyResult
+from orchestrator.types import Candidate, Completion, FinishReason, Problem, ResultFinish, Role, SamplingSpec, StrategyResult
+from strategies.params import MaxTokens, Sampling
 
 
 def candidate(ctx: StrategyContext, text: str, tokens: int, finish_reason: FinishReason, score: float | None = None) -> Candidate:
@@ -44,16 +45,22 @@ def best_scored(cands: Sequence[Candidate], selection: str) -> Candidate:
     return max((c for c in cands if c.answer == answer), key=lambda c: c.score or 0.0)
 
 
-def result(chosen: Candidate, cands: Sequence[Candidate], **extra: object) -> StrategyResult:
-    """A result showing ``chosen``; ``trace``, ``info`` and ``finish_reason`` may be given in ``extra``."""
-    finish = extra.pop("finish_reason", "length" if chosen.finish_reason == "length" else "stop")
+def result(
+    chosen: Candidate,
+    cands: Sequence[Candidate],
+    *,
+    info: Mapping[str, object] | None = None,
+    trace: Sequence[dict[str, object]] = (),
+    finish_reason: ResultFinish | None = None,
+) -> StrategyResult:
+    """A result showing ``chosen``; its finish reason is ``chosen``'s (``length`` or ``stop``) unless given."""
     return StrategyResult(
         text=chosen.text,
         answer=chosen.answer,
-        finish_reason=finish,  # type: ignore[arg-type]
+        finish_reason=finish_reason or ("length" if chosen.finish_reason == "length" else "stop"),
         candidates=tuple(cands),
-        info=dict(extra.pop("info", {})),  # type: ignore[call-overload]
-        trace=tuple(extra.pop("trace", ())),  # type: ignore[arg-type]
+        info=dict(info or {}),
+        trace=tuple(trace),
     )
 
 
@@ -91,18 +98,13 @@ class StepConfig:
     delimiter: str = "\n"
 
 
-class StepSearchParams(BaseModel):
+class StepSearchParams(Sampling):
     """What every step-wise search (beam search, REBASE and their descendants) is parameterised by."""
 
-    model_config = ConfigDict(extra="forbid")
-
     step_tokens: int = Field(64, ge=1, le=1024, description="Most tokens of one step.")
-    max_tokens: int = Field(256, ge=1, le=4096, description="Most generated tokens per path.")
+    max_tokens: MaxTokens = Field(256, description="Most generated tokens per path.")
     aggregation: Aggregation = Field("last", description="How a path's step scores become its score.")
     selection: Literal["argmax", "weighted"] = Field("weighted", description="How the answer is chosen among finished paths.")
-    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    seed: int | None = Field(None, description="Engine seed; None for fresh randomness.")
 
     def step_config(self, step_tokens: int | None = None) -> StepConfig:
         """How one step is sampled; ``step_tokens`` overrides the whole-step bound (a partial step)."""

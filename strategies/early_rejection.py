@@ -14,7 +14,7 @@ from dataclasses import replace
 from pydantic import Field, model_validator
 
 from orchestrator.context import StrategyContext
-from orchestrator.protocols import StrategySpec
+from orchestrator.strategy import StrategySpec
 from orchestrator.types import Problem, StrategyResult
 from strategies import beam_search
 from strategies.common import Path, extend, grow, refill, search_result
@@ -73,6 +73,6 @@ SPEC = StrategySpec(
     run=run,
     summary="ER-PRM: beam search whose candidate steps are judged by the PRM after tau tokens; only the kept are completed",
     # Per iteration: n partial steps of tau tokens, n // beam_width completions; at most min(max_steps, max_tokens) iterations.
-    worst_case=lambda p: (p.n * p.tau + (p.n // p.beam_width) * p.step_tokens) * min(p.max_steps, p.max_tokens),  # type: ignore[attr-defined]
+    worst_case=lambda p: (p.n * p.tau + (p.n // p.beam_width) * p.step_tokens) * min(p.max_steps, p.max_tokens),
     needs=lambda p: frozenset({"prm"}),
 )

@@ -27,7 +27,7 @@ from pydantic import Field
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from orchestrator.context import StrategyContext
-from orchestrator.protocols import StrategySpec
+from orchestrator.strategy import StrategySpec
 from orchestrator.types import Problem, StrategyResult
 from strategies import rebase
 from strategies.common import Path
@@ -135,6 +135,6 @@ SPEC = StrategySpec(
     params=Params,
     run=run,
     summary="ETS: REBASE whose kept nodes are chosen by an integer program (node cost vs coverage of step clusters)",
-    worst_case=lambda p: p.width * p.step_tokens * min(p.max_depth, p.max_tokens),  # type: ignore[attr-defined]
-    needs=lambda p: frozenset({"prm", "clusterer"} if p.lambda_s > 0 else {"prm"}),  # type: ignore[attr-defined]
+    worst_case=lambda p: p.width * p.step_tokens * min(p.max_depth, p.max_tokens),
+    needs=lambda p: frozenset({"prm", "clusterer"} if p.lambda_s > 0 else {"prm"}),
 )

@@ -13,29 +13,25 @@ finisher is returned with answer None.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections import Counter
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
-from orchestrator.protocols import StrategySpec
-from orchestrator.types import Candidate, Generation, Problem, SamplingSpec, StrategyResult
+from orchestrator.strategy import StrategySpec
+from orchestrator.types import Candidate, FinishReason, Problem, StrategyResult
 from strategies.common import majority, result
+from strategies.params import Sampling, Seed, Temperature, TopP
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Params(Sampling):
     n: int = Field(8, ge=1, le=64, description="Independent samples started at once.")
     k: int = Field(1, ge=1, le=64, description="FFS-k@N: majority over the first k answered traces.")
-    temperature: float = Field(0.6, ge=0.0, le=2.0, description="Sampling temperature (the paper's 0.6).")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass (the paper's 0.95).")
-    max_tokens: int = Field(256, ge=1, le=4096, description="Most new tokens per sample.")
-    seed: int | None = Field(None, description="Sample i uses seed + i; None for fresh randomness.")
+    temperature: Temperature = Field(0.6, description="Sampling temperature (the paper's 0.6).")
+    top_p: TopP = Field(0.95, description="Nucleus sampling mass (the paper's 0.95).")
+    seed: Seed = Field(None, description="Sample i uses seed + i; None for fresh randomness.")
     mode: Literal["async", "sync"] = Field("async", description="Independent requests, or one lockstep batch.")
 
     @model_validator(mode="after")
@@ -48,49 +44,20 @@ class Params(BaseModel):
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
     if params.mode == "sync":
         return await _run_sync(problem, ctx, params)
-    ids = [uuid.uuid4().hex for _ in range(params.n)]
-    specs = [
-        SamplingSpec(
-            prompt=problem.prompt,
-            n=1,
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            seed=None if params.seed is None else params.seed + i,
-            request_id=rid,
-        )
-        for i, rid in enumerate(ids)
-    ]
-    tasks = {asyncio.ensure_future(ctx.generate(s, stage="sample", branch=str(i))): i for i, s in enumerate(specs)}
-    order: list[int] = []  # finishing order
-    results: dict[int, Generation] = {}
+    specs = [params.sampling(problem.prompt, seed_offset=i) for i in range(params.n)]
     answered: list[int] = []
-    aborted: list[int] = []
-    try:
-        pending = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for t in sorted(done, key=lambda t: tasks[t]):
-                i = tasks[t]
-                try:
-                    results[i] = t.result()
-                except BudgetExceeded:
-                    continue  # this sample never ran: the budget had no room for it
-                order.append(i)
-                c = results[i].completions[0]
-                if c.finish_reason != "abort" and ctx.extract(c.text) is not None:
-                    answered.append(i)
-            if len(answered) >= params.k and pending:
-                aborted = sorted(tasks[t] for t in pending)
-                ctx.emit({"stage": "abort", "winners": answered[: params.k], "aborting": aborted})
-                await ctx.abort([ids[i] for i in aborted])
-                # The aborted calls return promptly with what they had generated; wait so they are recorded.
-    finally:
-        leftover = [t for t in tasks if not t.done()]
-        if leftover:  # cancelled from outside: stop the engine work too
-            await asyncio.shield(ctx.abort([ids[tasks[t]] for t in leftover]))
-            for t in leftover:
-                t.cancel()
+    async with ctx.race(specs, stage="sample") as race:
+        async for f in race:
+            c = f.generation.completions[0]
+            if c.finish_reason != "abort" and ctx.extract(c.text) is not None:
+                answered.append(f.index)
+            if len(answered) >= params.k:
+                if race.running:
+                    ctx.emit({"stage": "abort", "winners": answered[: params.k], "aborting": race.running})
+                break
+    results = race.results
+    if not results:
+        raise BudgetExceeded("the budget had no room for a single sample")
     candidates = tuple(
         Candidate(text=c.text, answer=ctx.extract(c.text) if c.finish_reason != "abort" else None, tokens=c.tokens, finish_reason=c.finish_reason)
         for i in range(params.n)
@@ -98,32 +65,21 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
         for c in results[i].completions
     )
     index = {i: pos for pos, i in enumerate(i for i in range(params.n) if i in results)}
-    if not results:
-        raise BudgetExceeded("the budget had no room for a single sample")
     # Among the first k answered, the majority (ties to the earliest); the first finisher when none answered.
-    first = answered[: params.k] or order[:1]
+    first = answered[: params.k] or race.order[:1]
     pos, votes = _vote([candidates[index[i]] for i in first])
     chosen = candidates[index[first[pos]]]
-    return result(chosen, candidates, info={"winner": first[pos], "finish_order": order, "aborted": aborted, "votes": votes, "k": params.k})
+    return result(chosen, candidates, info={"winner": first[pos], "finish_order": race.order, "aborted": race.aborted, "votes": votes, "k": params.k})
 
 
 async def _run_sync(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
-    rid = uuid.uuid4().hex
-    spec = SamplingSpec(
-        prompt=problem.prompt,
-        n=params.n,
-        max_tokens=params.max_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        seed=params.seed,
-        request_id=rid,
-    )
     texts = [""] * params.n
     tokens = [0] * params.n
-    reasons: list[str | None] = [None] * params.n
+    reasons: list[FinishReason | None] = [None] * params.n
     order: list[int] = []
     stopped = False
-    async for d in ctx.stream(spec, stage="sample"):
+    stream = ctx.stream(params.sampling(problem.prompt, n=params.n), stage="sample")
+    async for d in stream:
         texts[d.index] += d.text
         tokens[d.index] = d.tokens
         if d.finish_reason is not None and reasons[d.index] is None:
@@ -133,9 +89,9 @@ async def _run_sync(problem: Problem, ctx: StrategyContext, params: Params) -> S
         if len(order) >= params.k and not stopped:
             stopped = True
             ctx.emit({"stage": "abort", "winners": order[: params.k]})
-            await ctx.abort([rid])  # the stream ends once the engine has let the batch go
+            await stream.stop()  # the stream ends once the engine has let the batch go
     cands = tuple(
-        Candidate(text=t, answer=ctx.extract(t) if r not in (None, "abort") else None, tokens=n, finish_reason=r if r in ("stop", "length") else "abort")  # type: ignore[arg-type]
+        Candidate(text=t, answer=ctx.extract(t) if r not in (None, "abort") else None, tokens=n, finish_reason=r or "abort")
         for t, n, r in zip(texts, tokens, reasons)
     )
     first = order[: params.k] or [0]
@@ -156,5 +112,5 @@ SPEC = StrategySpec(
     params=Params,
     run=run,
     summary="First Finish Search: first answered sample of n wins (FFS-k@N: majority of the first k); the rest are aborted",
-    worst_case=lambda p: p.n * p.max_tokens,  # type: ignore[attr-defined]
+    worst_case=lambda p: p.n * p.max_tokens,
 )

@@ -30,27 +30,26 @@ from collections import Counter
 from dataclasses import replace
 from typing import Literal, NamedTuple, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
-from orchestrator.protocols import StrategySpec
 from orchestrator.scoring import aggregate
+from orchestrator.strategy import StrategySpec
+from orchestrator.toolbox import Capability
 from orchestrator.types import Candidate, Problem, SamplingSpec, StrategyResult
 from strategies.common import candidate, majority, result
+from strategies.params import MaxTokens, Sampling, Seed, Temperature
 
 Distill = Literal["summary", "shared_top_k", "per_sample_top_k", "random_k"]
 RankBy = Literal["vote", "prm", "judge"]
 
 
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _Sampling(Sampling):
     kappa: int = Field(256, ge=8, le=8192, description="Most tokens of a workspace (the paper's kappa).")
-    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature of every draft.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_tokens: int = Field(256, ge=1, le=4096, description="Most new tokens per draft.")
-    seed: int | None = Field(None, description="Engine seed (and random-k's draws); None for fresh randomness.")
+    temperature: Temperature = Field(0.8, description="Sampling temperature of every draft.")
+    max_tokens: MaxTokens = Field(256, description="Most new tokens per draft.")
+    seed: Seed = Field(None, description="Engine seed (and random-k's draws); None for fresh randomness.")
 
 
 class Params(_Sampling):
@@ -77,7 +76,7 @@ class SRParams(_Sampling):
     rounds: int = Field(4, ge=1, le=32, description="Calls in the chain: one draft, then rounds - 1 refinements.")
 
 
-def _needs(p: Params) -> frozenset[str]:
+def _needs(p: Params) -> frozenset[Capability]:
     scorer = {p.rank_by} if p.distill in ("shared_top_k", "per_sample_top_k") and p.rank_by != "vote" else set()
     return frozenset({"refiner"} | scorer)
 
@@ -129,8 +128,7 @@ async def _round(ctx: StrategyContext, problem: Problem, params: _Sampling, work
     refiner = ctx.refiner
 
     def spec(prompt: str, n: int, i: int) -> SamplingSpec:
-        seed = None if params.seed is None else params.seed + 1000 * r + i
-        return SamplingSpec(prompt=prompt, n=n, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p, seed=seed)
+        return params.sampling(prompt, n=n, seed_offset=1000 * r + i)
 
     def prompt(ws: str) -> str:
         return problem.prompt if r == 0 else refiner.refine_prompt(problem.text, ws)
@@ -207,15 +205,17 @@ SPEC = StrategySpec(
     params=Params,
     run=run,
     summary="Parallel-Distill-Refine: rounds of drafts (8, 4, 1), each refined from a kappa-bounded workspace",
-    worst_case=lambda p: sum(p.schedule) * p.max_tokens,  # type: ignore[attr-defined]
-    needs=_needs,  # type: ignore[arg-type]
+    worst_case=lambda p: sum(p.schedule) * p.max_tokens,
+    needs=_needs,
 )
 
 SR_SPEC = StrategySpec(
     name="sequential_refinement",
     params=SRParams,
-    run=run_sr,  # type: ignore[arg-type]
+    run=run_sr,
     summary="Sequential Refinement: one draft refined rounds - 1 times from a workspace of the last draft",
-    worst_case=lambda p: p.rounds * p.max_tokens,  # type: ignore[attr-defined]
+    worst_case=lambda p: p.rounds * p.max_tokens,
     needs=lambda p: frozenset({"refiner"}),
 )
+
+SPECS = (SPEC, SR_SPEC)

@@ -16,9 +16,10 @@ from typing import Awaitable, Callable, Iterable, Sequence
 from pydantic import Field
 
 from orchestrator.context import StrategyContext
-from orchestrator.protocols import StrategySpec
+from orchestrator.strategy import StrategySpec
 from orchestrator.types import Problem, StrategyResult
 from strategies.common import Path, StepSearchParams, grow, search_result
+from strategies.params import Temperature
 
 
 def allocate(scores: Sequence[float], width: int, temperature: float) -> list[int]:
@@ -54,7 +55,7 @@ class Params(StepSearchParams):
     width: int = Field(8, ge=1, le=256, description="Leaves the search may finish (the root's children).")
     softmax_temperature: float = Field(0.2, gt=0.0, le=10.0, description="Temperature of the score softmax (the paper's 0.2).")
     max_depth: int = Field(40, ge=1, le=200, description="Most steps from the root.")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="Sampling temperature (the paper's 1.0).")
+    temperature: Temperature = Field(1.0, description="Sampling temperature (the paper's 1.0).")
 
 
 # Chooses which open nodes grow and by how many children: (kept nodes, their shares, what to trace).
@@ -104,6 +105,6 @@ SPEC = StrategySpec(
     run=run,
     summary="REBASE: the width left is shared among open nodes by a softmax of their PRM scores",
     # At most `width` children per depth (shares sum to the width left), at most min(max_depth, max_tokens) depths.
-    worst_case=lambda p: p.width * p.step_tokens * min(p.max_depth, p.max_tokens),  # type: ignore[attr-defined]
+    worst_case=lambda p: p.width * p.step_tokens * min(p.max_depth, p.max_tokens),
     needs=lambda p: frozenset({"prm"}),
 )

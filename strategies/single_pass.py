@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from orchestrator.context import StrategyContext
-from orchestrator.protocols import StrategySpec
-from orchestrator.types import Problem, SamplingSpec, StrategyResult
+from orchestrator.strategy import StrategySpec
+from orchestrator.types import Problem, StrategyResult
 from strategies.common import candidates, result
+from strategies.params import MaxTokens, Sampling, Temperature
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_tokens: int = Field(256, ge=1, le=4096, description="Most new tokens.")
-    seed: int | None = Field(None, description="Engine seed; None for fresh randomness.")
+class Params(Sampling):
+    temperature: Temperature = Field(0.0, description="Sampling temperature; 0 is greedy.")
+    max_tokens: MaxTokens = Field(256, description="Most new tokens.")
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
-    spec = SamplingSpec(prompt=problem.prompt, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p, seed=params.seed)
-    gen = await ctx.generate(spec, stage="sample")
+    gen = await ctx.generate(params.sampling(problem.prompt), stage="sample")
     cands = candidates(ctx, gen.completions)
     return result(cands[0], cands)
 
@@ -31,5 +27,5 @@ SPEC = StrategySpec(
     params=Params,
     run=run,
     summary="one sample (greedy by default)",
-    worst_case=lambda p: p.max_tokens,  # type: ignore[attr-defined]
+    worst_case=lambda p: p.max_tokens,
 )

@@ -10,6 +10,7 @@ import pytest
 from orchestrator.errors import ConfigError
 from deploy.evaluate import load_dataset
 from orchestrator.evals import Cell, grid, read_jsonl, summarize, wilson
+from orchestrator.toolbox import Toolbox
 from tests.strategies.scripted import StepEngine
 
 
@@ -67,14 +68,14 @@ def test_wilson_interval():
 
 def test_a_reopened_run_reports_what_it_finished_and_records_each_problem_once(store):
     kw = dict(name="g", dataset="d", model="m", strategy="s", params={"n": 2}, budget=None, planned=3)
-    assert store.open_eval_run("run1", **kw) == set()
-    store.add_eval_result("run1", {"problem_id": "p1", "correct": True, "total_tokens": 5, "latency_s": 0.1})
-    store.add_eval_result("run1", {"problem_id": "p1", "correct": False, "total_tokens": 9, "latency_s": 0.1})  # a repeat: ignored
-    assert store.open_eval_run("run1", **kw) == {"p1"}
-    [run] = store.eval_runs(name="g")
+    assert asyncio.run(store.evals.open_run("run1", **kw)) == set()
+    asyncio.run(store.evals.add_result("run1", result={"problem_id": "p1", "correct": True, "total_tokens": 5, "latency_s": 0.1}))
+    asyncio.run(store.evals.add_result("run1", result={"problem_id": "p1", "correct": False, "total_tokens": 9, "latency_s": 0.1}))  # a repeat: ignored
+    assert asyncio.run(store.evals.open_run("run1", **kw)) == {"p1"}
+    [run] = asyncio.run(store.evals.runs(name="g"))
     assert run.state == "running" and [(r.problem_id, r.correct) for r in run.results] == [("p1", True)]
-    store.close_eval_run("run1", "succeeded")
-    assert store.eval_runs(name="g")[0].state == "succeeded"
+    asyncio.run(store.evals.close_run("run1", state="succeeded"))
+    assert asyncio.run(store.evals.runs(name="g"))[0].state == "succeeded"
 
 
 @pytest.mark.parametrize(
@@ -115,7 +116,7 @@ def _grid_run(store, tenant_id, *, concurrency: int):
     from verifiers import TaskAnswerVerifier
 
     ctl = Controller(
-        engine=SlowEngine(depth=1), store=store, strategies=REGISTRY, verifier=TaskAnswerVerifier(), models={"target": "policy"},
+        engine=SlowEngine(depth=1), store=store, strategies=REGISTRY, tools=Toolbox(verifier=TaskAnswerVerifier()), models={"target": "policy"},
         max_request_tokens=10_000, server_id="eval",
     )
     dataset = load_dataset("task:test", problems=6)
@@ -124,29 +125,29 @@ def _grid_run(store, tenant_id, *, concurrency: int):
 
 
 def test_a_tenants_grid_is_metered_and_waits_for_its_concurrency_slots(store):
-    tenant = store.create_tenant("evals", tokens_per_day=1_000_000, max_concurrent=1)
+    tenant = asyncio.run(store.tenants.create("evals", tokens_per_day=1_000_000, max_concurrent=1))
     (summary,) = _grid_run(store, tenant, concurrency=3)  # 3 in flight against a limit of 1: they take turns
-    assert summary.problems == 6 and not any((r.answer or "").startswith("error") for r in store.eval_runs(name="g")[0].results)
-    records = store.list_requests(tenant, limit=20)
+    assert summary.problems == 6 and not any((r.answer or "").startswith("error") for r in asyncio.run(store.evals.runs(name="g"))[0].results)
+    records = asyncio.run(store.requests.recent(tenant, limit=20))
     assert len(records) == 6 and all(r.state == "succeeded" for r in records)
-    assert store.tokens_used(tenant) == sum(r.prompt_tokens + r.completion_tokens + r.verifier_tokens for r in records) > 0
-    assert store.list_requests(None, limit=20) == []  # none ran keyless
+    assert asyncio.run(store.tenants.tokens_used(tenant)) == sum(r.prompt_tokens + r.completion_tokens + r.verifier_tokens for r in records) > 0
+    assert asyncio.run(store.requests.recent(None, limit=20)) == []  # none ran keyless
 
 
 def test_a_grid_stops_when_the_tenants_quota_is_spent_and_resumes_later(store):
     from orchestrator.errors import QuotaExceeded
 
-    tenant = store.create_tenant("thrifty", tokens_per_day=1, max_concurrent=4)
+    tenant = asyncio.run(store.tenants.create("thrifty", tokens_per_day=1, max_concurrent=4))
     with pytest.raises(QuotaExceeded, match="tokens for today"):
         _grid_run(store, tenant, concurrency=2)
-    (run,) = store.eval_runs(name="g")
+    (run,) = asyncio.run(store.evals.runs(name="g"))
     assert run.state == "failed" and len(run.results) < 6
     from orchestrator.db.models import Tenant
 
     with store.session() as s, s.begin():  # next day, or a raised quota
         s.get(Tenant, tenant).tokens_per_day = 1_000_000
     (summary,) = _grid_run(store, tenant, concurrency=2)
-    assert summary.problems == 6 and store.eval_runs(name="g")[0].state == "succeeded"
+    assert summary.problems == 6 and asyncio.run(store.evals.runs(name="g"))[0].state == "succeeded"
 
 
 def test_a_seeded_grid_gives_each_problem_its_own_seed_and_repeats_them(store):
@@ -158,7 +159,7 @@ def test_a_seeded_grid_gives_each_problem_its_own_seed_and_repeats_them(store):
 
     def seeds(name):
         engine = SlowEngine(depth=1)
-        ctl = Controller(engine=engine, store=store, strategies=REGISTRY, verifier=TaskAnswerVerifier(), models={"target": "policy"}, max_request_tokens=10_000, server_id="eval")
+        ctl = Controller(engine=engine, store=store, strategies=REGISTRY, tools=Toolbox(verifier=TaskAnswerVerifier()), models={"target": "policy"}, max_request_tokens=10_000, server_id="eval")
         dataset = load_dataset("task:test", problems=6)
         asyncio.run(evaluate(ctl, store, dataset, [Cell("single_pass", {"temperature": 0.8, "max_tokens": 8, "seed": 5})], model="target", name=name, verifier=TaskAnswerVerifier()))
         by_question = {c.prompt.split("\n")[0]: c.seed for c in engine.calls}

@@ -13,6 +13,7 @@ from sqlalchemy import update
 from orchestrator.controller import Controller, ReasoningRequest
 from orchestrator.db.models import Server
 from orchestrator.errors import Overloaded
+from orchestrator.toolbox import Toolbox
 from orchestrator.types import SubCall, Usage
 from strategies import REGISTRY
 from tests.strategies.scripted import StepEngine
@@ -20,73 +21,73 @@ from verifiers import TaskAnswerVerifier
 
 
 def _record(store, rid: str, server: str | None, state: str = "running", tenant: str | None = None) -> None:
-    store.create_request(request_id=rid, model="m", strategy="s", params={}, prompt="p", server_id=server, state=state, tenant_id=tenant)
+    asyncio.run(store.requests.create(request_id=rid, model="m", strategy="s", params={}, prompt="p", server_id=server, state=state, tenant_id=tenant))
 
 
 def test_a_restarted_server_fails_what_its_previous_run_left_and_nothing_else(store):
-    store.register_server("a")
-    store.register_server("b")
+    asyncio.run(store.leases.register("a"))
+    asyncio.run(store.leases.register("b"))
     _record(store, "a-running", "a")
     _record(store, "a-queued", "a", state="queued")
     _record(store, "a-done", "a")
-    store.finish_request("a-done", state="succeeded", usage=Usage(1, 2, 0))
+    asyncio.run(store.requests.finish("a-done", state="succeeded", usage=Usage(1, 2, 0)))
     _record(store, "b-running", "b")
     _record(store, "legacy", None)  # recorded before server leases existed
-    store.add_subcall("a-running", SubCall(0, "sample", "policy", "", 4, Usage(10, 40, 3), 0.1, "policy-0", ("stop",) * 4))
-    store.add_subcall("a-running", SubCall(1, "score", "prm", "", 1, Usage(50, 0, 0), 0.1, "prm-0", ("stop",), kind="score"))
+    asyncio.run(store.requests.add_subcall("a-running", call=SubCall(0, "sample", "policy", "", 4, Usage(10, 40, 3), 0.1, "policy-0", ("stop",) * 4)))
+    asyncio.run(store.requests.add_subcall("a-running", call=SubCall(1, "score", "prm", "", 1, Usage(50, 0, 0), 0.1, "prm-0", ("stop",), kind="score")))
 
-    assert store.register_server("a") == 3
-    crashed = store.get_request("a-running")  # its totals are what its sub-calls recorded
+    assert asyncio.run(store.leases.register("a")) == 3
+    crashed = asyncio.run(store.requests.get("a-running"))  # its totals are what its sub-calls recorded
     assert (crashed.prompt_tokens, crashed.completion_tokens, crashed.cached_tokens, crashed.verifier_tokens) == (10, 40, 3, 50)
     for rid in ("a-running", "a-queued", "legacy"):
-        rec = store.get_request(rid)
+        rec = asyncio.run(store.requests.get(rid))
         assert rec.state == "failed" and rec.finished_at is not None, rid
         assert "restarted before this request finished" in rec.error
-    assert store.get_request("a-done").state == "succeeded"
-    assert store.get_request("b-running").state == "running"  # another live server's request is left alone
-    assert store.register_server("a") == 0
+    assert asyncio.run(store.requests.get("a-done")).state == "succeeded"
+    assert asyncio.run(store.requests.get("b-running")).state == "running"  # another live server's request is left alone
+    assert asyncio.run(store.leases.register("a")) == 0
 
 
 def test_the_reaper_fails_requests_of_servers_whose_lease_ran_out_and_recounts_tenants(store):
-    tenant = store.create_tenant("t", max_concurrent=2)
-    store.register_server("dead")
-    store.register_server("alive")
-    assert store.enter(tenant) and store.enter(tenant)
+    tenant = asyncio.run(store.tenants.create("t", max_concurrent=2))
+    asyncio.run(store.leases.register("dead"))
+    asyncio.run(store.leases.register("alive"))
+    assert asyncio.run(store.tenants.enter(tenant)) and asyncio.run(store.tenants.enter(tenant))
     _record(store, "d1", "dead", tenant=tenant)
     _record(store, "a1", "alive", tenant=tenant)
-    assert not store.enter(tenant)  # both slots taken
+    assert not asyncio.run(store.tenants.enter(tenant))  # both slots taken
     with store.session() as s, s.begin():
         s.execute(update(Server).where(Server.id == "dead").values(heartbeat_at=datetime.now(timezone.utc) - timedelta(seconds=120)))
 
-    assert store.reap_servers(60) == 1
-    d1 = store.get_request("d1")
+    assert asyncio.run(store.leases.reap(stale_after_s=60)) == 1
+    d1 = asyncio.run(store.requests.get("d1"))
     assert d1.state == "failed" and "dead stopped answering" in d1.error
-    assert store.get_request("a1").state == "running"
-    assert store.live_servers() == ["alive"]
-    assert store.enter(tenant)  # the dead server's slot came back; the live one's did not
-    assert not store.enter(tenant)
-    assert store.reap_servers(60) == 0
+    assert asyncio.run(store.requests.get("a1")).state == "running"
+    assert asyncio.run(store.leases.live()) == ["alive"]
+    assert asyncio.run(store.tenants.enter(tenant))  # the dead server's slot came back; the live one's did not
+    assert not asyncio.run(store.tenants.enter(tenant))
+    assert asyncio.run(store.leases.reap(stale_after_s=60)) == 0
 
 
 def test_a_stalled_server_rejoins_on_its_next_heartbeat_and_retiring_fails_its_leftovers(store):
-    store.register_server("s")
+    asyncio.run(store.leases.register("s"))
     with store.session() as s, s.begin():
         s.execute(update(Server).values(heartbeat_at=datetime.now(timezone.utc) - timedelta(seconds=120)))
-    store.reap_servers(60)
-    assert store.live_servers() == []
-    store.heartbeat("s")
-    assert store.live_servers() == ["s"]
+    asyncio.run(store.leases.reap(stale_after_s=60))
+    assert asyncio.run(store.leases.live()) == []
+    asyncio.run(store.leases.heartbeat("s"))
+    assert asyncio.run(store.leases.live()) == ["s"]
     _record(store, "left", "s", state="queued")
-    assert store.retire_server("s") == 1
-    assert "shut down before this request finished" in store.get_request("left").error
-    assert store.live_servers() == []
+    assert asyncio.run(store.leases.retire("s")) == 1
+    assert "shut down before this request finished" in asyncio.run(store.requests.get("left")).error
+    assert asyncio.run(store.leases.live()) == []
 
 
 def test_finishing_never_overwrites_a_final_state(store):
     _record(store, "r", "s")
-    store.finish_request("r", state="succeeded", usage=Usage(1, 2, 0))
-    assert not store.finish_unfinished("r", state="failed", error="late")
-    assert store.get_request("r").state == "succeeded" and store.get_request("r").error is None
+    asyncio.run(store.requests.finish("r", state="succeeded", usage=Usage(1, 2, 0)))
+    assert not asyncio.run(store.requests.finish_unfinished("r", state="failed", error="late"))
+    assert asyncio.run(store.requests.get("r")).state == "succeeded" and asyncio.run(store.requests.get("r")).error is None
 
 
 class GatedEngine(StepEngine):
@@ -105,26 +106,26 @@ def test_queued_requests_are_recorded_before_they_wait_and_all_end_final(store):
     async def go():
         engine = GatedEngine()
         ctl = Controller(
-            engine=engine, store=store, strategies=REGISTRY, verifier=TaskAnswerVerifier(), models={"target": "policy"},
+            engine=engine, store=store, strategies=REGISTRY, tools=Toolbox(verifier=TaskAnswerVerifier()), models={"target": "policy"},
             max_request_tokens=10_000, max_running=1, max_queued=2, server_id="s",
         )
         req = ReasoningRequest(model="target", messages=(), prompt="Start at 3 and apply +4.\n", strategy="self_consistency", params={"n": 2})
         tasks = [asyncio.create_task(ctl.reason(req)) for _ in range(3)]
         await asyncio.sleep(0.5)
-        rows = store.list_requests(None, limit=10)
+        rows = await store.requests.recent(None, limit=10)
         assert sorted(r.state for r in rows) == ["queued", "queued", "running"]
         assert all(r.server_id == "s" for r in rows)
         assert all(r.started_at is None for r in rows if r.state == "queued")
         with pytest.raises(Overloaded):
             await ctl.reason(req)
-        assert len(store.list_requests(None, limit=10)) == 3  # the refused one left no record
+        assert len(await store.requests.recent(None, limit=10)) == 3  # the refused one left no record
 
         queued = next(r.id for r in rows if r.state == "queued")
         assert (await ctl.cancel(queued, None)).state == "cancelled"  # DELETE while it waits
         engine.gate.set()
         done = [r for r in await asyncio.gather(*tasks, return_exceptions=True) if not isinstance(r, BaseException)]
         assert len(done) == 2
-        states = {r.id: r for r in store.list_requests(None, limit=10)}
+        states = {r.id: r for r in await store.requests.recent(None, limit=10)}
         assert sorted(r.state for r in states.values()) == ["cancelled", "succeeded", "succeeded"]
         for resp in done:
             rec = states[resp.request_id]
@@ -142,7 +143,7 @@ def test_a_delete_reaching_another_server_cancels_the_request_where_it_runs(stor
 
         def controller(server: str) -> Controller:
             return Controller(
-                engine=engine, store=store, strategies=REGISTRY, verifier=TaskAnswerVerifier(), models={"target": "policy"},
+                engine=engine, store=store, strategies=REGISTRY, tools=Toolbox(verifier=TaskAnswerVerifier()), models={"target": "policy"},
                 max_request_tokens=10_000, server_id=server,
             )
 
@@ -150,21 +151,21 @@ def test_a_delete_reaching_another_server_cancels_the_request_where_it_runs(stor
         watch = asyncio.create_task(runs_it.watch_cancels(every_s=0.1))
         req = ReasoningRequest(model="target", messages=(), prompt="Start at 3 and apply +4.\n", strategy="self_consistency", params={"n": 2})
         call = asyncio.create_task(runs_it.reason(req))
-        while not store.list_requests(None, limit=1):
+        while not await store.requests.recent(None, limit=1):
             await asyncio.sleep(0.01)
-        rid = store.list_requests(None, limit=1)[0].id
+        rid = (await store.requests.recent(None, limit=1))[0].id
         rec = await other.cancel(rid, None)  # the DELETE landed on the replica that does not run it
         assert rec.state == "cancelled" and rec.error == "cancelled by the caller" and rec.cancel_requested_at is not None
         with pytest.raises(asyncio.CancelledError):
             await call
         with pytest.raises(Conflict, match="already ended"):
             await other.cancel(rid, None)
-        assert not store.request_cancel(rid)  # an ended request is never flagged again
+        assert not await store.requests.request_cancel(rid)  # an ended request is never flagged again
 
         # A request that is not flagged is left alone by the watch.
         engine.gate.set()
         done = await runs_it.reason(req)
-        assert store.get_request(done.request_id).state == "succeeded"
+        assert (await store.requests.get(done.request_id)).state == "succeeded"
         watch.cancel()
 
     asyncio.run(go())

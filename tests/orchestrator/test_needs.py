@@ -6,6 +6,7 @@ import pytest
 
 from orchestrator.controller import Controller, ReasoningRequest
 from orchestrator.errors import InvalidRequest
+from orchestrator.toolbox import Toolbox
 from strategies import REGISTRY
 from verifiers import TaskAnswerVerifier, TaskRefiner
 
@@ -15,10 +16,9 @@ def controller(**extra) -> Controller:
         engine=None,  # type: ignore[arg-type]  # validation never reaches the engine
         store=None,  # type: ignore[arg-type]
         strategies=REGISTRY,
-        verifier=TaskAnswerVerifier(),
+        tools=Toolbox(verifier=TaskAnswerVerifier(), **extra),
         models={"target": "policy"},
         max_request_tokens=10_000,
-        **extra,
     )
 
 

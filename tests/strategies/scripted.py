@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
+from orchestrator.toolbox import Toolbox
 from orchestrator.types import Completion, Generation, Usage
 from verifiers import TaskAnswerVerifier
 
@@ -44,13 +45,15 @@ class WordPRM:
         return tuple(0.9 if "good" in ln else 0.2 for ln in solution.split("\n") if ln.strip())
 
 
-def context(engine, **kwargs):
+def context(engine, *, total_tokens=None, target_model="", **tools):
+    """A strategy context over ``engine``; ``tools`` are the toolbox's capabilities (step_scorer=, ...)."""
     calls = []
 
     async def sink(call):
         calls.append(call)
 
-    ctx = StrategyContext(engine=engine, verifier=TaskAnswerVerifier(), sink=sink, meter=BudgetMeter(Budget(kwargs.pop("total_tokens", None))), **kwargs)
+    toolbox = Toolbox(verifier=TaskAnswerVerifier(), **tools)
+    ctx = StrategyContext(engine=engine, tools=toolbox, sink=sink, meter=BudgetMeter(Budget(total_tokens)), target_model=target_model)
     return ctx, calls
 
 

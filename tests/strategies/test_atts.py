@@ -79,14 +79,14 @@ def store(tmp_path):
 
 
 def _run(engine, store, **params):
-    ctx, calls = context(engine, draft_model="d", target_model="t", calibration=store)
+    ctx, calls = context(engine, draft_model="d", target_model="t", calibration=store.calibration)
     out = asyncio.run(atts.run(Problem(prompt=PROMPT, question="q"), ctx, atts.Params(seed=1, **params)))
     return out, ctx, calls
 
 
 def test_bad_draft_chunks_are_rejected_and_rewritten_by_the_target(store):
     # Calibration: good chunks (perplexity e^0.1) mostly, so a bad chunk (e^2) is beyond all of them.
-    store.add_calibration_scores(NAME, [math.exp(0.1)] * 30, model="d->t", keep=100)
+    asyncio.run(store.calibration.add_scores(NAME, scores=[math.exp(0.1)] * 30, model="d->t", keep=100))
     engine = DraftTarget()
     out, ctx, calls = _run(engine, store, n=2, alpha=0.1)
     assert out.text == "s0 good\ns1 good\ns2 good\nAnswer: 3"
@@ -100,20 +100,20 @@ def test_bad_draft_chunks_are_rejected_and_rewritten_by_the_target(store):
     assert roles == {("draft", "generate"), ("policy", "generate"), ("policy", "score")}
     assert sum(c.usage.total_tokens for c in calls if c.kind == "score") == ctx.verifier_tokens
     # Online update: the 8 chunk scores joined the set.
-    assert len(store.calibration_scores(NAME)) == 38
+    assert len(asyncio.run(store.calibration.scores(NAME))) == 38
 
 
 def test_alpha_zero_keeps_every_draft_chunk_and_update_can_be_off(store):
-    store.add_calibration_scores(NAME, [math.exp(0.1)] * 30, model="d->t", keep=100)
+    asyncio.run(store.calibration.add_scores(NAME, scores=[math.exp(0.1)] * 30, model="d->t", keep=100))
     out, _, calls = _run(DraftTarget(), store, n=1, alpha=0.0, update_calibration=False)
     assert out.text.startswith("s0 bad\ns1 bad\ns2 bad")
     assert out.info["rejected"] == 0
     assert not any(c.role == "policy" and c.kind == "generate" for c in calls)
-    assert len(store.calibration_scores(NAME)) == 30
+    assert len(asyncio.run(store.calibration.scores(NAME))) == 30
 
 
 def test_max_turns_bounds_each_sample(store):
-    store.add_calibration_scores(NAME, [1.0] * 30, model="d->t", keep=100)
+    asyncio.run(store.calibration.add_scores(NAME, scores=[1.0] * 30, model="d->t", keep=100))
     out, _, _ = _run(DraftTarget(depth=10), store, n=3, max_turns=2)
     assert out.info["chunks"] == 6
     assert all(c.text.count("\n") == 1 for c in out.candidates)
@@ -122,10 +122,10 @@ def test_max_turns_bounds_each_sample(store):
 def test_missing_calibration_or_draft_is_a_clear_error(store):
     with pytest.raises(InvalidRequest, match="python -m deploy.calibrate --dataset other"):
         _run(DraftTarget(), store, dataset="other")
-    store.add_calibration_scores(NAME, [1.0] * 5, model="d->t", keep=100)
+    asyncio.run(store.calibration.add_scores(NAME, scores=[1.0] * 5, model="d->t", keep=100))
     with pytest.raises(InvalidRequest, match="has 5 scores"):
         _run(DraftTarget(), store)
-    ctx, _ = context(DraftTarget(), calibration=store)
+    ctx, _ = context(DraftTarget(), calibration=store.calibration)
     with pytest.raises(InvalidRequest, match="draft model"):
         asyncio.run(atts.run(Problem(prompt=PROMPT, question="q"), ctx, atts.Params()))
     assert atts.SPEC.needs(atts.Params()) == {"draft"}

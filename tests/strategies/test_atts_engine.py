@@ -14,12 +14,13 @@ import httpx
 import pytest
 
 from deploy.calibrate import collect
-from models import task
 from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
+from orchestrator.toolbox import Toolbox
 from orchestrator.types import Problem
 from strategies import atts
 from orchestrator.types import problem_seed
+from tasks import arithmetic as task
 from verifiers import TaskAnswerVerifier
 
 pytestmark = pytest.mark.engine
@@ -39,7 +40,7 @@ def calibrated(service):
     questions = [p.question for p in _problems("dev", 40, seed=3)]
     params = atts.Params(n=1, seed=3, update_calibration=False)
     scores = service.run(collect(service.service.pool, questions, params, draft_model="draft", target_model="target", progress=False))
-    service.service.store.add_calibration_scores(NAME, scores, model="draft->target", keep=atts.CALIBRATION_WINDOW, replace=True)
+    asyncio.run(service.service.store.calibration.add_scores(NAME, scores=scores, model="draft->target", keep=atts.CALIBRATION_WINDOW, replace=True))
     return scores
 
 
@@ -60,7 +61,7 @@ def test_rejection_rate_is_within_005_of_alpha_on_held_out_problems(service, cal
                 pass
 
             async with sem:
-                ctx = StrategyContext(engine=pool, verifier=TaskAnswerVerifier(), sink=sink, draft_model="draft", target_model="target", calibration=store)
+                ctx = StrategyContext(engine=pool, tools=Toolbox(verifier=TaskAnswerVerifier(), draft_model="draft", calibration=store.calibration), sink=sink, target_model="target")
                 own = params.model_copy(update={"seed": problem_seed(params.seed, k)})
                 return await atts.run(Problem(task.prompt_for(p.question), question=p.question), ctx, own)
 
@@ -74,7 +75,7 @@ def test_rejection_rate_is_within_005_of_alpha_on_held_out_problems(service, cal
 
 
 def test_atts_over_http_charges_draft_and_target_and_updates_the_set_online(service, calibrated):
-    before = len(service.service.store.calibration_scores(NAME))
+    before = len(asyncio.run(service.service.store.calibration.scores(NAME)))
     q = _problems("test", 1, seed=12)[0].question
     body = {"model": "target", "messages": [{"role": "user", "content": q}], "strategy": "atts", "strategy_params": {"n": 2, "alpha": 0.5, "seed": 1}}
     r = httpx.post(f"{service.base_url}/v1/chat/completions", json=body, timeout=300)
@@ -84,7 +85,7 @@ def test_atts_over_http_charges_draft_and_target_and_updates_the_set_online(serv
     assert tts["info"]["calibration"] == NAME
     stages = tts["usage_by_stage"]
     assert stages["draft"]["completion_tokens"] > 0 and stages["verify"]["prompt_tokens"] > 0
-    record = service.service.store.get_request(tts["request_id"])
+    record = asyncio.run(service.service.store.requests.get(tts["request_id"]))
     roles = {c.role for c in record.subcalls}
     assert "draft" in roles and "policy" in roles
     # The ledger adds up: generate calls (draft and target) are the usage, target scoring the verifier tokens.
@@ -92,7 +93,7 @@ def test_atts_over_http_charges_draft_and_target_and_updates_the_set_online(serv
     gen = [c for c in record.subcalls if not c.verifier_tokens]
     assert sum(c.prompt_tokens + c.completion_tokens for c in gen) == usage["total_tokens"]
     assert sum(c.verifier_tokens for c in record.subcalls) == tts["verifier_tokens"] > 0
-    assert len(service.service.store.calibration_scores(NAME)) == before + tts["info"]["chunks"]
+    assert len(asyncio.run(service.service.store.calibration.scores(NAME))) == before + tts["info"]["chunks"]
 
 
 def test_atts_without_a_calibration_set_is_a_clear_400(service):
@@ -112,7 +113,7 @@ def test_calibrate_command_builds_a_set(tmp_path):
     report = json.loads(next(line for line in reversed(out.stdout.splitlines()) if line.startswith("{")))
     assert report["name"] == "draft->target/mini" and report["size"] == report["added"] > 0
     store = Store.from_url(f"sqlite:///{tmp_path / 'tts.db'}")
-    assert len(store.calibration_scores("draft->target/mini")) == report["size"]
+    assert len(asyncio.run(store.calibration.scores("draft->target/mini"))) == report["size"]
     store.engine.dispose()
 
 

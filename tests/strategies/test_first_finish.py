@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
+from orchestrator.toolbox import Toolbox
 from orchestrator.types import Completion, Generation, Problem, Usage
 from strategies import REGISTRY
 from verifiers import TaskAnswerVerifier
@@ -45,7 +46,7 @@ def run(texts, delays, **params):
     async def sink(call):
         calls.append(call)
 
-    ctx = StrategyContext(engine=engine, verifier=TaskAnswerVerifier(), sink=sink, meter=BudgetMeter(Budget()))
+    ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier()), sink=sink, meter=BudgetMeter(Budget()))
     spec = REGISTRY["first_finish"]
     result = asyncio.run(spec.run(Problem("q\n"), ctx, spec.params(seed=0, n=len(texts), **params)))
     return result, engine, calls, ctx

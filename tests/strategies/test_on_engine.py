@@ -3,14 +3,17 @@ service's worker pool: the invariants the strategies promise, and a ledger that 
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
-from models import task
 from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
+from orchestrator.toolbox import Toolbox
 from orchestrator.types import Problem, SamplingSpec
 from strategies import REGISTRY
+from tasks import arithmetic as task
 from verifiers import MathShepherdPRM, OutcomeJudge, TaskAnswerVerifier, TaskRefiner
 from verifiers.embeddings import StepClusterer
 
@@ -41,12 +44,14 @@ def run(service, name, question=QUESTION, total_tokens=None, **params):
 
     ctx = StrategyContext(
         engine=engine,
-        verifier=TaskAnswerVerifier(),
+        tools=Toolbox(
+            verifier=TaskAnswerVerifier(),
+            step_scorer=MathShepherdPRM(engine),
+            outcome_scorer=OutcomeJudge(engine),
+            refiner=TaskRefiner(),
+            clusterer=StepClusterer(engine),
+        ),
         sink=sink,
-        step_scorer=MathShepherdPRM(engine),
-        outcome_scorer=OutcomeJudge(engine),
-        refiner=TaskRefiner(),
-        clusterer=StepClusterer(engine),
         meter=BudgetMeter(Budget(total_tokens)),
     )
     spec = REGISTRY[name]
@@ -140,7 +145,7 @@ def test_new_strategies_over_http_report_trace_stages_and_sequential_tokens(serv
     tts = r.json()["tts"]
     assert tts["trace"] and set(tts["usage_by_stage"]) == {"expand", "score"}
     assert 0 < tts["sequential_tokens"] < r.json()["usage"]["total_tokens"] + tts["verifier_tokens"]
-    record = service.service.store.get_request(r.json()["id"])
+    record = asyncio.run(service.service.store.requests.get(r.json()["id"]))
     assert sum(c.verifier_tokens for c in record.subcalls) == tts["verifier_tokens"]
 
 

@@ -7,6 +7,7 @@ import pytest
 from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
+from orchestrator.toolbox import Toolbox
 from orchestrator.types import Completion, Generation, Problem, SamplingSpec, Usage
 from strategies import REGISTRY
 from verifiers import TaskAnswerVerifier
@@ -40,7 +41,7 @@ def run(texts, **params):
 
     spec = REGISTRY["self_consistency"]
     meter = BudgetMeter(Budget(total_tokens=params.pop("budget", None)))
-    ctx = StrategyContext(engine=engine, verifier=TaskAnswerVerifier(), sink=sink, meter=meter)
+    ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier()), sink=sink, meter=meter)
     result = asyncio.run(spec.run(Problem("q\n"), ctx, spec.params(**params)))
     return result, engine, calls, ctx
 
