@@ -1,10 +1,13 @@
-"""Request and response bodies of the OpenAI-compatible endpoint, plus the service's extension fields."""
+"""Request and response bodies of the API: OpenAI's shapes plus the service's extension fields, and the native
+endpoints' views. Responses are built from these (see api/views.py), never from database rows."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.types import RequestState
 
 
 class Message(BaseModel):
@@ -138,6 +141,14 @@ class CandidateBody(BaseModel):
     score: float | None = Field(None, description="The verifier's score of this candidate, when the strategy scored it.")
 
 
+class QuotaBody(BaseModel):
+    """The tenant's daily quota had less left than this request could spend: its token budget was cut to it."""
+
+    wanted: int = Field(description="Tokens the request could at most spend (its worst case, prompt included).")
+    granted: int = Field(description="Tokens today's remainder granted: the request's token budget.")
+    tokens_per_day: int | None = Field(description="The tenant's daily quota.")
+
+
 class TTSInfo(BaseModel):
     """What the strategy did: the answer it settled on, its candidates and the sub-calls it made."""
 
@@ -155,6 +166,7 @@ class TTSInfo(BaseModel):
     trace: list[dict[str, Any]] = Field(default_factory=list, description="Rounds, search steps or tree nodes, in order, with scores.")
     info: dict[str, Any]
     events: list[dict[str, Any]] = Field(default_factory=list, description="The strategy's progress events, in order.")
+    quota: QuotaBody | None = Field(None, description="Set when the tenant's remaining daily quota shaped this request's budget.")
 
 
 class ChatCompletionResponse(BaseModel):
@@ -208,7 +220,7 @@ class RequestView(BaseModel):
     """A recorded request as the ledger holds it."""
 
     id: str
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled", "budget_exhausted"]
+    state: RequestState
     model: str
     strategy: str
     params: dict[str, Any]
@@ -236,3 +248,106 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    models: list[str]
+    strategies: list[str]
+
+
+class JobRequest(BaseModel):
+    """A grid: every strategy at every budget, over a dataset of the bundled task."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"strategies": ["self_consistency"], "budgets": [500], "problems": 5}]})
+
+    strategies: list[str] = Field(min_length=1, max_length=20)
+    budgets: list[int] = Field(default_factory=list, max_length=20, description="max_total_tokens per problem; none: unbudgeted.")
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Parameters per strategy name.")
+    dataset: str = Field("task:test", pattern=r"^task:(train|dev|test)$", description="A split of the bundled task.")
+    problems: int = Field(30, ge=1, le=5000)
+    seed: int = Field(0, ge=0)
+    name: str = Field("default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$", description="Grid name (resubmitting resumes).")
+    concurrency: int = Field(4, ge=1, le=64)
+
+
+class JobSubmitted(BaseModel):
+    id: str
+    status: Literal["PENDING"] = "PENDING"
+
+
+class JobProgress(BaseModel):
+    """Problems answered so far over every run of the job, out of those planned."""
+
+    done: int
+    planned: int
+    runs: int
+
+
+class JobRun(BaseModel):
+    """One (strategy, parameters, budget) run of the job's grid."""
+
+    id: str
+    strategy: str
+    params: dict[str, Any]
+    budget: int | None
+    state: str
+    done: int
+    planned: int
+
+
+class JobView(BaseModel):
+    """An evaluation job: its status from the job server, its progress from the results stored so far."""
+
+    id: str
+    status: str = Field(description="The job server's: PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED.")
+    message: str
+    entrypoint: str
+    progress: JobProgress
+    runs: list[JobRun]
+
+
+class EvalPoint(BaseModel):
+    """One evaluation run, summarised: what the dashboard plots."""
+
+    label: str
+    run_id: str
+    problems: int = Field(description="Problems with a stored result.")
+    accuracy: float
+    ci95: tuple[float, float] = Field(description="Wilson 95% interval of the accuracy.")
+    mean_tokens: float
+    mean_sequential_tokens: float
+    mean_cost_usd: float
+    mean_latency_s: float
+    by_level: dict[int, float] = Field(description="Accuracy per difficulty level.")
+    skipped: int
+    strategy: str
+    params: dict[str, Any]
+    budget: int | None
+    grid: str
+    dataset: str
+    model: str
+    state: str
+    planned: int
+    job_id: str | None
+
+
+class EvalList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EvalPoint]
+
+
+class TenantUsage(BaseModel):
+    """One tenant's usage from the ledger (keyless requests under ``(keyless)``)."""
+
+    tenant: str
+    requests: int
+    running: int
+    tokens: int
+    verifier_tokens: int
+    cost_usd: float
+
+
+class UsageList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TenantUsage]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         False,
         description="Refuse requests without a tenant's API key (401); otherwise keyless requests run unmetered. "
         "Always on when the server listens beyond loopback.",
+    )
+    metrics_key: SecretStr | None = Field(
+        None,
+        description="Bearer token Prometheus sends for GET /metrics while API keys are in force (beyond loopback, or "
+        "TTS_REQUIRE_API_KEY); without it /metrics then answers 401. Tenants' keys do not open it: the metrics are "
+        "the whole server's.",
     )
     jobs_address: str = Field("http://127.0.0.1:8265", description="Ray job server (the Ray dashboard) that POST /v1/jobs submits to.")
     max_running: int = Field(64, ge=1, description="Requests running strategies at once; more wait in the queue.")

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from models import task
+from tasks import arithmetic as task
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.engine

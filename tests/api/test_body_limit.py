@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from fastapi import FastAPI, Request
 
-from api.app import BodyLimit
+from api.middleware import BodyLimit
 
 
 def _app() -> FastAPI:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
-from models import task
+from tasks import arithmetic as task
 
 pytestmark = pytest.mark.engine
 
@@ -20,7 +22,7 @@ def test_300_token_budget_is_never_overspent_and_ends_with_budget(service):
     assert r.status_code == 200, r.text
     data = r.json()
     assert data["choices"][0]["finish_reason"] == "budget"
-    record = service.service.store.get_request(data["id"])
+    record = asyncio.run(service.service.store.requests.get(data["id"]))
     ledger = sum(c.prompt_tokens + c.completion_tokens + c.verifier_tokens for c in record.subcalls)
     assert ledger <= 300  # bound: 0 extra tokens with this byte-level tokenizer (see orchestrator/budget.py)
     assert ledger == data["usage"]["total_tokens"] + data["tts"]["verifier_tokens"]
@@ -35,7 +37,7 @@ def test_a_budget_too_small_for_any_call_returns_an_empty_budget_answer(service)
     data = r.json()
     assert data["choices"][0]["finish_reason"] == "budget" and data["tts"]["answer"] is None
     assert data["usage"]["total_tokens"] == 0
-    assert service.service.store.get_request(data["id"]).state == "budget_exhausted"
+    assert asyncio.run(service.service.store.requests.get(data["id"])).state == "budget_exhausted"
 
 
 @pytest.mark.parametrize(
@@ -59,9 +61,9 @@ def test_auto_picks_by_budget_from_stored_results(service):
     results = lambda correct, tokens: [  # noqa: E731
         {"problem_id": f"p{i}", "correct": i < correct, "total_tokens": tokens, "latency_s": 0.1} for i in range(10)
     ]
-    store.add_eval_run(dataset="task-test", model="target", strategy="self_consistency", params={"n": 2, "max_tokens": 64}, results=results(4, 200))
-    store.add_eval_run(dataset="task-test", model="target", strategy="self_consistency", params={"n": 12, "max_tokens": 64}, results=results(7, 1100))
-    store.add_eval_run(dataset="task-test", model="target", strategy="no_such_strategy", params={}, results=results(10, 10))
+    asyncio.run(store.evals.add_run(dataset="task-test", model="target", strategy="self_consistency", params={"n": 2, "max_tokens": 64}, results=results(4, 200)))
+    asyncio.run(store.evals.add_run(dataset="task-test", model="target", strategy="self_consistency", params={"n": 12, "max_tokens": 64}, results=results(7, 1100)))
+    asyncio.run(store.evals.add_run(dataset="task-test", model="target", strategy="no_such_strategy", params={}, results=results(10, 10)))
     picks = {}
     for total in (300, 5000):
         r = _post(service, strategy="auto", budget={"total_tokens": total})

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import openai
 import pytest
 from sqlalchemy import func, select
 
-from models import task
 from orchestrator.db.models import RequestRecord
+from tasks import arithmetic as task
 
 pytestmark = pytest.mark.engine
 
@@ -40,7 +42,7 @@ def test_sdk_gets_a_correct_answer_with_exact_usage_and_a_ledger(service):
         assert resp.usage.prompt_tokens == len(task.prompt_for(p.question).encode())
         assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
 
-        record = service.service.store.get_request(resp.id)
+        record = asyncio.run(service.service.store.requests.get(resp.id))
         assert record is not None and record.state == "succeeded" and record.answer == tts["answer"]
         assert len(record.subcalls) == 1
         call = record.subcalls[0]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
-from models import task
+from tasks import arithmetic as task
 
 pytestmark = pytest.mark.engine
 
@@ -46,6 +48,6 @@ def test_ffs_winner_reproduces_and_aborted_losers_never_grow(service):
     if cut and lengths[slowest] > lengths[winner] + 64:
         assert slowest in cut
     assert ffs["usage"]["completion_tokens"] <= full["usage"]["completion_tokens"]
-    record = service.service.store.get_request(ffs["id"])
+    record = asyncio.run(service.service.store.requests.get(ffs["id"]))
     assert len(record.subcalls) == 8 and sum(c.completion_tokens for c in record.subcalls) == ffs["usage"]["completion_tokens"]
     print(f"FFS {ffs['usage']['completion_tokens']} tokens, {len(cut)} cut; all 8 samples {full['usage']['completion_tokens']} tokens")

@@ -15,9 +15,9 @@ import openai
 import pytest
 from sqlalchemy import func, select
 
-from models import task
 from orchestrator.admission import Admission, Limits
 from orchestrator.db.models import RequestRecord, SubCallRecord
+from tasks import arithmetic as task
 
 pytestmark = pytest.mark.engine
 
@@ -112,7 +112,7 @@ def test_streaming_chat_sends_progress_then_the_answer_then_usage_equal_to_the_l
     usage_chunks = [c for c in chunks if c.usage is not None]
     assert len(usage_chunks) == 1 and usage_chunks[0] is chunks[-1] and chunks[-1].choices == []
     # The content streamed is the answer the ledger recorded, and the usage is the ledger's.
-    record = service.service.store.get_request(chunks[0].id)
+    record = asyncio.run(service.service.store.requests.get(chunks[0].id))
     assert record.state == "succeeded" and content == record.text and "Answer:" in content
     _check_usage_is_the_ledger(service, chunks[0].id, usage_chunks[0].to_dict()["usage"])
 
@@ -124,7 +124,7 @@ def test_streaming_completions_and_no_usage_chunk_unless_asked(service):
     chunks = list(stream)
     assert all(c.usage is None for c in chunks)
     text = "".join(c.choices[0].text for c in chunks if c.choices)
-    assert text == service.service.store.get_request(chunks[0].id).text
+    assert text == asyncio.run(service.service.store.requests.get(chunks[0].id)).text
 
 
 def test_a_streamed_request_refused_before_it_starts_is_a_plain_http_error(service):
@@ -171,8 +171,8 @@ def test_disconnecting_mid_stream_stops_the_engines_within_a_second(service):
             _wait_for(lambda: _engines_running(service) > 0, timeout=10.0)
     # The connection is closed here.
     took = _wait_for(lambda: _engines_running(service) == 0, timeout=1.0)
-    _wait_for(lambda: service.service.store.get_request(request_id).state == "cancelled", timeout=5.0)
-    record = service.service.store.get_request(request_id)
+    _wait_for(lambda: asyncio.run(service.service.store.requests.get(request_id)).state == "cancelled", timeout=5.0)
+    record = asyncio.run(service.service.store.requests.get(request_id))
     assert record.completion_tokens > 0  # what was generated before the cancel is charged
     print(f"engines idle {took:.3f} s after the disconnect")
 
@@ -218,8 +218,8 @@ def test_delete_cancels_a_running_request_and_its_caller_gets_a_409(service):
 
 def test_a_tenant_cannot_read_cancel_or_list_another_tenants_requests(service):
     store = service.service.store
-    key_a = store.create_api_key(store.create_tenant("tenant-a"))
-    key_b = store.create_api_key(store.create_tenant("tenant-b"))
+    key_a = asyncio.run(store.tenants.create_api_key(asyncio.run(store.tenants.create("tenant-a"))))
+    key_b = asyncio.run(store.tenants.create_api_key(asyncio.run(store.tenants.create("tenant-b"))))
     mine = _client(service, key_a).chat.completions.create(model="target", messages=[{"role": "user", "content": _question(5)}], extra_body={"strategy_params": {"n": 2}})
 
     def call(method: str, path: str, key: str | None) -> httpx.Response:

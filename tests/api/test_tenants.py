@@ -8,8 +8,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from models import task
 from orchestrator.db.models import RequestRecord, SubCallRecord
+from tasks import arithmetic as task
 
 pytestmark = pytest.mark.engine
 
@@ -39,8 +39,8 @@ def test_keys_are_required_when_configured(pg_service):
 
 def test_50_concurrent_requests_never_overspend_the_quota(pg_service):
     store = pg_service.service.store
-    tenant = store.create_tenant("acme", tokens_per_day=QUOTA)
-    key = store.create_api_key(tenant)
+    tenant = asyncio.run(store.tenants.create("acme", tokens_per_day=QUOTA))
+    key = asyncio.run(store.tenants.create_api_key(tenant))
 
     async def go():
         async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=300, headers={"Authorization": f"Bearer {key}"}) as c:
@@ -51,7 +51,7 @@ def test_50_concurrent_requests_never_overspend_the_quota(pg_service):
     refused = [r for r in responses if r.status_code != 200]
     assert all(r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded" for r in refused)
     assert ok, "no request got through"
-    charged = store.tokens_used(tenant)
+    charged = asyncio.run(store.tenants.tokens_used(tenant))
     returned = sum(d["usage"]["total_tokens"] + d["tts"]["verifier_tokens"] for d in ok)
     with store.session() as s:
         ledger = s.scalar(
@@ -67,8 +67,8 @@ def test_50_concurrent_requests_never_overspend_the_quota(pg_service):
 
 def test_concurrency_slots(pg_service):
     store = pg_service.service.store
-    tenant = store.create_tenant("solo", max_concurrent=1)
-    key = store.create_api_key(tenant)
+    tenant = asyncio.run(store.tenants.create("solo", max_concurrent=1))
+    key = asyncio.run(store.tenants.create_api_key(tenant))
 
     async def go():
         async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=300, headers={"Authorization": f"Bearer {key}"}) as c:
@@ -76,5 +76,5 @@ def test_concurrency_slots(pg_service):
 
     codes = sorted(r.status_code for r in asyncio.run(go()))
     assert codes.count(200) >= 1 and set(codes) <= {200, 429}
-    assert store.enter(tenant)  # every slot was given back
-    store.leave(tenant)
+    assert asyncio.run(store.tenants.enter(tenant))  # every slot was given back
+    asyncio.run(store.tenants.leave(tenant))
