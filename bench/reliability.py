@@ -550,6 +550,7 @@ def ray_head(folder: Path) -> Iterator[str]:
     would stop every Ray instance on the machine)."""
     temp = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))  # short: Ray's socket paths live under it
     port = free_port()
+    # Token auth off here and in _server: this measures failures, not auth (tests/evals walks the token path).
     env = {**os.environ, "RAY_worker_niceness": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--include-dashboard=false",
@@ -639,7 +640,7 @@ def restart(
                 t.start()
             deadline = time.monotonic() + 120
             while True:
-                states = Counter(r.state for r in store.list_requests(None, limit=100))
+                states = Counter(r.state for r in asyncio.run(store.requests.recent(None, limit=100)))
                 if (states["running"] >= 1 and states["queued"] >= 1) or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
@@ -649,24 +650,24 @@ def restart(
             def since(t: datetime | None) -> float | None:
                 return None if t is None else round((t.replace(tzinfo=timezone.utc) - sent_at).total_seconds(), 2)
 
-            report["timeline_s"] = [[since(r.created_at), since(r.started_at), since(r.finished_at)] for r in reversed(store.list_requests(None, limit=100))]
+            report["timeline_s"] = [[since(r.created_at), since(r.started_at), since(r.finished_at)] for r in reversed(asyncio.run(store.requests.recent(None, limit=100)))]
             for t in threads:
                 t.join(30)
             client.close()
             report["clients_saw"] = dict(Counter(client_errors))
-            held = [r.id for r in store.list_requests(None, limit=100) if r.state in UNFINISHED]
+            held = [r.id for r in asyncio.run(store.requests.recent(None, limit=100)) if r.state in UNFINISHED]
             report["unfinished_after_kill"] = len(held)
 
             server = _server(folder, port, address, max_running)
             report["restart_s"] = round(_wait_healthy(url, server, folder), 1)
-            after = [store.get_request(rid) for rid in held]
+            after = [asyncio.run(store.requests.get(rid)) for rid in held]
             report["after_restart"] = dict(Counter(r.state for r in after if r is not None))
             report["reasons"] = sorted({r.error or "" for r in after if r is not None})
-            report["unfinished_after_restart"] = sum(1 for r in store.list_requests(None, limit=100) if r.state in UNFINISHED)
+            report["unfinished_after_restart"] = sum(1 for r in asyncio.run(store.requests.recent(None, limit=100)) if r.state in UNFINISHED)
             served = [httpx.post(url + "/v1/chat/completions", json=body(it, _params(4, 64)), timeout=300).status_code for it in items[requests:]]
             report["served_after_restart"] = served
             report["graceful_exit_code"] = _stop_group(server, 60, signal.SIGTERM)
-            report["leases_after_exit"] = store.live_servers()
+            report["leases_after_exit"] = asyncio.run(store.leases.live())
         finally:
             _stop_group(server, 30)
     store.engine.dispose()
@@ -692,7 +693,7 @@ def restart(
 
 @cli.command()
 def table() -> None:
-    """Print the README's table from bench/results/reliability-*.json."""
+    """Print the table of docs/reliability.md from bench/results/reliability-*.json."""
     rows = ["| scenario | what happened | requests | answered | lost | left unfinished | usage ≠ ledger | p50 / p99 latency | throughput |", "|---|---|---|---|---|---|---|---|---|"]
     for name in ("soak", "nodes", "load", "overload"):
         path = RESULTS / f"reliability-{name}.json"

@@ -15,10 +15,18 @@ class RayJobs:
         self.address = address
 
     def _client(self) -> Any:
+        from ray._raylet import AuthenticationTokenLoader
+        from ray.exceptions import AuthenticationError
         from ray.job_submission import JobSubmissionClient
 
         try:
-            return JobSubmissionClient(self.address)
+            # The cluster's token wherever Ray looks for it (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token),
+            # sent whatever this process's own RAY_AUTH_MODE is: a job server with token auth on (`ray start --head`
+            # turns it on when it finds ~/.ray/auth_token) refuses a client without it; one with it off ignores it.
+            headers = AuthenticationTokenLoader.instance().get_token_for_http_header(ignore_auth_mode=True)
+            return JobSubmissionClient(self.address, headers=headers)
+        except AuthenticationError as err:  # no token where one is needed, the wrong one, or an unreadable RAY_AUTH_TOKEN_PATH
+            raise EngineUnavailable(f"Ray token authentication with the job server at {self.address} failed: {err.message}") from None
         except Exception as err:  # noqa: BLE001 - any failure to reach the job server means the same to the caller
             raise EngineUnavailable(f"the Ray job server at {self.address} is not reachable ({type(err).__name__})") from None
 

@@ -1,7 +1,8 @@
-"""Evaluation grids as Ray jobs, end to end: a local Ray cluster with its job server, a grid of 3 strategies x 2
-budgets x 30 problems submitted through POST /v1/jobs, stopped half way, resubmitted with the documented
-`ray job submit` command, resumed; then the dashboard in a real headless Chromium, its numbers checked
-against an independent query of the database."""
+"""Evaluation grids as Ray jobs, end to end, the way docs/evaluations.md tells it: the service has run (its local
+Ray left a token in ~/.ray), `ray start --head` (which then turns Ray's token authentication on), a grid of 3
+strategies x 2 budgets x 30 problems submitted through POST /v1/jobs, stopped half way, resubmitted with the
+documented `ray job submit` command (with `RAY_AUTH_MODE=token`, as documented), resumed; then the dashboard in a
+real headless Chromium, its numbers checked against an independent query of the database."""
 
 from __future__ import annotations
 
@@ -47,20 +48,24 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_jobs():
-    """A second, separate Ray cluster on this machine with its dashboard (the job server), as `ray start` makes it."""
+def ray_jobs(service):
+    """A second, separate Ray cluster on this machine with its dashboard (the job server), as `ray start` makes it
+    after the service has run: with Ray's token authentication on. Yields its URL and a shell's environment."""
     from ray.job_submission import JobSubmissionClient
 
+    # The service's local ray.init() (the tests' own cluster, started by `service`) leaves a token here, as
+    # `deploy/run.sh` does; `ray start --head` finds it and turns token authentication on.
+    assert (Path.home() / ".ray" / "auth_token").is_file(), "the service's local Ray left no token in ~/.ray (RAY_AUTH_MODE=disabled?)"
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths live under it
-    # Token auth off: a local ray.init() (the tests' own cluster) leaves a token in ~/.ray, and `ray start`
-    # turns token auth on when it finds one, which clients without RAY_AUTH_TOKEN are then refused by.
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_worker_niceness": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_worker_niceness": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)  # a user's shell: ray.init() set it to `token` in this process only
     dash = _free_port()
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           "--include-dashboard=true",
+    # The docs' `ray start --head`, plus what keeps it apart from the tests' own cluster (ports, temp dir, CPUs) and
+    # `--block`, so that this fixture owns its processes.
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={_free_port()}", f"--dashboard-port={dash}",
            # Its own agent port: the default one is taken by the tests' own cluster, and without an agent no job runs.
-           f"--dashboard-agent-listen-port={_free_port()}", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"]
+           f"--dashboard-agent-listen-port={_free_port()}", "--num-cpus=2", f"--temp-dir={temp}"]
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     try:
@@ -76,6 +81,8 @@ def ray_jobs():
                 if time.monotonic() > deadline or head.poll() is not None:
                     raise RuntimeError(f"the Ray job server did not start: {err}") from None
                 time.sleep(1)
+        assert httpx.get(f"{url}/api/authentication_mode", timeout=10).json() == {"authentication_mode": "token"}
+        assert httpx.get(f"{url}/api/jobs/", timeout=10).status_code == 401  # no token, no jobs
         yield url, env
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # this cluster only: `ray stop` would stop the tests' own cluster too
@@ -138,6 +145,10 @@ def test_grid_as_a_ray_job_resumes_after_a_kill_and_shows_in_the_dashboard(servi
     assert 20 <= done_before < PLANNED
     logs = httpx.get(f"{service.base_url}/v1/jobs/{first}/logs", timeout=30)
     assert logs.status_code == 200 and "small-grid" in logs.text
+    # The API's RayJobs sends the token whatever its own process's RAY_AUTH_MODE (here Ray's default, disabled).
+    probe = "from workers.jobs import RayJobs; import sys; print(RayJobs(sys.argv[1]).info(sys.argv[2]).status)"
+    out = subprocess.run([sys.executable, "-c", probe, url, first], env={**env, "RAY_AUTH_MODE": "disabled"}, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split()[-1] in ("STOPPED", "FAILED"), out.stderr[-3000:]
 
     # 2. Resubmitted with the documented command: it resumes, skipping what the first job finished.
     resumed_at = time.time()
@@ -145,7 +156,7 @@ def test_grid_as_a_ray_job_resumes_after_a_kill_and_shows_in_the_dashboard(servi
     cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", url, "--submission-id", "small-grid-resume", "--runtime-env-json", json.dumps({"env_vars": job_env}),
            "--", "python", "-m", "deploy.evaluate", "-s", "self_consistency", "-s", "first_finish", "-s", "single_pass", "-b", "300", "-b", "1000",
            "--problems", "30", "--name", "small-grid", "--params", json.dumps(GRID["params"])]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(cmd, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=900)  # as the docs say
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "succeeded" in (out.stdout + out.stderr).lower()
 
