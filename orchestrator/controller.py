@@ -76,7 +76,7 @@ def _validation_message(err: ValidationError) -> tuple[str, str | None]:
 
 class Controller:
     """Runs reasoning requests. ``models`` maps the names callers use to the worker role serving them;
-    ``tools`` is what the server can do besides generating (its calibration store defaults to ``store.calibration``)."""
+    ``tools`` is what the server can do besides generating (``deploy.serve`` gives it the database's calibration sets)."""
 
     def __init__(
         self,
@@ -97,8 +97,7 @@ class Controller:
         self.engine = engine
         self.store = store
         self.strategies = strategies
-        # A controller built without a database (unit tests pass store=None) has no calibration sets either.
-        self.tools = tools if tools.calibration is not None or store is None else replace(tools, calibration=store.calibration)
+        self.tools = tools
         self.models = models
         self.max_request_tokens = max_request_tokens
         self.prices: dict[str, Price] = dict(prices or {})  # by role
