@@ -101,6 +101,18 @@ def exposure(settings: Settings, *, has_keys: bool) -> Settings:
     return settings.model_copy(update={"require_api_key": True})
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (port 0: any free one), for uvicorn to serve on."""
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {host}:{port} (TTS_HOST / TTS_PORT): {err.strerror or err}") from None
+    return sock
+
+
 def server_name(port: int) -> str:
     """This server's lease id: stable across restarts on a fixed port, so a restart fails its leftovers at
     once; with a random port (0) there is nothing stable, and the stale lease is reaped instead."""
@@ -116,6 +128,7 @@ class Service:
     controller: Controller
     app: FastAPI
     server_id: str
+    sock: socket.socket
     _lease: asyncio.Task[None] | None = None
     _cancels: asyncio.Task[None] | None = None
 
@@ -124,10 +137,13 @@ class Service:
         connect_ray(settings.ray_address)
         store = Store.from_url(settings.database)
         server_id = settings.server_id or server_name(settings.port)
+        settings = exposure(settings, has_keys=await store.tenants.has_api_keys())
+        # Listen before the engines start: a port in use fails in a second, not after a minute of loading, and
+        # nothing the engines spawn (Ray, vLLM's ZMQ sockets) can take a chosen port meanwhile.
+        sock = listen(settings.host, settings.port)
         interrupted = await store.leases.register(server_id)
         if interrupted:
             log.warning("server %s: failed %d request(s) its previous run left unfinished", server_id, interrupted)
-        settings = exposure(settings, has_keys=await store.tenants.has_api_keys())
         pool = await WorkerPool.from_config(pool_config(settings))
         controller = Controller(
             engine=pool,
@@ -151,7 +167,7 @@ class Service:
             server_id=server_id,
         )
         app = create_app(settings, controller, jobs=RayJobs(settings.jobs_address))
-        service = cls(settings, pool, store, controller, app, server_id)
+        service = cls(settings, pool, store, controller, app, server_id, sock)
         service._lease = asyncio.create_task(service._keep_lease(), name="tts-lease")
         service._cancels = asyncio.create_task(controller.watch_cancels(), name="tts-cancels")
         return service
@@ -196,13 +212,13 @@ class ServiceThread:
             timeout_keep_alive=settings.keep_alive_s,
         )
         self._server = uvicorn.Server(config)
-        self._serving = asyncio.run_coroutine_threadsafe(self._server.serve(), self._loop)
+        self._serving = asyncio.run_coroutine_threadsafe(self._server.serve(sockets=[self.service.sock]), self._loop)
         deadline = time.monotonic() + 30
         while not self._server.started:
             if self._serving.done() or time.monotonic() > deadline:
                 raise RuntimeError(f"API did not start: {self._serving.exception() if self._serving.done() else 'timeout'}")
             time.sleep(0.05)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
+        port = self.service.sock.getsockname()[1]
         self.base_url = f"http://{self.service.settings.host}:{port}"
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 600) -> T:
@@ -236,9 +252,10 @@ async def serve(settings: Settings) -> None:
         timeout_keep_alive=settings.keep_alive_s,
     )
     server = uvicorn.Server(config)
-    log.info("service ready in %.1f s: http://%s:%d (database %s)", time.perf_counter() - t0, settings.host, settings.port, settings.database)
+    port = service.sock.getsockname()[1]
+    log.info("service ready in %.1f s: http://%s:%d (database %s)", time.perf_counter() - t0, settings.host, port, settings.database)
     try:
-        await server.serve()
+        await server.serve(sockets=[service.sock])
     finally:
         await service.stop()
 
@@ -260,10 +277,10 @@ def main(
     settings = get_settings(**{k: v for k, v in given.items() if v is not None})
     try:
         pool_config(settings)  # refuse a bad configuration before starting anything
+        asyncio.run(serve(settings))
     except ConfigError as err:
         typer.echo(f"error: {err.message}", err=True)
         raise typer.Exit(2) from None
-    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

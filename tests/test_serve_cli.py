@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,19 +15,23 @@ import httpx
 import pytest
 
 from tasks import arithmetic as task
-from tests.helpers import free_port
 
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parent.parent
 
 
 
+def ready_url(log: Path) -> str | None:
+    """The address the server says it serves on once ready (it picks the port: --port 0)."""
+    found = re.search(r"service ready in [\d.]+ s: (http://[\w.:]+)", log.read_text())
+    return found.group(1) if found else None
+
+
 def test_serve_starts_answers_and_stops(tmp_path):
-    port = free_port()
     env = {**os.environ, "TTS_KV_CACHE_GIB": "1", "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        [sys.executable, "-m", "deploy.serve", "--port", "0", "--data-dir", str(tmp_path / "data")],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -33,15 +39,16 @@ def test_serve_starts_answers_and_stops(tmp_path):
         while True:
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "server did not come up in 240 s"
+            url = ready_url(tmp_path / "serve.log")
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                if url and httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             time.sleep(1)
         p = task.generate("test", 1, seed=21, levels=[1])[0]
         r = httpx.post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
+            f"{url}/v1/chat/completions",
             json={"model": "target", "messages": [{"role": "user", "content": p.question}], "strategy_params": {"n": 8, "seed": 0}},
             timeout=120,
         )
@@ -49,13 +56,29 @@ def test_serve_starts_answers_and_stops(tmp_path):
         assert r.json()["usage"]["completion_tokens"] > 0
         assert (tmp_path / "data" / "tts.db").exists()
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     assert proc.returncode is not None
+
+
+def test_serve_refuses_a_port_in_use_before_starting_engines(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "deploy.serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert "EngineActor" not in run.stdout + run.stderr  # refused before any engine started
 
 
 def test_serve_refuses_a_bad_workers_file_with_a_clear_message(tmp_path):
