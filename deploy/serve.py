@@ -29,6 +29,7 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.budget import Price
 from orchestrator.controller import Controller
 from orchestrator.errors import ConfigError
+from orchestrator.profile import load_profile
 from orchestrator.db.store import Store
 from orchestrator.toolbox import Toolbox
 from strategies import REGISTRY
@@ -134,6 +135,7 @@ class Service:
 
     @classmethod
     async def start(cls, settings: Settings) -> Service:
+        profile = load_profile(settings.profile)
         connect_ray(settings.ray_address)
         store = Store.from_url(settings.database)
         server_id = settings.server_id or server_name(settings.port)
@@ -157,6 +159,7 @@ class Service:
                 clusterer=StepClusterer(pool) if "embedder" in pool.roles() else None,
                 calibration=store.calibration,
                 draft_model=settings.draft_name if "draft" in pool.roles() else None,
+                profile=profile,
             ),
             models={settings.model_name: "policy"},
             max_request_tokens=settings.max_request_tokens,
@@ -277,6 +280,7 @@ def main(
     settings = get_settings(**{k: v for k, v in given.items() if v is not None})
     try:
         pool_config(settings)  # refuse a bad configuration before starting anything
+        load_profile(settings.profile)
         asyncio.run(serve(settings))
     except ConfigError as err:
         typer.echo(f"error: {err.message}", err=True)

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     serve_embedder: bool = Field(
         True, description="Serve the packaged sentence embedder (role `embedder`): step clustering for ets; off saves an actor."
     )
+    profile: str = Field(
+        "bundled",
+        description="How the policy writes (answer format, reasoning tags, step delimiter, default lengths): a bundled "
+        "profile (`bundled`, `r1-distill`, `qwen-math`) or a TOML file (see orchestrator/profile.py).",
+    )
     refiner: Literal["task", "text"] = Field(
         "task", description="PDR/SR workspace format: the bundled task's (what the bundled target was trained on) or plain text."
     )

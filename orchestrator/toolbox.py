@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from orchestrator.profile import ModelProfile
 from orchestrator.protocols import AnswerVerifier, CalibrationStore, OutcomeScorer, Refiner, StepClustering, StepScorer
 
 Capability = Literal["prm", "judge", "refiner", "clusterer", "draft", "calibration"]
@@ -19,7 +20,7 @@ Capability = Literal["prm", "judge", "refiner", "clusterer", "draft", "calibrati
 class Toolbox:
     """The verifier every request uses, and the capabilities a server may have.
 
-    ``draft_model`` names the model served as role ``draft`` (draft/target strategies); ``calibration`` is
+    ``profile`` says how the served policy writes; ``draft_model`` names the model served as role ``draft`` (draft/target strategies); ``calibration`` is
     where conformal calibration sets live (ATTS), usually the database."""
 
     verifier: AnswerVerifier
@@ -29,6 +30,7 @@ class Toolbox:
     clusterer: StepClustering | None = None
     calibration: CalibrationStore | None = None
     draft_model: str | None = None
+    profile: ModelProfile = ModelProfile(name="bundled")  # how the policy writes (answers, reasoning, steps)
 
     def available(self) -> frozenset[Capability]:
         """The capabilities this toolbox has."""

@@ -107,6 +107,9 @@ class Completion:
     tokens: int
     finish_reason: FinishReason
     token_logprobs: tuple[float, ...] | None = None
+    # What ended a ``stop``: the stop string or stop-token id that matched, None for the model's own EOS. A step
+    # search needs it: a step that stopped on the delimiter continues, one that ended on EOS is finished.
+    stop_reason: str | int | None = None
 
 
 @dataclass(frozen=True)

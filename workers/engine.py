@@ -176,6 +176,7 @@ class VllmEngine:
                 tokens=len(c.token_ids),
                 finish_reason=c.finish_reason or "abort",  # type: ignore[arg-type]
                 token_logprobs=_sampled_logprobs(c) if spec.logprobs else None,
+                stop_reason=c.stop_reason,
             )
             for c in sorted(final.outputs, key=lambda c: c.index)
         )

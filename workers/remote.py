@@ -117,6 +117,7 @@ class RemoteEngine(Unsupported):
                     tokens=len(c.get("token_ids") or ()),
                     finish_reason=c.get("finish_reason") or "abort",
                     token_logprobs=tuple(lp.get("token_logprobs") or ()) if spec.logprobs else None,
+                    stop_reason=c.get("stop_reason"),
                 )
             )
         return Generation(completions=tuple(completions), usage=_usage(data.get("usage") or {}), worker=self.name)

@@ -1,0 +1,98 @@
+"""Model profiles: what a served model's text looks like, as configuration.
+
+Real reasoning models differ in how they write: DeepSeek-R1-Distill thinks inside ``<think>...</think>`` and
+answers in ``\\boxed{}``, steps separated by a blank line; Math-Shepherd-style policies write one step per line;
+the bundled models end with ``Answer: N``. Nothing in the strategies or the API may assume one of them: they ask
+the request's profile. A profile is chosen per server (``TTS_PROFILE``: a bundled name or a TOML file).
+
+    # profile.toml (every key optional)
+    name = "r1-distill"
+    answer = "boxed"              # task | boxed | regex
+    reasoning = "think"           # think | none
+    step_delimiter = "\\n\\n"
+    max_tokens = 8192             # a strategy's default generation bound per sample
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.errors import ConfigError
+
+AnswerFormat = Literal["task", "boxed", "regex"]
+
+
+class ModelProfile(BaseModel):
+    """How one served model writes: its answers, its reasoning span, its steps, its lengths."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("custom", description="A label for logs and the trace.")
+    answer: AnswerFormat = Field(
+        "task",
+        description="Answer extractor: `task` (the bundled task's last `Answer: N` line), `boxed` (the last `\\boxed{...}` "
+        "of the final part, after the reasoning; math-verify makes the vote key), `regex` (`answer_pattern`'s first group).",
+    )
+    answer_pattern: str | None = Field(None, description="With `answer = \"regex\"`: a Python regex whose first group is the answer.")
+    reasoning: Literal["none", "think"] = Field("none", description="`think`: the model reasons between `think_open` and `think_close` first.")
+    think_open: str = Field("<think>", description="Opening tag of the reasoning span.")
+    think_close: str = Field("</think>", description="Closing tag of the reasoning span.")
+    step_delimiter: str = Field("\n", min_length=1, description="What separates two reasoning steps (`\\n\\n` for most real models).")
+    stop: tuple[str, ...] = Field((), description="Stop strings every generation call adds (besides the model's EOS).")
+    max_tokens: int = Field(256, ge=1, description="Default bound on generated tokens per sample when the request gives none.")
+    max_tokens_cap: int = Field(4096, ge=1, description="Largest `max_tokens` a request may ask for per sample.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelProfile:
+        if self.answer == "regex" and not self.answer_pattern:
+            raise ValueError("answer = \"regex\" needs `answer_pattern`")
+        if self.max_tokens > self.max_tokens_cap:
+            raise ValueError(f"max_tokens {self.max_tokens} exceeds max_tokens_cap {self.max_tokens_cap}")
+        return self
+
+    def split_reasoning(self, text: str) -> tuple[str | None, str]:
+        """(reasoning, final part) of a completion. With no reasoning span configured, (None, text). A
+        completion whose reasoning never closed is all reasoning: its final part is empty."""
+        if self.reasoning == "none":
+            return None, text
+        start = text.find(self.think_open)
+        head = text[start + len(self.think_open) :] if start >= 0 and not text[:start].strip() else text
+        end = head.find(self.think_close)
+        if end < 0:
+            return head.strip("\n") or None, ""
+        return head[:end].strip("\n"), head[end + len(self.think_close) :].lstrip("\n")
+
+
+# The profiles shipped with the project, by name.
+BUNDLED: dict[str, ModelProfile] = {
+    # models/target, models/draft, models/prm: character-level, one step per line, `Answer: N`.
+    "bundled": ModelProfile(name="bundled"),
+    # DeepSeek-R1-Distill-Qwen and its kin.
+    "r1-distill": ModelProfile(
+        name="r1-distill", answer="boxed", reasoning="think", step_delimiter="\n\n", max_tokens=8192, max_tokens_cap=32768
+    ),
+    # Qwen2.5-Math-*-Instruct: no reasoning span, blank-line steps, `\boxed{}` answers.
+    "qwen-math": ModelProfile(name="qwen-math", answer="boxed", step_delimiter="\n\n", max_tokens=2048, max_tokens_cap=4096),
+}
+
+
+def load_profile(spec: str | Path) -> ModelProfile:
+    """A bundled profile by name, or a TOML file of :class:`ModelProfile` keys."""
+    if str(spec) in BUNDLED:
+        return BUNDLED[str(spec)]
+    path = Path(spec)
+    if not path.suffix == ".toml":
+        raise ConfigError(f"unknown model profile {str(spec)!r} (TTS_PROFILE): give one of {', '.join(BUNDLED)} or a .toml file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"cannot read model profile {path} (TTS_PROFILE): {err}") from None
+    try:
+        return ModelProfile.model_validate(raw)
+    except ValidationError as err:
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'profile'}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"model profile {path} (TTS_PROFILE): {details}") from None
