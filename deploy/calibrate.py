@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import typer
 from tqdm import tqdm
 
+from deploy.shipped import ShippedCalibration, weights_digest
 from orchestrator.config import Settings, get_settings
 from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
@@ -78,7 +79,9 @@ async def collect(
     return [s for scores in per_question for s in scores]
 
 
-async def calibrate(settings: Settings, questions: Sequence[str], params: atts.Params, *, dataset: str, append: bool, concurrency: int) -> dict[str, object]:
+async def calibrate(
+    settings: Settings, questions: Sequence[str], params: atts.Params, *, dataset: str, append: bool, concurrency: int, export: Path | None = None
+) -> dict[str, object]:
     from deploy.serve import pool_config
     from workers.pool import WorkerPool, connect_ray
 
@@ -92,6 +95,18 @@ async def calibrate(settings: Settings, questions: Sequence[str], params: atts.P
     finally:
         await pool.shutdown()
     name = atts.calibration_name(settings.draft_name, settings.model_name, dataset)
+    if export is not None:
+        draft, target = config.roles["draft"].model, config.roles["policy"].model
+        if draft is None or target is None:
+            raise ConfigError("--export needs local draft and policy models (their weights identify the set)")
+        shipped = ShippedCalibration(
+            dataset=dataset,
+            draft_weights=weights_digest(draft),
+            target_weights=weights_digest(target),
+            made_by=f"python -m deploy.calibrate --problems {len(questions)} --n {params.n} --seed {params.seed} --export {export}",
+            scores=scores,
+        )
+        export.write_text(shipped.model_dump_json(indent=None) + "\n")
     size = await store.calibration.add_scores(
         name, scores=scores, model=f"{settings.draft_name}->{settings.model_name}", keep=atts.CALIBRATION_WINDOW, replace=not append
     )
@@ -115,6 +130,7 @@ def main(
     seed: int = typer.Option(0, help="Seed of the problems and of the draft's sampling (each problem samples with its own seed derived from it)."),
     append: bool = typer.Option(False, "--append", help="Add to the existing set instead of replacing it."),
     concurrency: int = typer.Option(16, min=1, help="Questions in flight at once."),
+    export: Optional[Path] = typer.Option(None, help="Also write the set as a shipped calibration file (<draft>/calibration.json)."),
 ) -> None:
     """Score draft chunks with the target and store them as the calibration set of (draft, model, dataset)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -131,7 +147,7 @@ def main(
     except (ConfigError, ValueError) as err:
         typer.echo(f"error: {getattr(err, 'message', err)}", err=True)
         raise typer.Exit(2) from None
-    out = asyncio.run(calibrate(settings, texts, params, dataset=dataset, append=append, concurrency=concurrency))
+    out = asyncio.run(calibrate(settings, texts, params, dataset=dataset, append=append, concurrency=concurrency, export=export))
     typer.echo(json.dumps(out))
 
 

@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
+from deploy.shipped import seed_shipped
 from orchestrator.admission import Limits
 from orchestrator.config import Settings, get_settings
 from orchestrator.budget import Price
@@ -146,7 +147,14 @@ class Service:
         interrupted = await store.leases.register(server_id)
         if interrupted:
             log.warning("server %s: failed %d request(s) its previous run left unfinished", server_id, interrupted)
-        pool = await WorkerPool.from_config(pool_config(settings))
+        config = pool_config(settings)
+        pool = await WorkerPool.from_config(config)
+        if "draft" in config.roles:
+            note = await seed_shipped(
+                store, draft=config.roles["draft"].model, target=config.roles["policy"].model, draft_name=settings.draft_name, target_name=settings.model_name
+            )
+            if note:
+                log.info("%s", note)
         controller = Controller(
             engine=pool,
             store=store,

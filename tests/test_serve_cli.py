@@ -55,6 +55,15 @@ def test_serve_starts_answers_and_stops(tmp_path):
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] > 0
         assert (tmp_path / "data" / "tts.db").exists()
+        # ATTS on a fresh data folder: the calibration set shipped with the bundled draft was seeded on start.
+        r = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "atts:target", "messages": [{"role": "user", "content": p.question}], "strategy_params": {"n": 1, "max_turns": 2, "seed": 0}},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["tts"]["info"]["calibration_size"] >= 200
+        assert "seeded ATTS calibration set 'draft->target/task'" in (tmp_path / "serve.log").read_text()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)

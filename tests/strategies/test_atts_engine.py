@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.calibrate import collect
+from deploy.shipped import ShippedCalibration, weights_digest
 from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
 from orchestrator.toolbox import Toolbox
@@ -34,14 +34,13 @@ def _problems(split: str, per_level: int, seed: int) -> list[task.Problem]:
 
 @pytest.fixture(scope="module")
 def calibrated(service):
-    """The service's calibration set, built as deploy.calibrate does from 200 dev problems. One sample per
-    problem: chunks of one problem are alike, so many problems pin the score distribution down better than
-    many samples of few problems."""
-    questions = [p.question for p in _problems("dev", 40, seed=3)]
-    params = atts.Params(n=1, seed=3, update_calibration=False)
-    scores = service.run(collect(service.service.pool, questions, params, draft_model="draft", target_model="target", progress=False))
-    asyncio.run(service.service.store.calibration.add_scores(NAME, scores=scores, model="draft->target", keep=atts.CALIBRATION_WINDOW, replace=True))
-    return scores
+    """The calibration set the service seeded on start from models/draft/calibration.json, which deploy.calibrate
+    built from 200 dev problems (`made_by` in the file). One sample per problem: chunks of one problem are alike,
+    so many problems pin the score distribution down better than many samples of few problems."""
+    shipped = json.loads((ROOT / "models" / "draft" / "calibration.json").read_text())
+    scores = asyncio.run(service.service.store.calibration.scores(NAME))
+    assert scores[: len(shipped["scores"])] == shipped["scores"]
+    return shipped["scores"]
 
 
 @pytest.mark.parametrize("alpha", [0.1, 0.3, 0.5])
@@ -106,7 +105,7 @@ def test_atts_without_a_calibration_set_is_a_clear_400(service):
 def test_calibrate_command_builds_a_set(tmp_path):
     env = {**os.environ, "TTS_DATA_DIR": str(tmp_path), "TTS_KV_CACHE_GIB": "1"}
     env.pop("DATABASE_URL", None)
-    cmd = [sys.executable, "-m", "deploy.calibrate", "--problems", "3", "--n", "2", "--max-turns", "4", "--dataset", "mini"]
+    cmd = [sys.executable, "-m", "deploy.calibrate", "--problems", "3", "--n", "2", "--max-turns", "4", "--dataset", "mini", "--export", str(tmp_path / "c.json")]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     # Ray copies its actors' logs to stdout too: the report is the line that is a JSON object.
@@ -115,6 +114,9 @@ def test_calibrate_command_builds_a_set(tmp_path):
     store = Store.from_url(f"sqlite:///{tmp_path / 'tts.db'}")
     assert len(asyncio.run(store.calibration.scores("draft->target/mini"))) == report["size"]
     store.engine.dispose()
+    shipped = ShippedCalibration.model_validate_json((tmp_path / "c.json").read_text())
+    assert shipped.dataset == "mini" and len(shipped.scores) == report["added"]
+    assert shipped.target_weights == weights_digest(ROOT / "models" / "target") != shipped.draft_weights
 
 
 @pytest.mark.parametrize(
