@@ -14,13 +14,16 @@ with a tokenizer that breaks it, overspend is at most the prompt tokens of the c
 Sequential tokens: a call can only depend on calls that finished before it started, so its chain is the
 longest chain among those plus its own longest sequence. The deadline is checked when a call is admitted; a
 call already running is bounded by its ``max_tokens``.
+
+Under a tenant's daily quota the token limit is a grant drawn from the day's remainder, grown call by call
+(:meth:`BudgetMeter.make_room`) up to the request's own limit; what is not spent is refunded when it ends.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Awaitable, Callable, Mapping
 
 from orchestrator.errors import BudgetExceeded, InvalidRequest
 from orchestrator.types import Usage
@@ -74,6 +77,11 @@ class BudgetMeter:
     prices: Mapping[str, Price] = field(default_factory=dict)
     min_tokens: int = 1
     clock: Callable[[], float] = time.monotonic
+    # Under a tenant's daily quota ``budget.total_tokens`` is a grant from the day's remainder, not the request's
+    # own limit: ``draw(tokens)`` takes up to ``tokens`` more of the remainder (returns what it got), and the
+    # grant may grow to ``ceiling``, the request's own token limit.
+    draw: Callable[[int], Awaitable[int]] | None = None
+    ceiling: int | None = None
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -91,6 +99,21 @@ class BudgetMeter:
         if p is None:
             raise InvalidRequest(f"a cost budget needs a price for role {role!r}; priced: {sorted(self.prices)}", param="budget.cost_usd")
         return p
+
+    async def make_room(self, *, prompt_bound: int, n: int, max_tokens: int) -> None:
+        """Grow a quota grant when a call's worst case does not fit what is left of it, so that a strategy's
+        later stages (scoring, re-sent prompts) are not cut by an estimate made before it ran. The draw at
+        least doubles the grant (few database round trips per request) and never passes ``ceiling``."""
+        total = self.budget.total_tokens
+        if self.draw is None or total is None:
+            return
+        short = prompt_bound + n * max_tokens - (total - self.spent_tokens - self.reserved_tokens)
+        ask = min(max(short, total), (self.ceiling or total + short) - total)
+        if short <= 0 or ask <= 0:
+            return
+        got = await self.draw(ask)
+        if got:
+            self.budget = replace(self.budget, total_tokens=(self.budget.total_tokens or 0) + got)
 
     def admit(self, *, role: str, prompt_bound: int, n: int, max_tokens: int, generates: bool = True) -> Reservation:
         """Reserve a call's worst case, cutting ``max_tokens`` to fit; raise BudgetExceeded if nothing fits."""

@@ -75,6 +75,7 @@ class StrategyContext:
         ``hop`` is the call's dependency depth: calls at the same hop could run side by side, a call at hop
         k+1 needed a result of hop k. It is what :attr:`sequential_tokens` is summed over."""
         role = role or self.policy_role
+        await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
         r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
         spec = replace(spec, max_tokens=r.max_tokens) if r.truncated else spec
         gen, latency = await self._metered(r, self._engine.generate(role, spec))
@@ -95,6 +96,7 @@ class StrategyContext:
         return Stream(self, spec, stage=stage, branch=branch, role=role or self.policy_role, hop=hop)
 
     async def _stream(self, spec: SamplingSpec, *, stage: str, branch: str, role: Role, hop: int) -> AsyncIterator[StreamDelta]:
+        await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
         r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
         spec = replace(spec, max_tokens=r.max_tokens) if r.truncated else spec
         counts: dict[int, int] = {}
@@ -127,6 +129,7 @@ class StrategyContext:
 
     async def score(self, spec: ScoreSpec, *, stage: str, branch: str = "0", role: Role = "prm", hop: int = 0) -> Scores:
         """Prompt log-probabilities from ``role`` (a PRM, a judge); charged as verifier tokens."""
+        await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt), n=1, max_tokens=1)
         r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=1, max_tokens=1, generates=False)
         scores, latency = await self._metered(r, self._engine.score(role, spec))
         cost = self.meter.settle(r, role=role, usage=scores.usage, longest_sequence=0)

@@ -191,7 +191,8 @@ class Controller:
         want = budget.total_tokens or self.max_request_tokens
         if spec.worst_case is not None:
             want = min(want, spec.worst_case(params) + prompt_bound(prompt))
-        async with self.quotas.hold(tenant, budget, want=want, least=prompt_bound(prompt) + 1, prices=self.prices) as grant:
+        ceiling = budget.total_tokens or self.max_request_tokens
+        async with self.quotas.hold(tenant, budget, want=want, least=prompt_bound(prompt) + 1, ceiling=ceiling, prices=self.prices) as grant:
             job = _Job(req, spec, params, role, prompt, grant, f"chatcmpl-{uuid.uuid4().hex}", on_event, tenant.id if tenant else None)
             async with self._recorded(job) as record:
                 async with self.admission.slot(before_wait=record.accept):

@@ -39,12 +39,21 @@ class QuotaShare:
     tokens_per_day: int | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Grant:
-    """The meter a request runs under; ``quota`` is set when the tenant's remainder cut its budget."""
+    """The meter a request runs under, and what it drew from its tenant's daily quota (``granted`` tokens;
+    ``short`` once the remainder could not give all it asked for)."""
 
     meter: BudgetMeter
-    quota: QuotaShare | None = None
+    wanted: int = 0
+    granted: int = 0
+    short: bool = False
+    tokens_per_day: int | None = None
+
+    @property
+    def quota(self) -> QuotaShare | None:
+        """Set when the tenant's remainder cut this request's budget."""
+        return QuotaShare(wanted=self.wanted, granted=self.granted, tokens_per_day=self.tokens_per_day) if self.short else None
 
 
 def seconds_to_midnight(day: date) -> int:
@@ -61,14 +70,15 @@ class Quotas:
 
     @asynccontextmanager
     async def hold(
-        self, tenant: TenantRef | None, budget: Budget, *, want: int, least: int, prices: Mapping[str, Price]
+        self, tenant: TenantRef | None, budget: Budget, *, want: int, least: int, ceiling: int, prices: Mapping[str, Price]
     ) -> AsyncIterator[Grant]:
         """The meter a request runs under, and what its tenant's quota granted it.
 
-        A tenant's request first takes one of its concurrency slots, then reserves ``want`` tokens (what it
-        can at most spend) from today's quota, atomically; its token budget shrinks to what was granted. A
-        grant below ``least`` (the request's prompt and one token: less cannot produce anything) is handed
-        back at once. On leaving, what the meter did not spend is refunded: the tenant pays what the ledger
+        A tenant's request first takes one of its concurrency slots, then reserves ``want`` tokens (what its
+        strategy expects to spend at most) from today's quota, atomically; its token budget is what was
+        granted, grown while it runs when a call needs more, up to ``ceiling`` (the request's own limit). A
+        first grant below ``least`` (the request's prompt and one token: less cannot produce anything) is
+        handed back at once. On leaving, what the meter did not spend is refunded: the tenant pays what the ledger
         holds, every token its calls reported, scoring included. Raises :class:`QuotaExceeded` (429, with
         the seconds to the quota's reset) when no slot is free or today's remainder is below ``least``."""
         if tenant is None:
@@ -78,28 +88,39 @@ class Quotas:
             self.metrics.rejected.labels("429").inc()
             raise QuotaExceeded(f"tenant {tenant.name!r} already has {tenant.max_concurrent} requests running", retry_after=1)
         day = datetime.now(timezone.utc).date()
-        granted = 0
-        meter: BudgetMeter | None = None
+        grant = Grant(BudgetMeter(budget, prices=prices), wanted=want, tokens_per_day=tenant.tokens_per_day)
+        limit = tenant.tokens_per_day
+
+        async def draw(tokens: int) -> int:
+            # Shielded, and counted even when cancelled: a reservation the database committed must be refunded.
+            reserving = asyncio.ensure_future(self.store.tenants.reserve_tokens(tenant.id, want=tokens, limit=limit or 0, day=day))
+            try:
+                got = await asyncio.shield(reserving)
+            except asyncio.CancelledError:
+                grant.granted += await reserving
+                raise
+            grant.granted += got
+            grant.short |= got < tokens
+            return got
+
         try:
-            if tenant.tokens_per_day is not None:
-                granted = await self.store.tenants.reserve_tokens(tenant.id, want=want, limit=tenant.tokens_per_day, day=day)
-                if granted < min(least, want):
-                    left, granted = granted, 0
-                    if left:
-                        await asyncio.shield(self.store.tenants.refund_tokens(tenant.id, tokens=left, day=day))
+            if limit is not None:
+                first = await draw(want)
+                if first < min(least, want):
+                    grant.granted = 0
+                    if first:
+                        await asyncio.shield(self.store.tenants.refund_tokens(tenant.id, tokens=first, day=day))
                     self.metrics.rejected.labels("429").inc()
-                    used = "has used its" if not left else f"has {left} of its"
+                    used = "has used its" if not first else f"has {first} of its"
                     raise QuotaExceeded(
-                        f"tenant {tenant.name!r} {used} {tenant.tokens_per_day} tokens for today"
-                        + (f" left, fewer than this request's prompt and one token ({least})" if left else ""),
+                        f"tenant {tenant.name!r} {used} {limit} tokens for today"
+                        + (f" left, fewer than this request's prompt and one token ({least})" if first else ""),
                         retry_after=seconds_to_midnight(day),
                     )
-                budget = replace(budget, total_tokens=granted)
-            meter = BudgetMeter(budget, prices=prices)
-            shaped = tenant.tokens_per_day is not None and granted < want
-            yield Grant(meter, QuotaShare(wanted=want, granted=granted, tokens_per_day=tenant.tokens_per_day) if shaped else None)
+                # The grant grows while the request runs (BudgetMeter.make_room), up to its own token limit.
+                grant.meter = BudgetMeter(replace(budget, total_tokens=first), prices=prices, draw=draw, ceiling=ceiling)
+            yield grant
         finally:
-            spent = meter.spent_tokens if meter is not None else 0
-            if granted:
-                await asyncio.shield(self.store.tenants.refund_tokens(tenant.id, tokens=granted - spent, day=day))
+            if grant.granted:
+                await asyncio.shield(self.store.tenants.refund_tokens(tenant.id, tokens=grant.granted - grant.meter.spent_tokens, day=day))
             await asyncio.shield(self.store.tenants.leave(tenant.id))

@@ -8,11 +8,15 @@ from datetime import datetime, timezone
 
 import pytest
 
+from orchestrator.budget import Budget
 from orchestrator.context import prompt_bound
 from orchestrator.controller import Controller, ReasoningRequest
 from orchestrator.errors import QuotaExceeded
 from orchestrator.quota import TenantRef, seconds_to_midnight
+from orchestrator.strategy import StrategySpec
 from orchestrator.toolbox import Toolbox
+from orchestrator.types import SamplingSpec, StrategyResult
+from strategies.params import Sampling
 from strategies import REGISTRY
 from tests.strategies.scripted import StepEngine
 from verifiers import TaskAnswerVerifier
@@ -75,3 +79,56 @@ def test_a_request_the_quota_covers_says_nothing_about_it(store):
     tenant = _tenant(store, tokens_per_day=100_000)
     out = asyncio.run(_controller(store).reason(_request(), tenant=tenant))
     assert out.quota is None and out.result.finish_reason == "stop"
+
+
+async def _three_calls(problem, ctx, params):
+    """A strategy whose cost estimate covers only its first call: later stages (a judge, re-sent prompts)
+    are what a worst case tends to miss."""
+    texts = []
+    for stage in ("draft", "revise", "check"):
+        gen = await ctx.generate(SamplingSpec(prompt=problem.prompt + "".join(texts), n=1, max_tokens=8, temperature=0.0), stage=stage)
+        texts.append(gen.completions[0].text + "\n")
+    return StrategyResult(text=texts[-1], answer=None, finish_reason="budget" if ctx.budget_limited else "stop")
+
+
+UNDERESTIMATED = StrategySpec(name="three_calls", params=Sampling, run=_three_calls, summary="test", worst_case=lambda p: 8)
+
+
+def _with(store, spec) -> Controller:
+    return Controller(
+        engine=StepEngine(depth=1), store=store, strategies={**REGISTRY, spec.name: spec}, tools=Toolbox(verifier=TaskAnswerVerifier()),
+        models={"target": "policy"}, max_request_tokens=10_000,
+    )
+
+
+def test_a_quota_grant_grows_when_later_stages_need_more_than_the_estimate(store):
+    tenant = _tenant(store, tokens_per_day=100_000)
+    req = ReasoningRequest(model="target", messages=(), prompt=PROMPT, strategy="three_calls", params={})
+    out = asyncio.run(_with(store, UNDERESTIMATED).reason(req, tenant=tenant))
+    calls = asyncio.run(store.requests.get(out.request_id)).subcalls
+    assert [c.stage for c in calls] == ["draft", "revise", "check"]  # no stage skipped
+    assert all(c.finish_reasons == ("stop",) for c in calls)  # none cut to fit
+    assert out.result.finish_reason == "stop" and out.quota is None
+    assert asyncio.run(store.tenants.tokens_used(tenant.id)) == out.usage.total_tokens  # the rest was refunded
+
+
+def test_a_grown_grant_stops_at_the_quota_and_says_so(store):
+    tenant = _tenant(store, tokens_per_day=1000)
+    least = prompt_bound(PROMPT) + 1
+    # Room for the first call's estimate and a little more, not for all three calls' worst cases.
+    asyncio.run(store.tenants.reserve_tokens(tenant.id, want=1000 - (prompt_bound(PROMPT) + 8) - 12, limit=1000))
+    req = ReasoningRequest(model="target", messages=(), prompt=PROMPT, strategy="three_calls", params={})
+    out = asyncio.run(_with(store, UNDERESTIMATED).reason(req, tenant=tenant))
+    assert out.result.finish_reason == "budget" and out.quota is not None and out.quota.granted >= least
+    assert asyncio.run(store.tenants.tokens_used(tenant.id)) <= 1000  # never over the day's quota
+    [rec] = asyncio.run(store.requests.recent(tenant.id))
+    assert rec.state == "budget_exhausted"
+
+
+def test_a_grant_never_grows_past_the_requests_own_budget(store):
+    tenant = _tenant(store, tokens_per_day=100_000)
+    budget_tokens = prompt_bound(PROMPT) + 8 + 4
+    req = ReasoningRequest(model="target", messages=(), prompt=PROMPT, strategy="three_calls", params={}, budget=Budget(total_tokens=budget_tokens))
+    out = asyncio.run(_with(store, UNDERESTIMATED).reason(req, tenant=tenant))
+    assert out.result.finish_reason == "budget" and out.quota is None  # the client's limit, not the quota, cut it
+    assert out.usage.total_tokens <= budget_tokens
