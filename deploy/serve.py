@@ -30,11 +30,13 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.budget import Price
 from orchestrator.controller import Controller
 from orchestrator.errors import ConfigError
-from orchestrator.profile import load_profile
+from orchestrator.profile import ModelProfile, load_profile
+from orchestrator.protocols import StepScorer
 from orchestrator.db.store import Store
 from orchestrator.toolbox import Toolbox
+from orchestrator.types import Role
 from strategies import REGISTRY
-from verifiers import MathShepherdPRM, OutcomeJudge, TaskAnswerVerifier, TaskRefiner, TextRefiner
+from verifiers import MathShepherdPRM, OutcomeJudge, PoolingPRM, PoolingPRMFormat, PRMFormat, TaskAnswerVerifier, TaskRefiner, TextRefiner
 from verifiers.embeddings import StepClusterer
 from workers.config import PoolConfig, load_pool_config
 from workers.jobs import RayJobs
@@ -75,6 +77,26 @@ def pool_config(settings: Settings) -> PoolConfig:
     if "policy" not in config.roles:
         raise ConfigError(f"the workers configuration has no `policy` role (roles: {', '.join(config.roles) or 'none'})")
     return config.model_copy(update={"call_timeout_s": settings.call_timeout_s}) if settings.workers_file is None else config
+
+
+def step_scorer(config: PoolConfig, pool: WorkerPool, profile: ModelProfile) -> StepScorer | None:
+    """The PRM of role ``prm``: a pooling reward model (Qwen2.5-Math-PRM style) when the role serves one, else a
+    generative tag PRM (Math-Shepherd style); steps cut at the profile's delimiter either way."""
+    prm = config.roles.get("prm")
+    if prm is None:
+        return None
+    if prm.serves_pooling():
+        return PoolingPRM(pool, fmt=PoolingPRMFormat(step_delimiter=profile.step_delimiter, step_tag=prm.step_tag or "<extra_0>"))
+    return MathShepherdPRM(pool, fmt=PRMFormat(step_delimiter=profile.step_delimiter))
+
+
+def outcome_judge(config: PoolConfig, pool: WorkerPool) -> OutcomeJudge | None:
+    """The outcome judge: role ``judge`` when served, else the generative PRM (a pooling PRM cannot judge)."""
+    judges: tuple[Role, ...] = ("judge", "prm")
+    for role in judges:
+        if role in config.roles and not config.roles[role].serves_pooling():
+            return OutcomeJudge(pool, role=role)
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -161,8 +183,8 @@ class Service:
             strategies=REGISTRY,
             tools=Toolbox(
                 verifier=TaskAnswerVerifier(),
-                step_scorer=MathShepherdPRM(pool) if "prm" in pool.roles() else None,
-                outcome_scorer=OutcomeJudge(pool) if "prm" in pool.roles() else None,
+                step_scorer=step_scorer(config, pool, profile),
+                outcome_scorer=outcome_judge(config, pool),
                 refiner=TaskRefiner() if settings.refiner == "task" else TextRefiner(TaskAnswerVerifier()),
                 clusterer=StepClusterer(pool) if "embedder" in pool.roles() else None,
                 calibration=store.calibration,

@@ -15,7 +15,7 @@ from orchestrator.budget import Budget, BudgetMeter, Reservation
 from orchestrator.errors import BudgetExceeded, InvalidRequest
 from orchestrator.protocols import CalibrationStore, Engine, Refiner
 from orchestrator.toolbox import Capability, Toolbox
-from orchestrator.types import FinishReason, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, SubCall, Usage
+from orchestrator.types import FinishReason, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, SubCall, TokenClasses, Usage
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,18 @@ class StrategyContext:
         self._hop(hop, scores.usage.total_tokens)
         await self._record(stage, role, branch, 1, scores.usage, scores.worker, ("stop",), cost, latency, verifier=True)
         return scores
+
+    async def classify_tokens(self, spec: ScoreSpec, *, stage: str, branch: str = "0", role: Role = "prm", hop: int = 0) -> TokenClasses:
+        """Token classes from a pooling model on ``role`` (a pooling PRM); charged as verifier tokens."""
+        await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt), n=1, max_tokens=1)
+        r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=1, max_tokens=1, generates=False)
+        out, latency = await self._metered(r, self._engine.classify_tokens(role, spec))
+        cost = self.meter.settle(r, role=role, usage=out.usage, longest_sequence=0)
+        self.verifier_tokens += out.usage.total_tokens
+        self.cost_usd += cost
+        self._hop(hop, out.usage.total_tokens)
+        await self._record(stage, role, branch, 1, out.usage, out.worker, ("stop",), cost, latency, verifier=True)
+        return out
 
     async def tokens(self, text: str, *, role: Role | None = None) -> int:
         """How many tokens ``text`` is for ``role`` (default: the policy). Free: nothing is generated."""
@@ -343,8 +355,14 @@ class _MeteredView:
     async def score(self, role: Role, spec: ScoreSpec) -> Scores:
         return await self._ctx.score(spec, stage=self._stage, branch=self._branch, role=role, hop=self._hop)
 
+    async def classify_tokens(self, role: Role, spec: ScoreSpec) -> TokenClasses:
+        return await self._ctx.classify_tokens(spec, stage=self._stage, branch=self._branch, role=role, hop=self._hop)
+
     async def tokenize(self, role: Role, text: str) -> list[int]:
         return await self._ctx._engine.tokenize(role, text)
+
+    async def render_chat(self, role: Role, messages: Sequence[dict[str, str]]) -> str:
+        return await self._ctx._engine.render_chat(role, messages)
 
 
 def prompt_bound(prompt: str | tuple[int, ...]) -> int:

@@ -3,6 +3,7 @@
     TTSError
     ├── InvalidRequest          the caller's input is wrong (HTTP 400)
     │   ├── UnknownStrategy     no strategy by that name
+    │   ├── ContextTooLong      a prompt does not fit a model role's context window
     │   ├── UnknownModel        no served model by that name (HTTP 404)
     │   ├── NotFound            no such request (or not the caller's: same answer, to hide it) (HTTP 404)
     │   ├── Conflict            the request is not in a state that allows this (HTTP 409)
@@ -44,6 +45,10 @@ class InvalidRequest(TTSError):
 
 class UnknownStrategy(InvalidRequest):
     code = "unknown_strategy"
+
+
+class ContextTooLong(InvalidRequest):
+    code = "context_length_exceeded"
 
 
 class UnknownModel(InvalidRequest):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, Sequence
 
-from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta
+from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses
 
 
 class Engine(Protocol):
@@ -19,6 +19,8 @@ class Engine(Protocol):
     async def abort(self, request_ids: Sequence[str]) -> None: ...
 
     async def score(self, role: Role, spec: ScoreSpec) -> Scores: ...
+
+    async def classify_tokens(self, role: Role, spec: ScoreSpec) -> TokenClasses: ...
 
     async def tokenize(self, role: Role, text: str) -> list[int]: ...
 

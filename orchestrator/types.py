@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Role = Literal["policy", "draft", "target", "prm", "embedder"]
+Role = Literal["policy", "draft", "target", "prm", "judge", "embedder"]
 FinishReason = Literal["stop", "length", "abort"]
 ResultFinish = Literal["stop", "length", "budget"]  # a strategy's answer: "budget" when its budget shaped it
 RequestState = Literal["queued", "running", "succeeded", "failed", "cancelled", "budget_exhausted"]
@@ -200,3 +200,16 @@ class SubCall:
     finish_reasons: tuple[FinishReason, ...]
     cost_usd: float = 0.0
     kind: Literal["generate", "score"] = "generate"
+
+
+@dataclass(frozen=True)
+class TokenClasses:
+    """What a pooling model's token classification returned for one prompt. ``token_ids`` is the whole
+    tokenised prompt; ``rows[i][j]`` is P(class j) at the i-th pooled position: one row per step tag for a
+    PRM served with a step tag (vLLM's STEP pooling), one per prompt token otherwise. Nothing is generated,
+    so ``usage`` counts prompt tokens only."""
+
+    token_ids: tuple[int, ...]
+    rows: tuple[tuple[float, ...], ...]
+    usage: Usage
+    worker: str = ""

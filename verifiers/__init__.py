@@ -1,6 +1,7 @@
 """Judges of solutions: answer equivalence, process reward models, an outcome judge, step clustering."""
 
 from verifiers.answers import ANSWER_VERIFIERS, MathAnswerVerifier, TaskAnswerVerifier, answer_verifier
+from verifiers.pooling_prm import PoolingPRM, PoolingPRMFormat
 from verifiers.prm import JudgeFormat, MathShepherdPRM, OutcomeJudge, PRMFormat, StepScores
 from verifiers.refine import TaskRefiner, TextRefiner
 
@@ -11,6 +12,8 @@ __all__ = [
     "MathShepherdPRM",
     "OutcomeJudge",
     "PRMFormat",
+    "PoolingPRM",
+    "PoolingPRMFormat",
     "StepScores",
     "TaskAnswerVerifier",
     "TaskRefiner",

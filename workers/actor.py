@@ -22,6 +22,11 @@ class Placement:
     num_gpus: float = 0.0
     resources: tuple[tuple[str, float], ...] = ()
 
+    @property
+    def shares_devices(self) -> bool:
+        """A fraction of a GPU: other replicas may load onto the same device."""
+        return 0 < self.num_gpus < 1
+
     def actor_options(self, name: str, *, tag: str, max_restarts: int) -> dict[str, Any]:
         """Options for ``ActorClass.options`` shared by every actor backend."""
         return {

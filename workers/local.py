@@ -17,6 +17,7 @@ from ray.exceptions import RayActorError
 from orchestrator.errors import ConfigError, WorkerDied
 from orchestrator.types import EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta
 from workers.actor import ActorBackend, Placement
+from workers.backend import TokenClasses
 from workers.config import RoleConfig
 from workers.engine import EngineConfig, VllmEngine
 
@@ -77,6 +78,9 @@ class EngineActor:
     async def score(self, spec: ScoreSpec) -> Scores:
         return await self._guard((await self._ready()).score(spec))
 
+    async def classify_tokens(self, spec: ScoreSpec) -> TokenClasses:
+        return await self._guard((await self._ready()).classify_tokens(spec))
+
     async def tokenize(self, text: str) -> list[int]:
         return (await self._ready()).tokenize(text)
 
@@ -123,6 +127,9 @@ class LocalEngine(ActorBackend):
     async def score(self, spec: ScoreSpec) -> Scores:
         return await self._call(self.handle.score.remote(spec))
 
+    async def classify_tokens(self, spec: ScoreSpec) -> TokenClasses:
+        return await self._call(self.handle.classify_tokens.remote(spec))
+
     async def tokenize(self, text: str) -> list[int]:
         return await self._call(self.handle.tokenize.remote(text))
 
@@ -133,7 +140,22 @@ class LocalEngine(ActorBackend):
         return await self._call(self.handle.stats.remote())
 
 
-_ENGINE_FIELDS = {"dtype", "max_model_len", "kv_cache_gib", "gpu_memory_utilization", "max_num_seqs", "seed"}
+_ENGINE_FIELDS = {
+    "dtype",
+    "max_model_len",
+    "kv_cache_gib",
+    "gpu_memory_utilization",
+    "max_num_seqs",
+    "seed",
+    "runner",
+    "convert",
+    "step_tag",
+    "tensor_parallel_size",
+    "quantization",
+    "trust_remote_code",
+    "max_logprobs",
+    "block_size",
+}
 
 
 @dataclass(frozen=True)
@@ -151,8 +173,16 @@ class LocalSpec:
             raise ConfigError(f"role {role}: a local engine needs `model`")
         # The engine's settings are the role's fields of the same names.
         engine = EngineConfig(model_path=rc.model, **rc.model_dump(include=_ENGINE_FIELDS))
+        if rc.serves_pooling():
+            # vLLM keeps prefix caching off for pooling models unless told otherwise, and warns that forcing
+            # it on may crash them: leave it to vLLM.
+            engine = replace(engine, enable_prefix_caching=None)
         placement = Placement(num_cpus=rc.cpus, num_gpus=rc.gpus, resources=tuple(sorted(rc.resources.items())))
         return cls(role, engine=engine, replicas=rc.replicas, placement=placement)
+
+    @property
+    def start_one_by_one(self) -> bool:
+        return self.placement.shares_devices
 
     def build(self, name: str, index: int, *, tag: str, max_restarts: int) -> LocalEngine:
         handle = EngineActor.options(

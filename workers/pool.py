@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 from orchestrator.errors import EngineError, EngineTimeout, EngineUnavailable, WorkerDied
-from orchestrator.types import EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta
+from orchestrator.types import EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses
 from workers.backend import Backend, BackendSpec
 from workers.cluster import connect_ray
 from workers.config import PoolConfig
@@ -59,11 +59,21 @@ class WorkerPool:
         affinity: AffinityConfig = AffinityConfig(),
         max_restarts: int = 3,
     ) -> WorkerPool:
-        """Start every replica and wait until each engine has loaded its model (or answered, if remote)."""
+        """Start every replica and wait until each engine has loaded its model (or answered, if remote).
+        Replicas of specs that share devices (``start_one_by_one``) start one after another, across roles
+        too, alongside all the others at once."""
         replicas = build_backends(specs, max_restarts=max_restarts)
         pool = cls(replicas, call_timeout_s=call_timeout_s, affinity=affinity)
+        shared = [spec.role for spec in specs if spec.start_one_by_one]
+        in_turn = [r for role in shared for r in replicas.get(role, ())]
+        at_once = [r for role, group in replicas.items() if role not in shared for r in group]
+
+        async def one_by_one() -> None:
+            for replica in in_turn:
+                await replica.start()
+
         try:
-            await asyncio.gather(*(r.start() for group in replicas.values() for r in group))
+            await asyncio.gather(one_by_one(), *(r.start() for r in at_once))
         except BaseException as err:
             await pool.shutdown()
             if isinstance(err, EngineError):
@@ -181,6 +191,11 @@ class WorkerPool:
     async def score(self, role: Role, spec: ScoreSpec) -> Scores:
         spec, rid = _with_id(spec)
         return await self._dispatch(role, spec.prompt, rid, lambda r: r.score(spec))
+
+    async def classify_tokens(self, role: Role, spec: ScoreSpec) -> TokenClasses:
+        """Per-position class probabilities from the pooling model serving ``role`` (a pooling PRM)."""
+        spec, rid = _with_id(spec)
+        return await self._dispatch(role, spec.prompt, rid, lambda r: r.classify_tokens(spec))
 
     async def tokenize(self, role: Role, text: str) -> list[int]:
         return await self._dispatch(role, "", uuid.uuid4().hex, lambda r: r.tokenize(text))

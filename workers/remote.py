@@ -18,8 +18,8 @@ from typing import Any, AsyncIterator, Sequence
 
 import httpx
 
-from orchestrator.errors import ConfigError, EngineError, EngineTimeout, InvalidRequest, WorkerDied
-from orchestrator.types import Completion, EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, Usage
+from orchestrator.errors import ConfigError, EngineError, EngineTimeout, ContextTooLong, InvalidRequest, WorkerDied
+from orchestrator.types import Completion, EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses, Usage
 from workers.backend import Unsupported
 from workers.config import RoleConfig
 
@@ -41,9 +41,14 @@ class RemoteEngine(Unsupported):
         connect_retries: int = 2,
         max_connections: int = 64,
         score_top_k: int = 20,
+        role: str | None = None,
     ) -> None:
         self.name = name
         self.model = model
+        self.role = role or name.rpartition("-")[0] or name
+        # Learnt from the server at start: its context window, and the BOS text its tokenizer adds (if any).
+        self.max_model_len: int | None = None
+        self._bos: str | None = None
         self._retries = connect_retries
         self._top_k = score_top_k
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -86,19 +91,62 @@ class RemoteEngine(Unsupported):
 
     async def start(self) -> None:
         await self.stats()  # fails fast with WorkerDied when the server is unreachable
+        await self._learn_server()
+
+    async def _learn_server(self) -> None:
+        """The served model's max_model_len (GET /v1/models) and its tokenizer's BOS text, if it adds one."""
+        try:
+            resp = await self._client.get("/v1/models")
+            cards = _checked(resp, self.name).get("data") or []
+        except httpx.HTTPError as err:
+            raise WorkerDied(f"/v1/models failed: {err!r}", worker=self.name) from None
+        card = next((c for c in cards if c.get("id") == self.model), None)
+        if card is None:
+            served = ", ".join(str(c.get("id")) for c in cards) or "none"
+            raise EngineError(f"the server does not serve model {self.model!r} (it serves: {served})", worker=self.name)
+        self.max_model_len = card.get("max_model_len")
+        bos = (await self._post("/tokenize", {"model": self.model, "prompt": "", "add_special_tokens": True}))["tokens"]
+        if bos:
+            self._bos = (await self._post("/detokenize", {"model": self.model, "tokens": list(bos)}))["prompt"] or None
+
+    def _special(self, text: str) -> bool:
+        """Whether the server should add special tokens to ``text``: not when it already begins with the BOS
+        (a prompt rendered by a chat template that writes it), or it gets a second one."""
+        return not (self._bos and text.startswith(self._bos))
+
+    def _fits(self, prompt_tokens: int | None, *, room: int = 1) -> None:
+        if self.max_model_len is not None and prompt_tokens is not None and prompt_tokens > self.max_model_len - room:
+            raise ContextTooLong(f"{self.name}: the prompt is {prompt_tokens} tokens; role {self.role} has max_model_len {self.max_model_len}")
+
+    async def _post_call(self, path: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        """A call's POST, with the server's refusal of a prompt over its context named as ours."""
+        try:
+            return await self._tracked(request_id, self._post(path, body))
+        except InvalidRequest as err:
+            if "context length" in err.message or "max_model_len" in err.message:
+                raise ContextTooLong(f"{err.message} (role {self.role}, max_model_len {self.max_model_len})") from None
+            raise
 
     def _body(self, spec: SamplingSpec) -> dict[str, Any]:
+        ids = None if isinstance(spec.prompt, str) else list(spec.prompt)
+        self._fits(len(ids) if ids is not None else None)
+        max_tokens = spec.max_tokens
+        if ids is not None and self.max_model_len is not None:
+            # Text prompts are clamped by the server itself (to max_model_len - prompt tokens), as here.
+            max_tokens = min(max_tokens, self.max_model_len - len(ids))
         body: dict[str, Any] = {
             "model": self.model,
-            "prompt": spec.prompt if isinstance(spec.prompt, str) else list(spec.prompt),
+            "prompt": spec.prompt if ids is None else ids,
             "n": spec.n,
-            "max_tokens": spec.max_tokens,
+            "max_tokens": max_tokens,
             "temperature": spec.temperature,
             "top_p": spec.top_p,
             "stop": list(spec.stop),
             "ignore_eos": spec.ignore_eos,
             "return_token_ids": True,
         }
+        if ids is None and not self._special(spec.prompt):  # type: ignore[arg-type]
+            body["add_special_tokens"] = False
         if spec.seed is not None:
             body["seed"] = spec.seed
         if spec.logprobs:
@@ -107,7 +155,7 @@ class RemoteEngine(Unsupported):
 
     async def generate(self, spec: SamplingSpec) -> Generation:
         rid = spec.request_id or uuid.uuid4().hex
-        data = await self._tracked(rid, self._post("/v1/completions", self._body(spec)))
+        data = await self._post_call("/v1/completions", self._body(spec), rid)
         completions = []
         for c in sorted(data["choices"], key=lambda c: c["index"]):
             lp = c.get("logprobs") or {}
@@ -158,8 +206,10 @@ class RemoteEngine(Unsupported):
             "prompt_logprobs": self._top_k,
             "return_token_ids": True,
         }
+        if isinstance(spec.prompt, str) and not self._special(spec.prompt):
+            body["add_special_tokens"] = False
         rid = spec.request_id or uuid.uuid4().hex
-        data = await self._tracked(rid, self._post("/v1/completions", body))
+        data = await self._post_call("/v1/completions", body, rid)
         choice = data["choices"][0]
         ids = list(choice.get("prompt_token_ids") or ())
         rows = (choice.get("prompt_logprobs") or [])[1:]
@@ -170,8 +220,19 @@ class RemoteEngine(Unsupported):
         candidates = tuple(tuple(row.get(t, -math.inf) for t in spec.candidates) for row in picked) if spec.candidates else ()
         return Scores(tuple(ids), spec.start, logprobs, candidates, _usage(data.get("usage") or {}), worker=self.name)
 
+    async def classify_tokens(self, spec: ScoreSpec) -> TokenClasses:
+        """vLLM's ``POST /pooling`` with task ``token_classify``, on token ids (tokenised here first when text:
+        the response carries no ids, and the caller needs them to place its rows)."""
+        ids = list(spec.prompt) if not isinstance(spec.prompt, str) else await self.tokenize(spec.prompt)
+        self._fits(len(ids), room=0)
+        body = {"model": self.model, "input": ids, "task": "token_classify"}
+        rid = spec.request_id or uuid.uuid4().hex
+        data = await self._post_call("/pooling", body, rid)
+        return token_classes(data, ids, worker=self.name)
+
     async def tokenize(self, text: str) -> list[int]:
-        return list((await self._post("/tokenize", {"model": self.model, "prompt": text}))["tokens"])
+        body = {"model": self.model, "prompt": text, "add_special_tokens": self._special(text)}
+        return list((await self._post("/tokenize", body))["tokens"])
 
     async def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         # The server owns the chat template: have it render to ids, then back to text.
@@ -220,9 +281,26 @@ class RemoteSpec:
             raise ConfigError(f"role {role}: a remote engine needs `url`")
         return cls(role, url=rc.url, model=rc.served_model or role, api_key=rc.api_key, replicas=rc.replicas)
 
+    @property
+    def start_one_by_one(self) -> bool:
+        return False  # nothing loads here: the server is already up
+
     def build(self, name: str, index: int, *, tag: str, max_restarts: int) -> RemoteEngine:
         # No actor here: nothing to name cluster-wide or to restart; the server's lifetime is its own.
-        return RemoteEngine(self.url, model=self.model, name=name, api_key=self.api_key)
+        return RemoteEngine(self.url, model=self.model, name=name, api_key=self.api_key, role=self.role)
+
+
+def token_classes(data: dict[str, Any], ids: Sequence[int], *, worker: str) -> TokenClasses:
+    """A ``/pooling`` response (vLLM's ``PoolingResponse``) for one token-id input as :class:`TokenClasses`."""
+    items = data.get("data") or []
+    if len(items) != 1:
+        raise EngineError(f"/pooling returned {len(items)} results for one input", worker=worker)
+    raw = items[0].get("data")
+    if not isinstance(raw, list) or (raw and not isinstance(raw[0], list)):
+        raise EngineError("/pooling returned no per-token rows: is the model served with `--runner pooling`?", worker=worker)
+    rows = tuple(tuple(float(p) for p in row) for row in raw)
+    u = _usage(data.get("usage") or {})
+    return TokenClasses(tuple(ids), rows, Usage(prompt_tokens=u.prompt_tokens or len(ids)), worker=worker)
 
 
 def _checked(resp: httpx.Response, name: str) -> dict[str, Any]:

@@ -96,3 +96,70 @@ def test_a_remote_role_whose_server_is_unreachable_fails_to_start_typed():
     spec = RemoteSpec("target", url=f"http://127.0.0.1:{free_port()}", model="target")
     with pytest.raises(WorkerDied, match="target-0: metrics unavailable"):
         asyncio.run(WorkerPool.start([spec]))
+
+
+class _Loading(Unsupported):
+    """A scripted replica whose start takes a while and records overlapping loads."""
+
+    def __init__(self, name: str, log: list[str], live: set[str]) -> None:
+        self.name, self._log, self._live = name, log, live
+
+    async def start(self) -> None:
+        self._live.add(self.name)
+        self._log.append(f"+{self.name} with {sorted(self._live - {self.name})}")
+        await asyncio.sleep(0.05)
+        self._live.discard(self.name)
+
+    async def shutdown(self) -> None:
+        pass
+
+
+class _Spec:
+    def __init__(self, role, replicas, shares, log, live):
+        self.role, self.replicas, self.start_one_by_one = role, replicas, shares
+        self._log, self._live = log, live
+
+    def build(self, name, index, *, tag, max_restarts):
+        return _Loading(name, self._log, self._live)
+
+
+def test_replicas_sharing_gpus_start_one_after_another_others_at_once():
+    from workers.actor import Placement
+    from workers.engine import EngineConfig
+    from workers.local import LocalSpec
+
+    assert LocalSpec("policy", engine=EngineConfig(model_path=WORKERS), placement=Placement(num_gpus=0.5)).start_one_by_one
+    assert not LocalSpec("policy", engine=EngineConfig(model_path=WORKERS), placement=Placement(num_gpus=1)).start_one_by_one
+    assert not LocalSpec("policy", engine=EngineConfig(model_path=WORKERS)).start_one_by_one
+    log: list[str] = []
+    live: set[str] = set()
+    specs = [_Spec("policy", 3, True, log, live), _Spec("prm", 1, True, log, live), _Spec("draft", 2, False, log, live)]
+    asyncio.run(WorkerPool.start(specs))
+    shared = [entry for entry in log if entry.startswith(("+policy", "+prm"))]
+    assert [e.split()[0] for e in shared] == ["+policy-0", "+policy-1", "+policy-2", "+prm-0"]
+    for entry in shared:  # never alongside another device-sharing replica
+        assert "policy" not in entry.split(" with ")[1] and "prm" not in entry.split(" with ")[1], entry
+    drafts = [e for e in log if e.startswith("+draft")]
+    assert "draft-0" in drafts[1] or "draft-1" in drafts[0]  # the CPU-only replicas loaded at once
+
+
+
+def test_a_prompt_rendered_by_a_template_that_writes_the_bos_has_one_bos(tmp_path):
+    from transformers import AutoTokenizer
+
+    from models import fixture
+    from orchestrator.errors import InvalidRequest
+    from workers.engine import EngineConfig, VllmEngine, _StatsCapture
+
+    family = fixture.build(tmp_path)
+    tok = AutoTokenizer.from_pretrained(family.draft)
+    engine = VllmEngine(None, tok, "draft-0", EngineConfig(model_path=family.draft, max_model_len=64), _StatsCapture(None))
+    prompt = engine.render_chat([{"role": "user", "content": "Start at 37 and apply +48."}])
+    ids = engine._prompt_ids(prompt)
+    assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+    assert engine.tokenize("plain text")[0] == tok.bos_token_id  # a bare prompt still gets its BOS
+    # Generation is bounded by the context window; a prompt that fills it is refused naming the role.
+    assert engine._sampling_params(SamplingSpec(prompt, max_tokens=1000), len(ids)).max_tokens == 64 - len(ids)
+    assert engine._sampling_params(SamplingSpec(prompt, max_tokens=5), len(ids)).max_tokens == 5
+    with pytest.raises(InvalidRequest, match="role draft has max_model_len 64"):
+        engine._prompt_ids(tuple(range(64)))

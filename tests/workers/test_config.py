@@ -99,3 +99,66 @@ def test_engine_settings_a_workers_file_overrides_are_named_in_a_warning(tmp_pat
     with caplog.at_level("WARNING", logger="deploy.serve"):
         pool_config(get_settings(model_path="models/target", kv_cache_gib=3))  # no file: the settings are read
     assert not [r for r in caplog.records if "no effect" in r.getMessage()]
+
+
+def test_engine_options_of_a_role_reach_the_engine_config(tmp_path):
+    f = tmp_path / "w.toml"
+    f.write_text(
+        '[roles.prm]\nmodel = "models/prm"\nrunner = "pooling"\nstep_tag = "<extra_0>"\ntensor_parallel_size = 2\n'
+        'quantization = "fp8"\ntrust_remote_code = true\nmax_logprobs = 40\nblock_size = 64\n'
+        '[roles.policy]\nmodel = "models/target"\n'
+    )
+    cfg = load_pool_config(f, env={"TTS_WORKER_POLICY_RUNNER": "generate"})
+    prm, policy = backend_spec("prm", cfg.roles["prm"]), backend_spec("policy", cfg.roles["policy"])
+    assert isinstance(prm, LocalSpec) and isinstance(policy, LocalSpec)
+    e = prm.engine
+    assert (e.runner, e.step_tag, e.tensor_parallel_size, e.quantization, e.trust_remote_code, e.max_logprobs, e.block_size) == (
+        "pooling", "<extra_0>", 2, "fp8", True, 40, 64
+    )  # fmt: skip
+    assert policy.engine.dtype == "auto" and policy.engine.block_size is None and policy.engine.max_logprobs is None
+    assert cfg.roles["prm"].serves_pooling() and not cfg.roles["policy"].serves_pooling()
+
+
+def test_dtype_auto_is_the_checkpoints_own_on_cpu(tmp_path):
+    from pathlib import Path
+
+    from workers.engine import EngineConfig, resolve_dtype
+
+    target = Path(__file__).resolve().parents[2] / "models" / "target"
+    assert resolve_dtype(EngineConfig(model_path=target), cpu=True) == "float32"  # the bundled config says float32
+    assert resolve_dtype(EngineConfig(model_path=target), cpu=False) == "auto"  # vLLM's choice on GPUs
+    assert resolve_dtype(EngineConfig(model_path=target, dtype="bfloat16"), cpu=True) == "bfloat16"
+    (tmp_path / "config.json").write_text('{"torch_dtype": "bfloat16"}')
+    assert resolve_dtype(EngineConfig(model_path=tmp_path), cpu=True) == "bfloat16"
+
+
+def test_a_pooling_checkpoint_is_recognised_without_a_runner(tmp_path):
+    from workers.config import RoleConfig
+
+    (tmp_path / "config.json").write_text('{"architectures": ["Qwen2ForProcessRewardModel"]}')
+    assert RoleConfig(model=tmp_path).serves_pooling()
+    assert not RoleConfig(model=tmp_path, runner="generate").serves_pooling()
+    assert RoleConfig(url="http://x", runner="pooling").serves_pooling() and not RoleConfig(url="http://x").serves_pooling()
+
+
+@pytest.mark.parametrize(
+    "toml, match",
+    [
+        ('[roles.prm]\nmodel = "models/prm"\nrunner = "score"\n', "runner"),
+        ('[roles.prm]\nmodel = "models/prm"\nblock_size = 20\n', "multiple of 16"),
+        ('[roles.prm]\nmodel = "models/prm"\nmax_logprobs = 5\n', "max_logprobs"),
+    ],
+)
+def test_bad_engine_options_are_clear_errors(tmp_path, toml, match):
+    f = tmp_path / "w.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError, match=match):
+        load_pool_config(f, env={})
+
+
+def test_a_pooling_role_leaves_prefix_caching_to_vllm(tmp_path):
+    f = tmp_path / "w.toml"
+    f.write_text('[roles.prm]\nmodel = "models/prm"\nrunner = "pooling"\n[roles.policy]\nmodel = "models/target"\n')
+    cfg = load_pool_config(f, env={})
+    assert backend_spec("prm", cfg.roles["prm"]).engine.enable_prefix_caching is None
+    assert backend_spec("policy", cfg.roles["policy"]).engine.enable_prefix_caching is True

@@ -1,0 +1,104 @@
+"""Process reward models served by vLLM's pooling runner: step scores from a token-classification head.
+
+Qwen2.5-Math-PRM style: the conversation (a system prompt, the question as the user's turn, the solution as the
+assistant's turn with a separator token after every step) rendered by the PRM's own chat template; the model
+classifies every position, the engine keeps the rows at the separators (vLLM's STEP pooling, configured by the
+role's ``step_tag``), and a step's score is P(class 1) there. One pooling call per solution, nothing generated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+from orchestrator.errors import ContextTooLong, EngineError, InvalidRequest
+from orchestrator.protocols import Engine
+from orchestrator.types import Role, ScoreSpec, Usage
+from tasks import arithmetic as task
+from verifiers.prm import StepScores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolingPRMFormat:
+    """How a solution is laid out for a pooling PRM (defaults: Qwen2.5-Math-PRM's). ``step_tag`` must be the
+    token the engine's pooler keeps (the role's ``step_tag``); ``good_class`` is the label whose probability
+    is the step's score."""
+
+    system: str = "Please reason step by step, and put your final answer within \\boxed{}."
+    step_delimiter: str = "\n\n"
+    step_tag: str = "<extra_0>"
+    good_class: int = 1
+
+    def messages(self, question: str, steps: Sequence[str]) -> list[dict[str, str]]:
+        return [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": "".join(f"{s}{self.step_tag}" for s in steps)},
+        ]
+
+
+class PoolingPRM:
+    """Step scores from the pooling PRM served by ``engine`` under ``role``; the same interface as
+    :class:`~verifiers.prm.MathShepherdPRM`."""
+
+    def __init__(self, engine: Engine, *, role: Role = "prm", fmt: PoolingPRMFormat = PoolingPRMFormat()) -> None:
+        self.engine = engine
+        self.role = role
+        self.fmt = fmt
+        self._tag_id: int | None = None
+
+    async def _step_tag_id(self, engine: Engine) -> int:
+        if self._tag_id is None:
+            ids = await engine.tokenize(self.role, self.fmt.step_tag)
+            self._tag_id = ids[-1]  # the tag is one special token; anything before it is a BOS
+        return self._tag_id
+
+    async def render(self, question: str, steps: Sequence[str], *, engine: Engine | None = None) -> str:
+        """The PRM's prompt for ``steps``, in its own chat template. The template's trailing generation
+        prompt (``render_chat`` adds one) follows the last tag, so it changes no score of a causal model."""
+        engine = engine or self.engine
+        return await engine.render_chat(self.role, self.fmt.messages(question, steps))
+
+    async def score(self, question: str, solution: str, *, engine: Engine | None = None) -> StepScores:
+        """Every step's P(good) in [0, 1], through ``engine`` (default: the one this scorer was built with).
+        A prompt longer than the PRM's context scores 0.0 for every step (logged), not an error: the request
+        goes on with the solution ranked last."""
+        engine = engine or self.engine
+        steps = tuple(task.split_steps(solution, delimiter=self.fmt.step_delimiter))
+        if not steps:
+            return StepScores((), (), Usage())
+        if any(self.fmt.step_tag in s for s in steps):
+            raise InvalidRequest("a step contains the PRM's step tag; it cannot be scored unambiguously")
+        prompt, tag_id = await asyncio.gather(self.render(question, steps, engine=engine), self._step_tag_id(engine))
+        try:
+            out = await engine.classify_tokens(self.role, ScoreSpec(prompt))
+        except ContextTooLong as err:
+            log.info("solution of %d steps is longer than the PRM's context; its steps score 0: %s", len(steps), err.message)
+            return StepScores(steps, (0.0,) * len(steps), Usage())
+        positions = [p for p, t in enumerate(out.token_ids) if t == tag_id]
+        rows = out.rows
+        if len(rows) == len(out.token_ids) and len(rows) != len(positions):
+            rows = tuple(rows[p] for p in positions)  # served without a step tag: one row per token
+        # The question may itself contain the tag; the step tags are always the last len(steps) ones.
+        rows = rows[-len(steps) :] if len(rows) >= len(steps) else rows
+        if len(rows) != len(steps):
+            raise EngineError(
+                f"the PRM returned {len(out.rows)} step rows for {len(steps)} steps: is the role's `step_tag` {self.fmt.step_tag!r}?",
+                worker=out.worker,
+            )
+        return StepScores(steps, tuple(float(r[self.fmt.good_class]) for r in rows), out.usage)
+
+    async def step_scores(self, engine: Engine, question: str, solution: str) -> tuple[float, ...]:
+        """The :class:`~orchestrator.protocols.StepScorer` protocol (how strategies reach the PRM)."""
+        return (await self.score(question, solution, engine=engine)).scores
+
+    async def score_many(self, question: str | Sequence[str], solutions: Sequence[str]) -> list[StepScores]:
+        """Score many solutions concurrently (the engine batches them); ``question`` is one for all or one each."""
+        questions = [question] * len(solutions) if isinstance(question, str) else list(question)
+        if len(questions) != len(solutions):
+            raise InvalidRequest(f"{len(questions)} questions for {len(solutions)} solutions")
+        return list(await asyncio.gather(*(self.score(q, s) for q, s in zip(questions, solutions))))
