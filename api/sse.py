@@ -1,9 +1,10 @@
 """Server-sent events for ``stream: true``, in OpenAI's chunk format.
 
 Progress events ride in an extension field (``tts_progress``) of chunks with an empty delta; then the answer,
-a line per delta; then the finish reason with the strategy's report (``tts``); then, if asked, the usage in a
-chunk with no choices; then ``[DONE]``. Errors before the request starts are ordinary JSON errors; once it
-has started they are an ``error`` event before ``[DONE]``.
+a line per delta (a reasoning profile's reasoning span first, as ``reasoning_content`` deltas); then the
+finish reason with the strategy's report (``tts``); then, if asked, the usage in a chunk with no choices;
+then ``[DONE]``. Errors before the request starts are ordinary JSON errors; once it has started they are
+an ``error`` event before ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from api.schemas import OpenAIFields
 from api.views import tts_info, usage_body
 from orchestrator.controller import Controller, ReasoningRequest, ReasoningResponse, TenantRef
 from orchestrator.errors import TTSError
+from orchestrator.profile import ModelProfile
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,17 @@ log = logging.getLogger(__name__)
 def content_pieces(text: str) -> list[str]:
     """The answer as content deltas: one per line (a reasoning step), newlines kept."""
     return text.splitlines(keepends=True) or [""]
+
+
+def answer_deltas(text: str, profile: ModelProfile, *, chat: bool) -> list[dict[str, str]]:
+    """The answer as deltas, a line each. In a chat with a reasoning profile, the reasoning span comes first
+    as ``reasoning_content`` deltas, then what follows it as ``content`` ones, the order in which vLLM's
+    reasoning parsers and DeepSeek's API stream them; otherwise the whole text is content."""
+    if not chat or profile.reasoning == "none":
+        return [{"content": p} for p in content_pieces(text)]
+    reasoning, final = profile.split_reasoning(text)
+    thinking = [{"reasoning_content": p} for p in content_pieces(reasoning)] if reasoning else []
+    return thinking + [{"content": p} for p in content_pieces(final)]
 
 
 def _event(payload: dict[str, Any]) -> str:
@@ -77,8 +90,8 @@ async def stream(controller: Controller, req: ReasoningRequest, *, tenant: Tenan
             if out is None:
                 yield _event({"error": err})
             else:
-                for piece in content_pieces(out.result.text):
-                    yield chunk(delta={"content": piece}, text=piece)
+                for delta in answer_deltas(out.result.text, controller.tools.profile, chat=chat):
+                    yield chunk(delta=delta, text=delta.get("content"))
                 yield chunk(finish=out.result.finish_reason, tts=tts_info(out).model_dump())
                 if body.stream_options is not None and body.stream_options.include_usage:
                     yield _event({"id": request_id, "object": kind, "created": created, "model": body.model, "choices": [], "usage": usage_body(out).model_dump()})

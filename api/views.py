@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 
 from api.schemas import (
     CandidateBody,
+    ChoiceMessage,
     EvalPoint,
     JobProgress,
     JobRun,
@@ -21,13 +22,15 @@ from api.schemas import (
     QuotaBody,
     RequestView,
     StageUsage,
+    SubCallView,
     TenantUsage,
     TTSInfo,
     UsageBody,
 )
 from orchestrator.controller import ReasoningResponse
-from orchestrator.db.views import EvalResultRow, EvalRunRow, RequestRow, UsageRow
+from orchestrator.db.views import EvalResultRow, EvalRunRow, RequestRow, SubCallRow, UsageRow
 from orchestrator.evals import summarize
+from orchestrator.profile import ModelProfile
 from orchestrator.protocols import JobInfo
 from orchestrator.types import RequestState, Usage
 
@@ -82,13 +85,29 @@ def tts_info(out: ReasoningResponse) -> TTSInfo:
     )
 
 
-def request_view(rec: RequestRow) -> RequestView:
-    """A recorded request as the ledger holds it (its sub-calls counted, not listed)."""
+def chat_message(text: str, profile: ModelProfile) -> ChoiceMessage:
+    """The answer as the chat message: with a reasoning profile, the reasoning span as ``reasoning_content``
+    (None when the text has none) and what follows it as ``content``; otherwise the text as it is, with no
+    ``reasoning_content`` key."""
+    if profile.reasoning == "none":
+        return ChoiceMessage(content=text)
+    reasoning, final = profile.split_reasoning(text)
+    return ChoiceMessage(content=final, reasoning_content=reasoning)
+
+
+def _subcall_view(c: SubCallRow) -> SubCallView:
+    fields = ("seq", "stage", "role", "branch", "n", "prompt_tokens", "cached_tokens", "completion_tokens", "verifier_tokens", "latency_s")
+    return SubCallView(**_fields(c, *fields), finish_reasons=list(c.finish_reasons))
+
+
+def request_view(rec: RequestRow, *, calls: bool = False) -> RequestView:
+    """A recorded request as the ledger holds it: its sub-calls counted, and listed when ``calls``."""
     return RequestView(
         **_fields(rec, "id", "model", "strategy", "params", "answer", "text", "finish_reason", "error"),
         state=_STATE.validate_python(rec.state),
         usage=_usage(Usage(rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens), rec.verifier_tokens, rec.cost_usd),
         subcalls=len(rec.subcalls),
+        calls=[_subcall_view(c) for c in rec.subcalls] if calls else None,
         created_at=rec.created_at.isoformat(),
         finished_at=rec.finished_at.isoformat() if rec.finished_at else None,
     )

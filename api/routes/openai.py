@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from fastapi import APIRouter, Request
 
@@ -16,10 +16,10 @@ from api.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
-    ChoiceMessage,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    Message,
     ModelCard,
     ModelList,
     OpenAIFields,
@@ -27,8 +27,9 @@ from api.schemas import (
     ReasonRequest,
     ReasonResponse,
 )
+from api.sampling import strategy_params
 from api.sse import stream
-from api.views import tts_info, usage_body
+from api.views import chat_message, tts_info, usage_body
 from orchestrator.budget import Budget
 from orchestrator.config import Settings
 from orchestrator.controller import Controller, ReasoningRequest, ReasoningResponse
@@ -45,22 +46,49 @@ def to_request(
     body: ReasoningFields, controller: Controller, settings: Settings, *, messages: tuple[dict[str, str], ...] = (), prompt: str | None = None
 ) -> ReasoningRequest:
     """The controller's request: the strategy from ``strategy``, else from ``<strategy>:<model>``, else the
-    server's default."""
+    server's default; its parameters ``strategy_params`` with OpenAI's sampling fields applied (api/sampling.py)."""
     model, strategy = body.model, body.strategy
     prefix, sep, rest = body.model.partition(":")
     if sep and (prefix in controller.strategies or prefix == "auto"):
         if strategy is not None and strategy != prefix:
             raise InvalidRequest(f"model {body.model!r} names strategy {prefix!r} but `strategy` is {strategy!r}", param="strategy")
         model, strategy = rest, prefix
+    strategy = strategy or settings.default_strategy
+    params: Mapping[str, Any] = body.strategy_params
+    if isinstance(body, OpenAIFields):
+        spec = controller.strategies.get(strategy)
+        params = strategy_params(body, strategy, spec.params if spec else None, limits=controller.limits, profile=controller.tools.profile)
     return ReasoningRequest(
         model=model,
         messages=messages,
         prompt=prompt,
-        strategy=strategy or settings.default_strategy,
-        params=body.strategy_params,
+        strategy=strategy,
+        params=params,
         max_total_tokens=body.max_total_tokens,
         budget=Budget(**body.budget.model_dump()) if body.budget else None,
     )
+
+
+def chat_messages(messages: Sequence[Message]) -> tuple[dict[str, str], ...]:
+    """The messages as the chat template takes them: text parts joined by newlines (as vLLM joins them),
+    ``developer`` (OpenAI's newer name for it) as ``system``. Raises ``InvalidRequest`` naming a part that is
+    not text: these models read nothing else."""
+    out: list[dict[str, str]] = []
+    for i, m in enumerate(messages):
+        if isinstance(m.content, list):
+            texts: list[str] = []
+            for j, part in enumerate(m.content):
+                where = f"messages.{i}.content.{j}"
+                if part.type != "text":
+                    raise InvalidRequest(f"{where}: content parts of type {part.type!r} are not supported; send text parts", param=f"{where}.type")
+                if part.text is None:
+                    raise InvalidRequest(f"{where}: a text part needs `text`", param=f"{where}.text")
+                texts.append(part.text)
+            content = "\n".join(texts)
+        else:
+            content = m.content or ""
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+    return tuple(out)
 
 
 def _check_openai(body: OpenAIFields) -> None:
@@ -98,7 +126,8 @@ async def _answer(body: OpenAIFields, req: ReasoningRequest, request: Request, c
     r = out.result
     common = {"id": out.request_id, "created": int(time.time()), "model": body.model, "usage": usage_body(out), "tts": tts_info(out)}
     if chat:
-        return ChatCompletionResponse(**common, choices=[Choice(index=0, message=ChoiceMessage(content=r.text), finish_reason=r.finish_reason)])
+        message = chat_message(r.text, controller.tools.profile)
+        return ChatCompletionResponse(**common, choices=[Choice(index=0, message=message, finish_reason=r.finish_reason)])
     return CompletionResponse(**common, choices=[CompletionChoice(index=0, text=r.text, finish_reason=r.finish_reason)])
 
 
@@ -117,7 +146,7 @@ async def list_models(controller: ControllerDep) -> ModelList:
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={**ERRORS, **STREAMED})
 async def chat_completions(body: ChatCompletionRequest, request: Request, controller: ControllerDep, settings: SettingsDep, caller: CallerDep) -> Any:
     _check_openai(body)
-    req = to_request(body, controller, settings, messages=tuple(m.model_dump() for m in body.messages))
+    req = to_request(body, controller, settings, messages=chat_messages(body.messages))
     return await _answer(body, req, request, controller, caller, chat=True)
 
 
@@ -134,7 +163,7 @@ async def completions(body: CompletionRequest, request: Request, controller: Con
 async def reason(body: ReasonRequest, request: Request, controller: ControllerDep, settings: SettingsDep, caller: CallerDep) -> ReasonResponse:
     if (body.messages is None) == (body.prompt is None):
         raise InvalidRequest("send either `messages` or `prompt`", param="messages")
-    messages = tuple(m.model_dump() for m in body.messages) if body.messages else ()
+    messages = chat_messages(body.messages) if body.messages else ()
     req = to_request(body, controller, settings, messages=messages, prompt=body.prompt)
     tenant = await caller.tenant()
     out = await run_attached(request, lambda: controller.reason(req, tenant=tenant))

@@ -26,8 +26,9 @@ async def list_requests(store: StoreDep, caller: CallerDep, limit: int = 20) -> 
 
 @router.get("/v1/requests/{request_id}", response_model=RequestView, responses=ERRORS)
 async def get_request(request_id: str, controller: ControllerDep, tenant: TenantDep) -> RequestView:
+    """The request with its sub-calls in order (role, stage, samples, tokens, finish reasons)."""
     rec = await controller.lookup(request_id, tenant.id if tenant else None)
-    return request_view(rec)
+    return request_view(rec, calls=True)
 
 
 @router.delete("/v1/requests/{request_id}", response_model=RequestView, responses=ERRORS)

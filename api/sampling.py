@@ -1,0 +1,116 @@
+"""OpenAI's sampling fields as the strategy's parameters.
+
+An unmodified OpenAI client steers sampling with top-level fields (``max_tokens``, ``temperature``, ...), not
+with ``strategy_params``. Each such field sets the strategy's parameter of the same meaning when the strategy's
+``Params`` has one. A field the strategy cannot honour, or one that contradicts ``strategy_params``, is a 400
+naming it, never silently dropped. A field at OpenAI's own default value is what many clients send whether or
+not anyone chose it, so it is never refused for that: it sets the parameter only where nothing else does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ValidationError
+
+from api.schemas import ChatCompletionRequest, OpenAIFields
+from orchestrator.admission import Limits
+from orchestrator.errors import InvalidRequest
+from orchestrator.profile import ModelProfile
+
+# The validation context the strategies' parameters read the served model's profile from (its length
+# bounds), as the controller validates them: see strategies/params.py.
+PROFILE_CONTEXT_KEY = "profile"
+
+
+@dataclass(frozen=True)
+class SamplingField:
+    """One OpenAI field: the strategy parameter it sets and OpenAI's default (what "routinely sent" means)."""
+
+    name: str
+    param: str
+    default: object = None
+
+
+FIELDS = (
+    SamplingField("max_tokens", "max_tokens"),
+    SamplingField("temperature", "temperature", 1.0),
+    SamplingField("top_p", "top_p", 1.0),
+    SamplingField("seed", "seed"),
+    SamplingField("stop", "stop"),
+    SamplingField("presence_penalty", "presence_penalty", 0.0),
+    SamplingField("frequency_penalty", "frequency_penalty", 0.0),
+)
+
+
+def _sent(body: OpenAIFields) -> dict[str, tuple[SamplingField, object]]:
+    """The sampling fields the body carries, by OpenAI name (``max_completion_tokens`` folded into ``max_tokens``)."""
+    out = {f.name: (f, getattr(body, f.name)) for f in FIELDS if getattr(body, f.name) not in (None, [], "")}
+    newer = body.max_completion_tokens if isinstance(body, ChatCompletionRequest) else None
+    if newer is not None:
+        older = out.get("max_tokens")
+        if older is not None and older[1] != newer:
+            raise InvalidRequest(
+                f"max_completion_tokens={newer} and max_tokens={older[1]} disagree; send one of them", param="max_completion_tokens"
+            )
+        out["max_tokens"] = (SamplingField("max_completion_tokens", "max_tokens"), newer)
+    return out
+
+
+def strategy_params(
+    body: OpenAIFields, strategy: str, params_model: type[BaseModel] | None, *, limits: Limits, profile: ModelProfile
+) -> dict[str, Any]:
+    """``body.strategy_params`` with the body's OpenAI sampling fields applied, for strategy ``strategy``
+    whose parameters are ``params_model`` (None for ``auto``, which chooses its own, or an unknown strategy,
+    which the controller refuses).
+
+    Raises ``InvalidRequest`` naming the OpenAI field for a value the strategy has no parameter for, one that
+    contradicts the same parameter in ``strategy_params``, or one outside the parameter's bounds (for the
+    served model's ``profile``) or the server's ``limits``."""
+    given: Mapping[str, Any] = body.strategy_params
+    params = dict(given)
+    filled: dict[str, str] = {}  # parameter -> the OpenAI field that set it
+    for field, value in _sent(body).values():
+        routine = value == field.default
+        if params_model is None:
+            if routine or strategy != "auto":
+                continue
+            raise InvalidRequest(f"{field.name}: strategy `auto` chooses its own sampling parameters; send no {field.name}", param=field.name)
+        if field.param not in params_model.model_fields:
+            if routine:
+                continue
+            raise InvalidRequest(f"{field.name}={value!r}: strategy {strategy!r} has no `{field.param}` parameter", param=field.name)
+        if field.param in given:
+            if routine or given[field.param] == value:
+                continue
+            raise InvalidRequest(
+                f"{field.name}={value!r} conflicts with strategy_params.{field.param}={given[field.param]!r}; send one of them",
+                param=field.name,
+            )
+        params[field.param] = value
+        filled[field.param] = field.name
+    if filled and params_model is not None:
+        _check(params_model, params, filled, limits, profile)
+    return params
+
+
+def _check(params_model: type[BaseModel], params: dict[str, Any], filled: Mapping[str, str], limits: Limits, profile: ModelProfile) -> None:
+    """Refuse a value an OpenAI field brought that the strategy or the server would refuse, naming the OpenAI
+    field (the controller would name ``strategy_params.<param>``, which the client never sent). Any other
+    error is left for the controller to report as it always has."""
+    try:
+        validated = params_model.model_validate(params, context={PROFILE_CONTEXT_KEY: profile})
+    except ValidationError as err:
+        for e in err.errors():
+            name = filled.get(str(e["loc"][0])) if e["loc"] else None
+            if name is not None:
+                raise InvalidRequest(f"{name}: {e['msg']}", param=name) from None
+        return
+    try:
+        limits.check(validated)
+    except InvalidRequest as err:
+        name = filled.get((err.param or "").removeprefix("strategy_params."))
+        if name is None or err.param is None:
+            raise
+        raise InvalidRequest(err.message.replace(err.param, name, 1), param=name) from None
