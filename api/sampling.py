@@ -17,11 +17,8 @@ from pydantic import BaseModel, ValidationError
 from api.schemas import ChatCompletionRequest, OpenAIFields
 from orchestrator.admission import Limits
 from orchestrator.errors import InvalidRequest
-from orchestrator.profile import ModelProfile
+from orchestrator.profile import VALIDATION_KEY, ModelProfile
 
-# The validation context the strategies' parameters read the served model's profile from (its length
-# bounds), as the controller validates them: see strategies/params.py.
-PROFILE_CONTEXT_KEY = "profile"
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,7 @@ def _check(params_model: type[BaseModel], params: dict[str, Any], filled: Mappin
     field (the controller would name ``strategy_params.<param>``, which the client never sent). Any other
     error is left for the controller to report as it always has."""
     try:
-        validated = params_model.model_validate(params, context={PROFILE_CONTEXT_KEY: profile})
+        validated = params_model.model_validate(params, context={VALIDATION_KEY: profile})
     except ValidationError as err:
         for e in err.errors():
             name = filled.get(str(e["loc"][0])) if e["loc"] else None

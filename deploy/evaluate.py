@@ -63,22 +63,24 @@ def current_job_id() -> str | None:
 async def run(settings: Settings, dataset_spec: str, strategies: list[str], budgets: list[int], params: dict, *, problems: int | None, seed: int,
               name: str, concurrency: int, job_id: str | None, tenant_id: str | None = None) -> str:
     from deploy.serve import Service
+    from orchestrator.profile import load_profile
 
     from pydantic import ValidationError
 
     from strategies import REGISTRY
 
     dataset = load_dataset(dataset_spec, problems=problems, seed=seed)
+    profile = load_profile(settings.profile)
     cells = grid(strategies, budgets or [None], params)  # type: ignore[list-item]
     for c in cells:  # refuse a bad grid before any engine starts
         if c.strategy not in REGISTRY:
             raise ConfigError(f"unknown strategy {c.strategy!r}; available: {sorted(REGISTRY)}")
         try:
-            REGISTRY[c.strategy].params.model_validate(dict(c.params))
+            REGISTRY[c.strategy].parse(c.params, profile=profile)
         except ValidationError as err:
             raise ConfigError(f"{c.strategy} parameters: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
     # Start only the engines the grid needs (a PRM, a draft, an embedder cost memory and start-up time).
-    needs = set().union(*(REGISTRY[c.strategy].needs(REGISTRY[c.strategy].params.model_validate(dict(c.params))) for c in cells))
+    needs = set().union(*(REGISTRY[c.strategy].needs(REGISTRY[c.strategy].parse(c.params, profile=profile)) for c in cells))
     settings = settings.model_copy(
         update={
             "serve_prm": settings.serve_prm and bool(needs & {"prm", "judge"}),

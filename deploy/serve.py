@@ -36,7 +36,7 @@ from orchestrator.db.store import Store
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Role
 from strategies import REGISTRY
-from verifiers import MathShepherdPRM, OutcomeJudge, PoolingPRM, PoolingPRMFormat, PRMFormat, TaskAnswerVerifier, TaskRefiner, TextRefiner
+from verifiers import MathShepherdPRM, OutcomeJudge, PoolingPRM, PoolingPRMFormat, PRMFormat, TaskRefiner, TextRefiner, verifier_for
 from verifiers.embeddings import StepClusterer
 from workers.config import PoolConfig, load_pool_config
 from workers.jobs import RayJobs
@@ -182,10 +182,11 @@ class Service:
             store=store,
             strategies=REGISTRY,
             tools=Toolbox(
-                verifier=TaskAnswerVerifier(),
+                verifier=verifier_for(profile),
                 step_scorer=step_scorer(config, pool, profile),
                 outcome_scorer=outcome_judge(config, pool),
-                refiner=TaskRefiner() if settings.refiner == "task" else TextRefiner(TaskAnswerVerifier()),
+                refiner=TaskRefiner() if (settings.refiner or ("task" if profile.answer == "task" else "text")) == "task"
+                else TextRefiner(verifier_for(profile), profile=profile, chat=True),
                 clusterer=StepClusterer(pool) if "embedder" in pool.roles() else None,
                 calibration=store.calibration,
                 draft_model=settings.draft_name if "draft" in pool.roles() else None,
@@ -194,7 +195,7 @@ class Service:
             models={settings.model_name: "policy"},
             max_request_tokens=settings.max_request_tokens,
             prices={"policy": Price(*p) for name, p in (await store.prices.all()).items() if name == settings.model_name},
-            limits=Limits(width=settings.limit_width, depth=settings.limit_depth, max_tokens=settings.limit_max_tokens),
+            limits=Limits(width=settings.limit_width, depth=settings.limit_depth, max_tokens=settings.limit_max_tokens or profile.max_tokens_cap),
             max_running=settings.max_running,
             max_queued=settings.max_queued,
             server_id=server_id,

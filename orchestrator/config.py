@@ -39,8 +39,10 @@ class Settings(BaseSettings):
         description="How the policy writes (answer format, reasoning tags, step delimiter, default lengths): a bundled "
         "profile (`bundled`, `r1-distill`, `qwen-math`) or a TOML file (see orchestrator/profile.py).",
     )
-    refiner: Literal["task", "text"] = Field(
-        "task", description="PDR/SR workspace format: the bundled task's (what the bundled target was trained on) or plain text."
+    refiner: Literal["task", "text"] | None = Field(
+        None,
+        description="PDR/SR workspace format: the bundled task's (what the bundled target was trained on) or plain text "
+        "through the policy's chat template; default: `task` for a profile with `task` answers, else `text`.",
     )
     kv_cache_gib: int = Field(1, ge=1, description="KV-cache memory per CPU engine, whole GiB (VLLM_CPU_KVCACHE_SPACE).")
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, in tokens.")
@@ -84,7 +86,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body (413 beyond it).")
     limit_width: int = Field(64, ge=1, description="Most samples, beams or tree width of a request (`n`, `width`, PDR schedule entries).")
     limit_depth: int = Field(64, ge=1, description="Most rounds, turns, steps or tree depth of a request.")
-    limit_max_tokens: int = Field(4096, ge=1, description="Most tokens of one generation, step or chunk (`max_tokens`, `step_tokens`, `chunk_tokens`).")
+    limit_max_tokens: int | None = Field(
+        None, ge=1, description="Most tokens of one generation, step or chunk (`max_tokens`, `step_tokens`, `chunk_tokens`); default: the model profile's `max_tokens_cap`."
+    )
 
     @property
     def database(self) -> str:

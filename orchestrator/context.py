@@ -75,6 +75,7 @@ class StrategyContext:
         ``hop`` is the call's dependency depth: calls at the same hop could run side by side, a call at hop
         k+1 needed a result of hop k. It is what :attr:`sequential_tokens` is summed over."""
         role = role or self.policy_role
+        spec = self._with_profile_stops(spec)
         await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
         r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
         spec = replace(spec, max_tokens=r.max_tokens) if r.truncated else spec
@@ -93,7 +94,7 @@ class StrategyContext:
         tokens are counted with the role's tokenizer; the prefix-cache share of a streamed call is not
         reported (counted as 0)."""
         spec = spec if spec.request_id is not None else replace(spec, request_id=uuid.uuid4().hex)
-        return Stream(self, spec, stage=stage, branch=branch, role=role or self.policy_role, hop=hop)
+        return Stream(self, self._with_profile_stops(spec), stage=stage, branch=branch, role=role or self.policy_role, hop=hop)
 
     async def _stream(self, spec: SamplingSpec, *, stage: str, branch: str, role: Role, hop: int) -> AsyncIterator[StreamDelta]:
         await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
@@ -119,6 +120,11 @@ class StrategyContext:
             self._hop(hop, prompt_tokens + max(counts.values(), default=0))
             finish = tuple(reasons.get(i, "abort") for i in range(spec.n))
             await asyncio.shield(self._record(stage, role, branch, spec.n, usage, "", finish, cost, time.perf_counter() - start))
+
+    def _with_profile_stops(self, spec: SamplingSpec) -> SamplingSpec:
+        # The served model's own stop strings (the profile's) end every sample, whatever the strategy asks.
+        extra = tuple(s for s in self.tools.profile.stop if s not in spec.stop)
+        return replace(spec, stop=tuple(spec.stop) + extra) if extra else spec
 
     def race(self, specs: Sequence[SamplingSpec], *, stage: str, hop: int = 0) -> Race:
         """Start one call per spec at once (on the policy; call i's branch is ``str(i)``) and meet them in
@@ -150,6 +156,10 @@ class StrategyContext:
         self._hop(hop, out.usage.total_tokens)
         await self._record(stage, role, branch, 1, out.usage, out.worker, ("stop",), cost, latency, verifier=True)
         return out
+
+    async def render_chat(self, messages: Sequence[dict[str, str]], *, role: Role | None = None) -> str:
+        """``messages`` as ``role`` (default: the policy) reads them, through its own chat template. Free."""
+        return await self._engine.render_chat(role or self.policy_role, messages)
 
     async def tokens(self, text: str, *, role: Role | None = None) -> int:
         """How many tokens ``text`` is for ``role`` (default: the policy). Free: nothing is generated."""

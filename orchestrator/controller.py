@@ -128,7 +128,7 @@ class Controller:
                 f"unknown strategy {req.strategy!r}; available: {sorted(self.strategies)}", param="strategy"
             )
         try:
-            params = spec.params.model_validate(dict(req.params))
+            params = spec.parse(req.params, profile=self.tools.profile)
         except ValidationError as err:
             msg, loc = _validation_message(err)
             raise InvalidRequest(msg, param=f"strategy_params.{loc}" if loc else "strategy_params") from None

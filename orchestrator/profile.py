@@ -15,6 +15,7 @@ the request's profile. A profile is chosen per server (``TTS_PROFILE``: a bundle
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from orchestrator.errors import ConfigError
 
 AnswerFormat = Literal["task", "boxed", "regex"]
+# Strategy parameters are validated with the served model's profile under this key of pydantic's validation
+# context (the default and the cap of ``max_tokens`` are the model's: see strategies/params.py).
+VALIDATION_KEY = "profile"
 
 
 class ModelProfile(BaseModel):
@@ -50,6 +54,13 @@ class ModelProfile(BaseModel):
     def _consistent(self) -> ModelProfile:
         if self.answer == "regex" and not self.answer_pattern:
             raise ValueError("answer = \"regex\" needs `answer_pattern`")
+        if self.answer_pattern is not None:
+            try:
+                groups = re.compile(self.answer_pattern).groups
+            except re.error as err:
+                raise ValueError(f"answer_pattern {self.answer_pattern!r} is not a regex: {err}") from None
+            if groups < 1:
+                raise ValueError(f"answer_pattern {self.answer_pattern!r} needs a group: its first group is the answer")
         if self.max_tokens > self.max_tokens_cap:
             raise ValueError(f"max_tokens {self.max_tokens} exceeds max_tokens_cap {self.max_tokens_cap}")
         return self

@@ -80,6 +80,10 @@ class Refiner(Protocol):
         """The policy's prompt for one refinement of ``question`` given ``workspace`` (may be empty)."""
         ...
 
+    def refine_messages(self, question: str, workspace: str) -> list[dict[str, str]] | None:
+        """The refine request as chat messages for the policy's own template; None: send ``refine_prompt`` raw."""
+        ...
+
 
 @dataclass(frozen=True)
 class JobInfo:

@@ -8,6 +8,7 @@ from typing import Any, Awaitable, Callable, Generic, Iterable, Mapping, TypeVar
 from pydantic import BaseModel
 
 from orchestrator.context import StrategyContext
+from orchestrator.profile import VALIDATION_KEY, ModelProfile
 from orchestrator.toolbox import Capability
 from orchestrator.types import Problem, StrategyResult
 
@@ -33,6 +34,11 @@ class StrategySpec(Generic[P]):
     summary: str
     worst_case: Callable[[P], int] | None = None
     needs: Callable[[P], frozenset[Capability]] = _needs_nothing
+
+    def parse(self, raw: Mapping[str, Any], *, profile: ModelProfile) -> P:
+        """``raw`` validated as this strategy's parameters for a model that writes as ``profile`` says (its
+        default and largest ``max_tokens``); raises pydantic's ValidationError."""
+        return self.params.model_validate(dict(raw), context={VALIDATION_KEY: profile})
 
 
 # A registry holds specs of different parameter classes; each spec's ``run`` is only ever handed

@@ -91,7 +91,7 @@ async def run_sample(
 ) -> Sample:
     """Sample ``index``'s loop. ``ordered`` None calibrates: every draft chunk is scored and kept."""
     seed = None if params.seed is None else params.seed + 1_000_003 * index
-    cfg = StepConfig(params.chunk_tokens, params.max_tokens, params.temperature, params.top_p, seed)
+    cfg = StepConfig(params.chunk_tokens, params.max_tokens, params.temperature, params.top_p, seed, ctx.tools.profile.step_delimiter)
     rng = random.Random(f"{params.seed}/{index}") if params.seed is not None else random.Random()
     out = Sample()
     branch = str(index)
@@ -141,7 +141,7 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
 
     async def one(i: int) -> Sample:
         s = await run_sample(ctx, problem, params, i, ordered)
-        ctx.emit({"stage": "sample", "sample": i, "answer": ctx.extract(s.path.text), "turns": len(s.turns), "rejected": s.rejected})
+        ctx.emit({"stage": "sample", "sample": i, "answer": path_candidates(ctx, [s.path])[0].answer, "turns": len(s.turns), "rejected": s.rejected})
         return s
 
     samples = list(await asyncio.gather(*(one(i) for i in range(params.n))))

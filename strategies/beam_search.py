@@ -1,8 +1,8 @@
 """PRM beam search (search-and-learn style): n beams grow one step at a time; the PRM prunes them.
 
-Every iteration expands exactly ``n`` beams by one step (one line): the ``n // beam_width`` survivors of the
-last pruning, each ``beam_width`` times (before the first pruning, the root n times). Beams that finish (an
-answer, an ended trace, or ``max_tokens`` used) leave the beam and are kept as results; the open ones are
+Every iteration expands exactly ``n`` beams by one step (up to the model profile's step delimiter): the
+``n // beam_width`` survivors of the last pruning, each ``beam_width`` times (before the first pruning, the
+root n times). Beams that finish (the model ended its trace, or ``max_tokens`` used) leave the beam and are kept as results; the open ones are
 scored by the PRM and the best ``n // beam_width`` survive. The search stops when ``n`` beams have finished,
 when nothing is open, or after ``max_steps`` iterations. The answer is chosen among the finished beams
 (argmax or weighted vote of their aggregated scores); open beams only when nothing finished.
@@ -31,7 +31,7 @@ class Params(StepSearchParams):
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
-    cfg = params.step_config()
+    cfg = params.step_config(ctx.tools.profile)
     keep = params.n // params.beam_width
     survivors: list[Path] = [Path()]
     finished: list[Path] = []

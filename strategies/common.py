@@ -11,13 +11,17 @@ from pydantic import Field
 
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
+from orchestrator.profile import ModelProfile
 from orchestrator.scoring import Aggregation, aggregate, weighted_vote
 from orchestrator.types import Candidate, Completion, FinishReason, Problem, ResultFinish, Role, SamplingSpec, StrategyResult
 from strategies.params import MaxTokens, Sampling
 
 
 def candidate(ctx: StrategyContext, text: str, tokens: int, finish_reason: FinishReason, score: float | None = None) -> Candidate:
-    return Candidate(text=text, answer=ctx.extract(text), tokens=tokens, finish_reason=finish_reason, score=score)
+    """A solution as a candidate. Only a trace the model ended (``stop``) has an answer: one cut by its token
+    bound (``length``) or stopped (``abort``) may show an answer it was about to revise, or half of one."""
+    answer = ctx.extract(text) if finish_reason == "stop" else None
+    return Candidate(text=text, answer=answer, tokens=tokens, finish_reason=finish_reason, score=score)
 
 
 def candidates(ctx: StrategyContext, completions: Sequence[Completion]) -> list[Candidate]:
@@ -87,15 +91,15 @@ class Path:
 
 @dataclass(frozen=True)
 class StepConfig:
-    """How one search step is generated: one line (up to ``step_tokens``) of a solution of at most
-    ``max_tokens`` generated tokens."""
+    """How one search step is generated: up to ``step_tokens`` tokens, ending at ``delimiter`` (the model
+    profile's step delimiter), of a solution of at most ``max_tokens`` generated tokens."""
 
     step_tokens: int
     max_tokens: int
     temperature: float
     top_p: float
     seed: int | None
-    delimiter: str = "\n"
+    delimiter: str
 
 
 class StepSearchParams(Sampling):
@@ -106,9 +110,10 @@ class StepSearchParams(Sampling):
     aggregation: Aggregation = Field("last", description="How a path's step scores become its score.")
     selection: Literal["argmax", "weighted"] = Field("weighted", description="How the answer is chosen among finished paths.")
 
-    def step_config(self, step_tokens: int | None = None) -> StepConfig:
-        """How one step is sampled; ``step_tokens`` overrides the whole-step bound (a partial step)."""
-        return StepConfig(step_tokens or self.step_tokens, self.max_tokens, self.temperature, self.top_p, self.seed)
+    def step_config(self, profile: ModelProfile, step_tokens: int | None = None) -> StepConfig:
+        """How one step of ``profile``'s model is sampled; ``step_tokens`` overrides the whole-step bound (a
+        partial step)."""
+        return StepConfig(step_tokens or self.step_tokens, self.max_tokens, self.temperature, self.top_p, self.seed, profile.step_delimiter)
 
 
 async def extend(
@@ -124,9 +129,11 @@ async def extend(
     """Children of every open parent: ``k`` samples of its next step in one call (siblings share the prefill),
     written by ``role`` (default: the policy).
 
-    A child is finished when it has an answer, when the policy wrote an empty step (it ended), or when it
-    used its ``max_tokens``. Returns the children per parent and whether the budget refused some call
-    (those parents get no children)."""
+    A child is finished when the engine says its sample ended (:func:`ended`), never because an answer
+    can be read in it: a step such as ``3 + 4 = 7`` is not the end of a solution. A child that stopped on
+    the delimiter goes on, even after an empty step; every child has generated at least one token more than
+    its parent, so ``max_tokens`` ends every path. Returns the children per parent and whether the budget
+    refused some call (those parents get no children)."""
     calls = []
     for i, (p, k) in enumerate(parents):
         if k <= 0 or p.done:
@@ -159,14 +166,26 @@ async def extend(
             raise out
         kids = []
         for c in out.completions:
-            tokens = p.tokens + c.tokens
+            # A real engine counts the matched stop token; a step reported as 0 tokens still moves the path on.
+            tokens = p.tokens + max(c.tokens, 1)
             text = p.text + c.text
-            done = ctx.extract(text) is not None or not c.text.strip() or tokens >= cfg.max_tokens or c.finish_reason == "abort"
+            over = ended(c, cfg.delimiter)
+            done = over or tokens >= cfg.max_tokens
             if not done and c.finish_reason == "stop":
-                text += cfg.delimiter  # the stop string is not part of the output; the next step starts a line
-            kids.append(Path(text=text, tokens=tokens, done=done, finish_reason=c.finish_reason, parents=p.parents + (p.text,)))
+                text += cfg.delimiter  # the stop string is not part of the output; the next step starts after it
+            # A path the search cut at max_tokens was not ended by its model: it is truncated, not answered.
+            reason: FinishReason = c.finish_reason if over or not done else "length"
+            kids.append(Path(text=text, tokens=tokens, done=done, finish_reason=reason, parents=p.parents + (p.text,)))
         children.append(kids)
     return children, limited
+
+
+def ended(c: Completion, delimiter: str) -> bool:
+    """Whether the sample behind a step has ended: stopped by EOS or by a stop string other than the step
+    delimiter, or aborted. A step cut by its token bound (``length``) has not: the next step continues it."""
+    if c.finish_reason == "abort":
+        return True
+    return c.finish_reason == "stop" and c.stop_reason != delimiter
 
 
 async def score_paths(ctx: StrategyContext, problem: Problem, paths: Sequence[Path], how: Aggregation, *, hop: int) -> list[Path]:
@@ -199,7 +218,14 @@ def refill(survivors: Sequence[Path], n: int) -> list[tuple[Path, int]]:
 
 
 def path_candidates(ctx: StrategyContext, paths: Sequence[Path]) -> list[Candidate]:
-    return [candidate(ctx, p.text.rstrip("\n"), p.tokens, p.finish_reason, p.score) for p in paths]
+    """The paths as candidates. An open path (the search stopped before its sample ended) has no answer."""
+    delimiter = ctx.tools.profile.step_delimiter
+    out = []
+    for p in paths:
+        text = p.text[: -len(delimiter)] if not p.done and p.text.endswith(delimiter) else p.text
+        c = candidate(ctx, text.rstrip("\n"), p.tokens, p.finish_reason, p.score)
+        out.append(c if p.done else replace(c, answer=None))
+    return out
 
 
 def search_result(

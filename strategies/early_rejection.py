@@ -31,7 +31,7 @@ class Params(beam_search.Params):
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
-    partial = params.step_config(params.tau)
+    partial = params.step_config(ctx.tools.profile, params.tau)
     rest = replace(partial, step_tokens=params.step_tokens - params.tau, seed=None if params.seed is None else params.seed + 1)
     keep = params.n // params.beam_width
     survivors: list[Path] = [Path()]

@@ -7,7 +7,8 @@ whether or not it has an answer (the paper's synchronous variant), and the whole
 The others are aborted the moment the winner is known; what they had generated is still charged and recorded
 (the reference implementation drops it, which understates the real cost). FFS-k@N: wait for the first k
 answered traces, abort the rest, and take the majority among those k. Samples that finish without a parsable
-answer do not count: the winner is the first finisher *with* an answer. When none has one, the first
+answer do not count, nor do samples cut by ``max_tokens`` (a truncated trace is never answered): the winner
+is the first finisher *with* an answer. When none has one, the first
 finisher is returned with answer None.
 """
 
@@ -22,7 +23,7 @@ from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
 from orchestrator.strategy import StrategySpec
 from orchestrator.types import Candidate, FinishReason, Problem, StrategyResult
-from strategies.common import majority, result
+from strategies.common import candidate, majority, result
 from strategies.params import Sampling, Seed, Temperature, TopP
 
 
@@ -49,7 +50,7 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
     async with ctx.race(specs, stage="sample") as race:
         async for f in race:
             c = f.generation.completions[0]
-            if c.finish_reason != "abort" and ctx.extract(c.text) is not None:
+            if candidate(ctx, c.text, c.tokens, c.finish_reason).answer is not None:
                 answered.append(f.index)
             if len(answered) >= params.k:
                 if race.running:
@@ -58,12 +59,7 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
     results = race.results
     if not results:
         raise BudgetExceeded("the budget had no room for a single sample")
-    candidates = tuple(
-        Candidate(text=c.text, answer=ctx.extract(c.text) if c.finish_reason != "abort" else None, tokens=c.tokens, finish_reason=c.finish_reason)
-        for i in range(params.n)
-        if i in results
-        for c in results[i].completions
-    )
+    candidates = tuple(candidate(ctx, c.text, c.tokens, c.finish_reason) for i in range(params.n) if i in results for c in results[i].completions)
     index = {i: pos for pos, i in enumerate(i for i in range(params.n) if i in results)}
     # Among the first k answered, the majority (ties to the earliest); the first finisher when none answered.
     first = answered[: params.k] or race.order[:1]
@@ -90,10 +86,7 @@ async def _run_sync(problem: Problem, ctx: StrategyContext, params: Params) -> S
             stopped = True
             ctx.emit({"stage": "abort", "winners": order[: params.k]})
             await stream.stop()  # the stream ends once the engine has let the batch go
-    cands = tuple(
-        Candidate(text=t, answer=ctx.extract(t) if r not in (None, "abort") else None, tokens=n, finish_reason=r or "abort")
-        for t, n, r in zip(texts, tokens, reasons)
-    )
+    cands = tuple(candidate(ctx, t, n, r or "abort") for t, n, r in zip(texts, tokens, reasons))
     first = order[: params.k] or [0]
     pos, votes = _vote([cands[i] for i in first])
     aborted = [i for i, c in enumerate(cands) if c.finish_reason == "abort"]

@@ -3,20 +3,36 @@
 A strategy's ``Params`` subclasses :class:`Sampling` and changes a default by re-annotating the field with
 its type alias (``temperature: Temperature = 0.6``): the bounds travel with the alias, so they are never
 re-declared, and a new description may be given with ``Field(0.6, description=...)``.
+
+``max_tokens`` belongs to the served model: validated with the model's profile in the validation context
+(``Params.model_validate(raw, context={"profile": profile})``, as the controller does), a request that
+gives no ``max_tokens`` gets the profile's ``max_tokens`` and one may ask for at most its
+``max_tokens_cap``. Without a profile the bundled one's bounds hold (256, at most 4096).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from orchestrator.profile import VALIDATION_KEY, ModelProfile
 from orchestrator.types import SamplingSpec
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="Sampling temperature.")]
 TopP = Annotated[float, Field(gt=0.0, le=1.0, description="Nucleus sampling mass.")]
-MaxTokens = Annotated[int, Field(ge=1, le=4096, description="Most new tokens per sample.")]
+# The upper bound is the model profile's `max_tokens_cap` (see the module docstring), not a constant here.
+MaxTokens = Annotated[int, Field(ge=1, description="Most new tokens per sample (default and cap: the model profile's).")]
 Seed = Annotated[int | None, Field(description="Engine seed; None for fresh randomness.")]
+
+_BUNDLED = ModelProfile(name="bundled")
+
+
+def profile_of(info: ValidationInfo) -> ModelProfile | None:
+    """The model profile a validation was given in its context, if any."""
+    ctx = info.context
+    profile = ctx.get(VALIDATION_KEY) if isinstance(ctx, dict) else None
+    return profile if isinstance(profile, ModelProfile) else None
 
 
 class Sampling(BaseModel):
@@ -28,6 +44,23 @@ class Sampling(BaseModel):
     top_p: TopP = 1.0
     max_tokens: MaxTokens = 256
     seed: Seed = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_default(cls, data: Any, info: ValidationInfo) -> Any:
+        # Only a request that says nothing gets the profile's default; an explicit value is checked below.
+        profile = profile_of(info)
+        if profile is not None and isinstance(data, dict) and "max_tokens" not in data:
+            return {**data, "max_tokens": profile.max_tokens}
+        return data
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _within_cap(cls, v: int, info: ValidationInfo) -> int:
+        profile = profile_of(info) or _BUNDLED
+        if v > profile.max_tokens_cap:
+            raise ValueError(f"max_tokens {v} exceeds {profile.max_tokens_cap}, the cap of model profile {profile.name!r}")
+        return v
 
     def seed_at(self, offset: int) -> int | None:
         """The seed of a call ``offset`` away from the request's (None when the request has none)."""

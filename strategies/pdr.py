@@ -3,7 +3,10 @@
 PDR runs rounds of ``schedule`` drafts (default 8, 4, 1). Round 1 answers the question; every later round
 refines from a *workspace* distilled from the previous round's drafts, never from the drafts' full text, and
 the workspace is bounded: it never exceeds ``kappa`` tokens (pieces that would cross the bound are left
-out). The last round's answer is the result (its majority when it has several drafts).
+out; when not even the first fits, its head is kept with the mark ``[... truncated]``, counted in the
+round's ``truncated``, so a refinement never starts from a silently empty workspace). The last round's
+answer is the result (its majority when it has several drafts). A refiner that asks in chat messages
+(``refine_messages``) has them rendered through the policy's chat template.
 
 Distill operators (``distill``):
 
@@ -16,7 +19,8 @@ Distill operators (``distill``):
 
 "Best" is ranked by ``rank_by``: ``vote`` (drafts whose answer more drafts share first; needs no model),
 ``prm`` (aggregated step scores) or ``judge``. SR is the one-candidate case: one draft, refined
-``rounds - 1`` times, each time from a workspace of the previous draft alone.
+``rounds - 1`` times, each time from a workspace of the previous draft alone (the refiner's summary of one
+draft: the draft itself for the text refiner).
 
 Both budgets of the paper are reported: ``sequential_tokens`` (prompt + completion of the longest call of
 every round, summed: the latency proxy) and the total (``usage`` plus verifier tokens: the cost proxy).
@@ -97,6 +101,7 @@ async def _refine(
     drafts: list[Candidate] = []
     rounds: list[dict[str, object]] = []
     limited = False
+    truncated = 0  # workspaces where not one piece fitted in kappa whole
     for r, m in enumerate(schedule):
         if r == 0:
             workspaces = [Workspace("", 0)]
@@ -110,8 +115,11 @@ async def _refine(
         except BudgetExceeded:
             limited = True
             break
-        sizes = list(dict(workspaces).values())  # one size per distinct workspace
-        rounds.append({"round": r, "drafts": len(new), "workspace_tokens": sizes, "answers": [c.answer for c in new]})
+        distinct = list({w.text: w for w in workspaces}.values())
+        sizes = [w.tokens for w in distinct]  # one size per distinct workspace
+        cut = sum(w.truncated for w in distinct)
+        truncated += cut
+        rounds.append({"round": r, "drafts": len(new), "workspace_tokens": sizes, "truncated": cut, "answers": [c.answer for c in new]})
         ctx.emit({"stage": "round", "round": r, "drafts": len(new), "leader": majority(new).answer})
         drafts = new
         if len(new) < m:  # the budget cut the round short
@@ -119,7 +127,7 @@ async def _refine(
             break
     if not drafts:
         raise BudgetExceeded("the budget had no room for a single draft")
-    info = {"rounds": len(rounds), "schedule": list(schedule), "distill": distill, "kappa": params.kappa}
+    info = {"rounds": len(rounds), "schedule": list(schedule), "distill": distill, "kappa": params.kappa, "truncated_workspaces": truncated}
     return result(majority(drafts), drafts, trace=rounds, info=info, **({"finish_reason": "budget"} if limited else {}))
 
 
@@ -130,14 +138,18 @@ async def _round(ctx: StrategyContext, problem: Problem, params: _Sampling, work
     def spec(prompt: str, n: int, i: int) -> SamplingSpec:
         return params.sampling(prompt, n=n, seed_offset=1000 * r + i)
 
-    def prompt(ws: str) -> str:
-        return problem.prompt if r == 0 else refiner.refine_prompt(problem.text, ws)
+    async def prompt(ws: str) -> str:
+        if r == 0:
+            return problem.prompt
+        messages = refiner.refine_messages(problem.text, ws)
+        return refiner.refine_prompt(problem.text, ws) if messages is None else await ctx.render_chat(messages)
 
     if len(workspaces) == 1:
-        gen = await ctx.generate(spec(prompt(workspaces[0]), m, 0), stage=f"round{r}", hop=2 * r)
+        gen = await ctx.generate(spec(await prompt(workspaces[0]), m, 0), stage=f"round{r}", hop=2 * r)
         return [candidate(ctx, c.text, c.tokens, c.finish_reason) for c in gen.completions]
+    prompts = [await prompt(w) for w in workspaces]
     outs = await asyncio.gather(
-        *(ctx.generate(spec(prompt(w), 1, j), stage=f"round{r}", branch=str(j), hop=2 * r) for j, w in enumerate(workspaces)),
+        *(ctx.generate(spec(p, 1, j), stage=f"round{r}", branch=str(j), hop=2 * r) for j, p in enumerate(prompts)),
         return_exceptions=True,
     )
     for o in outs:
@@ -185,10 +197,15 @@ async def _own_workspace(
 class Workspace(NamedTuple):
     text: str
     tokens: int  # policy tokens, as counted when it was bounded
+    truncated: bool = False  # its first piece did not fit whole: only its head is shown
+
+
+TRUNCATED = "[... truncated]"
 
 
 async def _bounded(ctx: StrategyContext, pieces: Sequence[str], kappa: int) -> Workspace:
-    """The longest prefix of ``pieces`` (joined by newlines) that is at most ``kappa`` policy tokens."""
+    """The longest prefix of ``pieces`` (joined by newlines) that is at most ``kappa`` policy tokens; when
+    not even the first piece fits, that piece's longest head that fits with the mark :data:`TRUNCATED`."""
     kept: list[str] = []
     size = 0
     for piece in pieces:
@@ -197,7 +214,32 @@ async def _bounded(ctx: StrategyContext, pieces: Sequence[str], kappa: int) -> W
             break
         kept.append(piece)
         size = tokens
+    if not kept and pieces:
+        # An empty workspace would make the refinement a fresh draft that is reported as a refinement.
+        return await _head(ctx, pieces[0], kappa)
     return Workspace("\n".join(kept), size)
+
+
+async def _head(ctx: StrategyContext, piece: str, kappa: int) -> Workspace:
+    """The longest head of ``piece`` that, marked as cut, is at most ``kappa`` tokens (bisected on
+    characters; counting tokens is free). Without room even for the mark, the bare head that fits."""
+
+    def cut(n: int, mark: bool) -> str:
+        head = piece[:n].rstrip()
+        return f"{head}\n{TRUNCATED}" if mark and head else (TRUNCATED if mark else head)
+
+    for mark in (True, False):
+        lo, hi, best = 0, len(piece) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            tokens = await ctx.tokens(cut(mid, mark))
+            if tokens <= kappa:
+                best, lo = Workspace(cut(mid, mark), tokens, truncated=True), mid + 1
+            else:
+                hi = mid - 1
+        if best is not None and best.text:
+            return best
+    return Workspace("", 0, truncated=True)
 
 
 SPEC = StrategySpec(

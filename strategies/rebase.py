@@ -1,6 +1,6 @@
 """REBASE: reward-balanced tree search. The PRM's scores decide how many children each open node gets.
 
-The root is expanded into ``width`` children. At every depth, finished children (an answer, an ended trace,
+The root is expanded into ``width`` children. At every depth, finished children (the model ended its trace,
 or ``max_tokens`` used) each take one unit of the width for good; the remaining width is shared among the
 open nodes of the depth by a softmax of their PRM scores at temperature ``softmax_temperature``
 (:func:`allocate`), and each open node is expanded into its share of children. The search ends when no width
@@ -72,7 +72,7 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
 
 async def search(problem: Problem, ctx: StrategyContext, params: Params, prune: Prune) -> StrategyResult:
     """The REBASE tree loop; ``prune`` decides, at every depth, which open nodes grow by how much."""
-    cfg = params.step_config()
+    cfg = params.step_config(ctx.tools.profile)
     remaining = params.width
     frontier: list[Path] = [Path()]
     shares = [params.width]

@@ -1,11 +1,24 @@
 """Judges of solutions: answer equivalence, process reward models, an outcome judge, step clustering."""
 
-from verifiers.answers import ANSWER_VERIFIERS, MathAnswerVerifier, TaskAnswerVerifier, answer_verifier
+from verifiers.answers import (
+    ANSWER_VERIFIERS,
+    BoxedAnswerVerifier,
+    FinalPartVerifier,
+    MathAnswerVerifier,
+    RegexAnswerVerifier,
+    TaskAnswerVerifier,
+    answer_verifier,
+    verifier_for,
+)
 from verifiers.pooling_prm import PoolingPRM, PoolingPRMFormat
 from verifiers.prm import JudgeFormat, MathShepherdPRM, OutcomeJudge, PRMFormat, StepScores
 from verifiers.refine import TaskRefiner, TextRefiner
 
 __all__ = [
+    "BoxedAnswerVerifier",
+    "FinalPartVerifier",
+    "RegexAnswerVerifier",
+    "verifier_for",
     "ANSWER_VERIFIERS",
     "JudgeFormat",
     "MathAnswerVerifier",

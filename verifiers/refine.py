@@ -2,7 +2,9 @@
 
 :class:`TaskRefiner` speaks the bundled task's workspace format, the one the bundled target was trained to
 refine from (``tasks.arithmetic.refine_prompt``). :class:`TextRefiner` is task-agnostic: its global summary is
-the tally of the drafts' final answers with one supporting line each, for any model that reads plain text.
+the tally of the drafts' final answers with one supporting line each, for any model that reads plain text;
+for a chat model it asks as a user message (:meth:`TextRefiner.refine_messages`), which the strategy renders
+through the policy's chat template.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Sequence
 
+from orchestrator.profile import ModelProfile
 from orchestrator.protocols import AnswerVerifier
 from tasks import arithmetic as task
 from verifiers.answers import TaskAnswerVerifier
@@ -35,20 +38,33 @@ class TaskRefiner:
     def refine_prompt(self, question: str, workspace: str) -> str:
         return f"{question}\n{workspace}\n" if workspace else task.prompt_for(question)
 
+    def refine_messages(self, question: str, workspace: str) -> list[dict[str, str]] | None:
+        """None: the bundled target reads :meth:`refine_prompt` as it is, the format it was trained on."""
+        return None
+
 
 class TextRefiner:
     """A task-agnostic workspace: answers with their counts (most agreed first), each with the last line of
-    its first draft as support, and how many drafts reached no answer."""
+    its first draft as support, and how many drafts reached no answer. A single draft (Sequential
+    Refinement) is shown itself: a tally of one answer would hide the very solution being refined.
 
-    def __init__(self, verifier: AnswerVerifier) -> None:
+    With ``profile`` given, a draft is shown by its final part (after the reasoning span) when it has one:
+    a reasoning model's thinking would fill any workspace bound before its conclusion. With ``chat`` the
+    refine request is a user message (:meth:`refine_messages`) for the policy's chat template."""
+
+    def __init__(self, verifier: AnswerVerifier, *, profile: ModelProfile | None = None, chat: bool = False) -> None:
         self.verifier = verifier
+        self.profile = profile
+        self.chat = chat
 
     def summary(self, question: str, drafts: Sequence[str]) -> list[str]:
+        if len(drafts) == 1:
+            return [self.draft_block(0, drafts[0])]  # one piece: the bound truncates it visibly, never drops it
         answers = [self.verifier.extract(d) for d in drafts]
         counts = Counter(a for a in answers if a is not None)
         lines = [f"Summary of {len(drafts)} drafts:"]
         for answer, count in counts.most_common():
-            support = next(d for d, a in zip(drafts, answers) if a == answer).strip().split("\n")
+            support = self._shown(next(d for d, a in zip(drafts, answers) if a == answer)).split("\n")
             lines.append(f"- answer {answer} ({count} of {len(drafts)}); e.g. {support[-2] if len(support) > 1 else support[-1]}")
         missing = sum(a is None for a in answers)
         if missing:
@@ -56,10 +72,21 @@ class TextRefiner:
         return lines
 
     def draft_block(self, index: int, draft: str) -> str:
-        return f"Draft {index + 1}:\n{draft.strip()}"
+        return f"Draft {index + 1}:\n{self._shown(draft)}"
+
+    def _shown(self, draft: str) -> str:
+        if self.profile is None:
+            return draft.strip()
+        reasoning, final = self.profile.split_reasoning(draft)
+        return (final or reasoning or draft).strip()
 
     def refine_prompt(self, question: str, workspace: str) -> str:
         if not workspace:
             return f"{question}\n"
         return f"{question}\n\nEarlier attempts:\n{workspace}\n\nWrite a complete, corrected solution.\n"
 
+    def refine_messages(self, question: str, workspace: str) -> list[dict[str, str]] | None:
+        """The refine request as chat messages (with ``chat``), else None: send :meth:`refine_prompt` raw."""
+        if not self.chat:
+            return None
+        return [{"role": "user", "content": self.refine_prompt(question, workspace).strip("\n")}]

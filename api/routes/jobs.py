@@ -70,7 +70,7 @@ async def submit(body: JobRequest, controller: ControllerDep, settings: Settings
         if cell.strategy not in REGISTRY:
             raise InvalidRequest(f"unknown strategy {cell.strategy!r}; available: {sorted(REGISTRY)}", param="strategies")
         try:
-            controller.limits.check(REGISTRY[cell.strategy].params.model_validate(dict(cell.params)))
+            controller.limits.check(REGISTRY[cell.strategy].parse(cell.params, profile=controller.tools.profile))
         except ValidationError as err:
             raise InvalidRequest(f"params.{cell.strategy}: {err.errors()[0]['msg']}", param=f"params.{cell.strategy}") from None
     unknown = set(body.params) - set(body.strategies)

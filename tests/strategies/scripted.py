@@ -1,4 +1,7 @@
-"""A scripted engine for unit tests of strategy logic: solutions written line by line, words as tokens."""
+"""A scripted engine for unit tests of strategy logic: solutions written line by line, words as tokens.
+
+A step line stops on the call's stop string (its ``stop_reason``), the ``Answer`` line ends the trace (EOS:
+``stop_reason`` None), as the bundled models write."""
 
 from __future__ import annotations
 
@@ -6,13 +9,14 @@ from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Completion, Generation, Usage
-from verifiers import TaskAnswerVerifier
+from orchestrator.profile import BUNDLED
+from verifiers.answers import verifier_for
 
 
 class StepEngine:
     """The prompt is ``q\\n`` plus the lines written so far. Completion j of a call writes the next line:
     ``sD-good`` when j is even, ``sD-bad`` when odd (D: lines so far); after ``depth`` lines it writes
-    ``Answer: A`` where A counts the good lines. Every line costs 2 tokens; every call is recorded."""
+    ``Answer: A`` where A counts the good lines, then EOS. Every line costs 2 tokens; every call is recorded."""
 
     def __init__(self, depth: int = 3) -> None:
         self.depth = depth
@@ -25,17 +29,25 @@ class StepEngine:
         outs = []
         for j in range(spec.n):
             if len(lines) >= self.depth or "Workspace" in prompt or "Draft" in prompt:
-                text = f"Answer: {sum('good' in ln for ln in lines) + (j % 2)}"
+                text, reason = f"Answer: {sum('good' in ln for ln in lines) + (j % 2)}", None
             else:
-                text = f"s{len(lines)}-{'good' if j % 2 == 0 else 'bad'}"
-            outs.append(Completion(text, 2, "stop"))
+                text, reason = f"s{len(lines)}-{'good' if j % 2 == 0 else 'bad'}", delimiter_stop(spec)
+            outs.append(Completion(text, 2, "stop", stop_reason=reason))
         return Generation(tuple(outs), Usage(prompt_tokens=len(prompt.split()), completion_tokens=2 * spec.n), worker="scripted-0")
 
     async def tokenize(self, role, text):
         return text.split()
 
+    async def render_chat(self, role, messages):
+        return "".join(f"<{m['role']}> {m['content']}\n" for m in messages) + "<assistant>\n"
+
     async def abort(self, ids):
         pass
+
+
+def delimiter_stop(spec):
+    """What a step line that ran to its end stopped on: the call's first stop string (EOS without one)."""
+    return spec.stop[0] if spec.stop else None
 
 
 class WordPRM:
@@ -45,14 +57,16 @@ class WordPRM:
         return tuple(0.9 if "good" in ln else 0.2 for ln in solution.split("\n") if ln.strip())
 
 
-def context(engine, *, total_tokens=None, target_model="", **tools):
-    """A strategy context over ``engine``; ``tools`` are the toolbox's capabilities (step_scorer=, ...)."""
+def context(engine, *, total_tokens=None, target_model="", profile=None, **tools):
+    """A strategy context over ``engine``; ``tools`` are the toolbox's capabilities (step_scorer=, ...).
+    ``profile`` (default: the bundled one) also chooses the answer verifier, as the server does."""
     calls = []
 
     async def sink(call):
         calls.append(call)
 
-    toolbox = Toolbox(verifier=TaskAnswerVerifier(), **tools)
+    profile = profile or BUNDLED["bundled"]
+    toolbox = Toolbox(verifier=tools.pop("verifier", None) or verifier_for(profile), profile=profile, **tools)
     ctx = StrategyContext(engine=engine, tools=toolbox, sink=sink, meter=BudgetMeter(Budget(total_tokens)), target_model=target_model)
     return ctx, calls
 
@@ -83,6 +97,7 @@ class WordStepEngine(StepEngine):
                 todo = full
                 text = " ".join(text_words)
             finish = "length" if len(text_words) < len(todo) else "stop"
-            outs.append(Completion(text, len(text_words), finish))
+            reason = None if finish == "length" or full[0] == "Answer:" else delimiter_stop(spec)
+            outs.append(Completion(text, len(text_words), finish, stop_reason=reason))
             total += len(text_words)
         return Generation(tuple(outs), Usage(prompt_tokens=len(spec.prompt.split()), completion_tokens=total), worker="scripted-0")

@@ -51,11 +51,12 @@ class DraftTarget:
     async def generate(self, role, spec):
         lines = [ln for ln in spec.prompt.split("\n")[1:] if ln]
         if len(lines) >= self.depth:
-            text = f"Answer: {sum('good' in ln for ln in lines)}"
+            text, reason = f"Answer: {sum('good' in ln for ln in lines)}", None  # then EOS
         else:
-            text = f"s{len(lines)} {'bad' if role == 'draft' else 'good'}"
+            text, reason = f"s{len(lines)} {'bad' if role == 'draft' else 'good'}", spec.stop[0]
         self.calls.append((role, "generate"))
-        return Generation(tuple(Completion(text, 2, "stop") for _ in range(spec.n)), Usage(len(spec.prompt.split()), 2 * spec.n))
+        comps = tuple(Completion(text, 2, "stop", stop_reason=reason) for _ in range(spec.n))
+        return Generation(comps, Usage(len(spec.prompt.split()), 2 * spec.n))
 
     async def score(self, role, spec):
         words = spec.prompt.split()

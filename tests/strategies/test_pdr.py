@@ -69,3 +69,43 @@ def test_pdr_needs_a_refiner():
         asyncio.run(spec.run(Problem("q\n"), ctx, spec.params()))
     assert engine.calls == []
     assert spec.needs(spec.params(distill="shared_top_k", rank_by="prm")) == {"refiner", "prm"}
+
+
+def test_sequential_refinement_shows_the_text_refiner_the_draft_it_refines():
+    result, engine, *_ = run("sequential_refinement", rounds=2, kappa=64)
+    first, refine = engine.calls
+    assert refine.prompt.startswith("q\n\nEarlier attempts:\nDraft 1:\n")
+    assert " ".join(["w"] * 30) + "\nAnswer: 0" in refine.prompt  # the draft itself, not a tally of it
+    assert result.trace[1]["truncated"] == 0
+
+
+@pytest.mark.parametrize("name, params", [("sequential_refinement", {"rounds": 2}), ("pdr", {"schedule": [2, 1], "distill": "shared_top_k", "k": 1})])
+def test_a_draft_longer_than_kappa_is_cut_visibly_never_dropped(name, params):
+    result, engine, *_ = run(name, kappa=12, **params)
+    refine = engine.calls[-1].prompt
+    workspace = refine.split("Earlier attempts:\n", 1)[1].split("\n\nWrite", 1)[0]
+    assert workspace.startswith("Draft 1:\nw w") and workspace.endswith("[... truncated]")
+    assert len(workspace.split()) <= 12  # still within kappa, the mark included
+    assert result.trace[1]["truncated"] == 1 and result.info["truncated_workspaces"] == 1
+    assert result.trace[1]["workspace_tokens"] == [len(workspace.split())]
+
+
+def test_a_chat_refiner_is_rendered_through_the_chat_template():
+    from orchestrator.profile import BUNDLED
+
+    profile = BUNDLED["r1-distill"]
+    engine = LongEngine()
+    ctx, _ = context(engine, profile=profile, refiner=TextRefiner(TaskAnswerVerifier(), profile=profile, chat=True))
+    spec = REGISTRY["sequential_refinement"]
+    asyncio.run(spec.run(Problem("<user> q\n<assistant>\n", question="q"), ctx, spec.params(rounds=2, kappa=64)))
+    refine = engine.calls[-1].prompt
+    assert refine.startswith("<user> q\n\nEarlier attempts:\nDraft 1:\n") and refine.endswith("<assistant>\n")
+
+
+def test_text_refiner_shows_a_reasoning_draft_by_its_conclusion():
+    from orchestrator.profile import BUNDLED
+
+    refiner = TextRefiner(TaskAnswerVerifier(), profile=BUNDLED["r1-distill"])
+    assert refiner.draft_block(0, "long thinking\n</think>\n\nAnswer: 3") == "Draft 1:\nAnswer: 3"
+    assert refiner.draft_block(1, "thinking, never closed") == "Draft 2:\nthinking, never closed"
+    assert TextRefiner(TaskAnswerVerifier()).refine_messages("q", "ws") is None
