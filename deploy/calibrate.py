@@ -66,9 +66,10 @@ async def collect(
     async def one(k: int, q: str) -> list[float]:
         async with sem:
             ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier(), draft_model=draft_model), sink=drop, target_model=target_model)
-            prompt = await engine.render_chat("policy", [{"role": "user", "content": q}])
+            messages = ({"role": "user", "content": q},)
+            prompt = await engine.render_chat("policy", messages)
             own = params.model_copy(update={"seed": problem_seed(params.seed, k)})
-            scores = await atts.calibration_scores(ctx, Problem(prompt=prompt, question=q), own)
+            scores = await atts.calibration_scores(ctx, Problem(prompt=prompt, question=q, messages=messages), own)
         bar.update()
         return scores
 

@@ -240,7 +240,8 @@ class Controller:
             job.on_event({"stage": "started", "request_id": job.request_id})
         start = time.perf_counter()
         try:
-            result = await job.spec.run(Problem(prompt=job.prompt, question=question), ctx, job.params)
+            messages = tuple(job.req.messages) if job.req.prompt is None else ()
+            result = await job.spec.run(Problem(prompt=job.prompt, question=question, messages=messages), ctx, job.params)
         except BudgetExceeded as err:
             result = StrategyResult(text="", answer=None, finish_reason="budget", info={"budget": err.message})
         latency = time.perf_counter() - start

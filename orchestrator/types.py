@@ -151,6 +151,9 @@ class Problem:
 
     prompt: str
     question: str = ""
+    # The chat the prompt was rendered from (empty for a raw prompt): another model of another family (a
+    # draft) renders it with its own template rather than continue the policy's rendering.
+    messages: tuple[dict[str, str], ...] = ()
 
     @property
     def text(self) -> str:

@@ -86,10 +86,20 @@ class Sample:
         return sum(1 for t in self.turns if t["rejected"])
 
 
+async def for_draft(ctx: StrategyContext, problem: Problem) -> Problem:
+    """``problem`` as the draft reads it: the chat rendered by the draft's own template (a draft of another
+    family must not continue the policy's rendering); a raw prompt is continued as it is by both."""
+    if not problem.messages:
+        return problem
+    return replace(problem, prompt=await ctx.render_chat(problem.messages, role="draft"))
+
+
 async def run_sample(
-    ctx: StrategyContext, problem: Problem, params: Params, index: int, ordered: Sequence[float] | None
+    ctx: StrategyContext, problem: Problem, params: Params, index: int, ordered: Sequence[float] | None, *, drafted: Problem | None = None
 ) -> Sample:
-    """Sample ``index``'s loop. ``ordered`` None calibrates: every draft chunk is scored and kept."""
+    """Sample ``index``'s loop (``drafted``: the problem as the draft reads it, see :func:`for_draft`).
+    ``ordered`` None calibrates: every draft chunk is scored and kept."""
+    drafting = drafted or problem
     seed = None if params.seed is None else params.seed + 1_000_003 * index
     cfg = StepConfig(params.chunk_tokens, params.max_tokens, params.temperature, params.top_p, seed, ctx.tools.profile.step_delimiter)
     rng = random.Random(f"{params.seed}/{index}") if params.seed is not None else random.Random()
@@ -97,11 +107,11 @@ async def run_sample(
     branch = str(index)
     for turn in range(params.max_turns):
         hop = 3 * turn
-        drafted, limited = await extend(ctx, problem, [(out.path, 1)], cfg, hop=hop, stage="draft", role="draft")
-        if limited or not drafted[0]:
+        written, limited = await extend(ctx, drafting, [(out.path, 1)], cfg, hop=hop, stage="draft", role="draft")
+        if limited or not written[0]:
             out.limited = True
             break
-        draft = drafted[0][0]
+        draft = written[0][0]
         chunk = draft.text[len(out.path.text) :]
         if not chunk:  # the draft ended the solution (EOS): nothing to score
             out.path = draft
@@ -139,8 +149,10 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
             param="strategy_params.dataset",
         )
 
+    drafted = await for_draft(ctx, problem)
+
     async def one(i: int) -> Sample:
-        s = await run_sample(ctx, problem, params, i, ordered)
+        s = await run_sample(ctx, problem, params, i, ordered, drafted=drafted)
         ctx.emit({"stage": "sample", "sample": i, "answer": path_candidates(ctx, [s.path])[0].answer, "turns": len(s.turns), "rejected": s.rejected})
         return s
 
@@ -169,7 +181,8 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
 async def calibration_scores(ctx: StrategyContext, problem: Problem, params: Params) -> list[float]:
     """Scores of the draft's chunks on ``problem`` with nothing rejected (the draft writes every chunk), as
     a calibration set needs them: ``n`` samples of up to ``max_turns`` chunks."""
-    samples = await asyncio.gather(*(run_sample(ctx, problem, params, i, None) for i in range(params.n)))
+    drafted = await for_draft(ctx, problem)
+    samples = await asyncio.gather(*(run_sample(ctx, problem, params, i, None, drafted=drafted) for i in range(params.n)))
     return [x for s in samples for x in s.scores]
 
 

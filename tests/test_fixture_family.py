@@ -43,15 +43,16 @@ def family(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fixture_service(family, tmp_path_factory):
-    """The whole service on the fixture family, from a workers file and a profile file only."""
+    """The whole service on the fixture family, from a workers file and a profile file only (eager engines:
+    these shapes are compiled nowhere else in the suite, and their speed is beside the point)."""
     from deploy.serve import ServiceThread
     from orchestrator.config import get_settings
 
     d = tmp_path_factory.mktemp("operator")
     (d / "workers.toml").write_text(
-        f'[roles.policy]\nmodel = "{family.policy}"\nmax_model_len = 512\nmax_num_seqs = 16\n\n'
-        f'[roles.draft]\nmodel = "{family.draft}"\nmax_model_len = 512\nmax_num_seqs = 16\n\n'
-        f'[roles.prm]\nmodel = "{family.prm}"\nrunner = "pooling"\nstep_tag = "<extra_0>"\nmax_model_len = 160\nmax_num_seqs = 8\n\n'
+        f'[roles.policy]\nmodel = "{family.policy}"\nmax_model_len = 512\nmax_num_seqs = 16\nenforce_eager = true\n\n'
+        f'[roles.draft]\nmodel = "{family.draft}"\nmax_model_len = 512\nmax_num_seqs = 16\nenforce_eager = true\n\n'
+        f'[roles.prm]\nmodel = "{family.prm}"\nrunner = "pooling"\nstep_tag = "<extra_0>"\nmax_model_len = 160\nmax_num_seqs = 8\nenforce_eager = true\n\n'
         "[roles.embedder]\n"
     )
     (d / "profile.toml").write_text(PROFILE)

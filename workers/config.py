@@ -95,6 +95,11 @@ class RoleConfig(BaseModel):
     block_size: int | None = Field(
         None, ge=1, description="KV-cache block size in tokens; None: vLLM's own. On CPU it must be a multiple of 32."
     )
+    enforce_eager: bool = Field(
+        False,
+        description="Skip torch.compile (and CUDA graphs): starts faster, decodes slower. Measured on CPU, bundled target, "
+        "cold cache: start 35 s eager vs 62 s compiled, decode 1777 vs 3315 tokens/s (a warm compile cache starts in 32 s).",
+    )
 
     @model_validator(mode="after")
     def _one_backend(self) -> RoleConfig:

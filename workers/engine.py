@@ -60,6 +60,7 @@ class EngineConfig:
     trust_remote_code: bool = False
     max_logprobs: int | None = None
     block_size: int | None = None
+    enforce_eager: bool = False
 
 
 def resolve_dtype(config: EngineConfig, *, cpu: bool) -> str:
@@ -184,6 +185,7 @@ class VllmEngine:
             gpu_memory_utilization=config.gpu_memory_utilization,
             tensor_parallel_size=config.tensor_parallel_size,
             trust_remote_code=config.trust_remote_code,
+            enforce_eager=config.enforce_eager,
             disable_log_stats=True,  # our own logger below still receives every snapshot
             **optional,
         )

@@ -155,6 +155,7 @@ _ENGINE_FIELDS = {
     "trust_remote_code",
     "max_logprobs",
     "block_size",
+    "enforce_eager",
 }
 
 

@@ -95,8 +95,8 @@ EVERY_STRATEGY = {
     "early_rejection": ({"n": 2, "beam_width": 1, "max_steps": 3}, {"partial", "score"}),
     "rebase": ({"width": 2, "max_depth": 3}, {"expand", "score"}),
     "ets": ({"width": 2, "max_depth": 3}, {"expand", "score"}),
-    "pdr": ({"schedule": [2, 1], "max_tokens": 48}, {"distill"}),
-    "sequential_refinement": ({"rounds": 2, "max_tokens": 48}, set()),
+    "pdr": ({"schedule": [2, 1], "max_tokens": 48}, {"round0", "round1"}),
+    "sequential_refinement": ({"rounds": 2, "max_tokens": 48}, {"round0", "round1"}),
     "atts": ({"n": 1, "max_turns": 3}, {"draft", "verify"}),  # the target's scoring is outside 2 * n * max_tokens
 }
 

@@ -142,3 +142,32 @@ def test_a_seeded_batch_gives_each_problem_its_own_reproducible_seed():
     # width limit 64), hops (3 per turn, 16 turns) and parents (104729 each, up to 64).
     offsets = {1_000_003 * s + 7919 * h + 104729 * i for s in range(64) for h in range(48) for i in range(64)}
     assert max(offsets) < seeds[1] - seeds[0]
+
+
+class TwoFamilies(DraftTarget):
+    """Draft and target with different chat templates: each renders the chat its own way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[tuple[str, str]] = []
+
+    async def render_chat(self, role, messages):
+        return f"<{role}-template> " + " ".join(m["content"] for m in messages) + "\n"
+
+    async def generate(self, role, spec):
+        self.prompts.append((role, spec.prompt))
+        return await super().generate(role, spec)
+
+
+def test_a_draft_of_another_family_reads_the_chat_in_its_own_template(store):
+    asyncio.run(store.calibration.add_scores(NAME, scores=[math.exp(0.1)] * 30, model="d->t", keep=100))
+    engine = TwoFamilies()
+    ctx, _ = context(engine, draft_model="d", target_model="t", calibration=store.calibration)
+    messages = ({"role": "user", "content": "q"},)
+    policy_prompt = asyncio.run(engine.render_chat("policy", messages))
+    out = asyncio.run(atts.run(Problem(prompt=policy_prompt, question="q", messages=messages), ctx, atts.Params(seed=1, n=1, alpha=0.1)))
+    assert out.answer == "3"
+    drafts = [p for role, p in engine.prompts if role == "draft"]
+    targets = [p for role, p in engine.prompts if role == "policy"]
+    assert drafts and all(p.startswith("<draft-template> q\n") for p in drafts)
+    assert targets and all(p.startswith("<policy-template> q\n") for p in targets)
