@@ -99,3 +99,16 @@ def test_serve_refuses_a_bad_workers_file_with_a_clear_message(tmp_path):
     )  # fmt: skip
     assert out.returncode == 2
     assert "no Hugging Face model directory" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "profile, needle",
+    [("nope", "unknown model profile 'nope' (TTS_PROFILE)"), ("{bad}", "answer = \"regex\" needs `answer_pattern`")],
+)
+def test_serve_refuses_a_bad_profile_naming_the_setting(tmp_path, profile, needle):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('answer = "regex"\n')
+    env = {**os.environ, "TTS_PROFILE": profile.format(bad=bad)}
+    out = subprocess.run([sys.executable, "-m", "deploy.serve", "--port", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert needle in out.stderr and "TTS_PROFILE" in out.stderr and "Traceback" not in out.stderr
