@@ -79,15 +79,31 @@ def pool_config(settings: Settings) -> PoolConfig:
     return config.model_copy(update={"call_timeout_s": settings.call_timeout_s}) if settings.workers_file is None else config
 
 
+def check_prm_kind(config: PoolConfig, profile: ModelProfile) -> None:
+    """Refuse a profile whose PRM kind the ``prm`` role's model cannot be (before any engine starts)."""
+    role = config.roles.get("prm")
+    kind = profile.prm.kind
+    if role is None or kind == "auto" or (kind == "pooling") == role.serves_pooling():
+        return
+    served = "a pooling model" if role.serves_pooling() else "a generative model"
+    raise ConfigError(f"the profile's prm.kind is {kind!r} but role `prm` serves {served} (TTS_PROFILE's [prm] kind, or the prm role's runner)")
+
+
 def step_scorer(config: PoolConfig, pool: WorkerPool, profile: ModelProfile) -> StepScorer | None:
-    """The PRM of role ``prm``: a pooling reward model (Qwen2.5-Math-PRM style) when the role serves one, else a
-    generative tag PRM (Math-Shepherd style); steps cut at the profile's delimiter either way."""
-    prm = config.roles.get("prm")
-    if prm is None:
+    """The PRM of role ``prm``, of the kind the profile's ``[prm]`` table says (``auto``: a pooling reward model,
+    Qwen2.5-Math-PRM style, when the role serves one, else a generative tag PRM, Math-Shepherd style); steps
+    cut at the profile's delimiter either way."""
+    role = config.roles.get("prm")
+    if role is None:
         return None
-    if prm.serves_pooling():
-        return PoolingPRM(pool, fmt=PoolingPRMFormat(step_delimiter=profile.step_delimiter, step_tag=prm.step_tag or "<extra_0>"))
-    return MathShepherdPRM(pool, fmt=PRMFormat(step_delimiter=profile.step_delimiter))
+    check_prm_kind(config, profile)
+    fmt, pooling = profile.prm, role.serves_pooling()
+    if pooling:
+        step_tag = role.step_tag or fmt.step_tag
+        return PoolingPRM(pool, fmt=PoolingPRMFormat(system=fmt.system, step_delimiter=profile.step_delimiter, step_tag=step_tag, good_class=fmt.good_class))
+    return MathShepherdPRM(
+        pool, fmt=PRMFormat(question_template=fmt.question_template, step_delimiter=profile.step_delimiter, tag=fmt.tag, good=fmt.good, bad=fmt.bad)
+    )
 
 
 def outcome_judge(config: PoolConfig, pool: WorkerPool) -> OutcomeJudge | None:
@@ -170,6 +186,7 @@ class Service:
         if interrupted:
             log.warning("server %s: failed %d request(s) its previous run left unfinished", server_id, interrupted)
         config = pool_config(settings)
+        check_prm_kind(config, profile)
         pool = await WorkerPool.from_config(config)
         if "draft" in config.roles:
             note = await seed_shipped(
@@ -310,8 +327,7 @@ def main(
     given = {"host": host, "port": port, "model_path": model_path, "data_dir": data_dir, "workers_file": workers_file}
     settings = get_settings(**{k: v for k, v in given.items() if v is not None})
     try:
-        pool_config(settings)  # refuse a bad configuration before starting anything
-        load_profile(settings.profile)
+        check_prm_kind(pool_config(settings), load_profile(settings.profile))  # refuse a bad configuration before starting anything
         asyncio.run(serve(settings))
     except ConfigError as err:
         typer.echo(f"error: {err.message}", err=True)

@@ -30,6 +30,27 @@ AnswerFormat = Literal["task", "boxed", "regex"]
 VALIDATION_KEY = "profile"
 
 
+class PRMProfile(BaseModel):
+    """How the served PRM (role ``prm``) reads a solution. ``kind``: ``tag`` (generative, Math-Shepherd style:
+    a tag token after each step, read as P(good) among {good, bad}), ``pooling`` (a token-classification
+    reward model, Qwen2.5-Math-PRM style, scored at a separator token after each step) or ``auto`` (pooling
+    when the role serves a pooling model). A kind the served model cannot do refuses to start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["auto", "tag", "pooling"] = Field("auto", description="Which kind of PRM the `prm` role serves.")
+    question_template: str = Field("{question}\n", description="tag: the question before the steps (`{question}` is replaced).")
+    tag: str = Field(" ки", description="tag: the step tag written after every step (Math-Shepherd: ` ки`).")
+    good: str = Field("+", description="tag: the token meaning the step is right.")
+    bad: str = Field("-", description="tag: the token meaning the step is wrong.")
+    system: str = Field(
+        "Please reason step by step, and put your final answer within \\boxed{}.",
+        description="pooling: the system prompt of the PRM's chat (Qwen2.5-Math-PRM's).",
+    )
+    step_tag: str = Field("<extra_0>", description="pooling: the separator token after every step (the prm role's `step_tag`).")
+    good_class: int = Field(1, ge=0, description="pooling: the class whose probability is the step's score.")
+
+
 class ModelProfile(BaseModel):
     """How one served model writes: its answers, its reasoning span, its steps, its lengths."""
 
@@ -49,6 +70,7 @@ class ModelProfile(BaseModel):
     stop: tuple[str, ...] = Field((), description="Stop strings every generation call adds (besides the model's EOS).")
     max_tokens: int = Field(256, ge=1, description="Default bound on generated tokens per sample when the request gives none.")
     max_tokens_cap: int = Field(4096, ge=1, description="Largest `max_tokens` a request may ask for per sample.")
+    prm: PRMProfile = Field(PRMProfile(), description="How the PRM served beside this policy reads its solutions (`[prm]` table).")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelProfile:

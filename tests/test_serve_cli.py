@@ -112,3 +112,12 @@ def test_serve_refuses_a_bad_profile_naming_the_setting(tmp_path, profile, needl
     out = subprocess.run([sys.executable, "-m", "deploy.serve", "--port", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert needle in out.stderr and "TTS_PROFILE" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_serve_refuses_a_prm_kind_the_model_is_not(tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text('[prm]\nkind = "pooling"\n')  # the bundled prm is a generative tag PRM
+    env = {**os.environ, "TTS_PROFILE": str(profile)}
+    out = subprocess.run([sys.executable, "-m", "deploy.serve", "--port", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "prm.kind is 'pooling' but role `prm` serves a generative model" in out.stderr and "Traceback" not in out.stderr
