@@ -1,0 +1,31 @@
+"""docs/operators.md's workers files and profiles are valid as written: every key exists, every value passes
+its check, and each profile's PRM kind matches the PRM its workers file serves."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from deploy.serve import check_prm_kind
+from orchestrator.profile import BUNDLED, ModelProfile
+from workers.config import PoolConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCKS = re.findall(r"```toml\n(# (workers|profile)\.toml[^\n]*\n.*?)```", (ROOT / "docs" / "operators.md").read_text(), flags=re.S)
+
+
+def test_every_recipe_is_a_valid_workers_file_and_profile_pair():
+    assert [kind for _, kind in BLOCKS] == ["workers", "profile", "workers", "profile"]
+    for (workers_text, _), (profile_text, _) in zip(BLOCKS[::2], BLOCKS[1::2]):
+        raw = tomllib.loads(workers_text)
+        for role in raw["roles"].values():  # the checkpoints are not here: any Hugging Face directory stands in
+            role["model"] = str(ROOT / "models" / "target")
+        config = PoolConfig.model_validate(raw)
+        profile = ModelProfile.model_validate(tomllib.loads(profile_text))
+        if profile.prm.kind == "pooling":  # the stand-in is generative: the recipe's runner says what it serves
+            assert config.roles["prm"].runner == "pooling" and config.roles["prm"].step_tag == profile.prm.step_tag
+        else:
+            check_prm_kind(config, profile)
+        bundled = BUNDLED[profile.name]  # each recipe's profile is the bundled one of that name, written out
+        assert profile.model_dump(exclude={"prm"}) == bundled.model_dump(exclude={"prm"})
