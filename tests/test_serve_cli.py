@@ -63,7 +63,9 @@ def test_serve_starts_answers_and_stops(tmp_path):
         )
         assert r.status_code == 200, r.text
         assert r.json()["tts"]["info"]["calibration_size"] >= 200
-        assert "seeded ATTS calibration set 'draft->target/task'" in (tmp_path / "serve.log").read_text()
+        log_text = (tmp_path / "serve.log").read_text()
+        assert "seeded ATTS calibration set 'draft->target/task'" in log_text
+        assert "loading 4 engine(s)" in log_text and re.search(r"engine policy-0 ready \(\d/4\) after [\d.]+ s", log_text)  # progress while starting
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)

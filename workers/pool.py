@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -68,12 +69,23 @@ class WorkerPool:
         in_turn = [r for role in shared for r in replicas.get(role, ())]
         at_once = [r for role, group in replicas.items() if role not in shared for r in group]
 
+        # Loading engines takes a while (tens of seconds each on CPU, more with a cold compile cache): say
+        # what is loading and each engine as it becomes ready, so a first start is not a silent minute.
+        total, ready, t0 = len(in_turn) + len(at_once), 0, time.perf_counter()
+        log.info("loading %d engine(s): %s", total, ", ".join(r.name for r in in_turn + at_once))
+
+        async def start(replica: Backend) -> None:
+            nonlocal ready
+            await replica.start()
+            ready += 1
+            log.info("engine %s ready (%d/%d) after %.1f s", replica.name, ready, total, time.perf_counter() - t0)
+
         async def one_by_one() -> None:
             for replica in in_turn:
-                await replica.start()
+                await start(replica)
 
         try:
-            await asyncio.gather(one_by_one(), *(r.start() for r in at_once))
+            await asyncio.gather(one_by_one(), *(start(r) for r in at_once))
         except BaseException as err:
             await pool.shutdown()
             if isinstance(err, EngineError):
