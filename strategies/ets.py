@@ -119,13 +119,15 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
             clusters = list(range(len(frontier)))
         keep = select([a / remaining for a in shares], [k.parents for k in frontier], clusters, lambda_b=params.lambda_b, lambda_s=params.lambda_s)
         kept = [k for k, f in zip(frontier, keep) if f]
+        alloc = rebase.allocate([k.score for k in kept], remaining, params.softmax_temperature)
         extra = {
             "rebase_allocation": shares,
             "clusters": clusters,
             "kept": [i for i, f in enumerate(keep) if f],
-            "live_nodes": rebase.live_nodes(kept),
+            # As REBASE counts: a kept node the re-allocation gives no child holds no cache for the next depth.
+            "live_nodes": rebase.live_nodes(k for k, a in zip(kept, alloc) if a > 0),
         }
-        return kept, rebase.allocate([k.score for k in kept], remaining, params.softmax_temperature), extra
+        return kept, alloc, extra
 
     return await rebase.search(problem, ctx, params, prune)
 

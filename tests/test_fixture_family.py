@@ -169,5 +169,7 @@ def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(fixture_service):
     too_long = "word " * 2000
     r = httpx.post(f"{fixture_service.base_url}/v1/chat/completions", json={"model": "target", "messages": [{"role": "user", "content": too_long}]}, timeout=120)
     assert r.status_code == 400 and "max_model_len" in r.json()["error"]["message"], r.text
+    [last] = asyncio.run(fixture_service.service.store.requests.recent(None, limit=1))
+    assert last.state == "failed" and "max_model_len" in (last.error or "")  # recorded, and not as succeeded
     r = _ask(fixture_service, "single_pass", {})
     assert r.status_code == 200

@@ -82,3 +82,25 @@ def test_ets_search_keeps_allocations_within_the_width():
             assert sum(depth["allocation"]) == depth["remaining"] == sum(depth["rebase_allocation"])
             assert len(depth["allocation"]) == len(depth["kept"]) >= 1
     assert spec.needs(spec.params()) == {"prm", "clusterer"}
+
+
+class EveryStepItsOwnCluster:
+    async def clusters(self, engine, texts, threshold):
+        return list(range(len(texts)))
+
+
+def test_live_nodes_count_only_what_grows_as_rebase_counts_them():
+    """When every node is its own cluster, covering a cluster (1.5) is worth more than a node costs (1.0), so
+    ETS keeps the whole frontier and expands exactly what REBASE expands; kept nodes the re-allocation gives
+    no child hold no cache for the next depth and must not count as live (they counted before)."""
+    def run(name):
+        ctx, _ = context(StepEngine(3), step_scorer=WordPRM(), clusterer=EveryStepItsOwnCluster())
+        spec = REGISTRY[name]
+        return asyncio.run(spec.run(Problem("q\n", question="q"), ctx, spec.params(width=8, seed=1)))
+
+    ets, rebase = run("ets"), run("rebase")
+    ets_depths = [d for d in ets.trace if "live_nodes" in d]
+    rebase_depths = [d for d in rebase.trace if "live_nodes" in d]
+    assert ets_depths and [d["allocation"] for d in ets_depths] == [d["allocation"] for d in rebase_depths]
+    assert any(0 in d["allocation"] for d in ets_depths)  # the case that was over-counted
+    assert [d["live_nodes"] for d in ets_depths] == [d["live_nodes"] for d in rebase_depths]
