@@ -180,3 +180,10 @@ def test_ets_keeps_a_subset_chosen_by_the_program_and_shares_the_width(service):
     # Children of one node are one call of n = its share: they share the node's prefix in the engine's cache.
     shares = [6] + [a for depth in result.trace for a in depth.get("allocation", []) if a > 0]
     assert sorted(s.n for s in engine.specs) == sorted(shares)
+
+
+def test_dvts_grows_independent_subtrees_of_width_beam_width(service):
+    result, ctx, calls, engine = run(service, "dvts", n=4, beam_width=2, seed=3)
+    expand = [c for c in calls if c.stage == "expand"]
+    assert expand and all(c.n == 2 for c in expand)  # one call per open subtree, beam_width children each
+    assert 1 <= len(result.candidates) <= 2 and ctx.verifier_tokens > 0

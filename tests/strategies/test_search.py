@@ -94,3 +94,20 @@ def test_early_rejection_completes_only_the_kept_candidates():
 def test_early_rejection_tau_must_be_below_a_step():
     with pytest.raises(ValueError, match="tau"):
         REGISTRY["early_rejection"].params(tau=64, step_tokens=64)
+
+
+def test_dvts_runs_independent_greedy_subtrees_of_width_beam_width():
+    result, engine, _, calls = run("dvts", n=8, beam_width=4)
+    # Two subtrees, each sampling 4 next steps of its one node per call: never a global pruning.
+    assert [c.n for c in engine.calls] == [4] * len(engine.calls)
+    assert len(engine.calls) == 2 * len(result.trace)
+    assert all(step["subtrees"] <= 2 for step in result.trace)
+    # Each subtree follows its best-scored child: good, good, good, then the answer 3 (even completions are good).
+    assert len(result.candidates) == 2 and {c.answer for c in result.candidates} == {"3"}
+    assert {c.stage for c in calls} == {"expand"}  # (the scripted PRM makes no engine call)
+
+
+def test_dvts_needs_divisible_width_and_a_prm():
+    with pytest.raises(ValueError, match="multiple of beam_width"):
+        REGISTRY["dvts"].params(n=6, beam_width=4)
+    assert REGISTRY["dvts"].needs(REGISTRY["dvts"].params()) == {"prm"}

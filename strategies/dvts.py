@@ -1,0 +1,69 @@
+"""Diverse verifier tree search (DVTS, search-and-learn's baseline beside beam search): ``n // beam_width``
+independent subtrees, each a greedy search of width ``beam_width``.
+
+Every iteration each open subtree samples ``beam_width`` next steps of its one current node (siblings share the
+prefill), the PRM scores them, and the subtree moves to its best child; a subtree ends when that child is
+finished (the model ended its trace, or ``max_tokens`` used). Subtrees never compete with each other, which is
+what keeps them diverse where beam search's global pruning collapses onto one prefix. Each iteration expands at
+most ``n`` steps, as beam search's does, so the two compare at equal width. The answer is chosen among the
+subtrees' final nodes (argmax or weighted vote of their aggregated scores).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from orchestrator.context import StrategyContext
+from orchestrator.errors import BudgetExceeded
+from orchestrator.strategy import StrategySpec
+from orchestrator.types import Problem, StrategyResult
+from strategies.common import Path, StepSearchParams, extend, score_paths, search_result
+
+
+class Params(StepSearchParams):
+    n: int = Field(8, ge=1, le=256, description="Steps expanded per iteration over all subtrees.")
+    beam_width: int = Field(4, ge=1, le=64, description="Children each subtree samples per step; n // beam_width subtrees.")
+    max_steps: int = Field(40, ge=1, le=200, description="Most iterations (steps per subtree).")
+
+    @model_validator(mode="after")
+    def _divisible(self) -> Params:
+        if self.n % self.beam_width:
+            raise ValueError(f"n={self.n} must be a multiple of beam_width={self.beam_width}")
+        return self
+
+
+async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
+    cfg = params.step_config(ctx.tools.profile)
+    current: list[Path] = [Path()] * (params.n // params.beam_width)  # one node per open subtree
+    finished: list[Path] = []
+    trace: list[dict[str, object]] = []
+    limited = False
+    for step in range(params.max_steps):
+        children, limited = await extend(ctx, problem, [(node, params.beam_width) for node in current], cfg, hop=2 * step)
+        flat = [k for ks in children for k in ks]
+        if not flat:
+            break
+        try:
+            scored = await score_paths(ctx, problem, flat, params.aggregation, hop=2 * step + 1)
+        except BudgetExceeded:
+            scored, limited = flat, True
+        it = iter(scored)
+        best = [max((next(it) for _ in ks), key=lambda k: k.score) for ks in children if ks]
+        finished += [b for b in best if b.done]
+        current = [b for b in best if not b.done]
+        trace.append({"step": step, "subtrees": len(best), "finished": len(finished), "scores": [round(b.score, 4) for b in best]})
+        ctx.emit({"stage": "step", "step": step, "open": len(current), "finished": len(finished)})
+        if limited or not current:
+            break
+    return search_result(ctx, finished, current, params.selection, trace, limited=limited)
+
+
+SPEC = StrategySpec(
+    name="dvts",
+    params=Params,
+    run=run,
+    summary="Diverse verifier tree search: n/beam_width independent greedy subtrees, each sampling beam_width steps",
+    # Every iteration generates at most n steps; there are at most min(max_steps, max_tokens) iterations.
+    worst_case=lambda p: p.n * p.step_tokens * min(p.max_steps, p.max_tokens),
+    needs=lambda p: frozenset({"prm"}),
+)
