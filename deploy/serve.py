@@ -98,11 +98,16 @@ def step_scorer(config: PoolConfig, pool: WorkerPool, profile: ModelProfile) -> 
         return None
     check_prm_kind(config, profile)
     fmt, pooling = profile.prm, role.serves_pooling()
+    hidden = (profile.think_open, profile.think_close) if profile.reasoning == "think" else ()  # the PRM sees steps, not tags
     if pooling:
         step_tag = role.step_tag or fmt.step_tag
-        return PoolingPRM(pool, fmt=PoolingPRMFormat(system=fmt.system, step_delimiter=profile.step_delimiter, step_tag=step_tag, good_class=fmt.good_class))
+        return PoolingPRM(
+            pool,
+            fmt=PoolingPRMFormat(system=fmt.system, step_delimiter=profile.step_delimiter, step_tag=step_tag, good_class=fmt.good_class, hidden=hidden),
+        )
     return MathShepherdPRM(
-        pool, fmt=PRMFormat(question_template=fmt.question_template, step_delimiter=profile.step_delimiter, tag=fmt.tag, good=fmt.good, bad=fmt.bad)
+        pool,
+        fmt=PRMFormat(question_template=fmt.question_template, step_delimiter=profile.step_delimiter, tag=fmt.tag, good=fmt.good, bad=fmt.bad, hidden=hidden),
     )
 
 

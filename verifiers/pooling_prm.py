@@ -17,7 +17,7 @@ from orchestrator.errors import ContextTooLong, EngineError, InvalidRequest
 from orchestrator.protocols import Engine
 from orchestrator.types import Role, ScoreSpec, Usage
 from tasks import arithmetic as task
-from verifiers.prm import StepScores
+from verifiers.prm import StepScores, visible
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class PoolingPRMFormat:
     step_delimiter: str = "\n\n"
     step_tag: str = "<extra_0>"
     good_class: int = 1
+    hidden: tuple[str, ...] = ()  # removed before the solution is cut into steps (a reasoning model's <think> tags)
 
     def messages(self, question: str, steps: Sequence[str]) -> list[dict[str, str]]:
         return [
@@ -68,7 +69,7 @@ class PoolingPRM:
         A prompt longer than the PRM's context scores 0.0 for every step (logged), not an error: the request
         goes on with the solution ranked last."""
         engine = engine or self.engine
-        steps = tuple(task.split_steps(solution, delimiter=self.fmt.step_delimiter))
+        steps = tuple(task.split_steps(visible(solution, self.fmt.hidden), delimiter=self.fmt.step_delimiter))
         if not steps:
             return StepScores((), (), Usage())
         if any(self.fmt.step_tag in s for s in steps):

@@ -10,15 +10,18 @@ the good/bad tokens and the layout are configuration, so a real Math-Shepherd ch
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from orchestrator.errors import InvalidRequest
+from orchestrator.errors import ContextTooLong, InvalidRequest
 from orchestrator.protocols import Engine
 from orchestrator.scoring import Aggregation, aggregate
 from orchestrator.types import Role, ScoreSpec, Usage
 from tasks import arithmetic as task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class PRMFormat:
     separator: str = "\n"
     good: str = "+"
     bad: str = "-"
+    # Removed from a solution before it is cut into steps: a reasoning model's <think> tags are markup, not steps.
+    hidden: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.separator:
@@ -51,6 +56,13 @@ class StepScores:
 
     def aggregate(self, how: Aggregation = "last") -> float:
         return aggregate(self.scores, how)
+
+
+def visible(solution: str, hidden: Sequence[str]) -> str:
+    """``solution`` without the markup strings ``hidden`` (what a PRM should not see as steps)."""
+    for h in hidden:
+        solution = solution.replace(h, "")
+    return solution
 
 
 def p_good(lp_good: float, lp_bad: float) -> float:
@@ -88,13 +100,17 @@ class MathShepherdPRM:
         """Every step's P(good), through ``engine`` (default: the one this scorer was built with)."""
         engine = engine or self.engine
         # An unfinished last step (a partial generation cut after some tokens) is a step like the others.
-        steps = tuple(task.split_steps(solution, delimiter=self.fmt.step_delimiter))
+        steps = tuple(task.split_steps(visible(solution, self.fmt.hidden), delimiter=self.fmt.step_delimiter))
         if not steps:
             return StepScores((), (), Usage())
         if any(self.fmt.tag.strip() in s for s in steps):
             raise InvalidRequest("a step contains the PRM's step tag; it cannot be scored unambiguously")
         tag_id, good_id, bad_id = await self._token_ids(engine)
-        scores = await engine.score(self.role, ScoreSpec(self.render(question, steps), start=0, candidates=(good_id, bad_id)))
+        try:
+            scores = await engine.score(self.role, ScoreSpec(self.render(question, steps), start=0, candidates=(good_id, bad_id)))
+        except ContextTooLong as err:
+            log.info("solution of %d steps is longer than the PRM's context; its steps score 0: %s", len(steps), err.message)
+            return StepScores(steps, (0.0,) * len(steps), Usage())
         positions = [p for p, t in enumerate(scores.token_ids) if t == tag_id]
         # The question may itself contain the tag; the step tags are always the last len(steps) ones.
         positions = positions[-len(steps) :]
