@@ -57,6 +57,9 @@ class ActorBackend(Unsupported):
             ray.cancel(ref)
             raise
         except RayTaskError as err:
+            # The worker's own typed error, as it was raised there: its message, not Ray's traceback text.
+            if isinstance(err.cause, TTSError):
+                raise err.cause from None
             cause = err.as_instanceof_cause()
             if isinstance(cause, TTSError):
                 raise cause from None

@@ -285,7 +285,8 @@ class VllmEngine:
             raise InvalidRequest(f"{self.name}: scoring needs a prompt of at least 2 tokens, got {len(ids)}")
         if not 0 <= spec.start < len(ids) - 1:
             raise InvalidRequest(f"{self.name}: score start {spec.start} outside 0..{len(ids) - 2} for a {len(ids)}-token prompt")
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=self.config.score_top_k)
+        # Only what the score reads: the prompt's own tokens (0 alternatives) unless candidates are asked for.
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=self.config.score_top_k if spec.candidates else 0)
         final = None
         async for out in self._run(ids, params, spec.request_id):
             final = out

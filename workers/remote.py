@@ -203,7 +203,7 @@ class RemoteEngine(Unsupported):
             "prompt": spec.prompt if isinstance(spec.prompt, str) else list(spec.prompt),
             "max_tokens": 1,
             "temperature": 0.0,
-            "prompt_logprobs": self._top_k,
+            "prompt_logprobs": self._top_k if spec.candidates else 0,  # only what the score reads
             "return_token_ids": True,
         }
         if isinstance(spec.prompt, str) and not self._special(spec.prompt):

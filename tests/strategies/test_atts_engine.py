@@ -43,7 +43,8 @@ def calibrated(service):
     return shipped["scores"]
 
 
-@pytest.mark.parametrize("alpha", [0.1, 0.3, 0.5])
+# Two rates of the range operators use (0.3 is the default); 0.5 held too, and cost CI 80 s.
+@pytest.mark.parametrize("alpha", [0.1, 0.3])
 def test_rejection_rate_is_within_005_of_alpha_on_held_out_problems(service, calibrated, alpha):
     assert len(calibrated) >= 800
     pool, store = service.service.pool, service.service.store

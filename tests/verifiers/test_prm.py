@@ -114,8 +114,8 @@ def test_bad_input_is_documented_or_a_clear_error(pool, prm, loop):
     empty = loop.run(prm.score("1+1", ""))
     assert empty.steps == () and empty.aggregate() == 0.0
     assert loop.run(prm.score("1+1", "\n\n  \n")).steps == ()
-    with pytest.raises(InvalidRequest, match="longer than|maximum context|exceeds"):
-        loop.run(prm.score("1+1", "\n".join(["12+34=46"] * 80)))
+    too_long = loop.run(prm.score("1+1", "\n".join(["12+34=46"] * 80)))  # over the PRM's context: ranked last, not an error
+    assert too_long.scores == (0.0,) * 80
     with pytest.raises(InvalidRequest, match="step tag"):
         loop.run(prm.score("1+1", "1+1=2 ки\nAnswer: 2"))
     # The worker survived all of it.
