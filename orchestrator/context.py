@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SubCallSink = Callable[[SubCall], Awaitable[None]]
 T = TypeVar("T")
+S = TypeVar("S", Scores, TokenClasses)
 
 
 class StrategyContext:
@@ -135,21 +136,17 @@ class StrategyContext:
 
     async def score(self, spec: ScoreSpec, *, stage: str, branch: str = "0", role: Role = "prm", hop: int = 0) -> Scores:
         """Prompt log-probabilities from ``role`` (a PRM, a judge); charged as verifier tokens."""
-        await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt), n=1, max_tokens=1)
-        r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=1, max_tokens=1, generates=False)
-        scores, latency = await self._metered(r, self._engine.score(role, spec))
-        cost = self.meter.settle(r, role=role, usage=scores.usage, longest_sequence=0)
-        self.verifier_tokens += scores.usage.total_tokens
-        self.cost_usd += cost
-        self._hop(hop, scores.usage.total_tokens)
-        await self._record(stage, role, branch, 1, scores.usage, scores.worker, ("stop",), cost, latency, verifier=True)
-        return scores
+        return await self._scoring(role, spec, self._engine.score, stage=stage, branch=branch, hop=hop)
 
     async def classify_tokens(self, spec: ScoreSpec, *, stage: str, branch: str = "0", role: Role = "prm", hop: int = 0) -> TokenClasses:
         """Token classes from a pooling model on ``role`` (a pooling PRM); charged as verifier tokens."""
+        return await self._scoring(role, spec, self._engine.classify_tokens, stage=stage, branch=branch, hop=hop)
+
+    async def _scoring(self, role: Role, spec: ScoreSpec, call: Callable[[Role, ScoreSpec], Awaitable[S]], *, stage: str, branch: str, hop: int) -> S:
+        # A scoring call generates nothing and cannot be cut: admitted whole, charged as verifier tokens.
         await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt), n=1, max_tokens=1)
         r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=1, max_tokens=1, generates=False)
-        out, latency = await self._metered(r, self._engine.classify_tokens(role, spec))
+        out, latency = await self._metered(r, call(role, spec))
         cost = self.meter.settle(r, role=role, usage=out.usage, longest_sequence=0)
         self.verifier_tokens += out.usage.total_tokens
         self.cost_usd += cost

@@ -11,25 +11,19 @@ subtrees' final nodes (argmax or weighted vote of their aggregated scores).
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
 from orchestrator.strategy import StrategySpec
 from orchestrator.types import Problem, StrategyResult
-from strategies.common import Path, StepSearchParams, extend, score_paths, search_result
+from strategies import beam_search
+from strategies.common import Path, extend, score_paths, search_result
 
 
-class Params(StepSearchParams):
+class Params(beam_search.Params):
     n: int = Field(8, ge=1, le=256, description="Steps expanded per iteration over all subtrees.")
     beam_width: int = Field(4, ge=1, le=64, description="Children each subtree samples per step; n // beam_width subtrees.")
-    max_steps: int = Field(40, ge=1, le=200, description="Most iterations (steps per subtree).")
-
-    @model_validator(mode="after")
-    def _divisible(self) -> Params:
-        if self.n % self.beam_width:
-            raise ValueError(f"n={self.n} must be a multiple of beam_width={self.beam_width}")
-        return self
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:

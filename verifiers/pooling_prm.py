@@ -17,7 +17,7 @@ from orchestrator.errors import ContextTooLong, EngineError, InvalidRequest
 from orchestrator.protocols import Engine
 from orchestrator.types import Role, ScoreSpec, Usage
 from tasks import arithmetic as task
-from verifiers.prm import StepScores, visible
+from verifiers.prm import StepScores, StepScoring, visible
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class PoolingPRMFormat:
         ]
 
 
-class PoolingPRM:
+class PoolingPRM(StepScoring):
     """Step scores from the pooling PRM served by ``engine`` under ``role``; the same interface as
     :class:`~verifiers.prm.MathShepherdPRM`."""
 
@@ -92,14 +92,3 @@ class PoolingPRM:
                 worker=out.worker,
             )
         return StepScores(steps, tuple(float(r[self.fmt.good_class]) for r in rows), out.usage)
-
-    async def step_scores(self, engine: Engine, question: str, solution: str) -> tuple[float, ...]:
-        """The :class:`~orchestrator.protocols.StepScorer` protocol (how strategies reach the PRM)."""
-        return (await self.score(question, solution, engine=engine)).scores
-
-    async def score_many(self, question: str | Sequence[str], solutions: Sequence[str]) -> list[StepScores]:
-        """Score many solutions concurrently (the engine batches them); ``question`` is one for all or one each."""
-        questions = [question] * len(solutions) if isinstance(question, str) else list(question)
-        if len(questions) != len(solutions):
-            raise InvalidRequest(f"{len(questions)} questions for {len(solutions)} solutions")
-        return list(await asyncio.gather(*(self.score(q, s) for q, s in zip(questions, solutions))))

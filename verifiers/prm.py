@@ -74,7 +74,25 @@ def p_good(lp_good: float, lp_bad: float) -> float:
     return a / (a + b)
 
 
-class MathShepherdPRM:
+class StepScoring:
+    """What every PRM kind offers on top of its own ``score``: the StepScorer protocol and batch scoring."""
+
+    async def score(self, question: str, solution: str, *, engine: Engine | None = None) -> StepScores:
+        raise NotImplementedError
+
+    async def step_scores(self, engine: Engine, question: str, solution: str) -> tuple[float, ...]:
+        """The :class:`~orchestrator.protocols.StepScorer` protocol (how strategies reach the PRM)."""
+        return (await self.score(question, solution, engine=engine)).scores
+
+    async def score_many(self, question: str | Sequence[str], solutions: Sequence[str]) -> list[StepScores]:
+        """Score many solutions concurrently (the engine batches them); ``question`` is one for all or one each."""
+        questions = [question] * len(solutions) if isinstance(question, str) else list(question)
+        if len(questions) != len(solutions):
+            raise InvalidRequest(f"{len(questions)} questions for {len(solutions)} solutions")
+        return list(await asyncio.gather(*(self.score(q, s) for q, s in zip(questions, solutions))))
+
+
+class MathShepherdPRM(StepScoring):
     """Step scores from the PRM served by ``engine`` under ``role``."""
 
     def __init__(self, engine: Engine, *, role: Role = "prm", fmt: PRMFormat = PRMFormat()) -> None:
@@ -119,16 +137,6 @@ class MathShepherdPRM:
         values = tuple(p_good(*scores.candidate_logprobs[p - scores.start]) for p in positions)
         return StepScores(steps, values, scores.usage)
 
-    async def step_scores(self, engine: Engine, question: str, solution: str) -> tuple[float, ...]:
-        """The :class:`~orchestrator.protocols.StepScorer` protocol (how strategies reach the PRM)."""
-        return (await self.score(question, solution, engine=engine)).scores
-
-    async def score_many(self, question: str | Sequence[str], solutions: Sequence[str]) -> list[StepScores]:
-        """Score many solutions concurrently (the engine batches them); ``question`` is one for all or one each."""
-        questions = [question] * len(solutions) if isinstance(question, str) else list(question)
-        if len(questions) != len(solutions):
-            raise InvalidRequest(f"{len(questions)} questions for {len(solutions)} solutions")
-        return list(await asyncio.gather(*(self.score(q, s) for q, s in zip(questions, solutions))))
 
 
 @dataclass(frozen=True)
