@@ -1,17 +1,19 @@
-"""ATTS on the bundled models: measured rejection rate against alpha, and ATTS against sampling the target alone.
+"""ATTS on the bundled models, both modes: measured rejection rate against alpha, and ATTS against sampling
+the target alone.
 
-    python -m bench.atts [--problems 60] [--calibration-problems 100] [--n 4] [--alphas 0.1 0.3 0.5]
+    python -m bench.atts [--problems 60] [--calibration-problems 100] [--n 4] [--alphas 0.1 0.3 0.5] [--modes line reference]
 
 One run, one local Ray pool (`target` as the policy, `draft` as the draft), a temporary SQLite database:
 
-1. calibration: ``python -m deploy.calibrate``'s procedure on the dev split (the draft writes every chunk, the
-   target scores each);
-2. for every alpha, ATTS over the test problems with the calibration set frozen (no online update, so every
-   alpha is tested against the same set): the share of draft chunks rejected, accuracy, wall time;
+1. calibration, per mode on its own chunking: ``python -m deploy.calibrate``'s procedure on the dev split (the
+   draft writes every chunk, the target scores each);
+2. for every mode and alpha, ATTS over the test problems with the calibration set frozen (no online update, so
+   every alpha is tested against the same set): the share of draft chunks rejected (all conformal tests, and
+   each turn's first chunk alone), the share of turns the target took over, accuracy, wall time;
 3. the target alone: majority over the same ``n`` samples (self-consistency) on the same problems.
 
-Goals (issue 8): rejection rate within +-0.05 of alpha; ATTS >= 3x less wall time than the target alone at no
-lower accuracy. Writes bench/results/atts.json and atts.md.
+Goals: rejection rate within +-0.05 of alpha in both modes (issues 8 and 26); ATTS >= 3x less wall time than
+the target alone at no lower accuracy (issue 8). Writes bench/results/atts.json and atts.md.
 """
 
 from __future__ import annotations
@@ -52,13 +54,14 @@ async def run_config(pool: Any, store: Store, strategy: str, params: dict[str, A
     correct: list[bool] = []
     latency: list[float] = []
     tokens: dict[str, int] = {}
-    chunks = rejected = 0
+    calls: dict[str, int] = {}
+    counts = dict.fromkeys(("chunks", "rejected", "turns", "first_rejected", "takeovers"), 0)
 
     async def one(k: int, p: task.Problem) -> None:
-        nonlocal chunks, rejected
-
         async def sink(call: SubCall) -> None:
             tokens[call.role] = tokens.get(call.role, 0) + call.usage.total_tokens
+            key = f"{call.role} {call.kind}"
+            calls[key] = calls.get(key, 0) + 1
 
         async with sem:
             ctx = StrategyContext(engine=pool, tools=Toolbox(verifier=TaskAnswerVerifier(), draft_model="draft", calibration=store.calibration), sink=sink, target_model="target")
@@ -67,11 +70,11 @@ async def run_config(pool: Any, store: Store, strategy: str, params: dict[str, A
             r = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**own))
             latency.append(time.perf_counter() - t0)
         correct.append(task.check_answer(p, r.text).correct)
-        chunks += int(r.info.get("chunks", 0))  # type: ignore[call-overload]
-        rejected += int(r.info.get("rejected", 0))  # type: ignore[call-overload]
+        for key in counts:
+            counts[key] += int(r.info.get(key, 0))  # type: ignore[call-overload]
         bar.update()
 
-    bar = tqdm(total=len(test), desc=f"{strategy} {params}", unit="problem")
+    bar = tqdm(total=len(test), desc=f"{strategy} {params}", unit="problem", mininterval=10)
     t0 = time.perf_counter()
     await asyncio.gather(*(one(k, p) for k, p in enumerate(test)))
     wall = time.perf_counter() - t0
@@ -84,10 +87,16 @@ async def run_config(pool: Any, store: Store, strategy: str, params: dict[str, A
         "wall_s": round(wall, 2),
         "mean_latency_s": round(statistics.fmean(latency), 3),
         "tokens_by_role": {k: round(v / len(test), 1) for k, v in sorted(tokens.items())},
-        "chunks": chunks,
-        "rejected": rejected,
-        "rejection_rate": round(rejected / chunks, 4) if chunks else None,
+        "calls_per_problem": {k: round(v / len(test), 2) for k, v in sorted(calls.items())},
+        **counts,
+        "rejection_rate": rate(counts["rejected"], counts["chunks"]),
+        "first_rejection_rate": rate(counts["first_rejected"], counts["turns"]),
+        "takeover_rate": rate(counts["takeovers"], counts["turns"]),
     }
+
+
+def rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 async def decode_speed(pool: Any, role: str, *, prompts: int = 16, n: int = 4, tokens: int = 128) -> float:
@@ -110,21 +119,26 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     store = Store.from_url(f"sqlite:///{Path(tmp.name) / 'bench.db'}")
     test = problems("test", args.problems, args.seed + 100)
     rows: list[dict[str, Any]] = []
+    calibration: dict[str, dict[str, Any]] = {}
     t_start = time.perf_counter()
     try:
         await decode_speed(pool, "draft", prompts=2)  # warm both engines up before timing them
         await decode_speed(pool, "policy", prompts=2)
         speed = {"draft": round(await decode_speed(pool, "draft"), 1), "target": round(await decode_speed(pool, "policy"), 1)}
         base = {"n": args.n, "seed": args.seed, "max_turns": args.max_turns}
-        t0 = time.perf_counter()
         cal_questions = [p.question for p in problems("dev", args.calibration_problems, args.seed)]
-        scores = await collect(pool, cal_questions, atts.Params(**base, update_calibration=False), draft_model="draft", target_model="target")
-        calibration_s = time.perf_counter() - t0
-        await store.calibration.add_scores(atts.calibration_name("draft", "target", "task"), scores=scores, model="draft->target", keep=atts.CALIBRATION_WINDOW, replace=True)
-        for alpha in args.alphas:
-            row = await run_config(pool, store, "atts", {**base, "alpha": alpha, "update_calibration": False}, test, args.concurrency)
-            row["alpha"] = alpha
-            rows.append(row)
+        for mode in args.modes:
+            t0 = time.perf_counter()
+            params = atts.Params(**base, mode=mode, resamples=args.resamples, update_calibration=False)
+            scores = await collect(pool, cal_questions, params, draft_model="draft", target_model="target")
+            name = atts.calibration_name("draft", "target", "task", params.chunking)
+            await store.calibration.add_scores(name, scores=scores, model="draft->target", keep=atts.CALIBRATION_WINDOW, replace=True)
+            calibration[mode] = {"name": name, "questions": len(cal_questions), "scores": len(scores), "seconds": round(time.perf_counter() - t0, 1)}
+            for alpha in args.alphas:
+                own = {**base, "mode": mode, "resamples": args.resamples, "alpha": alpha, "update_calibration": False}
+                row = await run_config(pool, store, "atts", own, test, args.concurrency)
+                row.update(mode=mode, alpha=alpha, chunk_tokens=params.chunk, resamples=params.retries)
+                rows.append(row)
         rows.append(await run_config(pool, store, "self_consistency", {"n": args.n, "seed": args.seed}, test, args.concurrency))
     finally:
         await pool.shutdown()
@@ -132,7 +146,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "settings": {**vars(args), "out": str(args.out)},
         "decode_tokens_per_s": speed,
-        "calibration": {"questions": len(cal_questions), "scores": len(scores), "seconds": round(calibration_s, 1)},
+        "calibration": calibration,
         "wall_s": round(time.perf_counter() - t_start, 1),
         "rows": rows,
         "goals": goals(rows),
@@ -146,9 +160,12 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if r["strategy"] != "atts":
             continue
         speedup = target["wall_s"] / r["wall_s"]
-        out[f"alpha={r['alpha']}"] = {
+        out[f"{r['mode']} alpha={r['alpha']}"] = {
             "rejection_rate": r["rejection_rate"],
             "within_0.05": abs(r["rejection_rate"] - r["alpha"]) <= 0.05,
+            "first_rejection_rate": r["first_rejection_rate"],
+            "first_within_0.05": abs(r["first_rejection_rate"] - r["alpha"]) <= 0.05,
+            "takeover_rate": r["takeover_rate"],
             "wall_time_speedup_vs_target": round(speedup, 3),
             "accuracy_delta_vs_target": round(r["accuracy"] - target["accuracy"], 4),
             "met_3x_at_no_lower_accuracy": speedup >= 3 and r["accuracy"] >= target["accuracy"],
@@ -157,11 +174,21 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["| strategy | alpha | accuracy | rejection rate | chunks | wall (s) | tokens per problem by role |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| strategy | mode | alpha | accuracy | rejection rate (all tests) | first-chunk rejection rate | takeover rate | tests | target scorings per problem | wall (s) | tokens per problem by role |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(x: float | None) -> str:
+        return "" if x is None else f"{x:.3f}"
+
     for r in report["rows"]:
         by_role = ", ".join(f"{k} {v:.0f}" for k, v in r["tokens_by_role"].items())
-        rate = "" if r["rejection_rate"] is None else f"{r['rejection_rate']:.3f}"
-        lines.append(f"| {r['strategy']} | {r.get('alpha', '')} | {r['accuracy']:.3f} | {rate} | {r['chunks'] or ''} | {r['wall_s']:.1f} | {by_role} |")
+        scorings = r["calls_per_problem"].get("policy score")
+        lines.append(
+            f"| {r['strategy']} | {r.get('mode', '')} | {r.get('alpha', '')} | {r['accuracy']:.3f} | {fmt(r['rejection_rate'])} | {fmt(r['first_rejection_rate'])} "
+            f"| {fmt(r['takeover_rate'])} | {r['chunks'] or ''} | {'' if scorings is None else f'{scorings:.1f}'} | {r['wall_s']:.1f} | {by_role} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -172,6 +199,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4, help="Samples per problem (ATTS and the target alone).")
     ap.add_argument("--max-turns", type=int, default=16, help="Most chunks per ATTS sample.")
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.3, 0.5])
+    ap.add_argument("--modes", nargs="+", choices=["line", "reference"], default=["line", "reference"], help="ATTS modes, each calibrated on its own chunking.")
+    ap.add_argument("--resamples", type=int, default=None, help="ATTS draft resamples of a rejected chunk (default: each mode's, 0 line, 2 reference).")
     ap.add_argument("--concurrency", type=int, default=4, help="Problems in flight at once.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS / "atts.json")

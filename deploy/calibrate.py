@@ -1,7 +1,9 @@
 """Build an ATTS calibration set: the target's perplexity of draft chunks on held-out questions, stored in the
-service's database under ``<draft>-><model>/<dataset>`` (see strategies/atts.py).
+service's database under ``<draft>-><model>/<dataset>`` for ATTS's line chunks, ``<draft>-><model>/<dataset>@tokens<k>``
+for its reference mode's k-token chunks (see strategies/atts.py).
 
     python -m deploy.calibrate                                   # bundled task, dev split, 100 problems x 4 samples
+    python -m deploy.calibrate --mode reference                  # the same for the reference mode's 32-token chunks
     python -m deploy.calibrate --dataset gsm8k --questions q.jsonl  # a JSONL file: field `question` or `problem`
     python -m deploy.calibrate --help
 
@@ -95,16 +97,17 @@ async def calibrate(
         scores = await collect(pool, questions, params, draft_model=settings.draft_name, target_model=settings.model_name, concurrency=concurrency)
     finally:
         await pool.shutdown()
-    name = atts.calibration_name(settings.draft_name, settings.model_name, dataset)
+    name = atts.calibration_name(settings.draft_name, settings.model_name, dataset, params.chunking)
     if export is not None:
         draft, target = config.roles["draft"].model, config.roles["policy"].model
         if draft is None or target is None:
             raise ConfigError("--export needs local draft and policy models (their weights identify the set)")
         shipped = ShippedCalibration(
             dataset=dataset,
+            chunking=params.chunking,
             draft_weights=weights_digest(draft),
             target_weights=weights_digest(target),
-            made_by=f"python -m deploy.calibrate --problems {len(questions)} --n {params.n} --seed {params.seed} --export {export}",
+            made_by=f"python -m deploy.calibrate --problems {len(questions)} --n {params.n} --seed {params.seed}{mode_flags(params)} --export {export}",
             scores=scores,
         )
         export.write_text(shipped.model_dump_json(indent=None) + "\n")
@@ -113,6 +116,11 @@ async def calibrate(
     )
     q = statistics.quantiles(scores, n=10) if len(scores) >= 2 else scores
     return {"name": name, "added": len(scores), "size": size, "deciles": [round(x, 3) for x in q]}
+
+
+def mode_flags(params: atts.Params) -> str:
+    """The command-line flags that select ``params``' chunking (none for the default line chunks)."""
+    return "" if params.mode == "line" else f" --mode {params.mode} --chunk-tokens {params.chunk}"
 
 
 cli = typer.Typer(add_completion=False, help=__doc__)
@@ -126,7 +134,8 @@ def main(
     problems: int = typer.Option(100, min=1, help="Bundled task problems (mixed difficulty) when no --questions file is given."),
     n: int = typer.Option(4, min=1, max=64, help="Draft samples per question."),
     max_turns: int = typer.Option(16, min=1, help="Most chunks per sample."),
-    chunk_tokens: int = typer.Option(64, min=1, help="Most tokens per chunk (as the requests' atts.chunk_tokens)."),
+    mode: str = typer.Option("line", help="ATTS mode whose chunks are scored: line (one step each) or reference (chunk_tokens tokens each)."),
+    chunk_tokens: Optional[int] = typer.Option(None, min=1, help="Most tokens per chunk (as the requests' atts.chunk_tokens; default the mode's: 64 line, 32 reference)."),
     temperature: float = typer.Option(0.8, min=0.0, help="Draft sampling temperature (as the requests')."),
     seed: int = typer.Option(0, help="Seed of the problems and of the draft's sampling (each problem samples with its own seed derived from it)."),
     append: bool = typer.Option(False, "--append", help="Add to the existing set instead of replacing it."),
@@ -144,7 +153,9 @@ def main(
                 raise ConfigError(f"--split must be train, dev or test, got {split!r}")
             per_level = -(-problems // len(task.LEVELS))
             texts = [p.question for lv in task.LEVELS for p in task.generate(split, per_level, seed=seed, levels=[lv])][:problems]
-        params = atts.Params(n=n, max_turns=max_turns, chunk_tokens=chunk_tokens, temperature=temperature, seed=seed, update_calibration=False)
+        if mode not in ("line", "reference"):
+            raise ConfigError(f"--mode must be line or reference, got {mode!r}")
+        params = atts.Params(n=n, max_turns=max_turns, mode=mode, chunk_tokens=chunk_tokens, temperature=temperature, seed=seed, update_calibration=False)
     except (ConfigError, ValueError) as err:
         typer.echo(f"error: {getattr(err, 'message', err)}", err=True)
         raise typer.Exit(2) from None

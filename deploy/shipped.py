@@ -1,9 +1,11 @@
 """Calibration sets shipped with a draft model, so ``atts`` answers on a fresh install.
 
-A conformal calibration set is a property of a (draft, target) pair of weights. The bundled pair's set is built
-once by ``python -m deploy.calibrate --problems 200 --n 1 --seed 3 --export models/draft/calibration.json`` and
-shipped; the service seeds its database with it on start, only when the served weights are those it was built
-on (a digest of each model's safetensors), so a retrained or replaced model never inherits a stale set.
+A conformal calibration set is a property of a (draft, target) pair of weights and of the chunking it scores
+(ATTS's ``line`` or ``reference`` mode). The bundled pair's sets are built once by ``python -m deploy.calibrate
+--problems 200 --n 1 --seed 3 --export models/draft/calibration.json`` (line chunks) and the same with ``--mode
+reference --export models/draft/calibration-tokens32.json`` (32-token chunks), and shipped; the service seeds
+its database with every ``calibration*.json`` of the draft on start, only when the served weights are those it
+was built on (a digest of each model's safetensors), so a retrained or replaced model never inherits a stale set.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class ShippedCalibration(BaseModel):
     database with it on start when the served draft and policy have exactly the weights it was built on."""
 
     dataset: str
+    chunking: str = "line"  # atts.Params.chunking of the chunks scored (files from before chunkings: line)
     draft_weights: str
     target_weights: str
     made_by: str
@@ -37,15 +40,25 @@ class ShippedCalibration(BaseModel):
 
 
 async def seed_shipped(store: Store, *, draft: Path | None, target: Path | None, draft_name: str, target_name: str) -> str | None:
-    """Seed the calibration set shipped with ``draft`` (served as ``draft_name`` for the policy ``target_name``)
-    when the database lacks it and the weights match; returns what was done, for the log (None: nothing)."""
-    if draft is None or target is None or not (draft / "calibration.json").exists():
+    """Seed every calibration set shipped with ``draft`` (``calibration*.json``; served as ``draft_name`` for the
+    policy ``target_name``) that the database lacks, when the weights match; returns what was done, for the log
+    (None: nothing)."""
+    if draft is None or target is None:
         return None
-    shipped = ShippedCalibration.model_validate_json((draft / "calibration.json").read_text())
-    name = atts.calibration_name(draft_name, target_name, shipped.dataset)
-    if (weights_digest(draft), weights_digest(target)) != (shipped.draft_weights, shipped.target_weights):
-        return f"not seeding calibration set {name!r}: {draft / 'calibration.json'} was built for other weights (run python -m deploy.calibrate)"
+    files = sorted(draft.glob("calibration*.json"))
+    if not files:
+        return None
+    served = (weights_digest(draft), weights_digest(target))
+    notes = [note for f in files if (note := await _seed_one(store, f, served, draft_name, target_name))]
+    return "; ".join(notes) or None
+
+
+async def _seed_one(store: Store, file: Path, served: tuple[str, str], draft_name: str, target_name: str) -> str | None:
+    shipped = ShippedCalibration.model_validate_json(file.read_text())
+    name = atts.calibration_name(draft_name, target_name, shipped.dataset, shipped.chunking)
+    if served != (shipped.draft_weights, shipped.target_weights):
+        return f"not seeding calibration set {name!r}: {file} was built for other weights (run python -m deploy.calibrate)"
     if len(await store.calibration.scores(name)) >= atts.MIN_CALIBRATION:
         return None
     size = await store.calibration.add_scores(name, scores=shipped.scores, model=f"{draft_name}->{target_name}", keep=atts.CALIBRATION_WINDOW, replace=True)
-    return f"seeded ATTS calibration set {name!r} with the {size} scores shipped in {draft / 'calibration.json'}"
+    return f"seeded ATTS calibration set {name!r} with the {size} scores shipped in {file}"

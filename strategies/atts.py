@@ -1,18 +1,31 @@
 """ATTS: a cheap draft model writes, the target model checks, and a conformal test decides who writes on.
 
 Each of ``n`` samples runs as its own async loop (no batch barrier between samples). One turn: the draft
-writes a chunk (one step: up to ``chunk_tokens`` tokens, ending at the step delimiter); the target scores it
-without generating, as its perplexity under the target given the question and the sample's text so far (prompt
-log-probabilities of a single prefill). The score's conformal p-value against a calibration set of such
-scores is the share of calibration scores at least as large (ties broken at random, the smoothed p-value).
-A p-value at or below ``alpha`` rejects the chunk and the target writes that turn's chunk instead.
+writes a chunk; the target scores it without generating, as its perplexity under the target given the question
+and the sample's text so far (prompt log-probabilities of a single prefill, the chunk's tokens only). The
+score's conformal p-value against a calibration set of such scores is the share of calibration scores at least
+as large (ties broken at random, the smoothed p-value). A p-value at or below ``alpha`` rejects the chunk.
 
-When calibration and live chunks are exchangeable, a chunk is rejected with probability exactly ``alpha``:
-``alpha`` sets the share of turns the target has to take over, hence the cost. A calibration set is kept per
-(draft model, target model, dataset), built by ``python -m deploy.calibrate`` and updated online: every chunk
-a request scores is appended (the newest :data:`CALIBRATION_WINDOW` are kept), so the set follows drift.
+Two modes, differing in what a chunk is and what a rejection does:
 
-Sequential scaling is ``max_turns`` (chunks per sample), parallel scaling ``n``; the answer is the majority
+- ``line`` (the default): a chunk is one step (up to ``chunk_tokens`` tokens, ending at the step delimiter); a
+  rejected chunk is thrown away and the target writes that turn's step instead.
+- ``reference`` (the ATTS reference code, ``ref_async.py`` with the self-rejection of
+  ``ref_async_self_reject.py``): a chunk is ``chunk_tokens`` tokens, wherever they end; a rejected chunk is
+  first resampled by the draft, up to ``resamples`` times (each resample scored and tested again); when every
+  attempt is rejected the lowest-perplexity attempt is kept and the target continues after it for up to
+  ``chunk_tokens`` tokens. A kept chunk that ended the solution leaves nothing to continue: the target writes
+  that chunk anew instead.
+
+``resamples`` applies to both modes (default 0 in ``line``, 2 in ``reference``: the reference's three
+attempts). When calibration and live chunks are exchangeable, a turn's first draft chunk is rejected with
+probability exactly ``alpha``: ``alpha`` sets the share of turns the draft has to redo or the target has to take
+over, hence the cost. A calibration set is kept per (draft model, target model, dataset, chunking), built by
+``python -m deploy.calibrate`` and updated online: every turn's first chunk a request scores is appended (the
+newest :data:`CALIBRATION_WINDOW` are kept), so the set follows drift. Resamples are not appended: they are
+drawn where a chunk was just rejected, so they are not exchangeable with a fresh turn's chunk.
+
+Sequential scaling is ``max_turns`` (turns per sample), parallel scaling ``n``; the answer is the majority
 over the samples.
 """
 
@@ -23,36 +36,67 @@ import bisect
 import math
 import random
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Literal, Sequence
 
 from pydantic import Field
 
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded, InvalidRequest
 from orchestrator.strategy import StrategySpec
-from orchestrator.types import Problem, ScoreSpec, StrategyResult
-from strategies.common import Path, StepConfig, extend, majority, path_candidates, result
+from orchestrator.types import Problem, Role, SamplingSpec, ScoreSpec, StrategyResult
+from strategies.common import Path, StepConfig, ended, extend, majority, path_candidates, result
 from strategies.params import MaxTokens, Sampling, Seed, Temperature
 
 CALIBRATION_WINDOW = 4096  # newest scores a calibration set keeps
 MIN_CALIBRATION = 20  # fewer scores cannot resolve alpha = 0.05 (p-values move in steps of 1/(size + 1))
+Mode = Literal["line", "reference"]
+CHUNK_TOKENS: dict[str, int] = {"line": 64, "reference": 32}  # chunk_tokens when a request gives none
+RESAMPLES: dict[str, int] = {"line": 0, "reference": 2}  # resamples when a request gives none
 
 
 class Params(Sampling):
     n: int = Field(4, ge=1, le=64, description="Independent samples (parallel scaling); the answer is their majority.")
-    alpha: float = Field(0.3, ge=0.0, le=1.0, description="Share of draft chunks the target rejects and rewrites (0: never, 1: always).")
-    max_turns: int = Field(16, ge=1, le=256, description="Most chunks per sample (sequential scaling).")
-    chunk_tokens: int = Field(64, ge=1, le=1024, description="Most tokens of one chunk (a chunk is one step).")
+    alpha: float = Field(0.3, ge=0.0, le=1.0, description="Share of fresh draft chunks the conformal test rejects (0: never, 1: always).")
+    max_turns: int = Field(16, ge=1, le=256, description="Most turns (kept chunks) per sample (sequential scaling).")
+    mode: Mode = Field(
+        "line",
+        description="`line`: a chunk is one step, a rejected one is rewritten by the target; `reference`: a chunk is "
+        "`chunk_tokens` tokens, a rejected one is resampled by the draft, then kept and continued by the target.",
+    )
+    chunk_tokens: int | None = Field(
+        None, ge=1, le=1024, description="Most tokens of one chunk (and of a target continuation); default 64 in `line` mode, 32 in `reference`."
+    )
+    resamples: int | None = Field(
+        None, ge=0, le=4, description="Self-rejection: draft resamples of a rejected chunk before the target takes over; default 0 in `line` mode, 2 in `reference`."
+    )
     max_tokens: MaxTokens = Field(256, description="Most generated tokens per sample.")
     temperature: Temperature = Field(0.8, description="Sampling temperature of draft and target.")
     seed: Seed = Field(None, description="Engine seed (sample i offset by i); also seeds the p-value tie-breaks.")
     dataset: str = Field("task", min_length=1, max_length=100, description="Which calibration set of the model pair to test against.")
-    update_calibration: bool = Field(True, description="Append this request's chunk scores to the calibration set.")
+    update_calibration: bool = Field(True, description="Append this request's first-attempt chunk scores to the calibration set.")
+
+    @property
+    def chunk(self) -> int:
+        """The chunk bound in force (``chunk_tokens``, or the mode's default)."""
+        return self.chunk_tokens or CHUNK_TOKENS[self.mode]
+
+    @property
+    def retries(self) -> int:
+        """The draft resamples in force (``resamples``, or the mode's default)."""
+        return RESAMPLES[self.mode] if self.resamples is None else self.resamples
+
+    @property
+    def chunking(self) -> str:
+        """What a chunk is, as calibration sets are keyed: ``line`` (one step; the bound hardly matters, a step
+        is far shorter) or ``tokens<k>`` (exactly k tokens: the score distribution depends on k)."""
+        return "line" if self.mode == "line" else f"tokens{self.chunk}"
 
 
-def calibration_name(draft: str, target: str, dataset: str) -> str:
-    """The database name of the calibration set of a (draft, target) pair on ``dataset``."""
-    return f"{draft}->{target}/{dataset}"
+def calibration_name(draft: str, target: str, dataset: str, chunking: str = "line") -> str:
+    """The database name of the calibration set of a (draft, target) pair on ``dataset`` for chunks of
+    ``chunking`` (:attr:`Params.chunking`); line chunks keep the plain name."""
+    base = f"{draft}->{target}/{dataset}"
+    return base if chunking == "line" else f"{base}@{chunking}"
 
 
 def p_value(score: float, ordered: Sequence[float], u: float) -> float:
@@ -74,7 +118,8 @@ async def perplexity(ctx: StrategyContext, prefix: str, chunk: str, *, hop: int,
 
 @dataclass
 class Sample:
-    """One sample's run: where it got to, and per turn the draft's score, p-value and verdict."""
+    """One sample's run: where it got to, the scores of every turn's first draft chunk (what a calibration set
+    keeps), and per conformal test the score, p-value and verdict."""
 
     path: Path = field(default_factory=Path)
     scores: list[float] = field(default_factory=list)
@@ -85,6 +130,10 @@ class Sample:
     def rejected(self) -> int:
         return sum(1 for t in self.turns if t["rejected"])
 
+    @property
+    def takeovers(self) -> int:
+        return sum(1 for t in self.turns if t["takeover"])
+
 
 async def for_draft(ctx: StrategyContext, problem: Problem) -> Problem:
     """``problem`` as the draft reads it: the chat rendered by the draft's own template (a draft of another
@@ -94,44 +143,86 @@ async def for_draft(ctx: StrategyContext, problem: Problem) -> Problem:
     return replace(problem, prompt=await ctx.render_chat(problem.messages, role="draft"))
 
 
+async def write(
+    ctx: StrategyContext, problem: Problem, path: Path, params: Params, cfg: StepConfig, *, hop: int, stage: str, role: Role | None = None
+) -> tuple[Path | None, bool]:
+    """``path`` one chunk longer, written by ``role`` (default: the policy), and whether the budget refused it
+    (then None). ``line``: one step, as the step-wise searches write it; ``reference``: ``chunk_tokens`` tokens
+    with no stop string, so a chunk may end mid-line and the next one continues it."""
+    if params.mode == "line":
+        written, limited = await extend(ctx, problem, [(path, 1)], cfg, hop=hop, stage=stage, role=role)
+        return (written[0][0] if written[0] else None), limited
+    spec = SamplingSpec(
+        prompt=problem.prompt + path.text,
+        max_tokens=max(1, min(cfg.step_tokens, cfg.max_tokens - path.tokens)),
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        seed=None if cfg.seed is None else cfg.seed + 7919 * hop,
+    )
+    try:
+        c = (await ctx.generate(spec, stage=stage, hop=hop, role=role)).completions[0]
+    except BudgetExceeded:
+        return None, True
+    tokens = path.tokens + max(c.tokens, 1)
+    over = ended(c, cfg.delimiter)
+    done = over or tokens >= cfg.max_tokens
+    return Path(text=path.text + c.text, tokens=tokens, done=done, finish_reason=c.finish_reason if over or not done else "length"), False
+
+
 async def run_sample(
     ctx: StrategyContext, problem: Problem, params: Params, index: int, ordered: Sequence[float] | None, *, drafted: Problem | None = None
 ) -> Sample:
     """Sample ``index``'s loop (``drafted``: the problem as the draft reads it, see :func:`for_draft`).
-    ``ordered`` None calibrates: every draft chunk is scored and kept."""
+    ``ordered`` None calibrates: every draft chunk is scored and kept (nothing is rejected, nothing resampled).
+
+    Per turn, hops ``2a`` and ``2a + 1`` are attempt a's draft call and scoring, the last hop the target's."""
     drafting = drafted or problem
     seed = None if params.seed is None else params.seed + 1_000_003 * index
-    cfg = StepConfig(params.chunk_tokens, params.max_tokens, params.temperature, params.top_p, seed, ctx.tools.profile.step_delimiter)
+    cfg = StepConfig(params.chunk, params.max_tokens, params.temperature, params.top_p, seed, ctx.tools.profile.step_delimiter)
     rng = random.Random(f"{params.seed}/{index}") if params.seed is not None else random.Random()
     out = Sample()
     branch = str(index)
+    per_turn = 2 * params.retries + 3
     for turn in range(params.max_turns):
-        hop = 3 * turn
-        written, limited = await extend(ctx, drafting, [(out.path, 1)], cfg, hop=hop, stage="draft", role="draft")
-        if limited or not written[0]:
-            out.limited = True
-            break
-        draft = written[0][0]
-        chunk = draft.text[len(out.path.text) :]
-        if not chunk:  # the draft ended the solution (EOS): nothing to score
-            out.path = draft
-            break
-        try:
-            s = await perplexity(ctx, problem.prompt + out.path.text, chunk, hop=hop + 1, branch=branch)
-        except BudgetExceeded:
-            out.path, out.limited = draft, True  # paid for: keep it unchecked
-            break
-        p = p_value(s, ordered, rng.random()) if ordered is not None else 1.0
-        rejected = p <= params.alpha
-        out.scores.append(s)
-        out.turns.append({"sample": index, "turn": turn, "perplexity": round(s, 4), "p_value": round(p, 4), "rejected": rejected})
-        if rejected:
-            written, limited = await extend(ctx, problem, [(out.path, 1)], cfg, hop=hop + 2, stage="takeover")
-            if limited or not written[0]:
+        tried: list[tuple[float, Path]] = []
+        kept: Path | None = None
+        for attempt in range(params.retries + 1):
+            hop = per_turn * turn + 2 * attempt
+            draft, limited = await write(ctx, drafting, out.path, params, cfg, hop=hop, stage="draft", role="draft")
+            if limited or draft is None:
                 out.limited = True
+                return out
+            chunk = draft.text[len(out.path.text) :]
+            if not chunk:  # the draft ended the solution (EOS): nothing to score
+                out.path = draft
+                return out
+            try:
+                s = await perplexity(ctx, problem.prompt + out.path.text, chunk, hop=hop + 1, branch=branch)
+            except BudgetExceeded:
+                out.path, out.limited = draft, True  # paid for: keep it unchecked
+                return out
+            p = p_value(s, ordered, rng.random()) if ordered is not None else 1.0
+            rejected = p <= params.alpha
+            if attempt == 0:
+                out.scores.append(s)
+            out.turns.append(
+                {"sample": index, "turn": turn, "attempt": attempt, "perplexity": round(s, 4), "p_value": round(p, 4), "rejected": rejected, "takeover": False}
+            )
+            tried.append((s, draft))
+            if not rejected:
+                kept = draft
                 break
-            draft = written[0][0]
-        out.path = replace(draft, parents=())  # no tree here: a sample is one chain
+        if kept is None:  # every attempt rejected: the target takes over
+            out.turns[-1]["takeover"] = True
+            best = min(tried, key=lambda t: t[0])[1]
+            # `reference` keeps the draft's best attempt and continues it; `line`, or a kept chunk that ended
+            # the solution, has the target write the chunk anew.
+            start = best if params.mode == "reference" and not best.done else out.path
+            kept, limited = await write(ctx, problem, start, params, cfg, hop=per_turn * turn + per_turn - 1, stage="takeover")
+            if limited or kept is None:
+                out.limited = True
+                return out
+        out.path = replace(kept, parents=())  # no tree here: a sample is one chain
         if out.path.done:
             break
     return out
@@ -140,12 +231,13 @@ async def run_sample(
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
     if ctx.draft_model is None:
         raise InvalidRequest("atts needs a draft model (role `draft`) and none is served", param="strategy")
-    name = calibration_name(ctx.draft_model, ctx.target_model, params.dataset)
+    name = calibration_name(ctx.draft_model, ctx.target_model, params.dataset, params.chunking)
     ordered = sorted(await ctx.calibration.scores(name))
     if len(ordered) < MIN_CALIBRATION:
+        flags = "" if params.mode == "line" else f" --mode reference --chunk-tokens {params.chunk}"
         raise InvalidRequest(
             f"calibration set {name!r} has {len(ordered)} scores, atts needs at least {MIN_CALIBRATION}: "
-            f"build it with `python -m deploy.calibrate --dataset {params.dataset}`",
+            f"build it with `python -m deploy.calibrate --dataset {params.dataset}{flags}`",
             param="strategy_params.dataset",
         )
 
@@ -153,7 +245,8 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
 
     async def one(i: int) -> Sample:
         s = await run_sample(ctx, problem, params, i, ordered, drafted=drafted)
-        ctx.emit({"stage": "sample", "sample": i, "answer": path_candidates(ctx, [s.path])[0].answer, "turns": len(s.turns), "rejected": s.rejected})
+        answer = path_candidates(ctx, [s.path])[0].answer
+        ctx.emit({"stage": "sample", "sample": i, "answer": answer, "turns": len(s.scores), "rejected": s.rejected, "takeovers": s.takeovers})
         return s
 
     samples = list(await asyncio.gather(*(one(i) for i in range(params.n))))
@@ -164,14 +257,25 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
     if not paths:
         raise BudgetExceeded("the budget had no room for a single chunk")
     cands = path_candidates(ctx, paths)
-    chunks = sum(len(s.turns) for s in samples)
+    chunks = sum(len(s.turns) for s in samples)  # conformal tests: every scored draft chunk, resamples included
+    turns = len(scores)  # turns whose first draft chunk was tested
     rejected = sum(s.rejected for s in samples)
+    first_rejected = sum(1 for s in samples for t in s.turns if t["attempt"] == 0 and t["rejected"])
+    takeovers = sum(s.takeovers for s in samples)
     info = {
         "calibration": name,
         "calibration_size": len(ordered),
+        "mode": params.mode,
+        "chunk_tokens": params.chunk,
+        "resamples": params.retries,
         "chunks": chunks,
         "rejected": rejected,
         "rejection_rate": rejected / chunks if chunks else 0.0,
+        "turns": turns,
+        "first_rejected": first_rejected,
+        "first_rejection_rate": first_rejected / turns if turns else 0.0,
+        "takeovers": takeovers,
+        "takeover_rate": takeovers / turns if turns else 0.0,
     }
     trace = [t for s in samples for t in s.turns]
     limited = any(s.limited for s in samples)
@@ -179,19 +283,25 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
 
 
 async def calibration_scores(ctx: StrategyContext, problem: Problem, params: Params) -> list[float]:
-    """Scores of the draft's chunks on ``problem`` with nothing rejected (the draft writes every chunk), as
-    a calibration set needs them: ``n`` samples of up to ``max_turns`` chunks."""
+    """Scores of the draft's chunks on ``problem`` with nothing rejected (the draft writes every chunk, in
+    ``params``' chunking), as a calibration set needs them: ``n`` samples of up to ``max_turns`` chunks."""
     drafted = await for_draft(ctx, problem)
     samples = await asyncio.gather(*(run_sample(ctx, problem, params, i, None, drafted=drafted) for i in range(params.n)))
     return [x for s in samples for x in s.scores]
+
+
+def worst_case(p: Params) -> int:
+    """Generated tokens a request can cost: per turn up to ``retries + 1`` draft attempts and the target's
+    chunk, for at most ``max_turns`` turns, and about ``retries + 2`` times what a sample keeps."""
+    per_sample = min((p.retries + 2) * p.max_tokens, p.max_turns * (p.retries + 2) * p.chunk)
+    return p.n * per_sample
 
 
 SPEC = StrategySpec(
     name="atts",
     params=Params,
     run=run,
-    summary="draft writes, target rejects by a conformal test at rate alpha and rewrites",
-    # A rejected chunk is paid twice: the draft's and the target's rewrite.
-    worst_case=lambda p: 2 * p.n * p.max_tokens,
+    summary="draft writes, target rejects by a conformal test at rate alpha and rewrites (line) or continues (reference)",
+    worst_case=worst_case,
     needs=lambda p: frozenset({"draft"}),
 )

@@ -38,3 +38,29 @@ def test_seeds_once_for_matching_weights_and_never_for_others(tmp_path):
         assert asyncio.run(seed_shipped(store, draft=target, target=draft, draft_name="x", target_name="y")) is None  # no file
     finally:
         store.engine.dispose()
+
+
+def test_every_shipped_chunking_is_seeded_under_its_own_name(tmp_path):
+    draft, target = model_dir(tmp_path, "draft", b"d" * 64), model_dir(tmp_path, "target", b"t" * 64)
+    digests = {"draft_weights": weights_digest(draft), "target_weights": weights_digest(target)}
+    line = ShippedCalibration(dataset="task", made_by="test", scores=[1.0] * 30, **digests)  # a file from before chunkings
+    tokens = ShippedCalibration(dataset="task", chunking="tokens32", made_by="test", scores=[2.0] * 25, **digests)
+    (draft / "calibration.json").write_text(line.model_dump_json(exclude={"chunking"}))
+    (draft / "calibration-tokens32.json").write_text(tokens.model_dump_json())
+    store = Store.from_url(f"sqlite:///{tmp_path / 'tts.db'}")
+    try:
+        note = asyncio.run(seed_shipped(store, draft=draft, target=target, draft_name="draft", target_name="target"))
+        assert "'draft->target/task' with the 30 scores" in note and "'draft->target/task@tokens32' with the 25 scores" in note
+        assert asyncio.run(store.calibration.scores("draft->target/task@tokens32")) == tokens.scores
+        assert asyncio.run(store.calibration.scores("draft->target/task")) == line.scores
+    finally:
+        store.engine.dispose()
+
+
+def test_the_bundled_pair_ships_both_chunkings():
+    root = Path(__file__).resolve().parent.parent / "models"
+    sets = {f.name: ShippedCalibration.model_validate_json(f.read_text()) for f in sorted((root / "draft").glob("calibration*.json"))}
+    assert {n: s.chunking for n, s in sets.items()} == {"calibration-tokens32.json": "tokens32", "calibration.json": "line"}
+    for s in sets.values():
+        assert (s.draft_weights, s.target_weights) == (weights_digest(root / "draft"), weights_digest(root / "target"))
+        assert len(s.scores) >= 800

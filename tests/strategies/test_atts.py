@@ -171,3 +171,138 @@ def test_a_draft_of_another_family_reads_the_chat_in_its_own_template(store):
     targets = [p for role, p in engine.prompts if role == "policy"]
     assert drafts and all(p.startswith("<draft-template> q\n") for p in drafts)
     assert targets and all(p.startswith("<policy-template> q\n") for p in targets)
+
+
+# ------------------------------------------------------------------------------------ reference mode
+
+
+class TokenDraftTarget:
+    """A solution of ``depth`` words, then ``Answer: G`` (G: its ``g`` words) and EOS; words are tokens and a
+    call writes at most ``max_tokens`` of them, so a chunk ends wherever its token bound falls. The target
+    writes ``g``; the draft's k-th attempt at the same prefix writes ``draft[k % len(draft)]`` words, and
+    answers ``99`` unless that word is ``g``. Scoring: ``b`` -2, ``m`` -1, ``99`` -3, any other word -0.1."""
+
+    LOGPROB = {"b": -2.0, "m": -1.0, "99": -3.0}
+
+    def __init__(self, depth: int = 4, draft: tuple[str, ...] = ("b", "m", "g")) -> None:
+        self.depth, self.draft = depth, draft
+        self.attempts: dict[str, int] = {}
+        self.calls: list[tuple[str, str, str]] = []
+
+    async def generate(self, role, spec):
+        written = spec.prompt[len(PROMPT) :].split()
+        word = "g"
+        if role == "draft":
+            k = self.attempts.get(spec.prompt, 0)
+            self.attempts[spec.prompt] = k + 1
+            word = self.draft[k % len(self.draft)]
+        self.calls.append((role, "generate", spec.prompt))
+        words = [w for w in written if not w.startswith("Answer")]
+        if len(words) >= self.depth:
+            text, finish = f"\nAnswer: {sum(w == 'g' for w in words) if word == 'g' else 99}", "stop"
+            count = 2
+        else:
+            count = min(spec.max_tokens, self.depth - len(words))
+            text, finish = "".join(f" {word}" for _ in range(count)), "length" if count == spec.max_tokens else "stop"
+        assert not spec.stop  # token-count chunks stop at no string
+        return Generation((Completion(text, count, finish, stop_reason=None),), Usage(len(spec.prompt.split()), count))
+
+    async def score(self, role, spec):
+        words = spec.prompt.split()
+        chunk = words[spec.start + 1 :]
+        self.calls.append((role, "score", spec.prompt))
+        return Scores(tuple(range(len(words))), spec.start, tuple(self.LOGPROB.get(w, -0.1) for w in chunk), (), Usage(len(words), 1))
+
+    async def tokenize(self, role, text):
+        return text.split()
+
+    async def abort(self, ids):
+        pass
+
+
+REF_NAME = atts.calibration_name("d", "t", "task", "tokens2")
+
+
+def _ref_calibration(store):
+    # Half the calibration at perplexity e^0.1, half at e^0.5: a g chunk conforms, b, m and 99 chunks do not.
+    asyncio.run(store.calibration.add_scores(REF_NAME, scores=[math.exp(0.1)] * 15 + [math.exp(0.5)] * 15, model="d->t", keep=100))
+
+
+def test_reference_mode_resamples_a_rejected_chunk_and_keeps_the_first_accepted(store):
+    _ref_calibration(store)
+    engine = TokenDraftTarget(depth=4, draft=("b", "m", "g"))
+    out, _, calls = _run(engine, store, n=1, alpha=0.1, mode="reference", chunk_tokens=2)
+    assert out.text == " g g g g\nAnswer: 4" and out.answer == "4"
+    assert out.info["calibration"] == REF_NAME and out.info["resamples"] == 2  # the reference's three attempts
+    # Two chunk turns of three attempts (b, m rejected, g accepted), then the answer turn: b-answer 99 and
+    # m-answer 99 rejected, the g-answer accepted. The target only scored.
+    assert [(t["turn"], t["attempt"], t["rejected"]) for t in out.trace] == [
+        (0, 0, True),
+        (0, 1, True),
+        (0, 2, False),
+        (1, 0, True),
+        (1, 1, True),
+        (1, 2, False),
+        (2, 0, True),
+        (2, 1, True),
+        (2, 2, False),
+    ]
+    assert out.info["chunks"] == 9 and out.info["rejected"] == 6 and out.info["turns"] == 3
+    assert out.info["first_rejection_rate"] == 1.0 and out.info["takeovers"] == 0
+    assert not any(c.role == "policy" and c.kind == "generate" for c in calls)
+    # Only each turn's first attempt joins the calibration set: resamples are drawn where a chunk was rejected.
+    assert len(asyncio.run(store.calibration.scores(REF_NAME))) == 30 + 3
+
+
+def test_reference_mode_keeps_the_best_rejected_chunk_and_the_target_continues_it(store):
+    _ref_calibration(store)
+    engine = TokenDraftTarget(depth=4, draft=("b", "m"))
+    out, _, _ = _run(engine, store, n=1, alpha=0.1, mode="reference", chunk_tokens=2, resamples=1)
+    # Turn 0: "b b" and "m m" rejected; "m m" (lower perplexity) is kept and the target writes the next two
+    # tokens after it. Turn 1: the draft's answers (99) are rejected and ended the solution: nothing to
+    # continue, so the target writes the answer anew.
+    assert out.text == " m m g g\nAnswer: 2" and out.answer == "2"
+    target_prompts = [p for role, kind, p in engine.calls if role == "policy" and kind == "generate"]
+    assert target_prompts == [PROMPT + " m m", PROMPT + " m m g g"]
+    assert [t["takeover"] for t in out.trace] == [False, True, False, True]
+    assert out.info["takeovers"] == 2 and out.info["takeover_rate"] == 1.0 and out.info["rejection_rate"] == 1.0
+
+
+def test_line_mode_can_self_reject_before_the_target_rewrites(store):
+    asyncio.run(store.calibration.add_scores(NAME, scores=[math.exp(0.1)] * 30, model="d->t", keep=100))
+    out, _, calls = _run(DraftTarget(), store, n=1, alpha=0.1, resamples=1)
+    assert out.text == "s0 good\ns1 good\ns2 good\nAnswer: 3"
+    assert out.info["chunks"] == 7 and out.info["rejected"] == 6 and out.info["takeovers"] == 3  # two bad drafts per line
+    assert sum(1 for c in calls if c.role == "draft") == 7
+
+
+def test_calibration_sets_are_keyed_by_chunking():
+    assert atts.Params().chunking == "line" and atts.calibration_name("d", "t", "task", "line") == NAME == "d->t/task"
+    p = atts.Params(mode="reference")
+    assert (p.chunk, p.retries, p.chunking) == (32, 2, "tokens32")
+    assert atts.Params(mode="reference", chunk_tokens=100, resamples=0).chunking == "tokens100"
+    assert atts.calibration_name("d", "t", "task", "tokens32") == "d->t/task@tokens32"
+    assert (atts.Params().chunk, atts.Params().retries) == (64, 0)  # today's line chunks, unchanged
+
+
+def test_missing_reference_calibration_names_its_command(store):
+    _ref_calibration(store)  # tokens2 only: the default 32-token set is missing
+    with pytest.raises(InvalidRequest, match="deploy.calibrate --dataset task --mode reference --chunk-tokens 32"):
+        _run(TokenDraftTarget(), store, mode="reference")
+
+
+@pytest.mark.parametrize(
+    "field, value", [("mode", "paper"), ("chunk_tokens", 0), ("chunk_tokens", 2000), ("resamples", -1), ("resamples", 5), ("resamples", "two")]
+)
+def test_bad_new_parameters_name_their_field(field, value):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        atts.Params(**{field: value})
+    assert err.value.errors()[0]["loc"] == (field,)
+
+
+def test_worst_case_counts_every_attempt():
+    assert atts.SPEC.worst_case(atts.Params()) == 2 * 4 * 256  # line mode as before
+    ref = atts.Params(mode="reference")  # 3 draft attempts and a target chunk per turn
+    assert atts.SPEC.worst_case(ref) == 4 * min(4 * 256, 16 * 4 * 32)
