@@ -1,9 +1,11 @@
 """Every strategy on the bundled test split: accuracy versus total tokens and versus wall time, N = 4, 8, 16.
 
-    python -m bench.strategies [--problems 30] [--concurrency 4] [--ns 4 8 16] [--seed 0]
+    python -m bench.strategies [--problems 30] [--concurrency 4] [--ns 4 8 16] [--seed 0] [--seeds 0 1]
 
 One run: the bundled `target` policy and `prm` on a local Ray pool; problems drawn evenly over the five
-levels of the test split; every (strategy, N) runs over all problems, ``--concurrency`` problems at a time.
+levels of the test split; every (strategy, N) runs over all problems, ``--concurrency`` problems at a time,
+once per sampling seed (``--seeds``, default ``--seed``), each problem with its own seed (seed x 1000 + its
+index); a row pools its seeds and keeps each seed's accuracy and tokens (``by_seed``).
 Tokens are what the ledger holds: policy prompt + completion plus verifier (PRM) tokens; ``generated`` is
 policy completion tokens only; ``sequential`` is the PDR paper's latency proxy. Wall time is the mean
 latency of one request (under the stated concurrency, so comparable only within this run).
@@ -14,6 +16,11 @@ Goals checked and written into the JSON:
   winning sample's own time (its generate call's latency).
 - PDR versus single pass at matched sequential tokens: >= +5 points (single pass is run with its
   ``max_tokens`` raised to PDR's mean sequential tokens: it may think as long as PDR's chain).
+- Adaptive consistency versus self-consistency at the same N: >= 2x fewer total tokens at accuracy within
+  1 point, pooled and at every seed (its samples are self-consistency's first ones: same per-sample seeds).
+- ER-PRM versus beam search: ``early_rejection`` waits for n finished beams as beam search does (equal
+  candidate counts, ``mean_candidates``); ``early_rejection_reference`` is the reference's search
+  (n / beam_width finished beams, top beam answers).
 
 Writes bench/results/strategies.json, a Markdown table (strategies.md) and, with plotly installed, an
 interactive plot (strategies.html).
@@ -57,6 +64,9 @@ class Row:
     flops: list[float] = field(default_factory=list)  # 2 x parameters x tokens computed (not cached), policy and PRM
     peak_live_nodes: list[int] = field(default_factory=list)  # tree searches: most nodes held at one depth
     latency: list[float] = field(default_factory=list)
+    candidates: list[int] = field(default_factory=list)  # candidates the answer was chosen among
+    samples: list[int] = field(default_factory=list)  # adaptive sampling: samples drawn
+    by_seed: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # seed -> correct, total_tokens
     winner_latency: list[float] = field(default_factory=list)  # FFS: the winning sample's own call
     # Majority@N: what FFS would generate on these very samples if every loser stopped the instant the
     # first answered sample ended (FFS uses the same per-sample seeds, so these are its samples too).
@@ -76,19 +86,38 @@ class Row:
             "mean_gflops": mean([f / 1e9 for f in self.flops]),
             "mean_peak_live_nodes": mean(self.peak_live_nodes),
             "mean_latency_s": mean(self.latency),
+            "mean_candidates": mean(self.candidates),
+            "mean_samples": mean(self.samples),
+            "by_seed": {
+                str(s): {"problems": len(v["correct"]), "accuracy": mean(v["correct"]), "mean_total_tokens": mean(v["total_tokens"])}
+                for s, v in self.by_seed.items()
+            },
             "mean_winner_latency_s": mean(self.winner_latency),
             "mean_ffs_ideal_generated": mean(self.ffs_ideal),
         }
 
 
+# Rows that run a strategy under another name (its parameters differ).
+ALIASES = {"first_finish_sync": "first_finish", "early_rejection_reference": "early_rejection", "adaptive_consistency_dev": "adaptive_consistency"}
+# Adaptive consistency's wave parameters chosen on the dev split (SC@16 samples of 150 dev problems x 2 seeds,
+# the stopping rule replayed over them): stop when 2 of the first 3 agree. The row `adaptive_consistency`
+# keeps the strategy's defaults (min_samples 4, wave 4, confidence 0.95, the paper's target).
+ADAPTIVE_DEV = {"min_samples": 3, "wave": 4, "confidence": 0.65}
+
+
 def configs(ns: list[int], seed: int) -> list[tuple[str, int | None, dict[str, Any]]]:
+    """The rows: (row name, N, parameters); a ``seed`` parameter is replaced per problem (:func:`seed_for`)."""
     out: list[tuple[str, int | None, dict[str, Any]]] = [("single_pass", None, {}), ("sequential_refinement", None, {"rounds": 3, "seed": seed})]
     for n in ns:
+        width = 2 if n == 4 else 4
         out += [
             ("self_consistency", n, {"n": n, "seed": seed}),
+            ("adaptive_consistency", n, {"n": n, "seed": seed}),
+            ("adaptive_consistency_dev", n, {**ADAPTIVE_DEV, "n": n, "seed": seed}),
             ("best_of_n", n, {"n": n, "seed": seed}),
-            ("beam_search", n, {"n": n, "beam_width": 2 if n == 4 else 4, "seed": seed}),
-            ("early_rejection", n, {"n": n, "beam_width": 2 if n == 4 else 4, "seed": seed}),
+            ("beam_search", n, {"n": n, "beam_width": width, "seed": seed}),
+            ("early_rejection", n, {"n": n, "beam_width": width, "seed": seed}),
+            ("early_rejection_reference", n, {"n": n, "beam_width": width, "finished_beams": n // width, "selection": "top_beam", "seed": seed}),
             ("rebase", n, {"width": n, "seed": seed}),
             ("ets", n, {"width": n, "seed": seed}),
             ("first_finish", n, {"n": n, "seed": seed}),
@@ -111,8 +140,14 @@ def parameters(model: str) -> int:
     return int(json.loads((REPO_ROOT / "models" / model / "training.json").read_text())["params"])
 
 
-async def run_one(pool, row: Row, strategy: str, p: task.Problem) -> None:
-    """Solve ``p`` with ``strategy`` and ``row.params``; record what it cost in ``row``."""
+def seed_for(seed: int, index: int) -> int:
+    """Problem ``index``'s own seed under sampling seed ``seed`` (room for 1000 problems per seed)."""
+    return seed * 1000 + index
+
+
+async def run_one(pool, row: Row, strategy: str, p: task.Problem, *, seed: int | None = None) -> None:
+    """Solve ``p`` with ``strategy`` and ``row.params`` (its ``seed`` replaced by ``seed``); record what it
+    cost in ``row``."""
     calls: list[SubCall] = []
 
     async def sink(call: SubCall) -> None:
@@ -125,10 +160,18 @@ async def run_one(pool, row: Row, strategy: str, p: task.Problem) -> None:
     )
     spec = REGISTRY[strategy]
     t0 = time.perf_counter()
-    result = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**row.params))
+    params = {**row.params, "seed": seed} if "seed" in row.params and seed is not None else row.params
+    result = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**params))
     row.latency.append(time.perf_counter() - t0)
     row.correct.append(task.check_answer(p, result.text).correct)
     row.total_tokens.append(ctx.usage.total_tokens + ctx.verifier_tokens)
+    row.candidates.append(len(result.candidates))
+    if "samples" in result.info:
+        row.samples.append(int(result.info["samples"]))  # type: ignore[call-overload]
+    if "seed" in row.params and seed is not None:
+        per = row.by_seed.setdefault(seed // 1000, {"correct": [], "total_tokens": []})
+        per["correct"].append(float(row.correct[-1]))
+        per["total_tokens"].append(row.total_tokens[-1])
     row.generated.append(ctx.usage.completion_tokens)
     row.sequential.append(result.sequential_tokens or ctx.sequential_tokens)
     # Tokens a model actually computed: prompt tokens the prefix cache served cost no forward pass.
@@ -156,17 +199,20 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[Row] = []
     t_start = time.perf_counter()
     try:
-        todo = [c for c in configs(args.ns, args.seed) if not args.only or c[0] in args.only]
-        with tqdm(total=len(todo) * len(problems), desc="strategies", unit="req") as bar:
+        seeds = args.seeds or [args.seed]
+        todo = [c for c in configs(args.ns, seeds[0]) if not args.only or c[0] in args.only]
+        with tqdm(total=len(todo) * len(problems) * len(seeds), desc="strategies", unit="req") as bar:
             for name, n, params in todo:
                 row = Row(name, n, params)
 
-                async def one(p: task.Problem) -> None:
+                async def one(p: task.Problem, seed: int) -> None:
                     async with sem:
-                        await run_one(pool, row, name.removesuffix("_sync"), p)
+                        await run_one(pool, row, ALIASES.get(name, name), p, seed=seed)
                     bar.update()
 
-                await asyncio.gather(*(one(p) for p in problems))
+                # Seed by seed, so that each seed's requests meet the same load.
+                for s in seeds:
+                    await asyncio.gather(*(one(p, seed_for(s, i)) for i, p in enumerate(problems)))
                 rows.append(row)
                 bar.set_postfix_str(f"{name}@{n}: {statistics.fmean(map(float, row.correct)):.2f}")
             # Single pass allowed PDR's sequential budget (matched: the PDR paper's comparison).
@@ -181,7 +227,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         await pool.shutdown()
     summaries = [r.summary() for r in rows]
     return {
-        "settings": {"problems": len(problems), "concurrency": args.concurrency, "ns": args.ns, "seed": args.seed},
+        "settings": {"problems": len(problems), "concurrency": args.concurrency, "ns": args.ns, "seed": args.seed, "seeds": args.seeds or [args.seed]},
         "wall_s": round(time.perf_counter() - t_start, 1),
         "rows": summaries,
         "goals": goals(summaries),
@@ -204,13 +250,35 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "met": saving >= 0.4 and r["accuracy"] >= mv["accuracy"] and r["mean_latency_s"] <= 1.1 * r["mean_winner_latency_s"],
         }
     for (name, n), r in by.items():
-        if name == "early_rejection" and ("beam_search", n) in by:
+        if name in ("early_rejection", "early_rejection_reference") and ("beam_search", n) in by:
             bs = by[("beam_search", n)]
             ratio = bs["mean_gflops"] / r["mean_gflops"]
-            out[f"early_rejection_vs_beam_search@{n}"] = {
+            out[f"{name}_vs_beam_search@{n}"] = {
                 "flops_ratio": round(ratio, 3),
                 "accuracy_delta": round(r["accuracy"] - bs["accuracy"], 3),
+                "candidates": [r.get("mean_candidates"), bs.get("mean_candidates")],
                 "met": ratio >= 2 and r["accuracy"] >= bs["accuracy"] - 0.01,
+            }
+    for (name, n), r in by.items():
+        if name.startswith("adaptive_consistency") and ("self_consistency", n) in by:
+            sc = by[("self_consistency", n)]
+            ratio = sc["mean_total_tokens"] / r["mean_total_tokens"]
+            per_seed = {}
+            for s, a in r.get("by_seed", {}).items():
+                b = sc.get("by_seed", {}).get(s)
+                if b:
+                    per_seed[s] = {
+                        "token_ratio": round(b["mean_total_tokens"] / a["mean_total_tokens"], 3),
+                        "accuracy_delta": round(a["accuracy"] - b["accuracy"], 3),
+                    }
+            out[f"{name.replace('adaptive_consistency', 'adaptive')}_vs_self_consistency@{n}"] = {
+                "token_ratio": round(ratio, 3),
+                "mean_samples": r.get("mean_samples"),
+                "accuracy_delta": round(r["accuracy"] - sc["accuracy"], 3),
+                "by_seed": per_seed,
+                "met": ratio >= 2
+                and r["accuracy"] >= sc["accuracy"] - 0.01
+                and all(v["token_ratio"] >= 2 and v["accuracy_delta"] >= -0.01 for v in per_seed.values()),
             }
     for (name, n), r in by.items():
         if name == "ets" and ("rebase", n) in by:
@@ -298,7 +366,8 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=30, help="Test problems, spread evenly over the 5 levels.")
     ap.add_argument("--concurrency", type=int, default=4, help="Problems in flight at once.")
     ap.add_argument("--ns", type=int, nargs="+", default=[4, 8, 16], help="Sample counts / widths to run.")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="Draws the problems (and is the sampling seed without --seeds).")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[], help="Sampling seeds: every row runs once per seed, pooled.")
     ap.add_argument("--out", type=Path, default=RESULTS / "strategies.json")
     ap.add_argument("--only", nargs="+", default=[], help="Run only these strategies (rows merge into --out).")
     ap.add_argument("--replot", action="store_true", help="Only redraw the table and plot from --out.")

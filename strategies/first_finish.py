@@ -10,19 +10,29 @@ answered traces, abort the rest, and take the majority among those k. Samples th
 answer do not count, nor do samples cut by ``max_tokens`` (a truncated trace is never answered): the winner
 is the first finisher *with* an answer. When none has one, the first
 finisher is returned with answer None.
+
+``openings`` is the paper's per-sample opening prefill, for diversity: sample i continues the prompt followed
+by ``openings[i % len(openings)]``, and the opening is part of that sample's text (its answer is read from
+opening + continuation; its tokens are prompt, not generated, tokens). An opening is written in the model's
+own format: for the bundled model, one that starts the first step line (e.g. the start value); for R1-style
+models the paper's phrases ("Alright, let's", "Hmm, ", "Okay, so"). A lockstep batch (``sync``) shares one
+prompt, so it takes at most one opening.
+
+``finish="last"`` is the paper's control, Last Finish Search: every sample runs to its end and the last to
+finish with an answer wins (sync: the last to end); with k > 1 the majority of the last k. Nothing is aborted.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded
 from orchestrator.strategy import StrategySpec
-from orchestrator.types import Candidate, FinishReason, Problem, StrategyResult
+from orchestrator.types import Candidate, FinishReason, Problem, SamplingSpec, StrategyResult
 from strategies.common import candidate, majority, result
 from strategies.params import Sampling, Seed, Temperature, TopP
 
@@ -34,6 +44,25 @@ class Params(Sampling):
     top_p: TopP = Field(0.95, description="Nucleus sampling mass (the paper's 0.95).")
     seed: Seed = Field(None, description="Sample i uses seed + i; None for fresh randomness.")
     mode: Literal["async", "sync"] = Field("async", description="Independent requests, or one lockstep batch.")
+    openings: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=64, description="Opening prefills: sample i continues the prompt + openings[i % len]; none by default."
+    )
+    finish: Literal["first", "last"] = Field("first", description="Who wins: the first finisher (FFS) or the last (the paper's control).")
+
+    @field_validator("openings")
+    @classmethod
+    def _one_prompt_in_lockstep(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("mode") == "sync" and len(v) > 1:
+            raise ValueError(f"mode sync decodes one prompt in lockstep: at most one opening, not {len(v)}")
+        return v
+
+    def opening(self, i: int) -> str:
+        """The opening prefill of sample ``i`` ("" without openings)."""
+        return self.openings[i % len(self.openings)] if self.openings else ""
+
+    def spec(self, prompt: str, i: int, *, n: int = 1) -> SamplingSpec:
+        """The call of sample ``i`` (of ``n`` in lockstep): the prompt with its opening, seed + i."""
+        return self.sampling(prompt + self.opening(i), n=n, seed_offset=i)
 
     @model_validator(mode="after")
     def _k_within_n(self) -> Params:
@@ -45,36 +74,39 @@ class Params(Sampling):
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
     if params.mode == "sync":
         return await _run_sync(problem, ctx, params)
-    specs = [params.sampling(problem.prompt, seed_offset=i) for i in range(params.n)]
+    specs = [params.spec(problem.prompt, i) for i in range(params.n)]
     answered: list[int] = []
     async with ctx.race(specs, stage="sample") as race:
         async for f in race:
             c = f.generation.completions[0]
-            if candidate(ctx, c.text, c.tokens, c.finish_reason).answer is not None:
+            if candidate(ctx, params.opening(f.index) + c.text, c.tokens, c.finish_reason).answer is not None:
                 answered.append(f.index)
-            if len(answered) >= params.k:
+            if params.finish == "first" and len(answered) >= params.k:
                 if race.running:
                     ctx.emit({"stage": "abort", "winners": answered[: params.k], "aborting": race.running})
                 break
     results = race.results
     if not results:
         raise BudgetExceeded("the budget had no room for a single sample")
-    candidates = tuple(candidate(ctx, c.text, c.tokens, c.finish_reason) for i in range(params.n) if i in results for c in results[i].completions)
-    index = {i: pos for pos, i in enumerate(i for i in range(params.n) if i in results)}
-    # Among the first k answered, the majority (ties to the earliest); the first finisher when none answered.
-    first = answered[: params.k] or race.order[:1]
+    drawn = [i for i in range(params.n) if i in results]
+    candidates = tuple(candidate(ctx, params.opening(i) + c.text, c.tokens, c.finish_reason) for i in drawn for c in results[i].completions)
+    index = {i: pos for pos, i in enumerate(drawn)}
+    # Among the first (last) k answered, the majority (ties to the earliest); the first (last) finisher when none answered.
+    first = _pick(answered, params) or _pick(race.order, params, k=1)
     pos, votes = _vote([candidates[index[i]] for i in first])
     chosen = candidates[index[first[pos]]]
-    return result(chosen, candidates, info={"winner": first[pos], "finish_order": race.order, "aborted": race.aborted, "votes": votes, "k": params.k})
+    info = {"winner": first[pos], "finish_order": race.order, "aborted": race.aborted, "votes": votes, "k": params.k, "finish": params.finish}
+    return result(chosen, candidates, info=info)
 
 
 async def _run_sync(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
-    texts = [""] * params.n
+    opening = params.opening(0)
+    texts = [opening] * params.n
     tokens = [0] * params.n
     reasons: list[FinishReason | None] = [None] * params.n
     order: list[int] = []
     stopped = False
-    stream = ctx.stream(params.sampling(problem.prompt, n=params.n), stage="sample")
+    stream = ctx.stream(params.spec(problem.prompt, 0, n=params.n), stage="sample")
     async for d in stream:
         texts[d.index] += d.text
         tokens[d.index] = d.tokens
@@ -82,16 +114,22 @@ async def _run_sync(problem: Problem, ctx: StrategyContext, params: Params) -> S
             reasons[d.index] = d.finish_reason
             if d.finish_reason != "abort":
                 order.append(d.index)
-        if len(order) >= params.k and not stopped:
+        if params.finish == "first" and len(order) >= params.k and not stopped:
             stopped = True
             ctx.emit({"stage": "abort", "winners": order[: params.k]})
             await stream.stop()  # the stream ends once the engine has let the batch go
     cands = tuple(candidate(ctx, t, n, r or "abort") for t, n, r in zip(texts, tokens, reasons))
-    first = order[: params.k] or [0]
+    first = _pick(order, params) or [0]
     pos, votes = _vote([cands[i] for i in first])
     aborted = [i for i, c in enumerate(cands) if c.finish_reason == "abort"]
-    info = {"winner": first[pos], "finish_order": order, "aborted": aborted, "votes": votes, "k": params.k, "mode": "sync"}
+    info = {"winner": first[pos], "finish_order": order, "aborted": aborted, "votes": votes, "k": params.k, "mode": "sync", "finish": params.finish}
     return result(cands[first[pos]], cands, info=info)
+
+
+def _pick(order: list[int], params: Params, *, k: int | None = None) -> list[int]:
+    """The first k of ``order`` (``finish="first"``), or the last k, latest first (``finish="last"``)."""
+    k = k or params.k
+    return order[:k] if params.finish == "first" else order[::-1][:k]
 
 
 def _vote(pool: list[Candidate]) -> tuple[int, dict[str, int]]:

@@ -2,6 +2,9 @@
 
 Ties go to the answer reached first in sample order; unparsable answers do not vote. When no sample has
 an answer, the first sample is returned with answer None.
+
+``adaptive=true`` draws the n samples in waves and stops once the vote is settled
+(:mod:`strategies.adaptive_consistency`, with its ``wave``, ``min_samples`` and ``confidence``).
 """
 
 from __future__ import annotations
@@ -13,15 +16,22 @@ from pydantic import Field
 from orchestrator.context import StrategyContext
 from orchestrator.strategy import StrategySpec
 from orchestrator.types import Problem, StrategyResult
+from strategies.adaptive_consistency import Confidence, MinSamples, Waves, WaveSize, vote
 from strategies.common import candidates, majority, result
 from strategies.params import Sampling
 
 
-class Params(Sampling):
-    n: int = Field(8, ge=1, le=256, description="Samples to draw.")
+class Params(Sampling, Waves):
+    n: int = Field(8, ge=1, le=256, description="Samples to draw (the most, with adaptive).")
+    adaptive: bool = Field(False, description="Sample in waves and stop once the vote is settled (adaptive consistency).")
+    wave: WaveSize = 4
+    min_samples: MinSamples = 4
+    confidence: Confidence = 0.95
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
+    if params.adaptive:
+        return await vote(problem, ctx, params, n=params.n, wave=params.wave, min_samples=params.min_samples, confidence=params.confidence)
     gen = await ctx.generate(params.sampling(problem.prompt, n=params.n), stage="sample")
     cands = candidates(ctx, gen.completions)
     votes = Counter(c.answer for c in cands if c.answer is not None)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 import pytest
+from pydantic import ValidationError
 
 from orchestrator.types import Problem
 from strategies import REGISTRY
@@ -81,14 +83,89 @@ def test_early_rejection_completes_only_the_kept_candidates():
         results[name] = (asyncio.run(spec.run(Problem("q\n", question="q"), ctx, spec.params(n=8, beam_width=4, **params))), ctx, engine)
     er, ctx, engine = results["early_rejection"]
     for step in er.trace:
-        assert step["sampled"] == 8 and step["kept"] <= 2 and step["completed"] <= 2
-        assert step["rejected_at_tau"] >= 6
+        assert step["sampled"] == 8 and step["kept"] <= 2
+        if not step["topped_up"]:  # the answer step is topped up to n finished beams (tested below)
+            assert step["completed"] <= 2 and step["rejected_at_tau"] >= 6
     partial = [c for c in engine.calls if c.max_tokens == 2]
     assert partial and all(c.stop == ("\n",) for c in partial)
     assert er.answer == "3"  # the good branch, judged after 2 of its 6 words
     # The saving: rejected candidates cost tau tokens, not a whole step.
     beam_ctx = results["beam_search"][1]
     assert ctx.usage.completion_tokens < 0.6 * beam_ctx.usage.completion_tokens
+
+
+def run_words(name, prm=None, engine=None, **params):
+    from tests.strategies.scripted import WordStepEngine
+
+    engine = engine or WordStepEngine(3)
+    ctx, calls = context(engine, step_scorer=prm or WordPRM())
+    spec = REGISTRY[name]
+    return asyncio.run(spec.run(Problem("q\n", question="q"), ctx, spec.params(n=8, beam_width=4, **params))), ctx, engine
+
+
+def test_early_rejection_chooses_among_as_many_candidates_as_beam_search():
+    bs, *_ = run_words("beam_search")
+    er, ctx, engine = run_words("early_rejection", tau=2)
+    assert len(bs.candidates) == 8 and bs.info["finished"] == 8
+    # Default: n finished beams, as beam search; the answer step completes the 6 candidates the kept 2 left.
+    assert len(er.candidates) == 8 and er.info["finished"] == 8
+    assert er.trace[-1]["kept"] == 2 and er.trace[-1]["topped_up"] == 6 and er.trace[-1]["rejected_at_tau"] == 0
+    assert all(c.answer in ("3", "4") for c in er.candidates)
+    # The reference's stopping point: n // beam_width finished beams, nothing topped up.
+    ref, ref_ctx, _ = run_words("early_rejection", tau=2, finished_beams=2)
+    assert len(ref.candidates) == 2 and all(step["topped_up"] == 0 for step in ref.trace)
+    assert ref_ctx.usage.completion_tokens <= ctx.usage.completion_tokens
+
+
+def test_early_rejection_tops_up_by_completing_the_next_best_candidates():
+    er, ctx, engine = run_words("early_rejection", tau=1)
+    last = er.trace[-1]
+    assert last["topped_up"] == 6 and er.info["finished"] == 8
+    # One-word partials: every answer line ("Answer: A", 2 words) was cut at tau and completed, kept or topped up.
+    completions = [c for c in engine.calls if c.max_tokens == 64 - 1 and c.prompt.endswith("Answer:")]
+    assert len(completions) == 8 and last["completed"] == 8
+
+
+class AnswerPRM(WordPRM):
+    """Like WordPRM, but an answer line scores 0.9 when it answers 4 and 0.6 when it answers 3."""
+
+    async def step_scores(self, engine, question, solution):
+        scores = list(await super().step_scores(engine, question, solution))
+        last = solution.strip().split("\n")[-1]
+        if last.startswith("Answer:"):
+            scores[-1] = 0.9 if last.endswith("4") else 0.6
+        return tuple(scores)
+
+
+def test_top_beam_is_the_reference_answer_rule():
+    from tests.strategies.scripted import WordStepEngine
+
+    class MostlyThree(WordStepEngine):
+        """Answers 3 three times in four (j % 4 == 3 answers 4)."""
+
+        async def generate(self, role, spec):
+            gen = await super().generate(role, spec)
+            swap = {1: ("Answer: 4", "Answer: 3"), 3: ("Answer: 3", "Answer: 4")}  # by j % 4
+            comps = tuple(replace(c, text=c.text.replace(*swap[j % 4])) if j % 4 in swap else c for j, c in enumerate(gen.completions))
+            return replace(gen, completions=comps)
+
+    results = {sel: run_words("early_rejection", tau=2, prm=AnswerPRM(), engine=MostlyThree(3), selection=sel)[0] for sel in ("weighted", "top_beam")}
+    # Six 3s at 0.6 outweigh two 4s at 0.9; the top beam is a 4.
+    assert sorted(c.answer for c in results["weighted"].candidates) == ["3"] * 6 + ["4"] * 2
+    assert results["weighted"].answer == "3" and results["top_beam"].answer == "4"
+    assert results["top_beam"].text.endswith("Answer: 4")
+
+
+def test_early_rejection_parameters():
+    spec = REGISTRY["early_rejection"]
+    with pytest.raises(ValidationError) as err:
+        spec.params(n=8, beam_width=4, finished_beams=9)
+    assert err.value.errors()[0]["loc"] == ("finished_beams",)
+    with pytest.raises(ValueError):
+        spec.params(selection="best")
+    assert spec.params(selection="top_beam", finished_beams=2).finished_beams == 2
+    # The cost bound covers the topped-up completions (n of them) by default, n // beam_width for the reference.
+    assert spec.worst_case(spec.params(n=8, beam_width=4, finished_beams=2)) < spec.worst_case(spec.params(n=8, beam_width=4))
 
 
 def test_early_rejection_tau_must_be_below_a_step():
