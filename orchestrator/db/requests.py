@@ -7,16 +7,22 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from sqlalchemy import case, func, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from orchestrator.db.base import Repository, rowcount, total_from_subcalls
+from orchestrator.db.base import GroupCommit, Repository, rowcount, total_from_subcalls
 from orchestrator.db.models import RequestRecord, SubCallRecord, Tenant
 from orchestrator.db.views import RequestRow, UsageRow, request_row
 from orchestrator.types import UNFINISHED, RequestState, StrategyResult, SubCall, Usage
 
 
 class Requests(Repository):
-    """Every write the controller makes about a request, each one a single short transaction."""
+    """Every write the controller makes about a request, each one a single short transaction; sub-call rows
+    by group commit (:class:`~orchestrator.db.base.GroupCommit`: many calls' rows in one transaction, each
+    call acknowledged once its row is committed)."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        super().__init__(sessions)
+        self._subcalls = GroupCommit(sessions, SubCallRecord.__table__)
 
     async def create(
         self,
@@ -53,14 +59,9 @@ class Requests(Repository):
         await self._write(lambda s: s.execute(stmt))
 
     async def add_subcall(self, request_id: str, *, call: SubCall) -> None:
-        """Append one engine call to the request's ledger; a scoring call's tokens count as verifier tokens."""
-        rec = SubCallRecord(
-            request_id=request_id, seq=call.seq, stage=call.stage, role=call.role, branch=call.branch, worker=call.worker, n=call.n,
-            prompt_tokens=call.usage.prompt_tokens, cached_tokens=call.usage.cached_tokens, completion_tokens=call.usage.completion_tokens,
-            verifier_tokens=call.usage.total_tokens if call.kind == "score" else 0,
-            cost_usd=call.cost_usd, latency_s=call.latency_s, finish_reasons=list(call.finish_reasons),
-        )
-        await self._write(lambda s: s.add(rec))
+        """Append one engine call to the request's ledger; a scoring call's tokens count as verifier tokens.
+        Returns once the row is committed (with the rows of other calls that ended meanwhile)."""
+        await self._subcalls.add(subcall_row(request_id, call))
 
     async def finish(
         self,
@@ -74,7 +75,8 @@ class Requests(Repository):
         cost_usd: float = 0.0,
         budget: dict[str, Any] | None = None,
     ) -> None:
-        """End the request with its totals (and answer, when there is one). Raises ``KeyError`` for an unknown id."""
+        """End the request with its totals (and answer, when there is one). Raises ``KeyError`` for an unknown id.
+        Sub-call rows still committing (a call cancelled while its row was queued) are committed first."""
 
         def work(s: Session) -> None:
             rec = s.get(RequestRecord, request_id)
@@ -90,6 +92,7 @@ class Requests(Repository):
             if result is not None:
                 rec.answer, rec.text, rec.finish_reason = result.answer, result.text, result.finish_reason
 
+        await self._subcalls.drain()
         await self._write(work)
 
     async def finish_unfinished(self, request_id: str, *, state: RequestState, error: str) -> bool:
@@ -106,6 +109,7 @@ class Requests(Repository):
             total_from_subcalls(s, rec)
             return True
 
+        await self._subcalls.drain()  # the totals are read off the rows: every queued one must be in
         return await self._write(work)
 
     async def request_cancel(self, request_id: str) -> bool:
@@ -165,3 +169,13 @@ class Requests(Repository):
             ]
 
         return await self._read(work)
+
+
+def subcall_row(request_id: str, call: SubCall) -> dict[str, Any]:
+    """The ledger row of one engine call (``subcalls``' columns), stamped now: when the call ended."""
+    return {
+        "request_id": request_id, "seq": call.seq, "stage": call.stage, "role": call.role, "branch": call.branch, "worker": call.worker, "n": call.n,
+        "prompt_tokens": call.usage.prompt_tokens, "cached_tokens": call.usage.cached_tokens, "completion_tokens": call.usage.completion_tokens,
+        "verifier_tokens": call.usage.total_tokens if call.kind == "score" else 0,
+        "cost_usd": call.cost_usd, "latency_s": call.latency_s, "finish_reasons": list(call.finish_reasons), "created_at": datetime.now(timezone.utc),
+    }

@@ -1,0 +1,533 @@
+"""Control-plane overhead: the real service (HTTP API, controller, budget, ledger, pool, Ray actors) over engines
+that answer at once, so that everything measured is the service's own cost.
+
+    python -m bench.control_plane                      # SQLite and PostgreSQL, writes bench/results/control_plane.json
+    python -m bench.control_plane --db sqlite          # one database (`postgres` starts a throwaway server)
+    python -m bench.control_plane --db postgres --postgres-url postgresql+psycopg://...   # an existing server
+
+Every role (``policy``, ``prm``) is served by :mod:`workers.instant` engines: Ray actors with the vLLM engine
+actor's methods, reached through the same ``LocalEngine`` backend, pool and routing. The service is assembled
+as ``deploy.serve`` assembles it (its PRM, judge and toolbox wiring), plus one benchmark strategy (the probe).
+
+Two numbers, per database:
+
+- **Sub-calls per second** one API process sustains: ``--concurrency`` clients (a separate process, so that
+  the client's work is not the server's) send ``beam_search`` requests (n 8, beam width 4, ``--steps`` steps:
+  each step is 2 generate calls and 8 PRM scoring calls, about 10 x steps sub-calls a request) through
+  ``POST /v1/chat/completions`` for ``--requests`` requests. The rate is the ledger rows those requests left
+  divided by the wall time from the first request sent to the last answer received.
+- **Overhead per sub-call** (p50 / p99): the wall time of one ``ctx.generate`` or ``ctx.score`` as a strategy
+  sees it, from the call to its return, with nothing else running (one request at a time, its sub-calls one
+  after another: the probe strategy, alternating a policy generate and a PRM score). That is budget
+  admission, the pool's routing, the Ray actor call there and back (serialisation included), the instant
+  engine's own answer (microseconds: its share is measured inside the actor and reported), the sub-call's
+  accounting, its metrics and its ledger write, awaited as the strategy awaits it. Also reported: the same
+  calls' times while the throughput load runs (``overhead_loaded``), which adds waiting for the one event loop.
+
+Also reported: the API process's CPU time per sub-call during the load (its client and engines are other
+processes; the machine's other load inflates it least), the load average, and the bare Ray floor (the same
+instant actor called straight from an event loop, no service: what one Ray round trip costs here).
+``--label`` names the run; the results file keeps one report per label (``before``, ``after``, ...).
+
+Every run also checks the ledger: every answered request has as many sub-call rows as its response counted,
+and its recorded totals equal the sum of those rows. A run that finds a missing row fails.
+
+Goal (issue 25): at least 1000 sub-calls/s and a p50 overhead of at most 2 ms on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import pstats
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Coroutine, Iterator, TypeVar
+
+from pydantic import Field
+
+from orchestrator.config import REPO_ROOT, Settings, get_settings
+from orchestrator.context import StrategyContext
+from orchestrator.strategy import StrategySpec
+from orchestrator.types import Problem, SamplingSpec, ScoreSpec, StrategyResult
+from strategies.params import Sampling
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RESULTS = REPO_ROOT / "bench" / "results" / "control_plane.json"
+
+# ------------------------------------------------------------------------------------------ the probe strategy
+
+# Wall time of every sub-call the probe made in this process, in seconds (the service runs in this process).
+PROBE_TIMES: list[float] = []
+
+
+class ProbeParams(Sampling):
+    calls: int = Field(100, ge=1, le=10_000, description="Sub-calls, one after another, alternating generate and score.")
+
+
+async def probe(problem: Problem, ctx: StrategyContext, params: ProbeParams) -> StrategyResult:
+    """``calls`` sub-calls one after another, each timed from the strategy's call to its return."""
+    text = ""
+    for i in range(params.calls):
+        t0 = time.perf_counter()
+        if i % 2 == 0:
+            gen = await ctx.generate(SamplingSpec(problem.prompt, n=1, max_tokens=params.max_tokens, temperature=params.temperature), stage="probe")
+            text = gen.completions[0].text
+        else:
+            await ctx.score(ScoreSpec(problem.prompt + text, start=0), stage="probe_score")
+        PROBE_TIMES.append(time.perf_counter() - t0)
+    return StrategyResult(text=text, answer=ctx.extract(text), finish_reason="stop")
+
+
+PROBE = StrategySpec(
+    name="control_plane_probe",
+    params=ProbeParams,
+    run=probe,
+    summary="benchmark probe: sequential sub-calls, each timed",
+    worst_case=lambda p: p.calls * (p.max_tokens + 256),
+)
+
+# ------------------------------------------------------------------------------------------ the service
+
+
+def _instant_config() -> Any:
+    from workers.config import PoolConfig, RoleConfig
+
+    roles = {"policy": RoleConfig(model=REPO_ROOT / "models" / "target"), "prm": RoleConfig(model=REPO_ROOT / "models" / "prm")}
+    return PoolConfig(roles=roles, call_timeout_s=60.0)
+
+
+async def start_instant_service(settings: Settings, *, steps: int) -> Any:
+    """``deploy.serve.Service`` with every role served by instant engines (``Service.start``'s wiring, its
+    pool built from :class:`workers.instant.InstantSpec` instead of the roles' vLLM engines)."""
+    from api.app import create_app
+    from deploy.serve import Service, exposure, listen, outcome_judge, step_scorer
+    from orchestrator.admission import Limits
+    from orchestrator.controller import Controller
+    from orchestrator.db.store import Store
+    from orchestrator.profile import load_profile
+    from orchestrator.toolbox import Toolbox
+    from strategies import REGISTRY
+    from verifiers import TaskRefiner, verifier_for
+    from workers.instant import InstantConfig, InstantSpec
+    from workers.jobs import RayJobs
+    from workers.pool import WorkerPool
+
+    profile = load_profile(settings.profile)
+    store = Store.from_url(settings.database)
+    server_id = settings.server_id or f"bench-{uuid.uuid4().hex[:6]}"
+    settings = exposure(settings, has_keys=await store.tenants.has_api_keys())
+    sock = listen(settings.host, settings.port)
+    await store.leases.register(server_id)
+    config = _instant_config()
+    specs = [InstantSpec.from_config(role, rc, config=InstantConfig(steps=steps)) for role, rc in config.roles.items()]
+    pool = await WorkerPool.start(specs, call_timeout_s=config.call_timeout_s)
+    controller = Controller(
+        engine=pool,
+        store=store,
+        strategies={**REGISTRY, PROBE.name: PROBE},
+        tools=Toolbox(
+            verifier=verifier_for(profile),
+            step_scorer=step_scorer(config, pool, profile),
+            outcome_scorer=outcome_judge(config, pool),
+            refiner=TaskRefiner(),
+            calibration=store.calibration,
+            profile=profile,
+        ),
+        models={settings.model_name: "policy"},
+        max_request_tokens=settings.max_request_tokens,
+        limits=Limits(width=settings.limit_width, depth=settings.limit_depth, max_tokens=settings.limit_max_tokens or profile.max_tokens_cap),
+        max_running=settings.max_running,
+        max_queued=settings.max_queued,
+        server_id=server_id,
+    )
+    app = create_app(settings, controller, jobs=RayJobs(settings.jobs_address))
+    service = Service(settings, pool, store, controller, app, server_id, sock)
+    service._lease = asyncio.create_task(service._keep_lease(), name="tts-lease")
+    service._cancels = asyncio.create_task(controller.watch_cancels(), name="tts-cancels")
+    return service
+
+
+class InstantServiceThread:
+    """The instant-engine service on its own event loop in a thread, HTTP on loopback (as ``deploy.serve.ServiceThread``)."""
+
+    def __init__(self, settings: Settings, *, steps: int) -> None:
+        import uvicorn
+
+        from workers.pool import connect_ray
+
+        connect_ray(settings.ray_address)  # ray.init belongs on the main thread
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tts-service", daemon=True)
+        self._thread.start()
+        self.service = self.run(start_instant_service(settings, steps=steps))
+        config = uvicorn.Config(
+            self.service.app, host=self.service.settings.host, port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=5,
+            timeout_keep_alive=settings.keep_alive_s,
+        )
+        self._server = uvicorn.Server(config)
+        self._serving = asyncio.run_coroutine_threadsafe(self._server.serve(sockets=[self.service.sock]), self._loop)
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if self._serving.done() or time.monotonic() > deadline:
+                raise RuntimeError(f"API did not start: {self._serving.exception() if self._serving.done() else 'timeout'}")
+            time.sleep(0.05)
+        self.base_url = f"http://{self.service.settings.host}:{self.service.sock.getsockname()[1]}"
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 600) -> T:
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result(timeout)
+
+    def call(self, fn: Any) -> None:
+        """Run ``fn()`` on the service's loop thread (a profiler must be enabled in the thread it profiles)."""
+
+        async def go() -> None:
+            fn()
+
+        self.run(go())
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        try:
+            self._serving.result(30)
+        finally:
+            self.run(self.service.stop(), timeout=60)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL
+
+
+@contextmanager
+def postgres_server(*, synchronous_commit: str = "on") -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on loopback from the installed Debian binaries, with its default
+    durability (fsync and synchronous commit on: the benchmark must pay what production pays), or
+    ``synchronous_commit`` off to measure what waiting for the WAL flush costs."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise SystemExit("PostgreSQL is not installed (apt-get install postgresql), or pass --postgres-url")
+    bindir = Path(found[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="tts-bench-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o", f"-h 127.0.0.1 -p {port} -k {sock} -c max_connections=200 -c synchronous_commit={synchronous_commit}", "start")
+    try:
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "tts")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/tts"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ the load
+
+
+def _body(strategy: str, params: dict[str, Any], i: int) -> dict[str, Any]:
+    question = f"Start at {10 + i % 80} and apply +{i % 7 + 1}, *3, -5."
+    return {"model": "target", "messages": [{"role": "user", "content": question}], "strategy": strategy, "strategy_params": params}
+
+
+def drive(base_url: str, strategy: str, params: dict[str, Any], requests: int, concurrency: int, out: Any) -> None:
+    """Send ``requests`` requests, ``concurrency`` at a time; put ``(wall_s, [(status, request_id, subcalls, latency_s)])``
+    on ``out``. Runs in a process of its own."""
+    import httpx
+
+    async def main() -> tuple[float, list[tuple[int, str, int, float]]]:
+        todo = iter(range(requests))
+        done: list[tuple[int, str, int, float]] = []
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as client:
+
+            async def worker() -> None:
+                for i in todo:
+                    t0 = time.perf_counter()
+                    r = await client.post("/v1/chat/completions", json=_body(strategy, params, i))
+                    tts = r.json().get("tts", {}) if r.status_code == 200 else {}
+                    if r.status_code != 200:
+                        log.warning("request %d: HTTP %d %s", i, r.status_code, r.text[:300])
+                    done.append((r.status_code, tts.get("request_id", ""), int(tts.get("subcalls", 0)), time.perf_counter() - t0))
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return time.perf_counter() - t0, done
+
+    out.put(asyncio.run(main()))
+
+
+def run_load(base_url: str, strategy: str, params: dict[str, Any], *, requests: int, concurrency: int) -> tuple[float, list[tuple[int, str, int, float]]]:
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=drive, args=(base_url, strategy, params, requests, concurrency, out), daemon=True)
+    proc.start()
+    try:
+        result = out.get(timeout=900)
+    finally:
+        proc.join(30)
+    return result
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * len(s) + 0.5) - 1))]
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def check_ledger(svc: InstantServiceThread, answered: list[tuple[int, str, int, float]]) -> dict[str, Any]:
+    """Every answered request's ledger: as many sub-call rows as its response counted, totals equal to their sum."""
+    from sqlalchemy import case, func, select
+
+    from orchestrator.db.models import RequestRecord, SubCallRecord
+
+    ids = [rid for status, rid, _, _ in answered if status == 200]
+    want = {rid: n for status, rid, n, _ in answered if status == 200}
+    with svc.service.store.session() as s:
+        rows = dict(s.execute(select(SubCallRecord.request_id, func.count()).where(SubCallRecord.request_id.in_(ids)).group_by(SubCallRecord.request_id)).all())
+        sums = {
+            r[0]: tuple(r[1:])
+            for r in s.execute(
+                select(
+                    SubCallRecord.request_id,
+                    func.sum(case((SubCallRecord.verifier_tokens == 0, SubCallRecord.prompt_tokens), else_=0)),
+                    func.sum(case((SubCallRecord.verifier_tokens == 0, SubCallRecord.completion_tokens), else_=0)),
+                    func.sum(SubCallRecord.verifier_tokens),
+                )
+                .where(SubCallRecord.request_id.in_(ids))
+                .group_by(SubCallRecord.request_id)
+            ).all()
+        }
+        totals = {
+            r.id: (r.prompt_tokens, r.completion_tokens, r.verifier_tokens, r.state)
+            for r in s.scalars(select(RequestRecord).where(RequestRecord.id.in_(ids)))
+        }
+    missing = sum(max(0, want[rid] - rows.get(rid, 0)) for rid in ids)
+    mismatched = [rid for rid in ids if totals.get(rid, (None,) * 4)[:3] != tuple(int(x) for x in sums.get(rid, (0, 0, 0)))]
+    unfinished = [rid for rid in ids if totals.get(rid, (0, 0, 0, "?"))[3] not in ("succeeded", "budget_exhausted")]
+    return {
+        "requests": len(ids),
+        "failed_requests": len(answered) - len(ids),
+        "subcall_rows": sum(rows.values()),
+        "subcalls_reported": sum(want.values()),
+        "missing_rows": missing,
+        "totals_mismatched": len(mismatched),
+        "not_finished": len(unfinished),
+    }
+
+
+# ------------------------------------------------------------------------------------------ one database
+
+
+def bench_one(db: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    data = Path(tempfile.mkdtemp(prefix="tts-bench-cp-"))
+    settings = get_settings(port=0, data_dir=data, database_url=url, max_running=args.concurrency, max_queued=4 * args.concurrency)
+    svc = InstantServiceThread(settings, steps=args.steps)
+    try:
+        beam = {"n": 8, "beam_width": 4, "max_steps": args.steps + 1, "step_tokens": 16, "max_tokens": 64}
+        run_load(svc.base_url, "beam_search", beam, requests=max(4, args.concurrency), concurrency=args.concurrency)  # warm-up
+
+        # Overhead: one request at a time, its sub-calls one after another.
+        PROBE_TIMES.clear()
+        idle: list[tuple[int, str, int, float]] = []
+        for _ in range(args.probe_requests):
+            _, got = run_load(svc.base_url, PROBE.name, {"calls": args.probe_calls, "max_tokens": 16}, requests=1, concurrency=1)
+            idle += got
+        idle_times = PROBE_TIMES[:]
+
+        # Throughput: beam search at the given concurrency; probe sub-calls timed alongside it.
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler is not None:
+            svc.call(profiler.enable)
+        PROBE_TIMES.clear()
+        prober = None
+        if args.loaded_probe:  # one more client, sending probe requests one at a time while the load runs
+            spawn = multiprocessing.get_context("spawn")
+            probe_out = spawn.Queue()  # never read: the prober is stopped mid-run; its times are PROBE_TIMES
+            prober = spawn.Process(target=drive, args=(svc.base_url, PROBE.name, {"calls": 200, "max_tokens": 16}, 10**6, 1, probe_out), daemon=True)
+            prober.start()
+        load_before = os.getloadavg()[0]
+        cpu0 = time.process_time()
+        try:
+            wall, answered = run_load(svc.base_url, "beam_search", beam, requests=args.requests, concurrency=args.concurrency)
+            cpu = time.process_time() - cpu0  # this process is the API server (its client and engines run elsewhere)
+        finally:
+            if prober is not None:
+                prober.terminate()
+                prober.join(10)
+        loaded_times = PROBE_TIMES[:]
+        if profiler is not None:
+            svc.call(profiler.disable)
+            profiler.dump_stats(args.profile + f".{db}")
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+        ledger = check_ledger(svc, answered + idle)
+        engine_calls = sum(svc.run(_actor_calls(svc)))
+    finally:
+        svc.stop()
+        import ray
+
+        ray.shutdown()
+        shutil.rmtree(data, ignore_errors=True)
+    rows = sum(n for status, _, n, _ in answered if status == 200)
+    latencies = [lat for status, _, _, lat in answered if status == 200]
+    result = {
+        "db": db,
+        "subcalls_per_s": round(rows / wall, 1),
+        "requests_per_s": round(len(latencies) / wall, 2),
+        "wall_s": round(wall, 2),
+        "requests": len(answered),
+        "subcalls": rows,
+        "subcalls_per_request": round(rows / max(1, len(latencies)), 1),
+        "request_latency_s": {"p50": round(pct(latencies, 0.5), 4), "p99": round(pct(latencies, 0.99), 4)},
+        "overhead_ms": {"p50": round(1e3 * pct(idle_times, 0.5), 3), "p99": round(1e3 * pct(idle_times, 0.99), 3), "mean": round(1e3 * statistics.fmean(idle_times), 3), "calls": len(idle_times)},
+        # CPU the API process spent per sub-call during the load: what bounds one API process on a free core,
+        # and what the machine's other load (the load averages) does not inflate, unlike the wall times.
+        "api_cpu_ms_per_subcall": round(1e3 * cpu / max(1, rows), 3),
+        "load_average": {"before": round(load_before, 1), "after": round(os.getloadavg()[0], 1)},
+        "ledger": ledger,
+        "engine_calls": engine_calls,
+    }
+    if loaded_times:
+        result["overhead_loaded_ms"] = {"p50": round(1e3 * pct(loaded_times, 0.5), 3), "p99": round(1e3 * pct(loaded_times, 0.99), 3), "calls": len(loaded_times)}
+    return result
+
+
+async def _actor_calls(svc: InstantServiceThread) -> list[int]:
+    pool = svc.service.pool
+    return [await pool.replica(name).handle.calls.remote() for role in pool.roles() for name in pool.replica_names(role)]
+
+
+def ray_floor(calls: int = 3000) -> dict[str, Any]:
+    """Bare Ray: ``calls`` generate calls on one instant actor straight from an event loop (no service), one
+    at a time and 32 at a time, with the caller's CPU per call: the floor under the service's own numbers."""
+    import ray
+
+    from workers.instant import InstantActor, InstantConfig
+    from workers.pool import connect_ray
+
+    connect_ray(None)
+    actor = InstantActor.options(max_concurrency=1000).remote(InstantConfig(), "floor")
+    spec = SamplingSpec("<|user|>\nStart at 3 and apply +4.\n<|assistant|>\n", n=4, max_tokens=16, stop=("\n",))
+
+    async def run(concurrency: int) -> dict[str, float]:
+        async def one(k: int) -> None:
+            for _ in range(k):
+                await actor.generate.remote(spec)
+
+        await one(50)  # warm-up
+        t0, c0 = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(one(calls // concurrency) for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        done = calls // concurrency * concurrency
+        return {"calls_per_s": round(done / wall, 1), "caller_cpu_ms_per_call": round(1e3 * cpu / done, 3)}
+
+    try:
+        ray.get(actor.start.remote())
+        return {"sequential": asyncio.run(run(1)), "concurrency_32": asyncio.run(run(32)), "load_average": round(os.getloadavg()[0], 1)}
+    finally:
+        ray.kill(actor)
+        ray.shutdown()
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--postgres-url", default=None, help="An existing PostgreSQL database (default: start a throwaway server).")
+    parser.add_argument(
+        "--pg-synchronous-commit", choices=("on", "off"), default="on",
+        help="The throwaway server's synchronous_commit (off: commits do not wait for the WAL flush; measures that wait).",
+    )
+    parser.add_argument("--requests", type=int, default=300, help="beam_search requests in the throughput run.")
+    parser.add_argument("--concurrency", type=int, default=32, help="Requests in flight at once in the throughput run.")
+    parser.add_argument("--steps", type=int, default=4, help="Steps of every instant solution (beam search runs steps + 1 iterations).")
+    parser.add_argument("--probe-requests", type=int, default=5, help="Probe requests (one at a time) for the idle overhead.")
+    parser.add_argument("--probe-calls", type=int, default=200, help="Sequential sub-calls per probe request.")
+    parser.add_argument("--loaded-probe", action=argparse.BooleanOptionalAction, default=True, help="Time probe sub-calls during the throughput run.")
+    parser.add_argument("--profile", default=None, help="cProfile the service's event-loop thread during the throughput run into PATH.<db>.")
+    parser.add_argument("--label", default="", help="A label stored with the results (e.g. before / after).")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    floor = ray_floor()
+    runs: list[dict[str, Any]] = []
+    if args.db in ("sqlite", "both"):
+        runs.append(bench_one("sqlite", "", args))  # "": the default SQLite file under the run's data dir
+    if args.db in ("postgres", "both"):
+        if args.postgres_url:
+            runs.append(bench_one("postgres", args.postgres_url, args))
+        else:
+            with postgres_server(synchronous_commit=args.pg_synchronous_commit) as url:
+                runs.append(bench_one("postgres", url, args))
+    report = {
+        "benchmark": "control_plane",
+        "label": args.label,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _commit(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "command": "python -m bench.control_plane " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "workload": {"strategy": "beam_search", "n": 8, "beam_width": 4, "steps": args.steps, "concurrency": args.concurrency, "requests": args.requests},
+        "postgres_synchronous_commit": args.pg_synchronous_commit if not args.postgres_url else "as the server says",
+        "goal": {"subcalls_per_s": 1000, "overhead_p50_ms": 2.0},
+        "ray_floor": floor,
+        "runs": runs,
+    }
+    print(f"bare Ray actor calls: {floor}")
+    for r in runs:
+        print(
+            f"{r['db']:8s} {r['subcalls_per_s']:8.1f} sub-calls/s  API CPU {r['api_cpu_ms_per_subcall']:.3f} ms/sub-call  overhead p50 {r['overhead_ms']['p50']:.3f} ms  p99 {r['overhead_ms']['p99']:.3f} ms  "
+            f"loaded p50 {r.get('overhead_loaded_ms', {}).get('p50', float('nan')):.3f} ms  ledger {r['ledger']}"
+        )
+    # The file keeps one report per label (before / after ...): a run replaces only its own label's.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        reports = json.loads(args.out.read_text()).get("reports", {})
+    except (OSError, ValueError, AttributeError):
+        reports = {}
+    reports[args.label or "latest"] = report
+    args.out.write_text(json.dumps({"benchmark": "control_plane", "reports": reports}, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
