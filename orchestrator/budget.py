@@ -17,10 +17,24 @@ call already running is bounded by its ``max_tokens``.
 
 Under a tenant's daily quota the token limit is a grant drawn from the day's remainder, grown call by call
 (:meth:`BudgetMeter.make_room`) up to the request's own limit; what is not spent is refunded when it ends.
+
+**Live metering** (``live=True``, the server's default: ``TTS_BUDGET_MODE=live``). Reserving every call's
+worst case wastes a tight budget: n samples cut to ``room // n`` tokens each end without an answer while
+most of the budget stays unspent. A live call keeps its natural ``max_tokens``; it is admitted with a cap,
+what is left of the budget (split evenly among the calls of a race started together), and the engine meters
+the call's sequences against it as they stream (``SamplingSpec.token_cap``, ``workers.token_pool``): the
+prompt is counted exactly, once, by the engine's own tokenizer, sequences that finish early leave their
+share to the others, and when the cap cannot carry every sequence to its expected length (``expected_tokens``,
+from the lengths the server has seen at that stage) the highest-numbered sequences are ended first.
+**Bound:** a live call never delivers more than its cap, whatever the tokenizer (the engine stops counting at
+the cap and drops whatever it computed beyond it), and caps are reserved before calls start, so spend never
+exceeds a limit. Under a cost limit the cap is priced at the dearer of the prompt and completion prices.
+Scoring calls cannot be cut: they are admitted whole, as in reservation mode.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable, Mapping
@@ -66,6 +80,47 @@ class Reservation:
     base_chain: int
     max_tokens: int
     truncated: bool
+    token_cap: int | None = None  # live metering: what the whole call may spend (None: its worst case fits)
+
+
+class LengthHistory:
+    """Mean tokens of the samples that finished by themselves, per (role, stage): what a live call of that
+    stage expects each of its sequences to need. Kept in memory by the server, across requests."""
+
+    def __init__(self) -> None:
+        self._sums: dict[tuple[str, str], list[int]] = {}
+        self._cut: dict[tuple[str, str], int] = {}  # the longest sample the budget ended, per (role, stage)
+        self._requests: dict[str, list[int]] = {}  # strategy -> [tokens, requests] of requests it finished
+
+    def add_request(self, strategy: str, tokens: int) -> None:
+        acc = self._requests.setdefault(strategy, [0, 0])
+        acc[0] += tokens
+        acc[1] += 1
+
+    def expected_request(self, strategy: str) -> float | None:
+        """Mean tokens a request of ``strategy`` spent on this server (None before one finished)."""
+        acc = self._requests.get(strategy)
+        return acc[0] / acc[1] if acc else None
+
+    def add(self, role: str, stage: str, lengths: list[int]) -> None:
+        if lengths:
+            acc = self._sums.setdefault((role, stage), [0, 0])
+            acc[0] += sum(lengths)
+            acc[1] += len(lengths)
+
+    def add_cut(self, role: str, stage: str, lengths: list[int]) -> None:
+        """Samples the budget ended at these lengths: each needed more."""
+        if lengths:
+            self._cut[(role, stage)] = max(self._cut.get((role, stage), 0), max(lengths))
+
+    def expected(self, role: str, stage: str) -> float | None:
+        """The mean of the finished samples; before any finished, twice the longest cut one (it needed more than
+        that: without a guess, samples too long for every budget so far would be cut together forever)."""
+        acc = self._sums.get((role, stage))
+        if acc:
+            return acc[0] / acc[1]
+        cut = self._cut.get((role, stage))
+        return 2.0 * cut if cut else None
 
 
 @dataclass
@@ -80,8 +135,9 @@ class BudgetMeter:
     # Under a tenant's daily quota ``budget.total_tokens`` is a grant from the day's remainder, not the request's
     # own limit: ``draw(tokens)`` takes up to ``tokens`` more of the remainder (returns what it got), and the
     # grant may grow to ``ceiling``, the request's own token limit.
-    draw: Callable[[int], Awaitable[int]] | None = None
+    draw: Callable[[int, int], Awaitable[int]] | None = None
     ceiling: int | None = None
+    live: bool = False  # live metering (module docstring) instead of reserving every call's worst case
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -100,27 +156,43 @@ class BudgetMeter:
             raise InvalidRequest(f"a cost budget needs a price for role {role!r}; priced: {sorted(self.prices)}", param="budget.cost_usd")
         return p
 
-    async def make_room(self, *, prompt_bound: int, n: int, max_tokens: int) -> None:
+    async def make_room(self, *, prompt_bound: int, n: int, max_tokens: int, expected: float | None = None) -> None:
         """Grow a quota grant when a call's worst case does not fit what is left of it, so that a strategy's
         later stages (scoring, re-sent prompts) are not cut by an estimate made before it ran. The draw at
         least doubles the grant (few database round trips per request) and never passes ``ceiling``."""
         total = self.budget.total_tokens
         if self.draw is None or total is None:
             return
+        if self.live and expected is not None:
+            # Metered live, a call needs what its samples are expected to take (with room to spare), not its worst case.
+            max_tokens = min(max_tokens, math.ceil(1.5 * expected))
         short = prompt_bound + n * max_tokens - (total - self.spent_tokens - self.reserved_tokens)
         ask = min(max(short, total), (self.ceiling or total + short) - total)
         if short <= 0 or ask <= 0:
             return
-        got = await self.draw(ask)
+        got = await self.draw(ask, min(short, ask))
         if got:
             self.budget = replace(self.budget, total_tokens=(self.budget.total_tokens or 0) + got)
 
-    def admit(self, *, role: str, prompt_bound: int, n: int, max_tokens: int, generates: bool = True) -> Reservation:
-        """Reserve a call's worst case, cutting ``max_tokens`` to fit; raise BudgetExceeded if nothing fits."""
+    def remaining_tokens(self) -> int | None:
+        """Tokens of the budget neither spent nor reserved by calls in flight (None: no token limit)."""
+        b = self.budget.total_tokens
+        return None if b is None else max(b - self.spent_tokens - self.reserved_tokens, 0)
+
+    def admit(
+        self, *, role: str, prompt_bound: int, n: int, max_tokens: int, generates: bool = True, parts: int = 1, expected: float | None = None
+    ) -> Reservation:
+        """Reserve a call's worst case, cutting ``max_tokens`` to fit; raise BudgetExceeded if nothing fits.
+        Live (``self.live``), a generating call reserves a cap instead: what is left, divided by ``parts``
+        (the calls being started together, this one included) or, when ``expected`` (a sample's expected
+        length) says fewer of them fit, by as many as fit: a race too big for what is left runs fewer calls
+        whole rather than every call truncated."""
         b = self.budget
         if b.deadline_s is not None and self.clock() - self.started >= b.deadline_s:
             self.limited = True
             raise BudgetExceeded(f"deadline of {b.deadline_s:g} s reached")
+        if self.live and generates:
+            return self._admit_live(role=role, prompt_bound=prompt_bound, n=n, max_tokens=max_tokens, parts=parts, expected=expected)
         allowed = max_tokens
         if b.total_tokens is not None:
             room = b.total_tokens - self.spent_tokens - self.reserved_tokens - prompt_bound
@@ -148,6 +220,39 @@ class BudgetMeter:
         self.reserved_tokens += tokens
         self.reserved_cost += cost
         return Reservation(tokens=tokens, cost=cost, base_chain=base, max_tokens=allowed, truncated=truncated)
+
+    def _admit_live(self, *, role: str, prompt_bound: int, n: int, max_tokens: int, parts: int, expected: float | None) -> Reservation:
+        b = self.budget
+        worst = prompt_bound + n * max_tokens
+        room = worst * max(parts, 1)  # in tokens: what is left of every limit, the tightest
+        if b.total_tokens is not None:
+            room = min(room, b.total_tokens - self.spent_tokens - self.reserved_tokens)
+        price = self.price(role)
+        dearest = max(price.prompt, price.completion) / 1e6 if price is not None else 0.0
+        if price is not None and b.cost_usd is not None and dearest > 0:
+            room = min(room, int((b.cost_usd - self.spent_cost - self.reserved_cost) / dearest))
+        share = max(parts, 1)
+        if expected is not None and share > 1:
+            share = max(1, min(share, int(room // (prompt_bound + n * expected))))
+        cap = min(worst, room // share)
+        base = self.longest_chain
+        per_sequence = max_tokens
+        if b.sequential_tokens is not None:
+            per_sequence = min(per_sequence, b.sequential_tokens - base)
+        # At least one prompt token and min_tokens of one sequence; the engine refuses (spending nothing) a
+        # prompt that turns out longer than the cap.
+        if cap < 1 + max(self.min_tokens, 1) or per_sequence < max(self.min_tokens, 1):
+            self.limited = True
+            raise BudgetExceeded(
+                f"no room for a call of n={n} (budget {b.as_dict()}, spent {self.spent_tokens} tokens, "
+                f"${self.spent_cost:.6f}, longest chain {base})"
+            )
+        truncated = per_sequence < max_tokens
+        self.limited |= truncated
+        cost = cap * dearest
+        self.reserved_tokens += cap
+        self.reserved_cost += cost
+        return Reservation(tokens=cap, cost=cost, base_chain=base, max_tokens=per_sequence, truncated=truncated, token_cap=cap if cap < worst else None)
 
     def settle(self, r: Reservation, *, role: str, usage: Usage, longest_sequence: int) -> float:
         """Release the reservation and charge what the call really cost; returns its dollar cost."""

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body (413 beyond it).")
     limit_width: int = Field(64, ge=1, description="Most samples, beams or tree width of a request (`n`, `width`, PDR schedule entries).")
     limit_depth: int = Field(64, ge=1, description="Most rounds, turns, steps or tree depth of a request.")
+    budget_mode: Literal["live", "reserve"] = Field(
+        "live",
+        description="How budgets admit generation: `live` meters tokens as they stream (calls keep their natural `max_tokens`; "
+        "the engine ends sequences when the budget runs out); `reserve` reserves every call's worst case and cuts `max_tokens` to fit.",
+    )
     limit_max_tokens: int | None = Field(
         None, ge=1, description="Most tokens of one generation, step or chunk (`max_tokens`, `step_tokens`, `chunk_tokens`); default: the model profile's `max_tokens_cap`."
     )

@@ -15,7 +15,7 @@ from orchestrator.budget import Budget, BudgetMeter, Reservation
 from orchestrator.errors import BudgetExceeded, InvalidRequest
 from orchestrator.protocols import CalibrationStore, Engine, Refiner
 from orchestrator.toolbox import Capability, Toolbox
-from orchestrator.types import FinishReason, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, SubCall, TokenClasses, Usage
+from orchestrator.types import Completion, FinishReason, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, SubCall, TokenClasses, Usage
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +69,23 @@ class StrategyContext:
         """Whether some call was cut or refused by the budget (the answer is then reported as ``budget``)."""
         return self.meter.limited
 
-    async def generate(self, spec: SamplingSpec, *, stage: str, branch: str = "0", role: Role | None = None, hop: int = 0) -> Generation:
+    async def generate(
+        self, spec: SamplingSpec, *, stage: str, branch: str = "0", role: Role | None = None, hop: int = 0, parts: int = 1
+    ) -> Generation:
         """Run ``spec`` on ``role`` (default: the policy). Its ``max_tokens`` may come back cut by the budget:
         compare with ``Completion.finish_reason == "length"`` or check ``budget_limited``.
 
         ``hop`` is the call's dependency depth: calls at the same hop could run side by side, a call at hop
-        k+1 needed a result of hop k. It is what :attr:`sequential_tokens` is summed over."""
+        k+1 needed a result of hop k. It is what :attr:`sequential_tokens` is summed over. ``parts``: under live
+        metering, the calls being started together with this one (itself included), which share what is left
+        evenly (:meth:`race` passes it)."""
         role = role or self.policy_role
-        spec = self._with_profile_stops(spec)
-        await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
-        r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
-        spec = replace(spec, max_tokens=r.max_tokens) if r.truncated else spec
+        spec, r = await self._admit(self._with_profile_stops(spec), role=role, stage=stage, parts=parts)
         gen, latency = await self._metered(r, self._engine.generate(role, spec))
         longest = max((c.tokens for c in gen.completions), default=0)
         cost = self.meter.settle(r, role=role, usage=gen.usage, longest_sequence=longest)
+        self.meter.limited |= gen.budget_cut > 0
+        self._lengths(role, stage, gen.completions, cut=gen.budget_cut > 0)
         self.usage = self.usage + gen.usage
         self.cost_usd += cost
         self._hop(hop, gen.usage.prompt_tokens + longest)
@@ -97,11 +100,38 @@ class StrategyContext:
         spec = spec if spec.request_id is not None else replace(spec, request_id=uuid.uuid4().hex)
         return Stream(self, self._with_profile_stops(spec), stage=stage, branch=branch, role=role or self.policy_role, hop=hop)
 
+    async def _admit(self, spec: SamplingSpec, *, role: Role, stage: str, parts: int = 1) -> tuple[SamplingSpec, Reservation]:
+        """``spec`` as the budget admits it (``max_tokens`` cut, or a live cap with the stage's expected sample
+        length), and its reservation."""
+        expected = spec.expected_tokens or self.expected_tokens(stage, role=role)
+        await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens, expected=expected)
+        r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens, parts=parts, expected=expected)
+        if r.truncated:
+            spec = replace(spec, max_tokens=r.max_tokens)
+        if r.token_cap is not None:
+            spec = replace(spec, token_cap=r.token_cap, expected_tokens=expected)
+        return spec, r
+
+    def _lengths(self, role: Role, stage: str, completions: Iterable[Completion], *, cut: bool = False) -> None:
+        done = list(completions)
+        self.tools.lengths.add(role, stage, [c.tokens for c in done if c.finish_reason == "stop"])
+        if cut:
+            self.tools.lengths.add_cut(role, stage, [c.tokens for c in done if c.finish_reason == "length" and c.tokens > 0])
+
+    def expected_tokens(self, stage: str, *, role: Role | None = None) -> float | None:
+        """Mean tokens of the samples of ``stage`` (on ``role``, default the policy) that finished by themselves
+        on this server so far; None before any. What a strategy can plan a tight budget with."""
+        return self.tools.lengths.expected(role or self.policy_role, stage)
+
+    @property
+    def remaining_tokens(self) -> int | None:
+        """Tokens of the budget not yet spent nor held by calls in flight; None without a token limit."""
+        return self.meter.remaining_tokens()
+
     async def _stream(self, spec: SamplingSpec, *, stage: str, branch: str, role: Role, hop: int) -> AsyncIterator[StreamDelta]:
-        await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
-        r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens)
-        spec = replace(spec, max_tokens=r.max_tokens) if r.truncated else spec
+        spec, r = await self._admit(spec, role=role, stage=stage)
         counts: dict[int, int] = {}
+        lengths: list[int] = []
         reasons: dict[int, FinishReason] = {}
         start = time.perf_counter()
         prompt_tokens = 0
@@ -111,11 +141,15 @@ class StrategyContext:
                 counts[delta.index] = delta.tokens
                 if delta.finish_reason is not None:
                     reasons[delta.index] = delta.finish_reason
+                    if delta.finish_reason == "stop":
+                        lengths.append(delta.tokens)
+                self.meter.limited |= delta.cut
                 yield delta
         finally:
             # Charged however the stream ended: what was generated was paid for.
             usage = Usage(prompt_tokens=prompt_tokens if counts else 0, completion_tokens=sum(counts.values()))
             cost = self.meter.settle(r, role=role, usage=usage, longest_sequence=max(counts.values(), default=0))
+            self.tools.lengths.add(role, stage, lengths)
             self.usage = self.usage + usage
             self.cost_usd += cost
             self._hop(hop, prompt_tokens + max(counts.values(), default=0))
@@ -216,8 +250,10 @@ class StrategyContext:
         start = time.perf_counter()
         try:
             out = await call
-        except BaseException:
+        except BaseException as err:
             self.meter.release(r)  # nothing was reported for it: the engine aborted or refused the call
+            # A live call's prompt turned out longer than its cap: the engine refused it, spending nothing.
+            self.meter.limited |= isinstance(err, BudgetExceeded)
             raise
         return out, time.perf_counter() - start
 
@@ -305,8 +341,12 @@ class Race:
         self.aborted: list[int] = []
 
     async def __aenter__(self) -> Race:
+        k = len(self._specs)
         for i, s in enumerate(self._specs):
-            self._tasks[asyncio.ensure_future(self._ctx.generate(s, stage=self._stage, branch=str(i), hop=self._hop))] = i
+            # Under live metering the calls share what is left evenly: call i takes 1/(k - i) of what the
+            # calls before it left.
+            call = self._ctx.generate(s, stage=self._stage, branch=str(i), hop=self._hop, parts=k - i)
+            self._tasks[asyncio.ensure_future(call)] = i
         return self
 
     @property

@@ -10,12 +10,13 @@ to start under its id, or any server once its lease has gone stale, fails it wit
 from __future__ import annotations
 
 import asyncio
+import math
 import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
@@ -93,6 +94,7 @@ class Controller:
         max_queued: int = 256,
         metrics: ServiceMetrics | None = None,
         server_id: str | None = None,
+        budget_mode: Literal["live", "reserve"] = "live",
     ) -> None:
         self.engine = engine
         self.store = store
@@ -104,7 +106,7 @@ class Controller:
         self.limits = limits or Limits()
         self.server_id = server_id  # this server's lease (orchestrator.db.leases.Leases.register)
         self.metrics = metrics or ServiceMetrics()
-        self.quotas = Quotas(store, self.metrics)
+        self.quotas = Quotas(store, self.metrics, live=budget_mode == "live")
         self.admission = Admission(max_running, max_queued, on_change=self._gauges)
         self._running: dict[str, asyncio.Task] = {}  # request id -> the task running it here (for cancel)
 
@@ -191,6 +193,11 @@ class Controller:
         want = budget.total_tokens or self.max_request_tokens
         if spec.worst_case is not None:
             want = min(want, spec.worst_case(params) + prompt_bound(prompt))
+        seen = self.tools.lengths.expected_request(spec.name)
+        if self.quotas.live and seen is not None:
+            # Metered live, a request takes from its tenant's quota what its strategy has spent per request
+            # here (with room to spare), grows the grant when a call needs more, and gives back the rest.
+            want = max(min(want, math.ceil(1.5 * seen)), prompt_bound(prompt) + 1)
         ceiling = budget.total_tokens or self.max_request_tokens
         async with self.quotas.hold(tenant, budget, want=want, least=prompt_bound(prompt) + 1, ceiling=ceiling, prices=self.prices) as grant:
             job = _Job(req, spec, params, role, prompt, grant, f"chatcmpl-{uuid.uuid4().hex}", on_event, tenant.id if tenant else None)
@@ -253,6 +260,7 @@ class Controller:
             result = replace(result, sequential_tokens=ctx.sequential_tokens)
         if ctx.budget_limited and result.finish_reason != "budget":
             result = replace(result, finish_reason="budget")  # the budget shaped this answer: say so
+        self.tools.lengths.add_request(job.spec.name, ctx.usage.total_tokens + ctx.verifier_tokens)
         return _Outcome(result, ctx, latency)
 
     # ------------------------------------------------------------------------------------ recorded requests

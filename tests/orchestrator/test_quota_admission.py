@@ -1,5 +1,10 @@
 """A tenant's daily quota at the controller: a remainder too small to do anything is a 429 that leaves no
-record; a remainder that cuts the budget is admitted and says so. SQLite and PostgreSQL (the ``store`` fixture)."""
+record; a remainder that cuts the budget is admitted and says so. SQLite and PostgreSQL (the ``store`` fixture).
+
+The controllers here reserve each call's worst case (``budget_mode="reserve"``): the scripted engine counts
+words as tokens, so under live metering (which counts the prompt exactly) every remainder these tests leave
+would fit the whole request and nothing would be shaped. Live metering under a quota is checked on the real
+engine in tests/api/test_live_budgets.py."""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ PROMPT = "Start at 3 and apply +4.\n"
 def _controller(store) -> Controller:
     return Controller(
         engine=StepEngine(depth=1), store=store, strategies=REGISTRY, tools=Toolbox(verifier=TaskAnswerVerifier()),
-        models={"target": "policy"}, max_request_tokens=10_000,
+        models={"target": "policy"}, max_request_tokens=10_000, budget_mode="reserve",
     )
 
 
@@ -97,7 +102,7 @@ UNDERESTIMATED = StrategySpec(name="three_calls", params=Sampling, run=_three_ca
 def _with(store, spec) -> Controller:
     return Controller(
         engine=StepEngine(depth=1), store=store, strategies={**REGISTRY, spec.name: spec}, tools=Toolbox(verifier=TaskAnswerVerifier()),
-        models={"target": "policy"}, max_request_tokens=10_000,
+        models={"target": "policy"}, max_request_tokens=10_000, budget_mode="reserve",
     )
 
 
@@ -132,3 +137,26 @@ def test_a_grant_never_grows_past_the_requests_own_budget(store):
     out = asyncio.run(_with(store, UNDERESTIMATED).reason(req, tenant=tenant))
     assert out.result.finish_reason == "budget" and out.quota is None  # the client's limit, not the quota, cut it
     assert out.usage.total_tokens <= budget_tokens
+
+
+def test_metered_live_a_request_reserves_what_its_strategy_spends_not_its_worst_case(store):
+    """After one request, a live controller asks the quota for 1.5x what that strategy spent (never less than
+    the prompt and one token); a reserving one asks for the worst case. On a remainder between the two, only
+    the reserving one's grant falls short of what it wanted."""
+    shaped = {}
+    for mode in ("live", "reserve"):
+        ctl = Controller(
+            engine=StepEngine(depth=1), store=store, strategies=REGISTRY, tools=Toolbox(verifier=TaskAnswerVerifier()),
+            models={"target": "policy"}, max_request_tokens=10_000, budget_mode=mode,
+        )
+        first = _tenant(store, tokens_per_day=100_000) if mode == "live" else None
+        warm = asyncio.run(ctl.reason(_request(), tenant=first))
+        assert warm.result.finish_reason == "stop"
+        worst = 2 * 8 + prompt_bound(PROMPT)
+        tid = asyncio.run(store.tenants.create(f"small-{mode}", tokens_per_day=1000))
+        tenant = TenantRef.of(asyncio.run(store.tenants.get(tid)))
+        asyncio.run(store.tenants.reserve_tokens(tenant.id, want=1000 - (worst - 2), limit=1000))
+        out = asyncio.run(ctl.reason(_request(), tenant=tenant))
+        shaped[mode] = (out.quota is not None, out.result.finish_reason)
+    # Reserving, the remainder also cuts the samples' max_tokens; live, the request runs whole.
+    assert shaped == {"live": (False, "stop"), "reserve": (True, "budget")}

@@ -9,6 +9,7 @@ from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Completion, Generation, Usage
+from workers.token_pool import TokenPool
 from orchestrator.profile import BUNDLED
 from verifiers.answers import verifier_for
 
@@ -33,7 +34,7 @@ class StepEngine:
             else:
                 text, reason = f"s{len(lines)}-{'good' if j % 2 == 0 else 'bad'}", delimiter_stop(spec)
             outs.append(Completion(text, 2, "stop", stop_reason=reason))
-        return Generation(tuple(outs), Usage(prompt_tokens=len(prompt.split()), completion_tokens=2 * spec.n), worker="scripted-0")
+        return metered(spec, Generation(tuple(outs), Usage(prompt_tokens=len(prompt.split()), completion_tokens=2 * spec.n), worker="scripted-0"))
 
     async def tokenize(self, role, text):
         return text.split()
@@ -43,6 +44,26 @@ class StepEngine:
 
     async def abort(self, ids):
         pass
+
+
+def metered(spec, gen):
+    """``gen`` as an engine under live budget metering would deliver it: sequences drawn in order from the
+    call's ``token_cap`` (the engine's :class:`TokenPool`), a cut one keeping its first words."""
+    if spec.token_cap is None:
+        return gen
+    pool = TokenPool(spec.token_cap - gen.usage.prompt_tokens, spec.n, spec.expected_tokens)
+    ended = set(pool.victims())
+    outs = []
+    for j, c in enumerate(gen.completions):
+        kept = 0 if j in ended else pool.take(j, c.tokens)
+        if j in pool.cut:
+            c = Completion(" ".join(c.text.split()[:kept]), kept, "length")
+        else:
+            pool.finished(j)
+        outs.append(c)
+        ended |= set(pool.victims())
+    usage = Usage(gen.usage.prompt_tokens, sum(c.tokens for c in outs), gen.usage.cached_tokens)
+    return Generation(tuple(outs), usage, worker=gen.worker, budget_cut=len(pool.cut))
 
 
 def delimiter_stop(spec):
@@ -100,4 +121,4 @@ class WordStepEngine(StepEngine):
             reason = None if finish == "length" or full[0] == "Answer:" else delimiter_stop(spec)
             outs.append(Completion(text, len(text_words), finish, stop_reason=reason))
             total += len(text_words)
-        return Generation(tuple(outs), Usage(prompt_tokens=len(spec.prompt.split()), completion_tokens=total), worker="scripted-0")
+        return metered(spec, Generation(tuple(outs), Usage(prompt_tokens=len(spec.prompt.split()), completion_tokens=total), worker="scripted-0"))

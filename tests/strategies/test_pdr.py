@@ -109,3 +109,19 @@ def test_text_refiner_shows_a_reasoning_draft_by_its_conclusion():
     assert refiner.draft_block(0, "long thinking\n</think>\n\nAnswer: 3") == "Draft 1:\nAnswer: 3"
     assert refiner.draft_block(1, "thinking, never closed") == "Draft 2:\nthinking, never closed"
     assert TextRefiner(TaskAnswerVerifier()).refine_messages("q", "ws") is None
+
+
+def test_under_a_tight_live_budget_a_round_shrinks_to_the_drafts_that_fit():
+    """31-token drafts seen before, 300 tokens left: round 0 plans for what fits after one draft of the later
+    round, and says so in its events, instead of starting 8 drafts the budget would cut."""
+    engine = LongEngine()
+    ctx, calls = context(engine, total_tokens=300, refiner=TextRefiner(TaskAnswerVerifier()))
+    ctx.meter.live = True
+    ctx.tools.lengths.add("policy", "round0", [31] * 4)
+    spec = REGISTRY["pdr"]
+    result = asyncio.run(spec.run(Problem("q\n", question="q"), ctx, spec.params(schedule=[8, 1], kappa=64)))
+    [plan] = [e for e in ctx.events if e.get("stage") == "plan"]
+    one = len(b"q\n") + 2 + 31
+    assert plan["round"] == 0 and plan["drafts"] == (300 - (one + 64)) // one < 8
+    assert result.trace[0]["drafts"] == plan["drafts"] and result.finish_reason == "budget"
+    assert sum(c.usage.total_tokens for c in calls) <= 300
