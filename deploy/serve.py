@@ -180,7 +180,7 @@ class Service:
     @classmethod
     async def start(cls, settings: Settings) -> Service:
         profile = load_profile(settings.profile)
-        connect_ray(settings.ray_address)
+        start_ray(settings)
         store = Store.from_url(settings.database)
         server_id = settings.server_id or server_name(settings.port)
         settings = exposure(settings, has_keys=await store.tenants.has_api_keys())
@@ -221,6 +221,7 @@ class Service:
             max_running=settings.max_running,
             max_queued=settings.max_queued,
             server_id=server_id,
+            budget_mode=settings.budget_mode,
         )
         app = create_app(settings, controller, jobs=RayJobs(settings.jobs_address))
         service = cls(settings, pool, store, controller, app, server_id, sock)
@@ -252,12 +253,32 @@ class Service:
         self.store.engine.dispose()
 
 
+_ray_joined = False  # start_ray has run in this process
+
+
+def start_ray(settings: Settings, *, cache_in_data_dir: bool = True) -> None:
+    """Join the Ray cluster, or start a local one, and say how long that took. With ``cache_in_data_dir`` a
+    local one's engines keep their compile caches (vLLM's, with Inductor's under it) in
+    ``<data_dir>/vllm-cache``, unless ``VLLM_CACHE_ROOT`` says otherwise: a second start on the same data
+    directory is a warm one, and a fresh data directory is a first start, whatever the home cache holds.
+    (In-process services, tests and benchmarks, on throwaway data directories, keep the home cache.)"""
+    global _ray_joined
+    first = not _ray_joined
+    if first and cache_in_data_dir and not (settings.ray_address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(settings.data_dir).resolve() / "vllm-cache"))
+    t0 = time.perf_counter()
+    connect_ray(settings.ray_address)  # a no-op when this process is already in a cluster
+    _ray_joined = True
+    if first:
+        log.info("ray started in %.1f s", time.perf_counter() - t0)
+
+
 class ServiceThread:
     """The service on its own event loop in a background thread, HTTP on loopback (tests and benchmarks)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        connect_ray(settings.ray_address)  # ray.init belongs on the main thread
+        start_ray(settings, cache_in_data_dir=False)  # ray.init belongs on the main thread
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tts-service", daemon=True)
         self._thread.start()

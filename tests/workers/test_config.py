@@ -162,3 +162,15 @@ def test_a_pooling_role_leaves_prefix_caching_to_vllm(tmp_path):
     cfg = load_pool_config(f, env={})
     assert backend_spec("prm", cfg.roles["prm"]).engine.enable_prefix_caching is None
     assert backend_spec("policy", cfg.roles["policy"]).engine.enable_prefix_caching is True
+
+
+def test_cpu_engines_default_to_small_kv_blocks():
+    """A role that names no block size gets CPU_BLOCK_SIZE on CPU (vLLM-CPU's own 128 shares no prefix shorter
+    than 128 tokens); it is one the CPU attention backend takes. A role's own block size goes through."""
+    from workers.config import CPU_BLOCK_SIZE
+
+    assert CPU_BLOCK_SIZE % 32 == 0 and CPU_BLOCK_SIZE < 128
+    cfg = load_pool_config(None, env={"TTS_WORKER_PRM_BLOCK_SIZE": "64"}, default_roles={"policy": {"model": "models/draft"}, "prm": {"model": "models/prm"}})
+    policy, prm = backend_spec("policy", cfg.roles["policy"]), backend_spec("prm", cfg.roles["prm"])
+    assert isinstance(policy, LocalSpec) and policy.engine.block_size is None  # resolved by the engine, which knows its device
+    assert isinstance(prm, LocalSpec) and prm.engine.block_size == 64
