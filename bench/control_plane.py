@@ -47,21 +47,18 @@ import os
 import platform
 import pstats
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
-from concurrent.futures import Future
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Coroutine, Iterator, TypeVar
+from typing import Any, ContextManager
 
 from pydantic import Field
 
+from deploy.serve import ServiceThread
 from orchestrator.config import REPO_ROOT, Settings, get_settings
 from orchestrator.context import StrategyContext
 from orchestrator.strategy import StrategySpec
@@ -69,7 +66,6 @@ from orchestrator.types import Problem, SamplingSpec, ScoreSpec, StrategyResult
 from strategies.params import Sampling
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 RESULTS = REPO_ROOT / "bench" / "results" / "control_plane.json"
 
 # ------------------------------------------------------------------------------------------ the probe strategy
@@ -165,35 +161,11 @@ async def start_instant_service(settings: Settings, *, steps: int) -> Any:
     return service
 
 
-class InstantServiceThread:
-    """The instant-engine service on its own event loop in a thread, HTTP on loopback (as ``deploy.serve.ServiceThread``)."""
+class InstantServiceThread(ServiceThread):
+    """The instant-engine service on its own event loop in a thread, HTTP on loopback."""
 
     def __init__(self, settings: Settings, *, steps: int) -> None:
-        import uvicorn
-
-        from workers.pool import connect_ray
-
-        connect_ray(settings.ray_address)  # ray.init belongs on the main thread
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tts-service", daemon=True)
-        self._thread.start()
-        self.service = self.run(start_instant_service(settings, steps=steps))
-        config = uvicorn.Config(
-            self.service.app, host=self.service.settings.host, port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=5,
-            timeout_keep_alive=settings.keep_alive_s,
-        )
-        self._server = uvicorn.Server(config)
-        self._serving = asyncio.run_coroutine_threadsafe(self._server.serve(sockets=[self.service.sock]), self._loop)
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if self._serving.done() or time.monotonic() > deadline:
-                raise RuntimeError(f"API did not start: {self._serving.exception() if self._serving.done() else 'timeout'}")
-            time.sleep(0.05)
-        self.base_url = f"http://{self.service.settings.host}:{self.service.sock.getsockname()[1]}"
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 600) -> T:
-        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return fut.result(timeout)
+        super().__init__(settings.model_copy(update={"port": 0}), start=lambda s: start_instant_service(s, steps=steps))
 
     def call(self, fn: Any) -> None:
         """Run ``fn()`` on the service's loop thread (a profiler must be enabled in the thread it profiles)."""
@@ -203,53 +175,17 @@ class InstantServiceThread:
 
         self.run(go())
 
-    def stop(self) -> None:
-        self._server.should_exit = True
-        try:
-            self._serving.result(30)
-        finally:
-            self.run(self.service.stop(), timeout=60)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
 
 # ------------------------------------------------------------------------------------------ PostgreSQL
 
 
-@contextmanager
-def postgres_server(*, synchronous_commit: str = "on") -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on loopback from the installed Debian binaries, with its default
+def postgres_server(*, synchronous_commit: str = "on") -> ContextManager[str]:
+    """A throwaway PostgreSQL cluster on loopback (the test suite's, from the Debian binaries) with its default
     durability (fsync and synchronous commit on: the benchmark must pay what production pays), or
     ``synchronous_commit`` off to measure what waiting for the WAL flush costs."""
-    import glob
+    from tests.pg import postgres_server as cluster
 
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        raise SystemExit("PostgreSQL is not installed (apt-get install postgresql), or pass --postgres-url")
-    bindir = Path(found[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="tts-bench-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*as_user, *cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o", f"-h 127.0.0.1 -p {port} -k {sock} -c max_connections=200 -c synchronous_commit={synchronous_commit}", "start")
-    try:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "tts")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/tts"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    return cluster(f"-c synchronous_commit={synchronous_commit}")
 
 
 # ------------------------------------------------------------------------------------------ the load

@@ -17,7 +17,7 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Coroutine, Optional, TypeVar
+from typing import Any, Callable, Coroutine, Optional, TypeVar
 
 import typer
 import uvicorn
@@ -276,13 +276,14 @@ def start_ray(settings: Settings, *, cache_in_data_dir: bool = True) -> None:
 class ServiceThread:
     """The service on its own event loop in a background thread, HTTP on loopback (tests and benchmarks)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, start: Callable[[Settings], Coroutine[Any, Any, Service]] = Service.start) -> None:
+        """``start`` builds the service (a benchmark may wire its own engines into the same service)."""
         self.settings = settings
         start_ray(settings, cache_in_data_dir=False)  # ray.init belongs on the main thread
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tts-service", daemon=True)
         self._thread.start()
-        self.service: Service = self.run(Service.start(settings))
+        self.service: Service = self.run(start(settings))
         # A bounded shutdown: requests still running after it are cancelled (and recorded as such).
         config = uvicorn.Config(
             self.service.app, host=self.service.settings.host, port=settings.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=5,

@@ -95,6 +95,16 @@ class Waves(BaseModel):
         return v
 
 
+class AdaptiveOption(Sampling, Waves):
+    """n samples, drawn at once or (``adaptive``) in waves: the parameters self-consistency and best-of-N share."""
+
+    n: int = Field(8, ge=1, le=256, description="Samples to draw (the most, with adaptive).")
+    adaptive: bool = Field(False, description="Sample in waves and stop once the vote is settled (adaptive consistency).")
+    wave: WaveSize = 4
+    min_samples: MinSamples = 4
+    confidence: Confidence = 0.95
+
+
 class Params(Sampling, Waves):
     n: int = Field(16, ge=1, le=256, description="Most samples to draw.")
     wave: WaveSize = 4

@@ -23,17 +23,11 @@ from orchestrator.errors import BudgetExceeded
 from orchestrator.scoring import Aggregation, aggregate
 from orchestrator.strategy import StrategySpec
 from orchestrator.types import Problem, StrategyResult
-from strategies.adaptive_consistency import Confidence, MinSamples, Waves, WaveSize, sample_in_waves
+from strategies.adaptive_consistency import AdaptiveOption, sample_in_waves
 from strategies.common import best_scored, candidates, majority, result
-from strategies.params import Sampling
 
 
-class Params(Sampling, Waves):
-    n: int = Field(8, ge=1, le=256, description="Samples to draw (the most, with adaptive).")
-    adaptive: bool = Field(False, description="Sample in waves and stop once the vote is settled (adaptive consistency).")
-    wave: WaveSize = 4
-    min_samples: MinSamples = 4
-    confidence: Confidence = 0.95
+class Params(AdaptiveOption):
     scorer: Literal["prm", "judge"] = Field("prm", description="Who scores: the process reward model or the outcome judge.")
     aggregation: Aggregation = Field("last", description="How the PRM's step scores become one (ignored by the judge).")
     selection: Literal["argmax", "weighted"] = Field("weighted", description="Highest score, or weighted majority vote.")

@@ -11,22 +11,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pydantic import Field
-
 from orchestrator.context import StrategyContext
 from orchestrator.strategy import StrategySpec
 from orchestrator.types import Problem, StrategyResult
-from strategies.adaptive_consistency import Confidence, MinSamples, Waves, WaveSize, vote
+from strategies.adaptive_consistency import AdaptiveOption, vote
 from strategies.common import candidates, majority, result
-from strategies.params import Sampling
 
 
-class Params(Sampling, Waves):
-    n: int = Field(8, ge=1, le=256, description="Samples to draw (the most, with adaptive).")
-    adaptive: bool = Field(False, description="Sample in waves and stop once the vote is settled (adaptive consistency).")
-    wave: WaveSize = 4
-    min_samples: MinSamples = 4
-    confidence: Confidence = 0.95
+class Params(AdaptiveOption):
+    """n samples (in waves with ``adaptive``), then the vote."""
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:

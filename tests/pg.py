@@ -28,8 +28,9 @@ def _bin_dir() -> Path:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Start a private cluster (trust auth, loopback only) and yield a SQLAlchemy URL to a fresh database."""
+def postgres_server(settings: str = "-c fsync=off") -> Iterator[str]:
+    """Start a private cluster (trust auth, loopback only) and yield a SQLAlchemy URL to a fresh database.
+    ``settings`` are extra server options (tests turn fsync off; a benchmark keeps production's durability)."""
     bindir = _bin_dir()
     root = Path(tempfile.mkdtemp(prefix="tts-pg-"))
     data, sock = root / "data", root / "sock"
@@ -47,7 +48,7 @@ def postgres_server() -> Iterator[str]:
     run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
     run(
         str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-        "-o", f"-h 127.0.0.1 -p {port} -k {sock} -c max_connections=200 -c fsync=off",
+        "-o", f"-h 127.0.0.1 -p {port} -k {sock} -c max_connections=200 {settings}",
         "start",
     )  # fmt: skip
     try:
