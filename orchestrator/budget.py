@@ -163,14 +163,17 @@ class BudgetMeter:
         total = self.budget.total_tokens
         if self.draw is None or total is None:
             return
-        if self.live and expected is not None:
-            # Metered live, a call needs what its samples are expected to take (with room to spare), not its worst case.
-            max_tokens = min(max_tokens, math.ceil(1.5 * expected))
-        short = prompt_bound + n * max_tokens - (total - self.spent_tokens - self.reserved_tokens)
+        left = total - self.spent_tokens - self.reserved_tokens
+        short = prompt_bound + n * max_tokens - left
         ask = min(max(short, total), (self.ceiling or total + short) - total)
         if short <= 0 or ask <= 0:
             return
-        got = await self.draw(ask, min(short, ask))
+        need = short
+        if self.live and expected is not None:
+            # Metered live, the call can run on less than its worst case: the quota falls short of it only when it
+            # cannot give what the samples are expected to take (with room to spare).
+            need = max(prompt_bound + n * min(max_tokens, math.ceil(1.5 * expected)) - left, 0)
+        got = await self.draw(ask, min(need, ask))
         if got:
             self.budget = replace(self.budget, total_tokens=(self.budget.total_tokens or 0) + got)
 

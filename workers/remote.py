@@ -123,9 +123,13 @@ class RemoteEngine(Unsupported):
         try:
             return await self._tracked(request_id, self._post(path, body))
         except InvalidRequest as err:
-            if "context length" in err.message or "max_model_len" in err.message:
-                raise ContextTooLong(f"{err.message} (role {self.role}, max_model_len {self.max_model_len})") from None
-            raise
+            raise self._named(err) from None
+
+    def _named(self, err: InvalidRequest) -> InvalidRequest:
+        """The server's refusal of a prompt over its context, as ours (naming the role); other refusals as they are."""
+        if "context length" in err.message or "max_model_len" in err.message:
+            return ContextTooLong(f"{err.message} (role {self.role}, max_model_len {self.max_model_len})")
+        return err
 
     def _body(self, spec: SamplingSpec) -> dict[str, Any]:
         ids = None if isinstance(spec.prompt, str) else list(spec.prompt)
@@ -193,7 +197,10 @@ class RemoteEngine(Unsupported):
             async with self._client.stream("POST", "/v1/completions", json=body) as resp:
                 if resp.status_code != 200:
                     await resp.aread()
-                    _checked(resp, self.name)
+                    try:
+                        _checked(resp, self.name)
+                    except InvalidRequest as err:
+                        raise self._named(err) from None
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:") or line.strip() == "data: [DONE]":
                         continue

@@ -124,6 +124,13 @@ def test_remote_stream_and_score_match_local(service, remote_pool, loop):
 def test_remote_errors_are_typed(remote_pool, loop):
     with pytest.raises(InvalidRequest, match="server rejected"):
         loop.run(remote_pool.generate("target", SamplingSpec("1+" * 400, max_tokens=8)))
+
+    async def stream_too_long() -> None:
+        async for _ in remote_pool.stream("target", SamplingSpec("1+" * 400, max_tokens=8)):
+            pass
+
+    with pytest.raises(InvalidRequest, match="server rejected"):  # a stream's refusal is typed the same way
+        loop.run(stream_too_long())
     from workers.remote import RemoteEngine
 
     dead = RemoteEngine(f"http://127.0.0.1:{free_port()}", model="target", name="gone-0", connect_retries=1)
@@ -132,3 +139,16 @@ def test_remote_errors_are_typed(remote_pool, loop):
         loop.run(dead.generate(SamplingSpec("Q", max_tokens=4)))
     assert time.monotonic() - t0 < 10
     loop.run(dead.shutdown())
+
+
+def test_a_live_cap_on_a_remote_engine_is_split_evenly_and_never_passed(remote_pool, loop):
+    """A remote server cannot end one sample of a call alone: the cap, less the prompt's exact tokens, is split
+    among the samples, and what the call spends stays within it."""
+    prompt = _prompts()[3]
+    ids = loop.run(remote_pool.tokenize("target", prompt))
+    cap = len(ids) + 4 * 10
+    gen = loop.run(remote_pool.generate("target", SamplingSpec(prompt, n=4, max_tokens=128, seed=3, token_cap=cap)))
+    assert gen.usage.prompt_tokens == len(ids) and gen.usage.total_tokens <= cap
+    assert all(c.tokens <= 10 for c in gen.completions)
+    assert gen.budget_cut == sum(c.finish_reason == "length" for c in gen.completions) > 0
+
