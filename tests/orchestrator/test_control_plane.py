@@ -142,14 +142,26 @@ def test_ending_a_request_does_not_wait_for_other_requests_rows(store):
 
 def test_the_instant_engine_runs_the_real_service_and_the_ledger_holds_every_subcall(tmp_path):
     """beam_search and the benchmark's probe over HTTP, on instant engines in Ray actors: every engine call the
-    actors answered is a ledger row, and every request's totals are the sum of its rows."""
+    actors answered is a ledger row, and every request's totals are the sum of its rows. In a process of its
+    own: it starts and shuts down its own Ray, which must not be the test session's (its service lives on)."""
+    import subprocess
+    import sys
+
+    from orchestrator.config import REPO_ROOT
+
+    code = f"from tests.orchestrator.test_control_plane import instant_service_check; instant_service_check({str(tmp_path)!r})"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def instant_service_check(data_dir: str) -> None:
     import httpx
     import ray
 
     from bench.control_plane import InstantServiceThread, PROBE, _actor_calls, check_ledger
     from orchestrator.config import get_settings
 
-    svc = InstantServiceThread(get_settings(port=0, data_dir=tmp_path), steps=3)
+    svc = InstantServiceThread(get_settings(port=0, data_dir=data_dir), steps=3)
     try:
         beam = {"n": 8, "beam_width": 4, "max_steps": 4, "step_tokens": 16, "max_tokens": 64}
         bodies = [("beam_search", beam)] * 6 + [(PROBE.name, {"calls": 10, "max_tokens": 16})]
