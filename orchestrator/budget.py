@@ -178,8 +178,11 @@ class BudgetMeter:
             self.budget = replace(self.budget, total_tokens=(self.budget.total_tokens or 0) + got)
 
     def remaining_tokens(self) -> int | None:
-        """Tokens of the budget neither spent nor reserved by calls in flight (None: no token limit)."""
+        """Tokens of the budget neither spent nor reserved by calls in flight (None: no token limit). Under a
+        quota, of the request's own limit (the grant grows toward it as calls need it)."""
         b = self.budget.total_tokens
+        if b is not None and self.draw is not None and self.ceiling is not None:
+            b = max(b, self.ceiling)
         return None if b is None else max(b - self.spent_tokens - self.reserved_tokens, 0)
 
     def admit(

@@ -104,7 +104,8 @@ class StrategyContext:
         """``spec`` as the budget admits it (``max_tokens`` cut, or a live cap with the stage's expected sample
         length), and its reservation."""
         expected = spec.expected_tokens or self.expected_tokens(stage, role=role)
-        await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens, expected=expected)
+        # A race's calls are admitted one after another: the first makes room for all of them.
+        await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt) * parts, n=spec.n * parts, max_tokens=spec.max_tokens, expected=expected)
         r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens, parts=parts, expected=expected)
         if r.truncated:
             spec = replace(spec, max_tokens=r.max_tokens)

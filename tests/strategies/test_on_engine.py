@@ -158,7 +158,8 @@ def test_a_budget_stops_the_search_with_its_best_so_far(service, name, params):
 
 
 def test_early_rejection_judges_candidates_after_tau_tokens(service):
-    result, ctx, calls, engine = run(service, "early_rejection", n=4, beam_width=2, tau=4, seed=12)
+    # The reference's search: only the n / beam_width kept candidates are completed.
+    result, ctx, calls, engine = run(service, "early_rejection", n=4, beam_width=2, tau=4, seed=12, finished_beams=2)
     assert result.trace and result.answer is not None
     for step in result.trace:
         assert step["sampled"] == 4 and step["kept"] <= 2 and step["completed"] <= 2
