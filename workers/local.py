@@ -156,6 +156,7 @@ _ENGINE_FIELDS = {
     "max_logprobs",
     "block_size",
     "enforce_eager",
+    "in_process_worker",
 }
 
 

@@ -82,6 +82,12 @@ def test_abort_stops_token_growth_and_frees_the_engine(pool, loop):
     stats = {s.worker: s for s in loop.run(pool.stats("policy"))}
     assert stats[replica].running == 0
     assert stats[replica].kv_blocks_total > 0
+    # The long request held blocks at some step; the peak is the window's since the last snapshot, so the next
+    # one (nothing ran in between) reports none.
+    assert stats[replica].kv_blocks_peak > 0
+    assert stats[replica].scheduler_steps > 0 and stats[replica].kv_block_steps >= stats[replica].kv_blocks_peak
+    again = {s.worker: s for s in loop.run(pool.stats("policy"))}[replica]
+    assert again.kv_blocks_peak == 0 and again.scheduler_steps == stats[replica].scheduler_steps
 
 
 def test_shared_prefix_hits_the_cache_on_the_same_replica(pool, loop):
