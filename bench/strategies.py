@@ -18,6 +18,7 @@ Goals checked and written into the JSON:
   ``max_tokens`` raised to PDR's mean sequential tokens: it may think as long as PDR's chain).
 - Adaptive consistency versus self-consistency at the same N: >= 2x fewer total tokens at accuracy within
   1 point, pooled and at every seed (its samples are self-consistency's first ones: same per-sample seeds).
+- DVTS (n / beam_width independent greedy subtrees) beside beam search at the same n and beam width.
 - ER-PRM versus beam search: ``early_rejection`` waits for n finished beams as beam search does (equal
   candidate counts, ``mean_candidates``); ``early_rejection_reference`` is the reference's search
   (n / beam_width finished beams, top beam answers).
@@ -42,6 +43,7 @@ from tqdm import tqdm
 
 from orchestrator.config import REPO_ROOT
 from orchestrator.context import StrategyContext
+from orchestrator.protocols import StepClustering
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Candidate, Problem, SubCall
 from strategies import REGISTRY
@@ -63,6 +65,11 @@ class Row:
     sequential: list[int] = field(default_factory=list)
     flops: list[float] = field(default_factory=list)  # 2 x parameters x tokens computed (not cached), policy and PRM
     peak_live_nodes: list[int] = field(default_factory=list)  # tree searches: most nodes held at one depth
+    # Tree searches: generated tokens of the retained tree (growing nodes and their ancestors, shared ones once),
+    # averaged over the search's depths (the reference's average KV size) and at its largest depth.
+    retained_avg: list[float] = field(default_factory=list)
+    retained_peak: list[int] = field(default_factory=list)
+    cluster_share: list[float] = field(default_factory=list)  # ETS: clusters / open nodes, averaged over depths
     latency: list[float] = field(default_factory=list)
     candidates: list[int] = field(default_factory=list)  # candidates the answer was chosen among
     samples: list[int] = field(default_factory=list)  # adaptive sampling: samples drawn
@@ -85,6 +92,9 @@ class Row:
             "mean_sequential_tokens": mean(self.sequential),
             "mean_gflops": mean([f / 1e9 for f in self.flops]),
             "mean_peak_live_nodes": mean(self.peak_live_nodes),
+            "mean_retained_tokens": mean(self.retained_avg),
+            "mean_peak_retained_tokens": mean(self.retained_peak),
+            "mean_cluster_share": mean(self.cluster_share),
             "mean_latency_s": mean(self.latency),
             "mean_candidates": mean(self.candidates),
             "mean_samples": mean(self.samples),
@@ -116,6 +126,7 @@ def configs(ns: list[int], seed: int) -> list[tuple[str, int | None, dict[str, A
             ("adaptive_consistency_dev", n, {**ADAPTIVE_DEV, "n": n, "seed": seed}),
             ("best_of_n", n, {"n": n, "seed": seed}),
             ("beam_search", n, {"n": n, "beam_width": width, "seed": seed}),
+            ("dvts", n, {"n": n, "beam_width": width, "seed": seed}),
             ("early_rejection", n, {"n": n, "beam_width": width, "seed": seed}),
             ("early_rejection_reference", n, {"n": n, "beam_width": width, "finished_beams": n // width, "selection": "top_beam", "seed": seed}),
             ("rebase", n, {"width": n, "seed": seed}),
@@ -145,9 +156,9 @@ def seed_for(seed: int, index: int) -> int:
     return seed * 1000 + index
 
 
-async def run_one(pool, row: Row, strategy: str, p: task.Problem, *, seed: int | None = None) -> None:
+async def run_one(pool, row: Row, strategy: str, p: task.Problem, *, seed: int | None = None, clusterer: StepClustering | None = None) -> None:
     """Solve ``p`` with ``strategy`` and ``row.params`` (its ``seed`` replaced by ``seed``); record what it
-    cost in ``row``."""
+    cost in ``row``. ``clusterer`` defaults to the pool's embedder."""
     calls: list[SubCall] = []
 
     async def sink(call: SubCall) -> None:
@@ -155,7 +166,7 @@ async def run_one(pool, row: Row, strategy: str, p: task.Problem, *, seed: int |
 
     ctx = StrategyContext(
         engine=pool,
-        tools=Toolbox(verifier=TaskAnswerVerifier(), step_scorer=MathShepherdPRM(pool), refiner=TaskRefiner(), clusterer=StepClusterer(pool)),
+        tools=Toolbox(verifier=TaskAnswerVerifier(), step_scorer=MathShepherdPRM(pool), refiner=TaskRefiner(), clusterer=clusterer or StepClusterer(pool)),
         sink=sink,
     )
     spec = REGISTRY[strategy]
@@ -180,6 +191,12 @@ async def run_one(pool, row: Row, strategy: str, p: task.Problem, *, seed: int |
     live = [int(t["live_nodes"]) for t in result.trace if "live_nodes" in t]  # type: ignore[call-overload]
     if live:
         row.peak_live_nodes.append(max(live))
+        retained = [int(t["retained_tokens"]) for t in result.trace if "retained_tokens" in t]  # type: ignore[call-overload]
+        row.retained_avg.append(statistics.fmean(retained))
+        row.retained_peak.append(max(retained))
+    shares = [len(set(t["clusters"])) / len(t["clusters"]) for t in result.trace if t.get("clusters")]  # type: ignore[arg-type]
+    if shares:
+        row.cluster_share.append(statistics.fmean(shares))
     if row.strategy == "first_finish":  # async: one call per sample, branch = sample index
         row.winner_latency.append(next(c.latency_s for c in calls if c.branch == str(result.info["winner"])))
     if row.strategy == "self_consistency":
@@ -285,6 +302,7 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
             rb = by[("rebase", n)]
             out[f"ets_vs_rebase@{n}"] = {
                 "peak_live_nodes_ratio": round(rb["mean_peak_live_nodes"] / r["mean_peak_live_nodes"], 3) if r.get("mean_peak_live_nodes") else None,
+                "retained_tokens_ratio": round(rb["mean_retained_tokens"] / r["mean_retained_tokens"], 3) if r.get("mean_retained_tokens") else None,
                 "throughput_ratio": round(rb["mean_latency_s"] / r["mean_latency_s"], 3),
                 "accuracy_delta": round(r["accuracy"] - rb["accuracy"], 3),
             }

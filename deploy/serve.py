@@ -37,7 +37,7 @@ from orchestrator.toolbox import Toolbox
 from orchestrator.types import Role
 from strategies import REGISTRY
 from verifiers import MathShepherdPRM, OutcomeJudge, PoolingPRM, PoolingPRMFormat, PRMFormat, TaskRefiner, TextRefiner, verifier_for
-from verifiers.embeddings import StepClusterer
+from verifiers.embeddings import LexicalClusterer, StepClusterer
 from workers.config import PoolConfig, load_pool_config
 from workers.jobs import RayJobs
 from workers.pool import WorkerPool, connect_ray
@@ -63,7 +63,7 @@ def pool_config(settings: Settings) -> PoolConfig:
         roles["draft"] = engine(settings.draft_path)
     if settings.serve_prm:
         roles["prm"] = engine(settings.prm_path)
-    if settings.serve_embedder:
+    if settings.serve_embedder and settings.clusterer == "embedder":
         roles["embedder"] = {}  # the packaged all-MiniLM-L6-v2
     config = load_pool_config(settings.workers_file, default_roles=roles)
     ignored = sorted(settings.model_fields_set & set(ENGINE_SETTINGS)) if settings.workers_file is not None else []
@@ -209,7 +209,7 @@ class Service:
                 outcome_scorer=outcome_judge(config, pool),
                 refiner=TaskRefiner() if (settings.refiner or ("task" if profile.answer == "task" else "text")) == "task"
                 else TextRefiner(verifier_for(profile), profile=profile, chat=True),
-                clusterer=StepClusterer(pool) if "embedder" in pool.roles() else None,
+                clusterer=LexicalClusterer() if settings.clusterer == "lexical" else StepClusterer(pool) if "embedder" in pool.roles() else None,
                 calibration=store.calibration,
                 draft_model=settings.draft_name if "draft" in pool.roles() else None,
                 profile=profile,

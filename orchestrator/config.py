@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     serve_embedder: bool = Field(
         True, description="Serve the packaged sentence embedder (role `embedder`): step clustering for ets; off saves an actor."
     )
+    clusterer: Literal["embedder", "lexical"] = Field(
+        "embedder",
+        description="How ets clusters steps: `embedder` (the `embedder` role's sentence embeddings) or `lexical` (TF-IDF of "
+        "the steps' character n-grams, no model: no embedder is served).",
+    )
     profile: str = Field(
         "bundled",
         description="How the policy writes (answer format, reasoning tags, step delimiter, default lengths): a bundled "

@@ -222,7 +222,7 @@ async def run_sample(
             if limited or kept is None:
                 out.limited = True
                 return out
-        out.path = replace(kept, parents=())  # no tree here: a sample is one chain
+        out.path = replace(kept, parents=(), parent_tokens=())  # no tree here: a sample is one chain
         if out.path.done:
             break
     return out

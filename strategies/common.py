@@ -84,6 +84,7 @@ class Path:
     score: float = 0.0  # the step scores aggregated (the strategy's aggregation)
     # Texts of the nodes above this one, the root ("") first: equal texts are one shared prefix in the cache.
     parents: tuple[str, ...] = ()
+    parent_tokens: tuple[int, ...] = ()  # ``tokens`` of each node in ``parents``, in the same order
 
     def last_step(self) -> str:
         return self.text[len(self.parents[-1]) :] if self.parents else self.text
@@ -175,7 +176,7 @@ async def extend(
                 text += cfg.delimiter  # the stop string is not part of the output; the next step starts after it
             # A path the search cut at max_tokens was not ended by its model: it is truncated, not answered.
             reason: FinishReason = c.finish_reason if over or not done else "length"
-            kids.append(Path(text=text, tokens=tokens, done=done, finish_reason=reason, parents=p.parents + (p.text,)))
+            kids.append(Path(text=text, tokens=tokens, done=done, finish_reason=reason, parents=p.parents + (p.text,), parent_tokens=p.parent_tokens + (p.tokens,)))
         children.append(kids)
     return children, limited
 

@@ -125,7 +125,7 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
             "clusters": clusters,
             "kept": [i for i, f in enumerate(keep) if f],
             # As REBASE counts: a kept node the re-allocation gives no child holds no cache for the next depth.
-            "live_nodes": rebase.live_nodes(k for k, a in zip(kept, alloc) if a > 0),
+            **rebase.memory(k for k, a in zip(kept, alloc) if a > 0),
         }
         return kept, alloc, extra
 

@@ -51,6 +51,26 @@ def live_nodes(kept: Iterable[Path]) -> int:
     return len({a for k in kept for a in k.parents} | {k.text for k in kept})
 
 
+def retained_tokens(kept: Iterable[Path]) -> int:
+    """Generated tokens of the tree :func:`live_nodes` counts (the growing nodes and their ancestors), each
+    shared node once: what the reference's KV-size figure measures in tokens (the prompt, common to every
+    node, left out)."""
+    own: dict[str, int] = {}
+    for k in kept:
+        chain = list(zip(k.parents, k.parent_tokens)) + [(k.text, k.tokens)]
+        below = 0
+        for text, tokens in chain:
+            own[text] = tokens - below
+            below = tokens
+    return sum(own.values())
+
+
+def memory(kept: Iterable[Path]) -> dict[str, int]:
+    """The trace's memory figures for one depth: live nodes and their retained tokens."""
+    kept = list(kept)
+    return {"live_nodes": live_nodes(kept), "retained_tokens": retained_tokens(kept)}
+
+
 class Params(StepSearchParams):
     width: int = Field(8, ge=1, le=256, description="Leaves the search may finish (the root's children).")
     softmax_temperature: float = Field(0.2, gt=0.0, le=10.0, description="Temperature of the score softmax (the paper's 0.2).")
@@ -65,7 +85,7 @@ Prune = Callable[[list[Path], int], Awaitable[tuple[list[Path], list[int], dict[
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
     async def shares(frontier: list[Path], remaining: int) -> tuple[list[Path], list[int], dict[str, object]]:
         alloc = allocate([k.score for k in frontier], remaining, params.softmax_temperature)
-        return frontier, alloc, {"live_nodes": live_nodes(k for k, a in zip(frontier, alloc) if a > 0)}
+        return frontier, alloc, memory(k for k, a in zip(frontier, alloc) if a > 0)
 
     return await search(problem, ctx, params, shares)
 

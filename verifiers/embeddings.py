@@ -1,7 +1,10 @@
 """Step embeddings and clustering, for strategies that keep semantically different branches (ETS).
 
-Embeddings come from the pool's `embedder` role (a sentence-transformers model in a Ray actor); clustering is
-scipy's agglomerative clustering on cosine distance, cut where clusters stop being closer than ``threshold``.
+Two clusterers: :class:`StepClusterer` embeds steps with the pool's `embedder` role (a sentence-transformers
+model in a Ray actor); :class:`LexicalClusterer` needs no model: TF-IDF vectors of the steps' character n-grams,
+which separate steps that differ in a number where a sentence embedder trained on prose sees one sentence.
+Either way clustering is scipy's agglomerative clustering on cosine distance, cut where clusters stop being
+closer than ``threshold``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,28 @@ def cluster_vectors(vectors: np.ndarray, *, threshold: float = 0.15, method: str
     raw = fcluster(linkage(unit, method=method, metric="cosine"), t=threshold, criterion="distance")
     first: dict[int, int] = {}
     return [first.setdefault(int(c), len(first)) for c in raw]
+
+
+class LexicalClusterer:
+    """The :class:`~orchestrator.protocols.StepClustering` protocol without a model (``engine`` is not used):
+    steps as TF-IDF vectors of their character ``ngrams`` (within words), fitted on the texts being clustered."""
+
+    def __init__(self, ngrams: tuple[int, int] = (2, 4)) -> None:
+        self.ngrams = ngrams
+
+    async def clusters(self, engine: Engine | None, texts: Sequence[str], threshold: float) -> list[int]:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        if not texts:
+            return []
+        # An empty step has no n-grams; a space gives every empty step the same (non-zero) vector.
+        padded = [t if t.strip() else " " for t in texts]
+        try:
+            vectors = TfidfVectorizer(analyzer="char_wb", ngram_range=self.ngrams, lowercase=False).fit_transform(padded)
+        except ValueError:  # no n-gram at all (every text blank): equal texts are one cluster
+            first: dict[str, int] = {}
+            return [first.setdefault(t, len(first)) for t in padded]
+        return cluster_vectors(vectors.toarray(), threshold=threshold)
 
 
 class StepClusterer:

@@ -104,3 +104,28 @@ def test_live_nodes_count_only_what_grows_as_rebase_counts_them():
     assert ets_depths and [d["allocation"] for d in ets_depths] == [d["allocation"] for d in rebase_depths]
     assert any(0 in d["allocation"] for d in ets_depths)  # the case that was over-counted
     assert [d["live_nodes"] for d in ets_depths] == [d["live_nodes"] for d in rebase_depths]
+
+
+def test_retained_tokens_count_each_shared_node_once():
+    """Two open nodes under one shared parent: the root's 0 tokens, the parent's 5, and each child's own 3 and 4
+    (12 in all); the shared parent is not counted twice, and a node whose own tokens are those of its parent
+    chain adds only what it generated."""
+    from strategies.common import Path
+    from strategies.rebase import memory
+
+    parent = Path(text="a\n", tokens=5, parents=("",), parent_tokens=(0,))
+    kids = [
+        Path(text="a\nb\n", tokens=8, parents=parent.parents + (parent.text,), parent_tokens=parent.parent_tokens + (5,)),
+        Path(text="a\nc\n", tokens=9, parents=parent.parents + (parent.text,), parent_tokens=parent.parent_tokens + (5,)),
+    ]
+    assert memory(kids) == {"live_nodes": 4, "retained_tokens": 12}
+    assert memory(kids[:1]) == {"live_nodes": 3, "retained_tokens": 8}
+    assert memory([]) == {"live_nodes": 0, "retained_tokens": 0}
+
+
+def test_every_depth_of_a_search_reports_its_retained_tokens():
+    ctx, _ = context(StepEngine(3), step_scorer=WordPRM(), clusterer=EveryStepItsOwnCluster())
+    spec = REGISTRY["ets"]
+    result = asyncio.run(spec.run(Problem("q\n", question="q"), ctx, spec.params(width=8, seed=1)))
+    depths = [d for d in result.trace if "live_nodes" in d]
+    assert depths and all(d["retained_tokens"] >= d["live_nodes"] - 1 > 0 for d in depths)

@@ -1,0 +1,31 @@
+"""The model-free step clusterer (TF-IDF of character n-grams): what it groups and what it keeps apart."""
+
+from __future__ import annotations
+
+import asyncio
+
+from verifiers.embeddings import LexicalClusterer
+
+
+def clusters(texts, threshold=0.05):
+    return asyncio.run(LexicalClusterer().clusters(None, texts, threshold))
+
+
+def test_equal_steps_share_a_cluster_and_steps_differing_in_a_number_do_not():
+    steps = ["37+48=85\n", "37+48=85\n", "37+48=86\n", "85*3=255\n"]
+    labels = clusters(steps)
+    assert labels[0] == labels[1]
+    assert len({labels[0], labels[2], labels[3]}) == 3
+    assert labels == [0, 0, 1, 2]  # labels in order of first appearance, as the embedder's
+
+
+def test_a_looser_threshold_merges_near_duplicates():
+    steps = ["37+48=85 so far\n", "37+48=86 so far\n"]
+    assert clusters(steps, threshold=0.05) == [0, 1]
+    assert clusters(steps, threshold=0.9) == [0, 0]
+
+
+def test_edge_cases_need_no_model():
+    assert clusters([]) == []
+    assert clusters(["only"]) == [0]
+    assert clusters(["", " ", ""]) == [0, 0, 0]  # blank steps: nothing to tell them apart
