@@ -80,11 +80,14 @@ def _corpus() -> list[str]:
     return lines
 
 
-def _train_bpe(vocab_size: int, specials: tuple[str, ...], corpus: list[str]) -> object:
+def _train_bpe(vocab_size: int, specials: tuple[str, ...], corpus: list[str], *, single_digits: bool = False) -> object:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # single_digits: every digit its own token, as Qwen2's pre-tokenizer does; models that must do arithmetic
+    # learn it far more easily than over merged multi-digit tokens.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) if single_digits else byte_level
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -103,8 +106,8 @@ def _save_tokenizer(tok: object, directory: Path, config: dict[str, object]) -> 
     (directory / "tokenizer_config.json").write_text(json.dumps(base | config, indent=2) + "\n")
 
 
-def _qwen_tokenizer(directory: Path) -> dict[str, int]:
-    tok = _train_bpe(512, QWEN_SPECIALS, _corpus())
+def _qwen_tokenizer(directory: Path, *, vocab_size: int = 512, corpus: list[str] | None = None, single_digits: bool = False) -> dict[str, int]:
+    tok = _train_bpe(vocab_size, QWEN_SPECIALS, _corpus() if corpus is None else corpus, single_digits=single_digits)
     _save_tokenizer(
         tok,
         directory,
