@@ -1,7 +1,7 @@
 """The README's evaluation grid under both budget modes, side by side (issue: live budget metering).
 
     python -m bench.live_budgets [--problems 30] [--budgets 300 1000] [--live-budgets 100 200 300 500 1000]
-        [--screenshot docs/img/live-budgets-dashboard.png]
+        [--seed S] [--screenshot docs/img/live-budgets-dashboard.png]
 
 Runs, for ``TTS_BUDGET_MODE`` = ``reserve`` and then ``live``, exactly the documented command
 
@@ -13,7 +13,10 @@ does), then reads every problem's request back from the ledger: accuracy, mean t
 one request spent (prompt, completion and verifier tokens of all its sub-calls), which must not pass its
 budget. Live mode also runs ``--live-budgets`` (more points for the dashboard's curves). With ``--screenshot``,
 the live grid's dashboard is served (``deploy.serve`` on that data directory, policy only) and captured in
-headless Chromium. Writes bench/results/live_budgets.json and a Markdown table (live_budgets.md).
+headless Chromium. With ``--seed``, the sampling strategies' parameters carry ``seed`` S, so every problem
+draws its own seed from S and its position (``orchestrator.types.problem_seed``): both modes and every budget
+then sample the same sequences, and the curves differ only by what the budget did. Writes
+bench/results/live_budgets.json (``--out``) and a Markdown table beside it.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ STRATEGIES = ("self_consistency", "first_finish", "single_pass")
 PARAMS = {"self_consistency": {"n": 4}, "first_finish": {"n": 4}}
 
 
-def grid(mode: str, data_dir: Path, problems: int, budgets: list[int]) -> None:
+def grid(mode: str, data_dir: Path, problems: int, budgets: list[int], seed: int | None = None) -> None:
     cmd = [sys.executable, "-m", "deploy.evaluate", *[a for s in STRATEGIES for a in ("-s", s)], *[a for b in budgets for a in ("-b", str(b))]]
-    cmd += ["--params", json.dumps(PARAMS), "--dataset", "task:test", "--problems", str(problems), "--name", f"live-budgets-{mode}"]
+    params = PARAMS if seed is None else {name: {**p, "seed": seed} for name, p in PARAMS.items()}
+    cmd += ["--params", json.dumps(params), "--dataset", "task:test", "--problems", str(problems), "--name", f"live-budgets-{mode}"]
     env = os.environ | {"TTS_BUDGET_MODE": mode, "TTS_DATA_DIR": str(data_dir)}
     subprocess.run(cmd, env=env, check=True, cwd=REPO_ROOT)
 
@@ -110,23 +114,25 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=30)
     ap.add_argument("--budgets", type=int, nargs="+", default=[300, 1000])
     ap.add_argument("--live-budgets", type=int, nargs="*", default=[100, 200, 300, 500, 1000])
+    ap.add_argument("--seed", type=int, default=None, help="Sampling seed of self-consistency and first_finish (per problem).")
     ap.add_argument("--screenshot", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=RESULTS / "live_budgets.json")
     args = ap.parse_args()
-    out: dict = {"problems": args.problems, "budgets": args.budgets, "modes": {}}
+    out: dict = {"problems": args.problems, "budgets": args.budgets, "seed": args.seed, "modes": {}}
     for mode in ("reserve", "live"):
         budgets = sorted(set(args.budgets) | (set(args.live_budgets) if mode == "live" else set()))
         with tempfile.TemporaryDirectory(prefix=f"tts-{mode}-") as tmp:
-            grid(mode, Path(tmp), args.problems, budgets)
+            grid(mode, Path(tmp), args.problems, budgets, args.seed)
             out["modes"][mode] = read(Path(tmp))
             if mode == "live" and args.screenshot is not None:
                 screenshot(Path(tmp), args.screenshot)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "live_budgets.json").write_text(json.dumps(out, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
     lines = ["| mode | strategy | budget | accuracy | mean tokens | most tokens of one request | within budget |", "|---|---|---|---|---|---|---|"]
     for mode, rows in out["modes"].items():
         for r in rows:
             lines.append(f"| {mode} | {r['strategy']} | {r['budget']} | {r['accuracy']:.3f} | {r['mean_tokens']:.0f} | {r['max_tokens_one_request']} | {'yes' if r['within_budget'] else '**no**'} |")
-    (RESULTS / "live_budgets.md").write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

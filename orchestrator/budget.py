@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable, Mapping
 
@@ -87,8 +88,14 @@ class LengthHistory:
     """Mean tokens of the samples that finished by themselves, per (role, stage): what a live call of that
     stage expects each of its sequences to need. Kept in memory by the server, across requests."""
 
+    QUANTILES = 16  # what a live call carries of a stage's lengths (see :meth:`quantiles`)
+    KEEP = 1024  # the most recent samples kept per (role, stage) for them
+
     def __init__(self) -> None:
         self._sums: dict[tuple[str, str], list[int]] = {}
+        # Recent samples as (length, cut): a cut one is a censored length, it needed more than that.
+        self._recent: dict[tuple[str, str], deque[tuple[int, bool]]] = {}
+        self._quantiles: dict[tuple[str, str], tuple[int, ...]] = {}  # cache, dropped when samples arrive
         self._cut: dict[tuple[str, str], int] = {}  # the longest sample the budget ended, per (role, stage)
         self._requests: dict[str, list[int]] = {}  # strategy -> [tokens, requests] of requests it finished
 
@@ -107,11 +114,30 @@ class LengthHistory:
             acc = self._sums.setdefault((role, stage), [0, 0])
             acc[0] += sum(lengths)
             acc[1] += len(lengths)
+            self._remember(role, stage, [(n, False) for n in lengths])
+
+    def _remember(self, role: str, stage: str, samples: list[tuple[int, bool]]) -> None:
+        self._recent.setdefault((role, stage), deque(maxlen=self.KEEP)).extend(samples)
+        self._quantiles.pop((role, stage), None)
+
+    def quantiles(self, role: str, stage: str) -> tuple[int, ...]:
+        """The length distribution of (role, stage)'s recent samples at the midpoints of ``QUANTILES`` equal
+        shares (empty before any finished): what a token pool conditions on (workers.token_pool).
+
+        Cut samples are censored (each needed more than its length), so the distribution is the Kaplan-Meier
+        estimate, not the finished lengths alone: under tight budgets the long samples are the cut ones, and the
+        finished ones alone would say every sample is short. What the estimate leaves beyond the longest sample
+        seen is put at twice that length (as :meth:`expected` guesses from cut samples)."""
+        key = (role, stage)
+        if key not in self._quantiles:
+            self._quantiles[key] = _km_quantiles(sorted(self._recent.get(key, ())), self.QUANTILES)
+        return self._quantiles[key]
 
     def add_cut(self, role: str, stage: str, lengths: list[int]) -> None:
-        """Samples the budget ended at these lengths: each needed more."""
+        """Samples the budget ended at these lengths: each needed more (censored lengths, see :meth:`quantiles`)."""
         if lengths:
             self._cut[(role, stage)] = max(self._cut.get((role, stage), 0), max(lengths))
+            self._remember(role, stage, [(n, True) for n in lengths])
 
     def expected(self, role: str, stage: str) -> float | None:
         """The mean of the finished samples; before any finished, twice the longest cut one (it needed more than
@@ -121,6 +147,33 @@ class LengthHistory:
             return acc[0] / acc[1]
         cut = self._cut.get((role, stage))
         return 2.0 * cut if cut else None
+
+
+def _km_quantiles(samples: list[tuple[int, bool]], k: int) -> tuple[int, ...]:
+    """Midpoint quantiles of the product-limit (Kaplan-Meier) estimate of sorted (length, censored) samples."""
+    if not any(not cut for _, cut in samples):
+        return ()
+    points: list[tuple[int, float]] = []  # (length, probability mass)
+    surviving, i, n = 1.0, 0, len(samples)
+    while i < n:
+        length, at_risk, ended = samples[i][0], n - i, 0
+        while i < n and samples[i][0] == length:
+            ended += not samples[i][1]
+            i += 1
+        if ended:
+            mass = surviving * ended / at_risk
+            points.append((length, mass))
+            surviving -= mass
+    if surviving > 1e-9:
+        points.append((2 * samples[-1][0], surviving))
+    out, cumulative, j = [], 0.0, 0
+    for q in range(k):
+        target = (2 * q + 1) / (2 * k)
+        while j < len(points) - 1 and cumulative + points[j][1] < target:
+            cumulative += points[j][1]
+            j += 1
+        out.append(points[j][0])
+    return tuple(out)
 
 
 @dataclass
@@ -238,8 +291,11 @@ class BudgetMeter:
         if price is not None and b.cost_usd is not None and dearest > 0:
             room = min(room, int((b.cost_usd - self.spent_cost - self.reserved_cost) / dearest))
         share = max(parts, 1)
-        if expected is not None and share > 1:
-            share = max(1, min(share, int(room // (prompt_bound + n * expected))))
+        if share > 1:
+            # Without an expectation (a fresh server) each part must still fit its prompt and as many tokens again:
+            # an even split that leaves a part no room for its own prompt would have the race answer nothing.
+            need = prompt_bound + n * (expected if expected is not None else max(prompt_bound, 1))
+            share = max(1, min(share, int(room // need)))
         cap = min(worst, room // share)
         base = self.longest_chain
         per_sequence = max_tokens

@@ -104,13 +104,18 @@ class StrategyContext:
         """``spec`` as the budget admits it (``max_tokens`` cut, or a live cap with the stage's expected sample
         length), and its reservation."""
         expected = spec.expected_tokens or self.expected_tokens(stage, role=role)
+        quantiles = spec.length_quantiles or (self.tools.lengths.quantiles(role, stage) if self.meter.live else ())
+        # A race's parts are separate calls: one cut short is wasted, and the race needs only its first to finish.
+        # So the budget is shared among as many parts as can each reach a long sample's length (the third-highest
+        # of the quantiles, about the 84th percentile), not the mean one, which a hard problem's samples all pass.
+        per_part = max(expected or 0.0, float(quantiles[-3])) if parts > 1 and len(quantiles) >= 3 else expected
         # A race's calls are admitted one after another: the first makes room for all of them.
         await self.meter.make_room(prompt_bound=prompt_bound(spec.prompt) * parts, n=spec.n * parts, max_tokens=spec.max_tokens, expected=expected)
-        r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens, parts=parts, expected=expected)
+        r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=spec.n, max_tokens=spec.max_tokens, parts=parts, expected=per_part)
         if r.truncated:
             spec = replace(spec, max_tokens=r.max_tokens)
         if r.token_cap is not None:
-            spec = replace(spec, token_cap=r.token_cap, expected_tokens=expected)
+            spec = replace(spec, token_cap=r.token_cap, expected_tokens=expected, length_quantiles=quantiles)
         return spec, r
 
     def _lengths(self, role: Role, stage: str, completions: Iterable[Completion], *, cut: bool = False) -> None:

@@ -38,7 +38,9 @@ class SamplingSpec:
     ``token_cap`` (live budget metering, see orchestrator.budget) is what the whole call may spend: its prompt
     once plus every token of every sequence. The engine then runs the sequences as one pool of tokens, ends
     sequences when the pool cannot carry them all (``expected_tokens``, a sample's expected length, says how
-    much each still needs; the highest-numbered are ended first) and never hands back more than the cap."""
+    much each still needs; ``length_quantiles``, the stage's finished lengths at evenly spaced quantiles, say it
+    better for a sequence already long; the highest-numbered are ended first) and never hands back more than the
+    cap."""
 
     prompt: str | tuple[int, ...]
     n: int = 1
@@ -52,6 +54,7 @@ class SamplingSpec:
     request_id: str | None = None
     token_cap: int | None = None
     expected_tokens: float | None = None
+    length_quantiles: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

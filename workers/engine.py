@@ -351,7 +351,7 @@ class VllmEngine:
         n > 1 request (seed + i), so that the pool can end one without the others. Yields each sequence's
         state after every change, with the vLLM output that changed it (None when the pool ended it)."""
         assert spec.token_cap is not None
-        pool = TokenPool(spec.token_cap - len(ids), spec.n, spec.expected_tokens)
+        pool = TokenPool(spec.token_cap - len(ids), spec.n, spec.expected_tokens, spec.length_quantiles)
         if pool.left <= 0:
             raise BudgetExceeded(f"{self.name}: the prompt is {len(ids)} tokens, over the call's cap of {spec.token_cap}")
         rid = spec.request_id or uuid.uuid4().hex

@@ -137,3 +137,44 @@ def test_sample_lengths_expected_from_finished_samples_or_else_from_cut_ones():
     assert h.expected("policy", "sample") == 28
     h.add("policy", "sample", [50, 60])
     assert h.expected("policy", "sample") == 55 and h.expected("policy", "other") is None
+
+
+def test_length_history_quantiles_follow_the_recent_lengths():
+    from orchestrator.budget import LengthHistory
+
+    h = LengthHistory()
+    assert h.quantiles("policy", "sample") == ()
+    h.add("policy", "sample", list(range(1, 161)))
+    q = h.quantiles("policy", "sample")
+    assert len(q) == LengthHistory.QUANTILES and list(q) == sorted(q)
+    assert q[0] == 5 and q[-1] == 155 + 1  # midpoints of 16 shares of 1..160 (the first length whose CDF reaches them)
+    h.add("policy", "sample", [1000] * 2000)  # only the most recent KEEP lengths count
+    assert set(h.quantiles("policy", "sample")) == {1000}
+    assert h.quantiles("policy", "other") == ()
+
+
+def test_cut_samples_are_censored_lengths_in_the_quantiles():
+    """Half the samples finished at 40, half were cut at 50 (they needed more): the finished ones alone would
+    say every sample takes 40; the estimate puts the cut half beyond 50 (at twice the longest seen)."""
+    from orchestrator.budget import LengthHistory
+
+    h = LengthHistory()
+    h.add_cut("policy", "sample", [50] * 8)
+    assert h.quantiles("policy", "sample") == ()  # nothing finished: no distribution yet
+    h.add("policy", "sample", [40] * 8)
+    q = h.quantiles("policy", "sample")
+    assert q[: LengthHistory.QUANTILES // 2] == (40,) * 8 and q[LengthHistory.QUANTILES // 2 :] == (100,) * 8
+    # A cut sample shorter than the finished ones says little: it may have been as long as they are.
+    h2 = LengthHistory()
+    h2.add("policy", "sample", [40] * 8)
+    h2.add_cut("policy", "sample", [10] * 8)
+    assert set(h2.quantiles("policy", "sample")) == {40}
+
+
+def test_a_race_on_a_fresh_server_never_splits_below_a_prompt_and_as_much_again():
+    """No sample has finished yet (no expectation): 100 tokens split four ways would give each call 25, less
+    than its prompt, and the race would answer nothing; one call gets the room instead, the others are refused."""
+    m = BudgetMeter(Budget(total_tokens=100), live=True)
+    assert m.admit(role="policy", prompt_bound=32, n=1, max_tokens=256, parts=4).token_cap == 100
+    with pytest.raises(BudgetExceeded):
+        m.admit(role="policy", prompt_bound=32, n=1, max_tokens=256, parts=3)

@@ -51,7 +51,7 @@ def metered(spec, gen):
     call's ``token_cap`` (the engine's :class:`TokenPool`), a cut one keeping its first words."""
     if spec.token_cap is None:
         return gen
-    pool = TokenPool(spec.token_cap - gen.usage.prompt_tokens, spec.n, spec.expected_tokens)
+    pool = TokenPool(spec.token_cap - gen.usage.prompt_tokens, spec.n, spec.expected_tokens, spec.length_quantiles)
     ended = set(pool.victims())
     outs = []
     for j, c in enumerate(gen.completions):

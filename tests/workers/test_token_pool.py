@@ -62,3 +62,28 @@ def test_random_deliveries_never_exceed_the_cap(seed):
         pool.victims()
     assert delivered == sum(pool.tokens) <= cap
     assert pool.left == cap - delivered
+
+
+def _lockstep(pool: TokenPool, need: int) -> list[int]:
+    """Every live sequence writes one token a step and would finish at ``need``: which finished."""
+    pool.victims()
+    while pool.live:
+        for i in sorted(pool.live):
+            if i in pool.live:
+                pool.take(i, 1)
+                if i in pool.live and pool.tokens[i] >= need:
+                    pool.finished(i)
+        pool.victims()
+    return sorted(pool.done)
+
+
+def test_a_long_tail_in_the_quantiles_ends_victims_early_enough_for_two_to_finish():
+    """A stage whose samples are short (35) for easy prompts and long (90) for hard ones: on a hard prompt the
+    mean (62.5) says four fit in 248 tokens, so all four run past it and only one finishes. Judged by the
+    quantiles above what it has written, a sample past 35 is a long kind: two are ended early and two finish."""
+    q = tuple([35] * 8 + [90] * 8)
+    assert _lockstep(TokenPool(248, 4, expected=62.5), need=90) == [0]
+    assert _lockstep(TokenPool(248, 4, expected=62.5, quantiles=q), need=90) == [0, 1]
+    # On an easy prompt it ends no more than the mean does (both end one sample just before the others finish:
+    # at 34 tokens each, a sample of this stage is as likely long as short).
+    assert _lockstep(TokenPool(248, 4, expected=62.5, quantiles=q), need=35) == _lockstep(TokenPool(248, 4, expected=62.5), need=35) == [0, 1, 2]
