@@ -6,7 +6,9 @@ Each start is what ``bash deploy/run.sh`` runs once installed: ``python -m deplo
 (port 0, its own data directory), timed from spawning it to ``/healthz`` answering. The compile caches live
 under the data directory (``<data>/vllm-cache``), so a fresh one is a first start and the second start on it
 is a warm one. Modes set the engines' ``enforce_eager`` through ``TTS_WORKER_<ROLE>_ENFORCE_EAGER``
-(``default``: the service's defaults; ``eager``: every engine eager; ``compiled``: every engine compiled).
+(``default``: the service's defaults; ``eager``: every engine eager; ``compiled``: every engine compiled;
+``compiled-noaot``: compiled without vLLM's AOT artifacts; ``<mode>-inproc``: the same with each engine's model
+worker inside its engine-core process, ``in_process_worker``).
 
 The breakdown is read from the server's own log: Ray start, each engine's torch.compile and the model
 runner's init (vLLM's lines), each engine ready (the pool's progress lines), the embedder, the rest. After the
@@ -42,6 +44,10 @@ MODES: dict[str, dict[str, str]] = {
     # 'finalize_loading'"), so with them on every start compiles again; off, the Inductor caches are used.
     "compiled-noaot": {"VLLM_USE_AOT_COMPILE": "0", **{f"TTS_WORKER_{r}_ENFORCE_EAGER": "false" for r in ("POLICY", "DRAFT", "PRM")}},
 }
+# The same with vLLM's model worker inside each engine-core process (`in_process_worker`): one Python process
+# (and one torch + vLLM import) fewer per engine.
+for _mode in ("default", "eager", "compiled-noaot"):
+    MODES[f"{_mode}-inproc"] = {**MODES[_mode], **{f"TTS_WORKER_{r}_IN_PROCESS_WORKER": "true" for r in ("POLICY", "DRAFT", "PRM")}}
 
 # Lines of the server's log worth a figure: (name, pattern with one number in seconds).
 PATTERNS = {

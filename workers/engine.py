@@ -64,8 +64,9 @@ class EngineConfig:
     block_size: int | None = None
     enforce_eager: bool = False
     # CPU only: run vLLM's model worker inside the EngineCore process (the "uni" executor) instead of a third
-    # process of its own; every process of an engine imports torch and vLLM again, which is most of a start.
-    in_process_worker: bool = False
+    # process of its own; every process of an engine imports torch and vLLM again, which is most of a start
+    # (measured in bench/README.md#cold-and-warm-start).
+    in_process_worker: bool = True
 
 
 def resolve_dtype(config: EngineConfig, *, cpu: bool) -> str:
