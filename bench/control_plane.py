@@ -103,6 +103,21 @@ PROBE = StrategySpec(
 # ------------------------------------------------------------------------------------------ the service
 
 
+def own_ray() -> None:
+    """Start a Ray instance of this benchmark's own (``address="local"``): never join a cluster already running
+    on the machine (``RAY_ADDRESS`` or ``/tmp/ray/ray_current_cluster``), whose other load would be measured
+    and whose actors this run must not disturb."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as workers.cluster.connect_ray starts a local one
+    # On a loaded machine the node's dashboard agent can take longer than the raylet's default 15 s wait.
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
+    ray.init(address="local", include_dashboard=False, configure_logging=False)
+
+
 def _instant_config() -> Any:
     from workers.config import PoolConfig, RoleConfig
 
@@ -289,6 +304,7 @@ def check_ledger(svc: InstantServiceThread, answered: list[tuple[int, str, int, 
 
 
 def bench_one(db: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    own_ray()  # before ServiceThread, whose start_ray then finds this process already in it
     data = Path(tempfile.mkdtemp(prefix="tts-bench-cp-"))
     settings = get_settings(port=0, data_dir=data, database_url=url, max_running=args.concurrency, max_queued=4 * args.concurrency)
     svc = InstantServiceThread(settings, steps=args.steps)
@@ -372,9 +388,7 @@ def ray_floor(calls: int = 3000) -> dict[str, Any]:
     import ray
 
     from workers.instant import InstantActor, InstantConfig
-    from workers.pool import connect_ray
-
-    connect_ray(None)
+    own_ray()
     actor = InstantActor.options(max_concurrency=1000).remote(InstantConfig(), "floor")
     spec = SamplingSpec("<|user|>\nStart at 3 and apply +4.\n<|assistant|>\n", n=4, max_tokens=16, stop=("\n",))
 

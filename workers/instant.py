@@ -30,7 +30,7 @@ from typing import AsyncIterator, Sequence
 import ray
 
 from orchestrator.types import Completion, EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses, Usage
-from workers.actor import Placement
+from workers.actor import BatchedCalls, Placement
 from workers.config import RoleConfig
 from workers.local import LocalEngine
 
@@ -72,8 +72,8 @@ def _prompt_tokens(prompt: str | Sequence[int]) -> int:
 
 
 @ray.remote
-class InstantActor:
-    """The Ray actor: the methods of :class:`workers.local.EngineActor`, each answering at once."""
+class InstantActor(BatchedCalls):
+    """The Ray actor: the methods of :class:`workers.local.EngineActor` (its batched calls too), each answering at once."""
 
     def __init__(self, config: InstantConfig, name: str) -> None:
         self._config = config

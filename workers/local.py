@@ -16,7 +16,7 @@ from ray.exceptions import RayActorError
 
 from orchestrator.errors import ConfigError, WorkerDied
 from orchestrator.types import EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta
-from workers.actor import ActorBackend, Placement
+from workers.actor import ActorBackend, BatchedCalls, Placement
 from workers.backend import TokenClasses
 from workers.config import RoleConfig
 from workers.engine import EngineConfig, VllmEngine
@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 
 @ray.remote
-class EngineActor:
+class EngineActor(BatchedCalls):
     """Ray actor around :class:`VllmEngine` (an async actor: many calls share its event loop).
 
     The engine is built lazily inside the actor's loop, so a restarted actor (Ray re-runs ``__init__``)
@@ -103,10 +103,11 @@ class EngineActor:
 
 
 class LocalEngine(ActorBackend):
-    """:class:`workers.backend.Backend` over an :class:`EngineActor`; embedding is not served."""
+    """:class:`workers.backend.Backend` over an :class:`EngineActor`; embedding is not served. Generate, score
+    and classify calls made in one event-loop turn reach the actor as one Ray call (``ActorBackend._batched``)."""
 
     async def generate(self, spec: SamplingSpec) -> Generation:
-        return await self._call(self.handle.generate.remote(spec))
+        return await self._batched("generate", spec)
 
     async def stream(self, spec: SamplingSpec) -> AsyncIterator[StreamDelta]:
         gen: ray.ObjectRefGenerator = self.handle.stream.options(num_returns="streaming").remote(spec)
@@ -122,13 +123,15 @@ class LocalEngine(ActorBackend):
                 pass
 
     async def abort(self, request_ids: Sequence[str]) -> None:
+        if self._pending:
+            self._flush()  # calls of this turn not sent yet go first, so that the abort finds them
         await self._call(self.handle.abort.remote(list(request_ids)))
 
     async def score(self, spec: ScoreSpec) -> Scores:
-        return await self._call(self.handle.score.remote(spec))
+        return await self._batched("score", spec)
 
     async def classify_tokens(self, spec: ScoreSpec) -> TokenClasses:
-        return await self._call(self.handle.classify_tokens.remote(spec))
+        return await self._batched("classify_tokens", spec)
 
     async def tokenize(self, text: str) -> list[int]:
         return await self._call(self.handle.tokenize.remote(text))

@@ -1,0 +1,147 @@
+"""Coalesced actor calls (``ActorBackend._batched`` and the actors' ``BatchedCalls``), over a scripted handle:
+no Ray started. Calls of one event-loop turn go as one ``batch`` call; each keeps its own result, error and
+cancellation. The instant engine's selection by the workers file."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from ray.exceptions import RayActorError
+
+from orchestrator.errors import ConfigError, EngineError, InvalidRequest, WorkerDied
+from orchestrator.types import ScoreSpec, Scores, Usage
+from workers.actor import BatchedCalls
+from workers.config import RoleConfig
+from workers.factory import backend_spec
+from workers.instant import InstantConfig, InstantSpec
+from workers.local import LocalEngine
+
+
+class Actor(BatchedCalls):
+    """What runs in the actor: ``score`` answers after ``delay`` s; prompts name failures."""
+
+    def __init__(self) -> None:
+        self._name = "prm-0"
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def score(self, spec: ScoreSpec) -> Scores:
+        self.started.append(spec.prompt)
+        try:
+            await asyncio.sleep(0.05 if spec.prompt.startswith("slow") else 0)
+        except asyncio.CancelledError:
+            self.cancelled.append(spec.prompt)
+            raise
+        if spec.prompt == "bad":
+            raise InvalidRequest("no such thing")
+        if spec.prompt == "boom":
+            raise ValueError("first line\nsecond line")
+        return Scores(token_ids=(1, 2), start=0, logprobs=(-1.0,), candidate_logprobs=((),), usage=Usage(prompt_tokens=len(spec.prompt)), worker=self._name)
+
+
+class Method:
+    def __init__(self, handle: Handle, name: str) -> None:
+        self.handle, self.name = handle, name
+
+    def remote(self, *args):
+        self.handle.sent.append((self.name, args))
+        if self.handle.dead:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(RayActorError())
+            return fut
+        return asyncio.ensure_future(getattr(self.handle.actor, self.name)(*args))
+
+
+class Handle:
+    def __init__(self, actor: Actor) -> None:
+        self.actor, self.sent, self.dead = actor, [], False
+
+    def __getattr__(self, name: str) -> Method:
+        return Method(self, name)
+
+
+def backend() -> tuple[LocalEngine, Handle]:
+    handle = Handle(Actor())
+    return LocalEngine("prm-0", handle), handle  # type: ignore[arg-type]
+
+
+def test_calls_of_one_turn_go_as_one_actor_call_and_each_gets_its_own_result():
+    async def main() -> None:
+        b, h = backend()
+        out = await asyncio.gather(*(b.score(ScoreSpec(f"p{i}" * (i + 1))) for i in range(8)))
+        assert [o.usage.prompt_tokens for o in out] == [2 * (i + 1) for i in range(8)]
+        assert [name for name, _ in h.sent] == ["batch"] and len(h.sent[0][1][0]) == 8
+        # A call alone in its turn goes as a call of its own.
+        h.sent.clear()
+        assert (await b.score(ScoreSpec("alone"))).usage.prompt_tokens == 5
+        assert [name for name, _ in h.sent] == ["score"]
+
+    asyncio.run(main())
+
+
+def test_a_failing_call_fails_alone_with_the_error_a_call_of_its_own_would_raise():
+    async def main() -> None:
+        b, _ = backend()
+        out = await asyncio.gather(*(b.score(ScoreSpec(p)) for p in ("ok", "bad", "boom", "fine")), return_exceptions=True)
+        assert isinstance(out[0], Scores) and isinstance(out[3], Scores)
+        assert isinstance(out[1], InvalidRequest) and out[1].message == "no such thing"
+        assert type(out[2]) is EngineError and out[2].message == "prm-0: second line"
+
+    asyncio.run(main())
+
+
+def test_cancelling_one_call_cancels_it_in_the_actor_and_leaves_the_others():
+    async def main() -> None:
+        b, h = backend()
+        tasks = [asyncio.ensure_future(b.score(ScoreSpec(p))) for p in ("slow-a", "slow-b", "slow-c")]
+        await asyncio.sleep(0.01)  # sent, running in the actor
+        tasks[1].cancel()
+        out = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(out[0], Scores) and isinstance(out[2], Scores) and isinstance(out[1], asyncio.CancelledError)
+        assert h.actor.cancelled == ["slow-b"]
+        assert not h.actor._batch_state()[0]  # nothing left running
+        # Cancelled before its turn ended: never sent.
+        h.sent.clear()
+        t = asyncio.ensure_future(b.score(ScoreSpec("never")))
+        other = asyncio.ensure_future(b.score(ScoreSpec("sent")))
+        await asyncio.sleep(0)
+        t.cancel()
+        await asyncio.gather(t, other, return_exceptions=True)
+        assert "never" not in h.actor.started and "sent" in h.actor.started
+
+    asyncio.run(main())
+
+
+def test_a_cancel_that_arrives_before_its_batch_stops_the_call_before_it_starts():
+    async def main() -> None:
+        actor = Actor()
+        await actor.cancel(["k2"])
+        out = await actor.batch([("k1", "score", ScoreSpec("x")), ("k2", "score", ScoreSpec("y"))])
+        assert isinstance(out[0], Scores) and isinstance(out[1], EngineError)
+        assert actor.started == ["x"]
+        with pytest.raises(ValueError):
+            await actor.batch([("k3", "tokenize", "x")])
+
+    asyncio.run(main())
+
+
+def test_a_dead_worker_fails_every_call_of_the_batch_as_worker_died():
+    async def main() -> None:
+        b, h = backend()
+        h.dead = True
+        out = await asyncio.gather(*(b.score(ScoreSpec(f"p{i}")) for i in range(3)), return_exceptions=True)
+        assert all(isinstance(o, WorkerDied) and o.worker == "prm-0" for o in out)
+        assert len({id(o) for o in out}) == 3  # each caller raises its own
+
+    asyncio.run(main())
+
+
+def test_the_workers_file_selects_the_instant_engine_by_url():
+    spec = backend_spec("prm", RoleConfig(url="instant:", replicas=2, cpus=0.5))
+    assert isinstance(spec, InstantSpec) and spec.config == InstantConfig() and spec.replicas == 2 and spec.placement.num_cpus == 0.5
+    assert backend_spec("policy", RoleConfig(url="instant:?steps=6&answer=7")).config == InstantConfig(steps=6, answer=7)
+    with pytest.raises(ConfigError, match="unknown"):
+        backend_spec("policy", RoleConfig(url="instant:?stepz=6"))
+    with pytest.raises(ConfigError, match="whole numbers"):
+        backend_spec("policy", RoleConfig(url="instant:?steps=many"))
