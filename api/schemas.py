@@ -312,14 +312,17 @@ class Health(BaseModel):
 
 
 class JobRequest(BaseModel):
-    """A grid: every strategy at every budget, over a dataset of the bundled task."""
+    """A grid: every strategy at every budget, over a dataset of a bundled task."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"strategies": ["self_consistency"], "budgets": [500], "problems": 5}]})
 
     strategies: list[str] = Field(min_length=1, max_length=20)
     budgets: list[int] = Field(default_factory=list, max_length=20, description="max_total_tokens per problem; none: unbudgeted.")
     params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Parameters per strategy name.")
-    dataset: str = Field("task:test", pattern=r"^task:(train|dev|test)$", description="A split of the bundled task.")
+    dataset: str = Field(
+        "task:test", pattern=r"^(task|countdown):(train|dev|test)$",
+        description="A split of a bundled task: `task` (the v1 family's chained arithmetic) or `countdown` (the v2 family's).",
+    )
     problems: int = Field(30, ge=1, le=5000)
     seed: int = Field(0, ge=0)
     name: str = Field("default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$", description="Grid name (resubmitting resumes).")

@@ -27,25 +27,37 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.errors import ConfigError, TTSError
 from orchestrator.evals import Dataset, Item, evaluate, grid, read_jsonl, table
 from tasks import arithmetic as task
-from verifiers import MathAnswerVerifier, TaskAnswerVerifier
+from tasks import countdown
+from verifiers import answer_verifier
 
 log = logging.getLogger(__name__)
 
 
+# The bundled tasks a dataset spec may name, each with the verifier that grades it and what an item's gold
+# answer is: the chained-arithmetic task's integer, or Countdown's question (it has many right answers).
+_TASKS = {
+    "task": (task, "task", lambda p: str(p.answer)),
+    "countdown": (countdown, "countdown", lambda p: p.question),
+}
+
+
 def load_dataset(spec: str, *, problems: int | None = None, seed: int = 0) -> Dataset:
-    """``task:<split>`` (the bundled task, spread evenly over its levels) or a JSONL file; at most ``problems``."""
-    if spec.startswith("task:"):
-        split = spec.split(":", 1)[1]
-        if split not in task.SPLITS:
-            raise ConfigError(f"dataset {spec!r}: the bundled task's splits are {', '.join(task.SPLITS)}")
+    """``task:<split>`` (the v1 bundled task) or ``countdown:<split>`` (the v2 family's), spread evenly over
+    the task's levels, or a JSONL file; at most ``problems``."""
+    kind, _, split = spec.partition(":")
+    if kind in _TASKS and split:
+        module, verifier, gold = _TASKS[kind]
+        if split not in module.SPLITS:
+            raise ConfigError(f"dataset {spec!r}: the bundled task's splits are {', '.join(module.SPLITS)}")
         count = problems or 100
-        per_level = -(-count // len(task.LEVELS))
-        by_level = {lv: task.generate(split, per_level, seed=seed, levels=[lv]) for lv in task.LEVELS}
+        per_level = -(-count // len(module.LEVELS))
+        by_level = {lv: module.generate(split, per_level, seed=seed, levels=[lv]) for lv in module.LEVELS}
         # Levels interleaved, so that a shorter run (a prefix) still covers every level.
+        prefix = split if kind == "task" else f"{kind}-{split}"
         items = tuple(
-            Item(f"{split}-{seed}-L{lv}-{i}", by_level[lv][i].question, str(by_level[lv][i].answer), lv) for i in range(per_level) for lv in task.LEVELS
+            Item(f"{prefix}-{seed}-L{lv}-{i}", by_level[lv][i].question, gold(by_level[lv][i]), lv) for i in range(per_level) for lv in module.LEVELS
         )[:count]
-        return Dataset(spec if seed == 0 else f"{spec}@{seed}", items, "task")
+        return Dataset(spec if seed == 0 else f"{spec}@{seed}", items, verifier)
     path = Path(spec)
     items = read_jsonl(path)
     return Dataset(path.stem, tuple(items[:problems] if problems else items), "math")
@@ -93,7 +105,7 @@ async def run(settings: Settings, dataset_spec: str, strategies: list[str], budg
     )
     service = await Service.start(settings)
     try:
-        verifier = TaskAnswerVerifier() if dataset.verifier == "task" else MathAnswerVerifier()
+        verifier = answer_verifier(dataset.verifier)
         bar = tqdm(total=len(cells) * len(dataset.items), desc=f"{name}: {len(cells)} runs x {len(dataset.items)} problems", unit="problem")
         summaries = await evaluate(
             service.controller, service.store, dataset, cells, model=settings.model_name, name=name, verifier=verifier,
@@ -110,7 +122,7 @@ def main(
     strategy: List[str] = typer.Option(..., "--strategy", "-s", help="A strategy of the grid (repeat the option for more)."),
     budget: List[int] = typer.Option([], "--budget", "-b", help="A max_total_tokens budget per problem (repeat; none: unbudgeted)."),
     params: str = typer.Option("{}", help='Parameters per strategy, JSON: {"best_of_n": {"n": 8}}.'),
-    dataset: str = typer.Option("task:test", help="task:<train|dev|test>, or a JSONL file (GSM8K, MATH-500 or AIME fields)."),
+    dataset: str = typer.Option("task:test", help="task:<train|dev|test> (the v1 bundled task), countdown:<train|dev|test> (the v2 family's), or a JSONL file (GSM8K, MATH-500 or AIME fields)."),
     problems: Optional[int] = typer.Option(None, min=1, help="At most this many problems (task: default 100, spread over levels)."),
     seed: int = typer.Option(0, help="Which problems of the bundled task."),
     name: str = typer.Option("default", help="The grid's name: a rerun with the same name and grid resumes it."),

@@ -63,6 +63,11 @@ class ModelProfile(BaseModel):
         "of the final part, after the reasoning; math-verify makes the vote key), `regex` (`answer_pattern`'s first group).",
     )
     answer_pattern: str | None = Field(None, description="With `answer = \"regex\"`: a Python regex whose first group is the answer.")
+    answer_key: Literal["value", "expression"] = Field(
+        "value",
+        description="With `answer = \"boxed\"`, what votes together: `value` (math-verify: equal values) or `expression` (the boxed "
+        "arithmetic expression up to reordering of + and *, not evaluated: for tasks whose answers all claim one value, as Countdown's do).",
+    )
     reasoning: Literal["none", "think"] = Field("none", description="`think`: the model reasons between `think_open` and `think_close` first.")
     think_open: str = Field("<think>", description="Opening tag of the reasoning span.")
     think_close: str = Field("</think>", description="Closing tag of the reasoning span.")
@@ -83,6 +88,8 @@ class ModelProfile(BaseModel):
                 raise ValueError(f"answer_pattern {self.answer_pattern!r} is not a regex: {err}") from None
             if groups < 1:
                 raise ValueError(f"answer_pattern {self.answer_pattern!r} needs a group: its first group is the answer")
+        if self.answer_key == "expression" and self.answer != "boxed":
+            raise ValueError(f"answer_key = \"expression\" keys boxed answers: it needs answer = \"boxed\", not {self.answer!r}")
         if self.max_tokens > self.max_tokens_cap:
             raise ValueError(f"max_tokens {self.max_tokens} exceeds max_tokens_cap {self.max_tokens_cap}")
         return self

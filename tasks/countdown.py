@@ -431,6 +431,31 @@ def parse_expression(text: str) -> Expr:
     return build(tree.body)
 
 
+def canonical(expr: Expr) -> str:
+    """A key equal for ``expr`` and its reorderings by commutativity and associativity of ``+`` and ``*``
+    (``3 * (2 + 5)``, ``(5 + 2) * 3``), without evaluating: on this task every answer claims the target,
+    so a vote must group by the expression a sample wrote, not by its value."""
+
+    def terms(e: Expr, op: str) -> list[Expr]:
+        return terms(e[1], op) + terms(e[2], op) if isinstance(e, tuple) and e[0] == op else [e]
+
+    if isinstance(expr, int):
+        return str(expr)
+    op, left, right = expr
+    if op in "+*":
+        return f"{op}(" + ",".join(sorted(canonical(t) for t in terms(expr, op))) + ")"
+    return f"{op}({canonical(left)},{canonical(right)})"
+
+
+def canonical_answer(answer: str) -> str | None:
+    """:func:`canonical` of a boxed answer's expression (``EXPR = N`` keyed by EXPR), or None when it does
+    not parse."""
+    try:
+        return canonical(parse_expression(answer.partition("=")[0]))
+    except ValueError:
+        return None
+
+
 def leaves(expr: Expr) -> list[int]:
     """The numbers ``expr`` uses, with repeats."""
     return [expr] if isinstance(expr, int) else leaves(expr[1]) + leaves(expr[2])

@@ -3,6 +3,7 @@
 from verifiers.answers import (
     ANSWER_VERIFIERS,
     BoxedAnswerVerifier,
+    CountdownVerifier,
     FinalPartVerifier,
     MathAnswerVerifier,
     RegexAnswerVerifier,
@@ -16,6 +17,7 @@ from verifiers.refine import TaskRefiner, TextRefiner
 
 __all__ = [
     "BoxedAnswerVerifier",
+    "CountdownVerifier",
     "FinalPartVerifier",
     "RegexAnswerVerifier",
     "verifier_for",

@@ -20,6 +20,7 @@ from typing import Callable, Protocol
 from orchestrator.errors import InvalidRequest
 from orchestrator.profile import ModelProfile
 from tasks import arithmetic as task
+from tasks import countdown
 
 
 class Grader(Protocol):
@@ -102,13 +103,17 @@ class BoxedAnswerVerifier:
 
     name = "boxed"
 
-    def __init__(self, timeout_s: int = 5) -> None:
+    def __init__(self, timeout_s: int = 5, *, key: str = "value") -> None:
         self._math = MathAnswerVerifier(timeout_s)
+        # "expression": the content's arithmetic up to reordering (profile `answer_key`), never its value.
+        self._by_expression = key == "expression"
 
     def extract(self, text: str) -> str | None:
         content = last_boxed(text)
         if content is None or not content.strip():
             return None
+        if self._by_expression:
+            return countdown.canonical_answer(content) or re.sub(r"\s+", "", content)
         return self._math.key(self._math._parse(f"\\boxed{{{content}}}")) or re.sub(r"\s+", "", content)
 
     def is_correct(self, text: str, gold: str) -> bool:
@@ -140,6 +145,29 @@ def last_boxed(text: str) -> str | None:
         # A later unclosed box supersedes an earlier closed one: the model was still writing its answer.
         found = text[m.end() : i - 1] if depth == 0 else None
     return found
+
+
+class CountdownVerifier:
+    """The Countdown task (:mod:`tasks.countdown`, the v2 bundled family's): a solution is right when the
+    last ``\\boxed{}`` after its reasoning is an expression over the given numbers that makes the target.
+    The gold answer is the question itself, which names the numbers and the target: a problem has many
+    right answers, so no single expression could be the gold one. Keys group an expression with its
+    reorderings (:func:`tasks.countdown.canonical_answer`)."""
+
+    name = "countdown"
+
+    def extract(self, text: str) -> str | None:
+        answer = countdown.extract_answer(text)
+        if not answer:
+            return None
+        return countdown.canonical_answer(answer) or re.sub(r"\s+", "", answer)
+
+    def is_correct(self, text: str, gold: str) -> bool:
+        try:
+            problem = countdown.parse_question(gold)
+        except ValueError:
+            raise InvalidRequest(f"a countdown item's answer is its question; got {gold[:80]!r}", param="answer") from None
+        return countdown.check_answer(problem, text).correct
 
 
 class RegexAnswerVerifier:
@@ -185,20 +213,21 @@ def verifier_for(profile: ModelProfile) -> Grader:
     if profile.answer == "task":
         inner = TaskAnswerVerifier()
     elif profile.answer == "boxed":
-        inner = BoxedAnswerVerifier()
+        inner = BoxedAnswerVerifier(key=profile.answer_key)
     else:
         inner = RegexAnswerVerifier(profile.answer_pattern or "")
     return inner if profile.reasoning == "none" else FinalPartVerifier(inner, profile)
 
 
-ANSWER_VERIFIERS: dict[str, Callable[[], TaskAnswerVerifier | MathAnswerVerifier]] = {
+ANSWER_VERIFIERS: dict[str, Callable[[], Grader]] = {
     "task": TaskAnswerVerifier,
     "math": MathAnswerVerifier,
+    "countdown": CountdownVerifier,
 }
 
 
-def answer_verifier(name: str) -> TaskAnswerVerifier | MathAnswerVerifier:
-    """The answer verifier a dataset names (``task`` or ``math``)."""
+def answer_verifier(name: str) -> Grader:
+    """The answer verifier a dataset names (``task``, ``math`` or ``countdown``)."""
     try:
         return ANSWER_VERIFIERS[name]()
     except KeyError:

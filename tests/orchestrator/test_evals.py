@@ -24,6 +24,21 @@ def test_the_bundled_task_is_spread_over_levels_with_stable_unique_ids():
         load_dataset("task:nope")
 
 
+def test_the_countdown_task_is_a_dataset_graded_by_its_exact_checker():
+    from tasks import countdown
+    from verifiers import answer_verifier
+
+    d = load_dataset("countdown:test", problems=10)
+    assert [it.level for it in d.items[:5]] == [1, 2, 3, 4, 5] and d.verifier == "countdown"
+    assert len({it.id for it in d.items}) == 10 and all(it.answer == it.question for it in d.items)
+    grader = answer_verifier(d.verifier)
+    for it in d.items:
+        assert grader.is_correct(countdown.optimal_trace(countdown.parse_question(it.question)), it.answer)
+    assert load_dataset("countdown:dev", problems=3).items[0].question not in {it.question for it in d.items}
+    with pytest.raises(ConfigError, match="splits are"):
+        load_dataset("countdown:nope")
+
+
 def test_jsonl_in_gsm8k_math500_and_aime_conventions(tmp_path):
     rows = [
         {"question": "2+2?", "answer": "Because... #### 1,024"},

@@ -199,3 +199,14 @@ def test_refine_prompt_offers_each_drafts_deepest_route():
     many = [f"<think>\n{m.render()}" for m in task.moves(P.numbers)]
     assert len(many) > task.REFINE_TOP
     assert len(task.refine_prompt(P, many).splitlines()) == 2 + task.REFINE_TOP + 1
+
+
+def test_canonical_keys_group_reorderings_of_plus_and_times_only():
+    key = task.canonical_answer
+    assert key("3 * (2 + 5)") == key("(5+2)*3") == key("3 \\times (5 + 2)")
+    assert key("(1 + 2) + 3") == key("1 + (3 + 2)")
+    assert key("8 - 3") != key("3 - 8")
+    assert key("8 / 2") != key("2 / 8")
+    assert key("2 * 3 + 4") != key("2 * (3 + 4)")
+    assert key("(8 * 3 + 1) * 4 = 100") == key("4 * (1 + 3 * 8)")
+    assert key("x + 1") is None

@@ -149,3 +149,36 @@ def test_task_answers_after_a_reasoning_span():
 def test_a_bad_answer_pattern_is_refused_with_the_profile(pattern, message):
     with pytest.raises(ValidationError, match=message):
         ModelProfile(answer="regex", answer_pattern=pattern)
+
+
+COUNTDOWN = ModelProfile(name="v2", answer="boxed", answer_key="expression", reasoning="think", step_delimiter="\n\n")
+
+
+def test_expression_keys_vote_by_what_was_written_not_by_its_value():
+    v = verifier_for(COUNTDOWN)
+    a = "<think>\n8 * 5 = 40, left: 40 1\n</think>\n\nThe answer is \\boxed{8 * 5 + 1}."
+    reordered = "<think>\n...\n</think>\n\nThe answer is \\boxed{1 + (5 \\times 8)}."
+    other = "<think>\n...\n</think>\n\nThe answer is \\boxed{6 * 7 - 1}."
+    assert v.extract(a) == v.extract(reordered) != v.extract(other)
+    # The value key would put every one of them in one vote: they all make 41.
+    assert verifier_for(BUNDLED["r1-distill"]).extract(a) == verifier_for(BUNDLED["r1-distill"]).extract(other) == "41"
+    assert v.extract("<think>\n8 * 5 = 40\n\n") is None  # reasoning never closed
+
+
+def test_an_expression_key_needs_boxed_answers():
+    with pytest.raises(ValidationError, match="needs answer"):
+        ModelProfile(answer="task", answer_key="expression")
+
+
+def test_the_countdown_grader_checks_the_numbers_and_the_target():
+    from tasks import countdown
+    from verifiers import answer_verifier
+
+    problem = countdown.generate("test", 1, levels=[2])[0]
+    right = countdown.optimal_trace(problem)
+    grader = answer_verifier("countdown")
+    assert grader.is_correct(right, problem.question)
+    answer = countdown.extract_answer(right)
+    assert not grader.is_correct(right.replace(answer, f"{answer} + 1"), problem.question)
+    assert not grader.is_correct(right.replace(answer, str(problem.target)), problem.question)  # the target is not given
+    assert grader.extract(right) == countdown.canonical_answer(answer)
