@@ -36,7 +36,7 @@ from orchestrator.db.store import Store
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Role
 from strategies import REGISTRY
-from verifiers import MathShepherdPRM, OutcomeJudge, PoolingPRM, PoolingPRMFormat, PRMFormat, TaskRefiner, TextRefiner, verifier_for
+from verifiers import MathShepherdPRM, OutcomeJudge, PoolingPRM, PoolingPRMFormat, PRMFormat, refiner_for, verifier_for
 from verifiers.embeddings import LexicalClusterer, StepClusterer
 from workers.config import PoolConfig, load_pool_config
 from workers.jobs import RayJobs
@@ -207,8 +207,7 @@ class Service:
                 verifier=verifier_for(profile),
                 step_scorer=step_scorer(config, pool, profile),
                 outcome_scorer=outcome_judge(config, pool),
-                refiner=TaskRefiner() if (settings.refiner or ("task" if profile.answer == "task" else "text")) == "task"
-                else TextRefiner(verifier_for(profile), profile=profile, chat=True),
+                refiner=refiner_for(settings.refiner, profile, verifier_for(profile)),
                 clusterer=LexicalClusterer() if settings.clusterer == "lexical" else StepClusterer(pool) if "embedder" in pool.roles() else None,
                 calibration=store.calibration,
                 draft_model=settings.draft_name if "draft" in pool.roles() else None,

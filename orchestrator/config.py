@@ -44,10 +44,11 @@ class Settings(BaseSettings):
         description="How the policy writes (answer format, reasoning tags, step delimiter, default lengths): a bundled "
         "profile (`bundled`, `r1-distill`, `qwen-math`) or a TOML file (see orchestrator/profile.py).",
     )
-    refiner: Literal["task", "text"] | None = Field(
+    refiner: Literal["task", "countdown", "text"] | None = Field(
         None,
-        description="PDR/SR workspace format: the bundled task's (what the bundled target was trained on) or plain text "
-        "through the policy's chat template; default: `task` for a profile with `task` answers, else `text`.",
+        description="PDR/SR workspace format: the v1 bundled task's (what its target was trained on), Countdown's (what the v2 "
+        "target was refine-tuned on, through its chat template) or plain text through the policy's chat template; default: "
+        "`task` for a profile with `task` answers, else `text`.",
     )
     kv_cache_gib: int = Field(1, ge=1, description="KV-cache memory per CPU engine, whole GiB (VLLM_CPU_KVCACHE_SPACE).")
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, in tokens.")

@@ -160,7 +160,12 @@ async def _round(ctx: StrategyContext, problem: Problem, params: _Sampling, work
         if r == 0:
             return problem.prompt
         messages = refiner.refine_messages(problem.text, ws)
-        return refiner.refine_prompt(problem.text, ws) if messages is None else await ctx.render_chat(messages)
+        if messages is None:
+            return refiner.refine_prompt(problem.text, ws)
+        # The client's system prompt holds for the refine request too (the answer format it asks for, say).
+        if not any(m["role"] == "system" for m in messages):
+            messages = [m for m in problem.messages if m.get("role") == "system"] + list(messages)
+        return await ctx.render_chat(messages)
 
     if len(workspaces) == 1:
         gen = await ctx.generate(spec(await prompt(workspaces[0]), m, 0), stage=f"round{r}", hop=2 * r)

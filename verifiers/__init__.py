@@ -13,7 +13,7 @@ from verifiers.answers import (
 )
 from verifiers.pooling_prm import PoolingPRM, PoolingPRMFormat
 from verifiers.prm import JudgeFormat, MathShepherdPRM, OutcomeJudge, PRMFormat, StepScores
-from verifiers.refine import TaskRefiner, TextRefiner
+from verifiers.refine import CountdownRefiner, TaskRefiner, TextRefiner, refiner_for
 
 __all__ = [
     "BoxedAnswerVerifier",
@@ -31,7 +31,9 @@ __all__ = [
     "PoolingPRMFormat",
     "StepScores",
     "TaskAnswerVerifier",
+    "CountdownRefiner",
     "TaskRefiner",
     "TextRefiner",
     "answer_verifier",
+    "refiner_for",
 ]

@@ -15,7 +15,8 @@ from typing import Sequence
 from orchestrator.profile import ModelProfile
 from orchestrator.protocols import AnswerVerifier
 from tasks import arithmetic as task
-from verifiers.answers import TaskAnswerVerifier
+from tasks import countdown
+from verifiers.answers import CountdownVerifier, TaskAnswerVerifier
 
 
 class TaskRefiner:
@@ -41,6 +42,33 @@ class TaskRefiner:
     def refine_messages(self, question: str, workspace: str) -> list[dict[str, str]] | None:
         """None: the bundled target reads :meth:`refine_prompt` as it is, the format it was trained on."""
         return None
+
+
+class CountdownRefiner:
+    """The Countdown task's workspace (``tasks.countdown.refine_prompt``: the deepest route each draft reached
+    and its answer, the most common first), the format the v2 bundled target was refine-tuned on, asked as
+    the user's message of a chat. Questions it cannot parse get the :class:`TextRefiner` treatment."""
+
+    def __init__(self, *, top: int = countdown.REFINE_TOP, profile: ModelProfile | None = None) -> None:
+        self.top = top
+        self._fallback = TextRefiner(CountdownVerifier(), profile=profile, chat=True)
+
+    def summary(self, question: str, drafts: Sequence[str]) -> list[str]:
+        try:
+            problem = countdown.parse_question(question)
+        except ValueError:
+            return self._fallback.summary(question, drafts)
+        # The task's prompt starts with the question, which refine_prompt puts back.
+        return countdown.refine_prompt(problem, drafts, top=self.top).rstrip("\n").split("\n")[1:]
+
+    def draft_block(self, index: int, draft: str) -> str:
+        return self._fallback.draft_block(index, draft)
+
+    def refine_prompt(self, question: str, workspace: str) -> str:
+        return f"{question}\n{workspace}\n" if workspace else countdown.prompt_for(question)
+
+    def refine_messages(self, question: str, workspace: str) -> list[dict[str, str]] | None:
+        return [{"role": "user", "content": self.refine_prompt(question, workspace)}]
 
 
 class TextRefiner:
@@ -90,3 +118,14 @@ class TextRefiner:
         if not self.chat:
             return None
         return [{"role": "user", "content": self.refine_prompt(question, workspace).strip("\n")}]
+
+
+def refiner_for(name: str | None, profile: ModelProfile, verifier: AnswerVerifier) -> TaskRefiner | CountdownRefiner | TextRefiner:
+    """The refiner a server uses (``TTS_REFINER``; none given: the v1 task's for a profile with ``task``
+    answers, else plain text through the policy's chat template). ``verifier`` is the profile's."""
+    chosen = name or ("task" if profile.answer == "task" else "text")
+    if chosen == "task":
+        return TaskRefiner()
+    if chosen == "countdown":
+        return CountdownRefiner(profile=profile)
+    return TextRefiner(verifier, profile=profile, chat=True)

@@ -125,3 +125,32 @@ def test_under_a_tight_live_budget_a_round_shrinks_to_the_drafts_that_fit():
     assert plan["round"] == 0 and plan["drafts"] == (300 - (one + 64)) // one < 8
     assert result.trace[0]["drafts"] == plan["drafts"] and result.finish_reason == "budget"
     assert sum(c.usage.total_tokens for c in calls) <= 300
+
+
+def test_a_refine_request_keeps_the_clients_system_prompt():
+    from orchestrator.profile import BUNDLED
+
+    profile = BUNDLED["r1-distill"]
+    engine = LongEngine()
+    ctx, _ = context(engine, profile=profile, refiner=TextRefiner(TaskAnswerVerifier(), profile=profile, chat=True))
+    spec = REGISTRY["sequential_refinement"]
+    messages = ({"role": "system", "content": "Box it."}, {"role": "user", "content": "q"})
+    asyncio.run(spec.run(Problem("<system> Box it.\n<user> q\n<assistant>\n", question="q", messages=messages), ctx, spec.params(rounds=2, kappa=64)))
+    assert engine.calls[-1].prompt.startswith("<system> Box it.\n<user> q\n\nEarlier attempts:")
+
+
+def test_the_countdown_refiner_asks_in_the_format_the_v2_target_was_tuned_on():
+    from tasks import countdown
+    from verifiers import CountdownRefiner
+
+    problem = countdown.generate("dev", 1, levels=[3])[0]
+    rng = __import__("random").Random(0)
+    drafts = [countdown.solve_trace(problem, rng) for _ in range(4)] + ["<think>\nno idea"]
+    refiner = CountdownRefiner()
+    workspace = "\n".join(refiner.summary(problem.question, drafts))
+    assert refiner.refine_messages(problem.question, workspace) == [
+        {"role": "user", "content": countdown.refine_prompt(problem, drafts)}
+    ]
+    assert refiner.refine_prompt(problem.question, "") == countdown.prompt_for(problem.question)
+    # A question of another task still gets a workspace (the plain-text one).
+    assert refiner.summary("What is 2 + 2?", ["The answer is \\boxed{4}."])
