@@ -106,6 +106,12 @@ def _save_tokenizer(tok: object, directory: Path, config: dict[str, object]) -> 
     (directory / "tokenizer_config.json").write_text(json.dumps(base | config, indent=2) + "\n")
 
 
+# Added tokens that are text, not control: the reasoning tags. Real reasoning models' tokenizers (QwQ, Qwen3,
+# DeepSeek-R1-Distill) add them with "special": false, because engines drop special tokens from the text they
+# return (vLLM's skip_special_tokens), and a reply without its tags has no reasoning span to split off.
+TEXT_TOKENS = ("<think>", "</think>")
+
+
 def _qwen_tokenizer(directory: Path, *, vocab_size: int = 512, corpus: list[str] | None = None, single_digits: bool = False) -> dict[str, int]:
     tok = _train_bpe(vocab_size, QWEN_SPECIALS, _corpus() if corpus is None else corpus, single_digits=single_digits)
     _save_tokenizer(
@@ -115,10 +121,17 @@ def _qwen_tokenizer(directory: Path, *, vocab_size: int = 512, corpus: list[str]
             "bos_token": None,
             "eos_token": "<|im_end|>",
             "pad_token": "<|endoftext|>",
-            "additional_special_tokens": list(QWEN_SPECIALS[1:]),
+            "additional_special_tokens": [t for t in QWEN_SPECIALS[1:] if t not in TEXT_TOKENS],
             "chat_template": CHATML_TEMPLATE,
         },
     )
+    # The trainer adds every token it is given as special; the tags keep their ids and stay single tokens.
+    path = directory / "tokenizer.json"
+    raw = json.loads(path.read_text())
+    for added in raw["added_tokens"]:
+        if added["content"] in TEXT_TOKENS:
+            added["special"] = False
+    path.write_text(json.dumps(raw, ensure_ascii=False, indent=2) + "\n")
     return {t: tok.token_to_id(t) for t in QWEN_SPECIALS}  # type: ignore[attr-defined]
 
 
