@@ -110,7 +110,10 @@ def p_value(score: float, ordered: Sequence[float], u: float) -> float:
 async def perplexity(ctx: StrategyContext, prefix: str, chunk: str, *, hop: int, branch: str) -> float:
     """The target's perplexity of ``chunk`` after ``prefix``: exp of minus the mean log-probability of the
     chunk's tokens, from one scoring prefill (charged as verifier tokens, stage ``verify``)."""
-    start = await ctx.tokens(prefix) - 1  # row 0 of the scores then predicts the chunk's first token
+    n_prefix, n_all = await asyncio.gather(ctx.tokens(prefix), ctx.tokens(prefix + chunk))
+    # Row 0 of the scores predicts the chunk's first token. A byte-level BPE can merge the chunk's start into
+    # the prefix's last token ("\n" + "\n" is one "\n\n"): the chunk then starts one token earlier.
+    start = min(n_prefix, n_all - 1) - 1
     scores = await ctx.score(ScoreSpec(prompt=prefix + chunk, start=start), stage="verify", branch=branch, role=ctx.policy_role, hop=hop)
     lps = scores.logprobs
     return math.exp(-sum(lps) / len(lps)) if lps else 1.0

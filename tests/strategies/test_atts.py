@@ -306,3 +306,26 @@ def test_worst_case_counts_every_attempt():
     assert atts.SPEC.worst_case(atts.Params()) == 2 * 4 * 256  # line mode as before
     ref = atts.Params(mode="reference")  # 3 draft attempts and a target chunk per turn
     assert atts.SPEC.worst_case(ref) == 4 * min(4 * 256, 16 * 4 * 32)
+
+
+def test_a_chunk_merged_into_the_prefixs_last_token_is_scored_from_that_token():
+    """Byte-level BPE writes "\\n" + "\\n" as one token: the prefix "...assistant\\n" and the chunk "\\n" make as
+    many tokens as the prefix alone, so the chunk's score starts one token earlier instead of past the end."""
+
+    import re
+
+    def ids(text):
+        return re.findall(r"\n\n|\n|\S+", text)
+
+    class Merging(DraftTarget):
+        async def tokenize(self, role, text):
+            return ids(text)
+
+        async def score(self, role, spec):
+            tokens = ids(spec.prompt)
+            assert 0 <= spec.start <= len(tokens) - 2, (spec.start, tokens)
+            return Scores(tuple(range(len(tokens))), spec.start, (-0.5,), (), Usage(len(tokens), 1))
+
+    ctx, _ = context(Merging(), draft_model="d", target_model="t")
+    assert asyncio.run(atts.perplexity(ctx, "a b\n", "\n", hop=0, branch="0")) == pytest.approx(math.exp(0.5))
+    assert asyncio.run(atts.perplexity(ctx, "a b", " c d", hop=0, branch="0")) == pytest.approx(math.exp(0.5))
