@@ -112,7 +112,9 @@ def _save_tokenizer(tok: object, directory: Path, config: dict[str, object]) -> 
 TEXT_TOKENS = ("<think>", "</think>")
 
 
-def _qwen_tokenizer(directory: Path, *, vocab_size: int = 512, corpus: list[str] | None = None, single_digits: bool = False) -> dict[str, int]:
+def _qwen_tokenizer(
+    directory: Path, *, vocab_size: int = 512, corpus: list[str] | None = None, single_digits: bool = False, chat_template: str = CHATML_TEMPLATE
+) -> dict[str, int]:
     tok = _train_bpe(vocab_size, QWEN_SPECIALS, _corpus() if corpus is None else corpus, single_digits=single_digits)
     _save_tokenizer(
         tok,
@@ -122,7 +124,7 @@ def _qwen_tokenizer(directory: Path, *, vocab_size: int = 512, corpus: list[str]
             "eos_token": "<|im_end|>",
             "pad_token": "<|endoftext|>",
             "additional_special_tokens": [t for t in QWEN_SPECIALS[1:] if t not in TEXT_TOKENS],
-            "chat_template": CHATML_TEMPLATE,
+            "chat_template": chat_template,
         },
     )
     # The trainer adds every token it is given as special; the tags keep their ids and stay single tokens.

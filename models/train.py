@@ -149,16 +149,21 @@ def _fit(
     for _ in bar:
         t0 = time.perf_counter()
         loss = loss_fn(model, tuple(t.to(cfg.device, non_blocking=True) for t in next(batches)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(model, opt, sched, loss))
         if step_seconds is not None:
             step_seconds.append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", refresh=False)
     return losses
+
+
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched, loss: torch.Tensor) -> float:
+    """One update from ``loss`` (gradients clipped to norm 1, as every recipe here trains); its value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
 
 
 def _lm_loss(model: LlamaForCausalLM, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:

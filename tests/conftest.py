@@ -43,3 +43,19 @@ def loop():
     lt = LoopThread()
     yield lt
     lt.close()
+
+
+@pytest.fixture(scope="session")
+def v2_family(tmp_path_factory):
+    """The v2 bundled family at smoke size, every recipe stage (vLLM sampling and evaluate included), built
+    once per session by the recipe's own command line, as a user would run it."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("v2family")
+    proc = subprocess.run(
+        [sys.executable, "-m", "models.v2.recipe", "--size", "smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out

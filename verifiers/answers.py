@@ -113,7 +113,7 @@ class BoxedAnswerVerifier:
         if content is None or not content.strip():
             return None
         if self._by_expression:
-            return countdown.canonical_answer(content) or re.sub(r"\s+", "", content)
+            return CountdownVerifier.key(content)
         return self._math.key(self._math._parse(f"\\boxed{{{content}}}")) or re.sub(r"\s+", "", content)
 
     def is_correct(self, text: str, gold: str) -> bool:
@@ -156,11 +156,16 @@ class CountdownVerifier:
 
     name = "countdown"
 
-    def extract(self, text: str) -> str | None:
-        answer = countdown.extract_answer(text)
-        if not answer:
+    @staticmethod
+    def key(answer: str | None) -> str | None:
+        """The vote key of a boxed answer's content: its expression up to reordering, or its text without
+        spaces when it does not parse (it still votes); None without an answer."""
+        if answer is None or not answer.strip():
             return None
         return countdown.canonical_answer(answer) or re.sub(r"\s+", "", answer)
+
+    def extract(self, text: str) -> str | None:
+        return self.key(countdown.extract_answer(text))
 
     def is_correct(self, text: str, gold: str) -> bool:
         try:

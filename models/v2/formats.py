@@ -19,6 +19,13 @@ from tasks import countdown
 # One system prompt for policy and PRM, the sentence Qwen2.5-Math models (and the fixture's PRM) are used
 # with: the policy learns to answer in \boxed{} under the same prompt operators will send.
 SYSTEM = PRM_SYSTEM
+# ChatML whose system prompt defaults to SYSTEM when a chat has none, as Qwen2.5-Math-Instruct's template
+# does: a client (or an evaluation) that sends only the question still gets the prompt the family learned.
+CHAT_TEMPLATE = (
+    "{% if not messages or messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\n" + SYSTEM.replace("\\", "\\\\") + "<|im_end|>\\n' }}"
+    "{% endif %}" + CHATML_TEMPLATE
+)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path) -> dict[str, int]:
@@ -33,14 +40,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path) -> dic
     floor = 256 + len(QWEN_SPECIALS)
     if vocab_size <= floor:
         raise ValueError(f"vocab_size {vocab_size} leaves no room for merges: it must exceed {floor}")
-    return _qwen_tokenizer(Path(out_dir), vocab_size=vocab_size, corpus=corpus, single_digits=True)
+    return _qwen_tokenizer(Path(out_dir), vocab_size=vocab_size, corpus=corpus, single_digits=True, chat_template=CHAT_TEMPLATE)
 
 
 def render_chat(messages: list[dict[str, str]], *, add_generation_prompt: bool = False) -> str:
     """``messages`` rendered by the family's chat template, by the renderer ``apply_chat_template`` uses."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, _ = render_jinja_template([messages], chat_template=CHATML_TEMPLATE, add_generation_prompt=add_generation_prompt)
+    rendered, _ = render_jinja_template([messages], chat_template=CHAT_TEMPLATE, add_generation_prompt=add_generation_prompt)
     return rendered[0]
 
 
