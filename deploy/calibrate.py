@@ -160,6 +160,11 @@ def main(
         typer.echo(f"error: {getattr(err, 'message', err)}", err=True)
         raise typer.Exit(2) from None
     out = asyncio.run(calibrate(settings, texts, params, dataset=dataset, append=append, concurrency=concurrency, export=export))
+    # Ray's log thread copies actor output to stdout with a print() that writes the line and its newline
+    # separately; leaving Ray first keeps it from splicing a log line onto the report's.
+    import ray
+
+    ray.shutdown()
     typer.echo(json.dumps(out))
 
 
