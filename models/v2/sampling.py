@@ -54,6 +54,13 @@ def engine(path: Path, *, seed: int = 0, runner: str = "generate", max_model_len
         if tag_id is None:
             raise ValueError(f"{path}: the tokenizer has no {STEP_TAG!r} token")
         kwargs = {"runner": "pooling", "pooler_config": PoolerConfig(step_tag_id=tag_id)}
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        # A seeded request whose prompt is split over two steps makes vLLM-CPU rewind a CPU generator, which
+        # torch refuses ("CPU Generator does not use offset") and the engine dies: prefill whole prompts, as
+        # the service's engines do on CPU (workers/engine.py).
+        kwargs |= {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 2048)}
     return LLM(
         model=str(path),
         dtype="float32",

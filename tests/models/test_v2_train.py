@@ -173,7 +173,11 @@ def test_vllm_serves_the_smoke_models_and_the_prm_scores_equal_transformers(smok
     p = countdown.generate("train", 1, seed=7, levels=[1])[0]
     with sampling.running_engine(smoke / "target") as llm:
         (group,) = sampling.sample(llm, [sampling.policy_prompt(p)], n=2, temperature=0.8, max_tokens=16)
+        # More distinct seeded prompt tokens than a chunked-prefill step takes (4096): a prompt
+        # is split over two steps and vLLM-CPU's engine died rewinding its CPU generator (the small recipe did).
+        many = sampling.sample(llm, [sampling.policy_prompt(q) for q in countdown.generate("train", 400, seed=8, levels=[1])], n=2, temperature=0.8, max_tokens=2)
     assert len(group) == 2 and all(s.tokens > 0 for s in group)
+    assert len(many) == 400 and all(len(g) == 2 for g in many)
     texts = _prm_texts()
     with sampling.running_engine(smoke / "prm", runner="pooling") as prm:
         got = sampling.prm_scores(prm, texts)
