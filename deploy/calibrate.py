@@ -162,9 +162,9 @@ def main(
     out = asyncio.run(calibrate(settings, texts, params, dataset=dataset, append=append, concurrency=concurrency, export=export))
     # Ray's log thread copies actor output to stdout with a print() that writes the line and its newline
     # separately; leaving Ray first keeps it from splicing a log line onto the report's.
-    import ray
+    from workers.pool import leave_ray
 
-    ray.shutdown()
+    leave_ray()
     typer.echo(json.dumps(out))
 
 

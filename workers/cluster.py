@@ -19,3 +19,9 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None) -> N
         # busy process on the node (the API itself, a benchmark's reference engine).
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
+
+
+def leave_ray() -> None:
+    """Disconnect this process from Ray (stopping the local cluster it started, if any); a no-op when not joined."""
+    if ray.is_initialized():
+        ray.shutdown()
