@@ -5,11 +5,13 @@ for its reference mode's k-token chunks (see strategies/atts.py).
     python -m deploy.calibrate                                   # bundled task, dev split, 100 problems x 4 samples
     python -m deploy.calibrate --mode reference                  # the same for the reference mode's 32-token chunks
     python -m deploy.calibrate --dataset gsm8k --questions q.jsonl  # a JSONL file: field `question` or `problem`
+    TTS_PROFILE=models/v2/profile.toml TTS_WORKERS_FILE=w.toml python -m deploy.calibrate --dataset countdown  # the v2 family
     python -m deploy.calibrate --help
 
 Calibrate on questions the service will not be evaluated on (the bundled task's dev split, never test): a
 conformal test is only as good as the exchangeability of its calibration set with live traffic. The engines
-are the ones ``deploy.serve`` would start (same TTS_* settings), without the PRM and the embedder.
+are the ones ``deploy.serve`` would start (same TTS_* settings), without the PRM and the embedder, and chunks
+end where the served profile's steps do (TTS_PROFILE), as they do when a request runs ATTS.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
 from orchestrator.errors import ConfigError
 from orchestrator.evals import jsonl_rows
+from orchestrator.profile import BUNDLED, ModelProfile, load_profile
 from orchestrator.protocols import Engine
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Problem, SubCall, problem_seed
 from strategies import atts
-from tasks import arithmetic as task
-from verifiers import TaskAnswerVerifier
+from tasks import arithmetic, countdown
+from verifiers import verifier_for
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +57,12 @@ def read_questions(path: Path) -> list[str]:
 
 
 async def collect(
-    engine: Engine, questions: Sequence[str], params: atts.Params, *, draft_model: str, target_model: str, concurrency: int = 16, progress: bool = True
+    engine: Engine, questions: Sequence[str], params: atts.Params, *, draft_model: str, target_model: str, concurrency: int = 16, progress: bool = True,
+    profile: ModelProfile = BUNDLED["bundled"],
 ) -> list[float]:
     """Calibration scores of every question (``params.n`` samples each), questions run ``concurrency`` at once;
-    each question samples with its own seed derived from ``params.seed`` (see ``problem_seed``)."""
+    each question samples with its own seed derived from ``params.seed`` (see ``problem_seed``). ``profile`` is
+    the served policy's: a line chunk ends at its step delimiter, as it does when a request runs ATTS."""
 
     async def drop(_: SubCall) -> None:
         pass
@@ -67,7 +72,8 @@ async def collect(
 
     async def one(k: int, q: str) -> list[float]:
         async with sem:
-            ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier(), draft_model=draft_model), sink=drop, target_model=target_model)
+            tools = Toolbox(verifier=verifier_for(profile), draft_model=draft_model, profile=profile)
+            ctx = StrategyContext(engine=engine, tools=tools, sink=drop, target_model=target_model)
             messages = ({"role": "user", "content": q},)
             prompt = await engine.render_chat("policy", messages)
             own = params.model_copy(update={"seed": problem_seed(params.seed, k)})
@@ -94,7 +100,10 @@ async def calibrate(
     connect_ray(settings.ray_address)
     pool = await WorkerPool.from_config(config)
     try:
-        scores = await collect(pool, questions, params, draft_model=settings.draft_name, target_model=settings.model_name, concurrency=concurrency)
+        scores = await collect(
+            pool, questions, params, draft_model=settings.draft_name, target_model=settings.model_name, concurrency=concurrency,
+            profile=load_profile(settings.profile),
+        )
     finally:
         await pool.shutdown()
     name = atts.calibration_name(settings.draft_name, settings.model_name, dataset, params.chunking)
@@ -128,8 +137,10 @@ cli = typer.Typer(add_completion=False, help=__doc__)
 
 @cli.command()
 def main(
-    dataset: str = typer.Option("task", help="Name of the calibration set's dataset (requests choose it with strategy_params.dataset)."),
-    questions: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="JSONL of questions; default: the bundled task's split."),
+    dataset: str = typer.Option(
+        "task", help="Name of the calibration set's dataset (requests choose it with strategy_params.dataset); `countdown` takes the bundled questions from the v2 family's task."
+    ),
+    questions: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="JSONL of questions; default: the bundled task's split (Countdown's for --dataset countdown)."),
     split: str = typer.Option("dev", help="Bundled task split when no --questions file is given (never test)."),
     problems: int = typer.Option(100, min=1, help="Bundled task problems (mixed difficulty) when no --questions file is given."),
     n: int = typer.Option(4, min=1, max=64, help="Draft samples per question."),
@@ -151,6 +162,7 @@ def main(
         else:
             if split not in ("train", "dev", "test"):
                 raise ConfigError(f"--split must be train, dev or test, got {split!r}")
+            task = countdown if dataset == "countdown" else arithmetic
             per_level = -(-problems // len(task.LEVELS))
             texts = [p.question for lv in task.LEVELS for p in task.generate(split, per_level, seed=seed, levels=[lv])][:problems]
         if mode not in ("line", "reference"):

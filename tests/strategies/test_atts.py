@@ -329,3 +329,32 @@ def test_a_chunk_merged_into_the_prefixs_last_token_is_scored_from_that_token():
     ctx, _ = context(Merging(), draft_model="d", target_model="t")
     assert asyncio.run(atts.perplexity(ctx, "a b\n", "\n", hop=0, branch="0")) == pytest.approx(math.exp(0.5))
     assert asyncio.run(atts.perplexity(ctx, "a b", " c d", hop=0, branch="0")) == pytest.approx(math.exp(0.5))
+
+
+class RecordingDraftTarget(DraftTarget):
+    """DraftTarget that keeps the stop strings of its generate calls and renders any chat as PROMPT."""
+
+    def __init__(self, depth: int = 3) -> None:
+        super().__init__(depth)
+        self.stops: list[tuple[str, ...]] = []
+
+    async def generate(self, role, spec):
+        self.stops.append(tuple(spec.stop or ()))
+        return await super().generate(role, spec)
+
+    async def render_chat(self, role, messages):
+        return PROMPT
+
+
+@pytest.mark.parametrize("profile", ["bundled", "r1-distill"])
+def test_calibration_chunks_end_where_the_served_profiles_steps_do(profile):
+    # deploy.calibrate cut line chunks at the bundled profile's "\n" whatever the server's profile said, so a
+    # blank-line-step model was calibrated on half-steps and tested on whole ones.
+    from deploy.calibrate import collect
+    from orchestrator.profile import BUNDLED
+
+    engine = RecordingDraftTarget(depth=2)
+    params = atts.Params(n=1, max_turns=2, update_calibration=False)
+    scores = asyncio.run(collect(engine, ["q"], params, draft_model="d", target_model="t", progress=False, profile=BUNDLED[profile]))
+    assert scores and engine.stops
+    assert all(stop == (BUNDLED[profile].step_delimiter,) for stop in engine.stops)
