@@ -1,9 +1,10 @@
 """ATTS on the bundled models, both modes: measured rejection rate against alpha, and ATTS against sampling
 the target alone.
 
-    python -m bench.atts [--problems 60] [--calibration-problems 100] [--n 4] [--alphas 0.1 0.3 0.5] [--modes line reference]
+    python -m bench.atts [--problems 60] [--calibration-problems 100] [--n 4] [--alphas 0.1 0.3 0.5] [--modes line reference] [--family v1|v2]
 
-One run, one local Ray pool (`target` as the policy, `draft` as the draft), a temporary SQLite database:
+One run, one local Ray pool (a bundled family's `target` as the policy, its `draft` as the draft, served with
+the family's profile: ``bench.family``), a temporary SQLite database:
 
 1. calibration, per mode on its own chunking: ``python -m deploy.calibrate``'s procedure on the dev split (the
    draft writes every chunk, the target scores each);
@@ -13,7 +14,8 @@ One run, one local Ray pool (`target` as the policy, `draft` as the draft), a te
 3. the target alone: majority over the same ``n`` samples (self-consistency) on the same problems.
 
 Goals: rejection rate within +-0.05 of alpha in both modes (issues 8 and 26); ATTS >= 3x less wall time than
-the target alone at no lower accuracy (issue 8). Writes bench/results/atts.json and atts.md.
+the target alone at no lower accuracy (issue 8). Writes bench/results/atts.json and atts.md (atts_v2.* for the
+v2 family).
 """
 
 from __future__ import annotations
@@ -29,26 +31,24 @@ from typing import Any
 
 from tqdm import tqdm
 
+from bench.family import Family, Served, add_arguments, family_of, serve
 from deploy.calibrate import collect
 from orchestrator.config import REPO_ROOT
 from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
-from orchestrator.toolbox import Toolbox
-from orchestrator.types import Problem, SamplingSpec, SubCall, problem_seed
+from orchestrator.types import SamplingSpec, SubCall, problem_seed
 from strategies import REGISTRY, atts
-from tasks import arithmetic as task
-from verifiers import TaskAnswerVerifier
 
 RESULTS = REPO_ROOT / "bench" / "results"
 
 
-def problems(split: str, count: int, seed: int) -> list[task.Problem]:
-    per_level = -(-count // len(task.LEVELS))
-    return [p for lv in task.LEVELS for p in task.generate(split, per_level, seed=seed, levels=[lv])][:count]
+def problems(fam: Family, split: str, count: int, seed: int) -> list[Any]:
+    return fam.problems(split, -(-count // len(fam.task.LEVELS)), seed=seed)[:count]
 
 
-async def run_config(pool: Any, store: Store, strategy: str, params: dict[str, Any], test: list[task.Problem], concurrency: int) -> dict[str, Any]:
+async def run_config(served: Served, strategy: str, params: dict[str, Any], test: list[Any], concurrency: int) -> dict[str, Any]:
     """Every test problem through ``strategy``; accuracy, wall time and what ATTS reported."""
+    fam, pool = served.family, served.pool
     spec = REGISTRY[strategy]
     sem = asyncio.Semaphore(concurrency)
     correct: list[bool] = []
@@ -57,19 +57,19 @@ async def run_config(pool: Any, store: Store, strategy: str, params: dict[str, A
     calls: dict[str, int] = {}
     counts = dict.fromkeys(("chunks", "rejected", "turns", "first_rejected", "takeovers"), 0)
 
-    async def one(k: int, p: task.Problem) -> None:
+    async def one(k: int, p: Any) -> None:
         async def sink(call: SubCall) -> None:
             tokens[call.role] = tokens.get(call.role, 0) + call.usage.total_tokens
             key = f"{call.role} {call.kind}"
             calls[key] = calls.get(key, 0) + 1
 
         async with sem:
-            ctx = StrategyContext(engine=pool, tools=Toolbox(verifier=TaskAnswerVerifier(), draft_model="draft", calibration=store.calibration), sink=sink, target_model="target")
+            ctx = StrategyContext(engine=pool, tools=served.tools, sink=sink, target_model="target")
             t0 = time.perf_counter()
             own = {**params, "seed": problem_seed(params.get("seed"), k)}
-            r = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**own))
+            r = await spec.run(await fam.problem(pool, p.question), ctx, spec.params(**own))
             latency.append(time.perf_counter() - t0)
-        correct.append(task.check_answer(p, r.text).correct)
+        correct.append(fam.correct(p, r.text))
         for key in counts:
             counts[key] += int(r.info.get(key, 0))  # type: ignore[call-overload]
         bar.update()
@@ -99,52 +99,54 @@ def rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-async def decode_speed(pool: Any, role: str, *, prompts: int = 16, n: int = 4, tokens: int = 128) -> float:
+async def decode_speed(served: Served, role: str, *, prompts: int = 16, n: int = 4, tokens: int = 128) -> float:
     """Generated tokens per second of ``role``'s engine on a fixed batch (EOS ignored): what a token costs each
     model here, the ratio ATTS's speed-up rests on."""
-    qs = [task.prompt_for(p.question) for p in problems("dev", prompts, 7)]
+    fam, pool = served.family, served.pool
+    qs = [(await fam.problem(pool, p.question)).prompt for p in problems(fam, "dev", prompts, 7)]
     t0 = time.perf_counter()
     gens = await asyncio.gather(*(pool.generate(role, SamplingSpec(prompt=q, n=n, max_tokens=tokens, ignore_eos=True, seed=i)) for i, q in enumerate(qs)))
     return sum(g.usage.completion_tokens for g in gens) / (time.perf_counter() - t0)
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from workers.config import load_pool_config
-    from workers.pool import WorkerPool, connect_ray
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.from_url(f"sqlite:///{Path(tmp) / 'bench.db'}")
+        try:
+            async with serve(family_of(args), ["target", "draft"], calibration=store.calibration) as served:
+                return await measure(served, store, args)
+        finally:
+            store.engine.dispose()
 
-    connect_ray()
-    roles = {"policy": {"model": str(REPO_ROOT / "models" / "target")}, "draft": {"model": str(REPO_ROOT / "models" / "draft")}}
-    pool = await WorkerPool.from_config(load_pool_config(None, env={}, default_roles=roles))
-    tmp = tempfile.TemporaryDirectory()
-    store = Store.from_url(f"sqlite:///{Path(tmp.name) / 'bench.db'}")
-    test = problems("test", args.problems, args.seed + 100)
+
+async def measure(served: Served, store: Store, args: argparse.Namespace) -> dict[str, Any]:
+    """Calibrate every mode on dev, then run ATTS at every alpha and the target alone on test (``store`` is
+    the served toolbox's calibration store)."""
+    fam, pool = served.family, served.pool
+    test = problems(fam, "test", args.problems, args.seed + 100)
     rows: list[dict[str, Any]] = []
     calibration: dict[str, dict[str, Any]] = {}
     t_start = time.perf_counter()
-    try:
-        await decode_speed(pool, "draft", prompts=2)  # warm both engines up before timing them
-        await decode_speed(pool, "policy", prompts=2)
-        speed = {"draft": round(await decode_speed(pool, "draft"), 1), "target": round(await decode_speed(pool, "policy"), 1)}
-        base = {"n": args.n, "seed": args.seed, "max_turns": args.max_turns}
-        cal_questions = [p.question for p in problems("dev", args.calibration_problems, args.seed)]
-        for mode in args.modes:
-            t0 = time.perf_counter()
-            params = atts.Params(**base, mode=mode, resamples=args.resamples, update_calibration=False)
-            scores = await collect(pool, cal_questions, params, draft_model="draft", target_model="target")
-            name = atts.calibration_name("draft", "target", "task", params.chunking)
-            await store.calibration.add_scores(name, scores=scores, model="draft->target", keep=atts.CALIBRATION_WINDOW, replace=True)
-            calibration[mode] = {"name": name, "questions": len(cal_questions), "scores": len(scores), "seconds": round(time.perf_counter() - t0, 1)}
-            for alpha in args.alphas:
-                own = {**base, "mode": mode, "resamples": args.resamples, "alpha": alpha, "update_calibration": False}
-                row = await run_config(pool, store, "atts", own, test, args.concurrency)
-                row.update(mode=mode, alpha=alpha, chunk_tokens=params.chunk, resamples=params.retries)
-                rows.append(row)
-        rows.append(await run_config(pool, store, "self_consistency", {"n": args.n, "seed": args.seed}, test, args.concurrency))
-    finally:
-        await pool.shutdown()
-        tmp.cleanup()
+    await decode_speed(served, "draft", prompts=2)  # warm both engines up before timing them
+    await decode_speed(served, "policy", prompts=2)
+    speed = {"draft": round(await decode_speed(served, "draft"), 1), "target": round(await decode_speed(served, "policy"), 1)}
+    base = {"n": args.n, "seed": args.seed, "max_turns": args.max_turns, "dataset": fam.dataset}
+    cal_questions = [p.question for p in problems(fam, "dev", args.calibration_problems, args.seed)]
+    for mode in args.modes:
+        t0 = time.perf_counter()
+        params = atts.Params(**base, mode=mode, resamples=args.resamples, update_calibration=False)
+        scores = await collect(pool, cal_questions, params, draft_model="draft", target_model="target", profile=fam.profile)
+        name = atts.calibration_name("draft", "target", fam.dataset, params.chunking)
+        await store.calibration.add_scores(name, scores=scores, model="draft->target", keep=atts.CALIBRATION_WINDOW, replace=True)
+        calibration[mode] = {"name": name, "questions": len(cal_questions), "scores": len(scores), "seconds": round(time.perf_counter() - t0, 1)}
+        for alpha in args.alphas:
+            own = {**base, "mode": mode, "resamples": args.resamples, "alpha": alpha, "update_calibration": False}
+            row = await run_config(served, "atts", own, test, args.concurrency)
+            row.update(mode=mode, alpha=alpha, chunk_tokens=params.chunk, resamples=params.retries)
+            rows.append(row)
+    rows.append(await run_config(served, "self_consistency", {"n": args.n, "seed": args.seed}, test, args.concurrency))
     return {
-        "settings": {**vars(args), "out": str(args.out)},
+        "settings": {**vars(args), "out": str(args.out), "models": str(fam.models)},
         "decode_tokens_per_s": speed,
         "calibration": calibration,
         "wall_s": round(time.perf_counter() - t_start, 1),
@@ -203,8 +205,10 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=None, help="ATTS draft resamples of a rejected chunk (default: each mode's, 0 line, 2 reference).")
     ap.add_argument("--concurrency", type=int, default=4, help="Problems in flight at once.")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=RESULTS / "atts.json")
+    ap.add_argument("--out", type=Path, default=None, help="Report file (default bench/results/atts.json, atts_v2.json for v2).")
+    add_arguments(ap)
     args = ap.parse_args()
+    args.out = args.out or RESULTS / ("atts.json" if args.family == "v1" else f"atts_{args.family}.json")
     report = asyncio.run(bench(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

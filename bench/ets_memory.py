@@ -31,9 +31,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from bench.strategies import RESULTS, Row, run_one, seed_for
-from orchestrator.config import REPO_ROOT
-from tasks import arithmetic as task
+from bench.family import FAMILIES, Served, serve
+from bench.strategies import RESULTS, Row, problems_of, run_one, seed_for
 from verifiers.embeddings import LexicalClusterer
 
 # (row name, strategy, clusterer): "embedder" is the pool's MiniLM, "lexical" the TF-IDF clusterer.
@@ -85,53 +84,49 @@ class KvWatch:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from workers.config import load_pool_config
-    from workers.pool import WorkerPool, connect_ray
+    async with serve(FAMILIES["v1"], ["target", "prm"], embedder=True) as served:
+        return await measure(served, args)
 
-    connect_ray()
-    roles = {"policy": {"model": str(REPO_ROOT / "models" / "target")}, "prm": {"model": str(REPO_ROOT / "models" / "prm")}, "embedder": {}}
-    pool = await WorkerPool.from_config(load_pool_config(None, env={}, default_roles=roles))
-    per_level = max(1, args.problems // 5)
-    problems = [p for lv in task.LEVELS for p in task.generate("test", per_level, seed=args.seed + 100, levels=[lv])]
+
+async def measure(served: Served, args: argparse.Namespace) -> dict[str, Any]:
+    pool = served.pool
+    problems = problems_of(served.family, args)
     sem = asyncio.Semaphore(args.concurrency)
     clusterers = {"embedder": None, "lexical": LexicalClusterer()}
     out: list[dict[str, Any]] = []
     t_start = time.perf_counter()
-    try:
-        todo = [r for r in ROWS if not args.only or r[0] in args.only]
-        state = {name: (Row(strategy, args.width, {"width": args.width, "seed": args.seeds[0]}), KvWatch(pool), [0.0]) for name, strategy, _ in todo}
-        with tqdm(total=len(todo) * len(problems) * len(args.seeds), desc="ets memory", unit="req") as bar:
-            # Seed by seed, every row in turn: load that drifts over the run (a 2-core machine) falls on all rows.
-            for s in args.seeds:
-                for name, strategy, clusterer in todo:
-                    row, kv, wall = state[name]
+    todo = [r for r in ROWS if not args.only or r[0] in args.only]
+    state = {name: (Row(strategy, args.width, {"width": args.width, "seed": args.seeds[0]}), KvWatch(pool), [0.0]) for name, strategy, _ in todo}
+    with tqdm(total=len(todo) * len(problems) * len(args.seeds), desc="ets memory", unit="req") as bar:
+        # Seed by seed, every row in turn: load that drifts over the run (a 2-core machine) falls on all rows.
+        for s in args.seeds:
+            for name, strategy, clusterer in todo:
+                row, kv, wall = state[name]
 
-                    async def one(p: task.Problem, seed: int) -> None:
-                        async with sem:
-                            await run_one(pool, row, strategy, p, seed=seed, clusterer=clusterers.get(clusterer or ""))
-                        bar.update()
+                async def one(p: Any, seed: int) -> None:
+                    async with sem:
+                        await run_one(served, row, strategy, p, seed=seed, clusterer=clusterers.get(clusterer or ""))
+                    bar.update()
 
-                    t0 = time.perf_counter()
-                    async with kv:
-                        await asyncio.gather(*(one(p, seed_for(s, i)) for i, p in enumerate(problems)))
-                    wall[0] += time.perf_counter() - t0
-                    bar.set_postfix_str(f"{name}@seed {s}: acc {statistics.fmean(map(float, row.correct)):.2f}, peak {kv.peak} blocks")
-        for name, _, clusterer in todo:
-            row, kv, wall = state[name]
-            out.append(
-                row.summary()
-                | {
-                    "row": name,
-                    "clusterer": clusterer,
-                    "wall_s": round(wall[0], 1),
-                    "requests_per_s": round(len(row.correct) / wall[0], 4),
-                    "kv_blocks_peak": kv.peak,
-                    "kv_blocks_mean": round(kv.mean, 1),
-                    "kv_blocks_total": kv.total,
-                }
-            )
-    finally:
-        await pool.shutdown()
+                t0 = time.perf_counter()
+                async with kv:
+                    await asyncio.gather(*(one(p, seed_for(s, i)) for i, p in enumerate(problems)))
+                wall[0] += time.perf_counter() - t0
+                bar.set_postfix_str(f"{name}@seed {s}: acc {statistics.fmean(map(float, row.correct)):.2f}, peak {kv.peak} blocks")
+    for name, _, clusterer in todo:
+        row, kv, wall = state[name]
+        out.append(
+            row.summary()
+            | {
+                "row": name,
+                "clusterer": clusterer,
+                "wall_s": round(wall[0], 1),
+                "requests_per_s": round(len(row.correct) / wall[0], 4),
+                "kv_blocks_peak": kv.peak,
+                "kv_blocks_mean": round(kv.mean, 1),
+                "kv_blocks_total": kv.total,
+            }
+        )
     return {
         "settings": {"problems": len(problems), "width": args.width, "seeds": args.seeds, "concurrency": args.concurrency},
         "wall_s": round(time.perf_counter() - t_start, 1),

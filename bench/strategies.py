@@ -1,9 +1,11 @@
 """Every strategy on the bundled test split: accuracy versus total tokens and versus wall time, N = 4, 8, 16.
 
-    python -m bench.strategies [--problems 30] [--concurrency 4] [--ns 4 8 16] [--seed 0] [--seeds 0 1]
+    python -m bench.strategies [--problems 30] [--concurrency 4] [--ns 4 8 16] [--seed 0] [--seeds 0 1] [--family v1|v2]
 
-One run: the bundled `target` policy and `prm` on a local Ray pool; problems drawn evenly over the five
-levels of the test split; every (strategy, N) runs over all problems, ``--concurrency`` problems at a time,
+One run: a bundled family's `target` policy and `prm` on a local Ray pool, with the toolbox a server of that
+family builds from its profile (``bench.family``: v1, the arithmetic task, by default; ``--family v2`` for
+Countdown, ``--models`` for a recipe's output directory); problems drawn evenly over the five levels of the
+task's test split; every (strategy, N) runs over all problems, ``--concurrency`` problems at a time,
 once per sampling seed (``--seeds``, default ``--seed``), each problem with its own seed (seed x 1000 + its
 index); a row pools its seeds and keeps each seed's accuracy and tokens (``by_seed``).
 Tokens are what the ledger holds: policy prompt + completion plus verifier (PRM) tokens; ``generated`` is
@@ -23,7 +25,7 @@ Goals checked and written into the JSON:
   candidate counts, ``mean_candidates``); ``early_rejection_reference`` is the reference's search
   (n / beam_width finished beams, top beam answers).
 
-Writes bench/results/strategies.json, a Markdown table (strategies.md) and, with plotly installed, an
+Writes bench/results/strategies.json (strategies_v2.json for the v2 family), a Markdown table (strategies.md) and, with plotly installed, an
 interactive plot (strategies.html).
 """
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
+import dataclasses
 import json
 import statistics
 import time
@@ -41,15 +43,12 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from bench.family import Family, Served, add_arguments, family_of, serve
 from orchestrator.config import REPO_ROOT
 from orchestrator.context import StrategyContext
 from orchestrator.protocols import StepClustering
-from orchestrator.toolbox import Toolbox
-from orchestrator.types import Candidate, Problem, SubCall
+from orchestrator.types import Candidate, SubCall
 from strategies import REGISTRY
-from tasks import arithmetic as task
-from verifiers import MathShepherdPRM, TaskAnswerVerifier, TaskRefiner
-from verifiers.embeddings import StepClusterer
 
 RESULTS = REPO_ROOT / "bench" / "results"
 
@@ -145,36 +144,28 @@ def ffs_ideal(candidates: Sequence[Candidate]) -> int:
     return sum(min(c.tokens, stop) for c in candidates)
 
 
-@functools.cache
-def parameters(model: str) -> int:
-    """Parameter count of a bundled model, from the training record next to its weights."""
-    return int(json.loads((REPO_ROOT / "models" / model / "training.json").read_text())["params"])
-
-
 def seed_for(seed: int, index: int) -> int:
     """Problem ``index``'s own seed under sampling seed ``seed`` (room for 1000 problems per seed)."""
     return seed * 1000 + index
 
 
-async def run_one(pool, row: Row, strategy: str, p: task.Problem, *, seed: int | None = None, clusterer: StepClustering | None = None) -> None:
-    """Solve ``p`` with ``strategy`` and ``row.params`` (its ``seed`` replaced by ``seed``); record what it
-    cost in ``row``. ``clusterer`` defaults to the pool's embedder."""
+async def run_one(served: Served, row: Row, strategy: str, p: Any, *, seed: int | None = None, clusterer: StepClustering | None = None) -> None:
+    """Solve ``p`` (a problem of the served family's task) with ``strategy`` and ``row.params`` (its ``seed``
+    replaced by ``seed``); record what it cost in ``row``. ``clusterer`` replaces the served toolbox's."""
     calls: list[SubCall] = []
 
     async def sink(call: SubCall) -> None:
         calls.append(call)
 
-    ctx = StrategyContext(
-        engine=pool,
-        tools=Toolbox(verifier=TaskAnswerVerifier(), step_scorer=MathShepherdPRM(pool), refiner=TaskRefiner(), clusterer=clusterer or StepClusterer(pool)),
-        sink=sink,
-    )
+    fam, pool = served.family, served.pool
+    tools = served.tools if clusterer is None else dataclasses.replace(served.tools, clusterer=clusterer)
+    ctx = StrategyContext(engine=pool, tools=tools, sink=sink)
     spec = REGISTRY[strategy]
     t0 = time.perf_counter()
     params = {**row.params, "seed": seed} if "seed" in row.params and seed is not None else row.params
-    result = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**params))
+    result = await spec.run(await fam.problem(pool, p.question), ctx, spec.params(**params))
     row.latency.append(time.perf_counter() - t0)
-    row.correct.append(task.check_answer(p, result.text).correct)
+    row.correct.append(fam.correct(p, result.text))
     row.total_tokens.append(ctx.usage.total_tokens + ctx.verifier_tokens)
     row.candidates.append(len(result.candidates))
     if "samples" in result.info:
@@ -187,7 +178,7 @@ async def run_one(pool, row: Row, strategy: str, p: task.Problem, *, seed: int |
     row.sequential.append(result.sequential_tokens or ctx.sequential_tokens)
     # Tokens a model actually computed: prompt tokens the prefix cache served cost no forward pass.
     computed = {kind: sum(c.usage.total_tokens - c.usage.cached_tokens for c in calls if c.kind == kind) for kind in ("generate", "score")}
-    row.flops.append(2.0 * (parameters("target") * computed["generate"] + parameters("prm") * computed["score"]))
+    row.flops.append(2.0 * (fam.parameters("target") * computed["generate"] + fam.parameters("prm") * computed["score"]))
     live = [int(t["live_nodes"]) for t in result.trace if "live_nodes" in t]  # type: ignore[call-overload]
     if live:
         row.peak_live_nodes.append(max(live))
@@ -204,47 +195,53 @@ async def run_one(pool, row: Row, strategy: str, p: task.Problem, *, seed: int |
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from workers.config import load_pool_config
-    from workers.pool import WorkerPool, connect_ray
+    async with serve(family_of(args), ["target", "prm"], embedder=True) as served:
+        return await run_rows(served, args)
 
-    connect_ray()
-    roles = {"policy": {"model": str(REPO_ROOT / "models" / "target")}, "prm": {"model": str(REPO_ROOT / "models" / "prm")}, "embedder": {}}
-    pool = await WorkerPool.from_config(load_pool_config(None, env={}, default_roles=roles))
-    per_level = max(1, args.problems // 5)
-    problems = [p for lv in task.LEVELS for p in task.generate("test", per_level, seed=args.seed + 100, levels=[lv])]
+
+def problems_of(fam: Family, args: argparse.Namespace) -> list[Any]:
+    """``args.problems`` test problems of the family's task, evenly over its levels, drawn by ``args.seed``."""
+    return fam.problems("test", max(1, args.problems // len(fam.task.LEVELS)), seed=args.seed + 100)
+
+
+async def run_rows(served: Served, args: argparse.Namespace) -> dict[str, Any]:
+    """Every row of ``args`` (problems, ns, seeds, only, concurrency) on ``served``: the report."""
+    fam = served.family
+    problems = problems_of(fam, args)
     sem = asyncio.Semaphore(args.concurrency)
     rows: list[Row] = []
     t_start = time.perf_counter()
-    try:
-        seeds = args.seeds or [args.seed]
-        todo = [c for c in configs(args.ns, seeds[0]) if not args.only or c[0] in args.only]
-        with tqdm(total=len(todo) * len(problems) * len(seeds), desc="strategies", unit="req") as bar:
-            for name, n, params in todo:
-                row = Row(name, n, params)
+    seeds = args.seeds or [args.seed]
+    todo = [c for c in configs(args.ns, seeds[0]) if not args.only or c[0] in args.only]
+    with tqdm(total=len(todo) * len(problems) * len(seeds), desc="strategies", unit="req") as bar:
+        for name, n, params in todo:
+            row = Row(name, n, params)
 
-                async def one(p: task.Problem, seed: int) -> None:
-                    async with sem:
-                        await run_one(pool, row, ALIASES.get(name, name), p, seed=seed)
-                    bar.update()
+            async def one(p: Any, seed: int) -> None:
+                async with sem:
+                    await run_one(served, row, ALIASES.get(name, name), p, seed=seed)
+                bar.update()
 
-                # Seed by seed, so that each seed's requests meet the same load.
-                for s in seeds:
-                    await asyncio.gather(*(one(p, seed_for(s, i)) for i, p in enumerate(problems)))
-                rows.append(row)
-                bar.set_postfix_str(f"{name}@{n}: {statistics.fmean(map(float, row.correct)):.2f}")
-            # Single pass allowed PDR's sequential budget (matched: the PDR paper's comparison).
-            pdr_seq = [statistics.fmean(r.sequential) for r in rows if r.strategy == "pdr"]
-            if pdr_seq:
-                params = {"max_tokens": min(int(max(pdr_seq)), 4096)}
-                row = Row("single_pass_matched", None, params)
-                for p in problems:
-                    await run_one(pool, row, "single_pass", p)
-                rows.append(row)
-    finally:
-        await pool.shutdown()
+            # Seed by seed, so that each seed's requests meet the same load.
+            for s in seeds:
+                await asyncio.gather(*(one(p, seed_for(s, i)) for i, p in enumerate(problems)))
+            rows.append(row)
+            bar.set_postfix_str(f"{name}@{n}: {statistics.fmean(map(float, row.correct)):.2f}")
+        # Single pass allowed PDR's sequential budget (matched: the PDR paper's comparison), within what the
+        # profile lets one call ask for.
+        pdr_seq = [statistics.fmean(r.sequential) for r in rows if r.strategy == "pdr"]
+        if pdr_seq:
+            params = {"max_tokens": min(int(max(pdr_seq)), fam.profile.max_tokens_cap)}
+            row = Row("single_pass_matched", None, params)
+            for p in problems:
+                await run_one(served, row, "single_pass", p)
+            rows.append(row)
     summaries = [r.summary() for r in rows]
     return {
-        "settings": {"problems": len(problems), "concurrency": args.concurrency, "ns": args.ns, "seed": args.seed, "seeds": args.seeds or [args.seed]},
+        "settings": {
+            "family": fam.name, "models": str(fam.models), "problems": len(problems), "concurrency": args.concurrency, "ns": args.ns,
+            "seed": args.seed, "seeds": args.seeds or [args.seed],
+        },
         "wall_s": round(time.perf_counter() - t_start, 1),
         "rows": summaries,
         "goals": goals(summaries),
@@ -386,10 +383,12 @@ def main() -> None:
     ap.add_argument("--ns", type=int, nargs="+", default=[4, 8, 16], help="Sample counts / widths to run.")
     ap.add_argument("--seed", type=int, default=0, help="Draws the problems (and is the sampling seed without --seeds).")
     ap.add_argument("--seeds", type=int, nargs="+", default=[], help="Sampling seeds: every row runs once per seed, pooled.")
-    ap.add_argument("--out", type=Path, default=RESULTS / "strategies.json")
+    ap.add_argument("--out", type=Path, default=None, help="Report file (default bench/results/strategies.json, strategies_v2.json for v2).")
     ap.add_argument("--only", nargs="+", default=[], help="Run only these strategies (rows merge into --out).")
     ap.add_argument("--replot", action="store_true", help="Only redraw the table and plot from --out.")
+    add_arguments(ap)
     args = ap.parse_args()
+    args.out = args.out or RESULTS / ("strategies.json" if args.family == "v1" else f"strategies_{args.family}.json")
     if args.replot:
         report = json.loads(args.out.read_text())
     else:

@@ -31,7 +31,7 @@ from orchestrator.budget import Price
 from orchestrator.controller import Controller
 from orchestrator.errors import ConfigError
 from orchestrator.profile import ModelProfile, load_profile
-from orchestrator.protocols import StepScorer
+from orchestrator.protocols import CalibrationStore, StepScorer
 from orchestrator.db.store import Store
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Role
@@ -120,6 +120,23 @@ def outcome_judge(config: PoolConfig, pool: WorkerPool) -> OutcomeJudge | None:
     return None
 
 
+def service_toolbox(settings: Settings, config: PoolConfig, pool: WorkerPool, profile: ModelProfile, *, calibration: CalibrationStore | None = None) -> Toolbox:
+    """What the strategies of a server with these settings, engines and profile work with: the profile's
+    answer extractor, PRM, refiner and clusterer. The benchmarks build theirs here too, so that they measure
+    what the service serves."""
+    verifier = verifier_for(profile)
+    return Toolbox(
+        verifier=verifier,
+        step_scorer=step_scorer(config, pool, profile),
+        outcome_scorer=outcome_judge(config, pool),
+        refiner=refiner_for(settings.refiner, profile, verifier),
+        clusterer=LexicalClusterer() if settings.clusterer == "lexical" else StepClusterer(pool) if "embedder" in pool.roles() else None,
+        calibration=calibration,
+        draft_model=settings.draft_name if "draft" in pool.roles() else None,
+        profile=profile,
+    )
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -203,16 +220,7 @@ class Service:
             engine=pool,
             store=store,
             strategies=REGISTRY,
-            tools=Toolbox(
-                verifier=verifier_for(profile),
-                step_scorer=step_scorer(config, pool, profile),
-                outcome_scorer=outcome_judge(config, pool),
-                refiner=refiner_for(settings.refiner, profile, verifier_for(profile)),
-                clusterer=LexicalClusterer() if settings.clusterer == "lexical" else StepClusterer(pool) if "embedder" in pool.roles() else None,
-                calibration=store.calibration,
-                draft_model=settings.draft_name if "draft" in pool.roles() else None,
-                profile=profile,
-            ),
+            tools=service_toolbox(settings, config, pool, profile, calibration=store.calibration),
             models={settings.model_name: "policy"},
             max_request_tokens=settings.max_request_tokens,
             prices={"policy": Price(*p) for name, p in (await store.prices.all()).items() if name == settings.model_name},

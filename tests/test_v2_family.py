@@ -149,3 +149,41 @@ def test_a_countdown_grid_is_graded_by_the_tasks_exact_checker(v2_service, v2_fa
     # The recipe's evaluate stage measured the same family and wrote a row for every goal.
     metrics = json.loads((v2_family / "metrics.json").read_text())
     assert len(metrics["goals"]) == 14 and metrics["settings"]["split"] == "test"
+
+
+def test_the_benchmarks_run_on_the_family_with_its_task_and_profile(v2_service, v2_family, tmp_path):
+    """bench.strategies and bench.atts on the v2 family (``--family v2 --models <recipe out>``), on the served
+    pool and toolbox: Countdown problems through the chat template, graded by the task's checker, FLOPs from
+    the family's own training records, ATTS calibrated under the family's name with its blank-line steps."""
+    import argparse
+    import dataclasses
+
+    from bench import atts as bench_atts
+    from bench import strategies as bench_strategies
+    from bench.family import FAMILIES, Served
+
+    svc = v2_service.service
+    fam = dataclasses.replace(FAMILIES["v2"], models=v2_family)
+    served = Served(fam, svc.pool, svc.controller.tools)
+    args = argparse.Namespace(problems=5, concurrency=5, ns=[2], seed=0, seeds=[0, 1], only=["self_consistency", "first_finish", "best_of_n"])
+    report = v2_service.run(bench_strategies.run_rows(served, args))
+    rows = {r["strategy"]: r for r in report["rows"]}
+    assert report["settings"]["family"] == "v2" and set(rows) == set(args.only)
+    for r in rows.values():
+        assert r["problems"] == 10 and set(r["by_seed"]) == {"0", "1"} and r["mean_gflops"] > 0
+    # The PRM's tokens count in best-of-N's total, as the ledger's verifier tokens do.
+    assert rows["best_of_n"]["mean_total_tokens"] > rows["self_consistency"]["mean_total_tokens"]
+    assert "ffs_vs_majority@2" in report["goals"]
+
+    atts_args = argparse.Namespace(
+        problems=2, calibration_problems=6, n=2, max_turns=4, alphas=[0.3], modes=["line"], resamples=None, concurrency=2, seed=0,
+        out=tmp_path / "atts.json", family="v2", models=v2_family,
+    )
+    # A set of at least atts.MIN_CALIBRATION scores: 6 questions x 2 samples x up to 4 chunks.
+    report = v2_service.run(bench_atts.measure(served, svc.store, atts_args))
+    assert report["calibration"]["line"]["name"] == atts.calibration_name("draft", "target", "countdown")
+    assert report["calibration"]["line"]["scores"] > 0
+    [row] = [r for r in report["rows"] if r["strategy"] == "atts"]
+    assert row["problems"] == 2 and row["chunks"] > 0 and row["params"]["dataset"] == "countdown"
+    assert report["decode_tokens_per_s"]["draft"] > 0
+    json.dumps(report)  # the report is written as JSON
