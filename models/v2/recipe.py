@@ -273,7 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.size not in train.SIZES:
         parser.error(f"unknown size {args.size!r}; expected one of {sorted(train.SIZES)}")
     # Stages run in the recipe's order whatever order they were named in.
-    run([s for s in STAGES if s in stages], args.out, args.size, args.device, fresh=args.fresh)
+    try:
+        run([s for s in STAGES if s in stages], args.out, args.size, args.device, fresh=args.fresh)
+    except ValueError as err:  # what this output directory cannot do, said without a traceback
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -779,8 +779,13 @@ def refine_tune(out: Path, size: str, device: str = "cpu", *, fresh: bool = Fals
     tok = load_tokenizer(out)
     model = Qwen2ForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     base = checkpoint_path(out, "target")
-    if base.exists():
-        model.load_state_dict(torch.load(base, map_location="cpu", weights_only=False)["model"])
+    state = torch.load(base, map_location="cpu", weights_only=False) if base.exists() else {}
+    if "model" in state:  # the target stage's own weights: model_dir holds refine-tune's once it has run
+        model.load_state_dict(state["model"])
+    elif "refine_tune" in info:
+        # A packed output (models.v2.device) keeps the saved models only, so the weights refine-tune started
+        # from are gone: training again would tune the tuned model.
+        raise ValueError(f"{model_dir} is already refine-tuned and the target stage's weights are not under {out}/checkpoints: rerun the target stage first")
     rows = load_refine_rows(out)
     solve = train_problems(out, s["problems"], seed=POLICY_PROBLEMS_SEED, levels=s["levels"])
     cfg = _train_config(params, device)

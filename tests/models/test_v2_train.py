@@ -231,3 +231,24 @@ def test_example_workers_make_the_same_stream(smoke):
     assert list(itertools.islice(forked, 300)) == serial
     forked.close()
     assert any(not ids for ids, _ in serial) and any(ids for ids, _ in serial)  # some skipped as too long
+
+
+def test_a_pack_carries_finished_stages_to_another_machine_and_back(smoke, tmp_path):
+    # What a GPU run sends back (models.v2.device): every output but the resumable training state, in parts
+    # small enough to come back, and a recipe on the unpacked copy sees the stages finished.
+    from models.v2 import device
+
+    parts = device.pack(smoke, tmp_path / "parts", part_bytes=256 * 1024)
+    assert len(parts) > 1 and all(p.stat().st_size <= 256 * 1024 for p in parts)
+    copy = tmp_path / "copy"
+    device.unpack(tmp_path / "parts", copy)
+    for name in ("target", "draft", "prm"):
+        assert (copy / name / "model.safetensors").read_bytes() == (smoke / name / "model.safetensors").read_bytes()
+    for stage in recipe.TRAINING_STAGES:
+        assert train.stage_done(copy, stage)
+        assert set(torch.load(train.checkpoint_path(copy, stage), weights_only=False)) == {"done"}
+    assert all(info.get("skipped") for info in recipe.run(list(recipe.TRAINING_STAGES), copy, "smoke").values())
+    # Redoing refine-tune needs the weights it started from, which a pack leaves behind: refused, not silently
+    # tuning the tuned target.
+    with pytest.raises(ValueError, match="already refine-tuned"):
+        recipe.run(["refine-tune"], copy, "smoke", fresh=True)
