@@ -25,8 +25,8 @@ Goals checked and written into the JSON:
   candidate counts, ``mean_candidates``); ``early_rejection_reference`` is the reference's search
   (n / beam_width finished beams, top beam answers).
 
-Writes bench/results/strategies.json (strategies_v2.json for the v2 family), a Markdown table (strategies.md) and, with plotly installed, an
-interactive plot (strategies.html).
+Writes bench/results/strategies.json (strategies_v2.json for the v2 family), a Markdown table (strategies.md)
+and, with plotly installed, an interactive plot (strategies.html).
 """
 
 from __future__ import annotations

