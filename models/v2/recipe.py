@@ -236,11 +236,13 @@ def run(stages: list[str], out: Path, size: str = "full", device: str = "cpu", *
     if size not in train.SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(train.SIZES)}")
     train.set_threads()
+    at = train.precision(device)  # a bad TRAIN_PRECISION is refused before any stage runs
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for stage in stages:
-        print(f"[{stage}] size {size}, device {device if stage in TRAINING_STAGES else 'cpu'}", flush=True)
+        where = f"device {device}, {at}" if stage in TRAINING_STAGES else "device cpu"
+        print(f"[{stage}] size {size}, {where}", flush=True)
         t0 = time.time()
         info = run_stage(stage, out, size, device, fresh=fresh)
         seconds = round(time.time() - t0, 1)
@@ -251,6 +253,8 @@ def run(stages: list[str], out: Path, size: str = "full", device: str = "cpu", *
         timings_path = out / "recipe_timings.json"
         timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
         timings[stage] = {"seconds": seconds, "device": device if stage in TRAINING_STAGES else "cpu", "size": size}
+        if stage in TRAINING_STAGES:
+            timings[stage]["precision"] = at
         timings_path.write_text(json.dumps(timings, indent=2) + "\n")
     return results
 

@@ -41,8 +41,10 @@ def test_the_smoke_recipe_writes_every_model_directory(smoke):
         info = json.loads((d / "training.json").read_text())
         assert info["size"] == "smoke" and info["steps"] == train.SIZES["smoke"][name]["steps"]
         assert {"params", "non_embedding_params", "flops_per_token", "shape", "loss", "seconds"} <= set(info)
+        assert info["precision"] == train.precision("cpu")
     target = json.loads((smoke / "target" / "training.json").read_text())
     assert target["refine_tune"]["steps"] == train.SIZES["smoke"]["refine-tune"]["steps"]
+    assert target["refine_tune"]["precision"] == train.precision("cpu")
     timings = json.loads((smoke / "recipe_timings.json").read_text())
     assert set(timings) == {"tokenizer", "target", "draft", "refine-tune", "prm"}
     assert all(t["size"] == "smoke" and t["device"] == "cpu" and t["seconds"] >= 0 for t in timings.values())
@@ -213,6 +215,25 @@ def test_sampling_stages_resume_by_skipping_written_problems(tmp_path, monkeypat
     assert {"solver", "target", "draft"} | {f"synthetic-{k}" for k in synthetic.KINDS} <= set(counts)
     prompted.clear()
     assert recipe.write_prm_data(tmp_path, "smoke") == counts and not prompted
+
+
+def test_training_precision_is_a_setting_refused_when_unknown(monkeypatch, tmp_path, capsys):
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    monkeypatch.delenv("TRAIN_PRECISION", raising=False)
+    assert train.precision("cuda") == "bf16" and train.precision("cpu") == ("bf16" if native else "fp32")
+    for value in ("fp32", "bf16"):
+        monkeypatch.setenv("TRAIN_PRECISION", value)
+        assert train.precision("cpu") == train.precision("cuda") == value
+    monkeypatch.setenv("TRAIN_PRECISION", "fp32")
+    with train._autocast("cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setenv("TRAIN_PRECISION", "bf16")
+    with train._autocast("cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    monkeypatch.setenv("TRAIN_PRECISION", "half")
+    with pytest.raises(SystemExit, match="error: TRAIN_PRECISION='half'; expected one of auto, bf16, fp32"):
+        recipe.main(["--stages", "tokenizer", "--size", "smoke", "--out", str(tmp_path)])
+    assert not (tmp_path / "tokenizer").exists()  # refused before any stage ran
 
 
 def test_the_cli_refuses_unknown_stages_and_sizes(tmp_path):
