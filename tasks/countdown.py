@@ -655,6 +655,31 @@ def check_steps(problem: Problem, text: str) -> list[StepVerdict]:
     return out
 
 
+# Why a completion is wrong, by its first untrue step (see failure): what a policy has yet to learn.
+FAILURES = ("arithmetic", "numbers not held", "breaks the rule", "numbers left", "false dead end", "bad backtrack",
+            "malformed step", "no answer", "wrong answer")
+
+
+def failure(problem: Problem, text: str) -> str | None:
+    """None for a correct completion; else one of FAILURES, from its first step that is not valid (a move
+    or backtrack that is untrue, a paragraph that is neither), or, when every step is true, "no answer"
+    (nothing boxed: the reasoning ran out or never closed) or "wrong answer"."""
+    if check_answer(problem, text).correct:
+        return None
+    for v in check_steps(problem, text):
+        if v.valid or v.kind == "answer":
+            continue
+        if v.kind == "malformed":
+            return "malformed step"
+        if v.kind == "backtrack":
+            return "false dead end" if v.reason.startswith("false claim") else "bad backtrack"
+        for kind, opening in (("arithmetic", "arithmetic"), ("breaks the rule", f"{v.text.split(' = ')[0]} breaks"), ("numbers left", "left ")):
+            if v.reason.startswith(opening):
+                return kind
+        return "numbers not held"
+    return "no answer" if extract_answer(text) is None else "wrong answer"
+
+
 # ---------------------------------------------------------------------------------------------- solving
 
 

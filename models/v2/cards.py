@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from models.v2 import formats, sampling
+from tasks import countdown
 
 RECIPE_CMD = "python -m models.v2.recipe"
 EVAL_CMD = "python -m models.v2.recipe --stages evaluate"
@@ -98,13 +99,24 @@ def levels_table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
+def failures_table(metrics: dict) -> str:
+    """Why wrong samples are wrong, per policy: the share of all samples by ``countdown.failure``."""
+    kinds = [k for k in countdown.FAILURES if any(k in metrics.get(n, {}).get("failures", {}) for n in ("target", "draft"))]
+    if not kinds:
+        return "(no failure breakdown in metrics.json: rerun the evaluate stage)"
+    rows = ["| first untrue step of a wrong sample | target | draft |", "|---|---|---|"]
+    for k in kinds:
+        rows.append(f"| {k} | " + " | ".join(_num(metrics.get(n, {}).get("failures", {}).get(k, 0.0), "pct") for n in ("target", "draft")) + " |")
+    return "\n".join(rows)
+
+
 def timings_table(timings: dict) -> str:
     if not timings:
         return "(no recipe timings recorded)"
-    rows = ["| stage | minutes | device | size |", "|---|---|---|---|"]
+    rows = ["| stage | minutes | device | size | precision |", "|---|---|---|---|---|"]
     for stage, t in timings.items():
         if isinstance(t, dict) and "seconds" in t:
-            rows.append(f"| {stage} | {t['seconds'] / 60:.1f} | {t.get('device', '')} | {t.get('size', '')} |")
+            rows.append(f"| {stage} | {t['seconds'] / 60:.1f} | {t.get('device', '')} | {t.get('size', '')} | {t.get('precision', '')} |")
     return "\n".join(rows)
 
 
@@ -124,7 +136,7 @@ def _shape(tr: dict, name: str) -> str:
         lines.append(f"- FLOPs per token: {tr['flops_per_token']:,.0f} ({how})")
     if tr.get("shape"):
         lines.append(f"- Shape: `{json.dumps(tr['shape'], sort_keys=True)}`")
-    trained = [f"{k} {tr[k]}" for k in ("size", "device", "steps") if k in tr]
+    trained = [f"{k} {tr[k]}" for k in ("size", "device", "precision", "steps") if k in tr]
     if "seconds" in tr:
         trained.append(f"{tr['seconds'] / 60:.1f} min")
     if trained:
@@ -245,6 +257,13 @@ spread and step errors behave like a real reasoning model's, in minutes on a CPU
 
 ## By level
 {levels_table(metrics)}
+
+## Why samples are wrong
+Shares of all samples (test split), by the first step of each wrong one that the checker finds untrue; "no
+answer" means every step was true but nothing was boxed (out of tokens), "wrong answer" a boxed answer after
+true steps.
+
+{failures_table(metrics)}
 
 {_settings_line(metrics)}
 

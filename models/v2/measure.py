@@ -118,11 +118,13 @@ class Graded:
     correct: bool
     key: str | None
     finish: str
+    failure: str | None = None  # countdown.failure: why a wrong sample is wrong
 
 
 def grade(problem: countdown.Problem, s: sampling.Sample) -> Graded:
     verdict = countdown.check_answer(problem, s.text)
-    return Graded(s.tokens, verdict.answer is not None, verdict.correct, canonical(verdict.answer), s.finish)
+    why = None if verdict.correct else countdown.failure(problem, s.text)
+    return Graded(s.tokens, verdict.answer is not None, verdict.correct, canonical(verdict.answer), s.finish, why)
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -151,6 +153,8 @@ def policy_metrics(groups: Sequence[Sequence[Graded]]) -> dict[str, float]:
         "median_length_cv": statistics.median(cv([g.tokens for g in grp]) for grp in groups) if groups else float("nan"),
         "first_finish_saving": 1.0 - sum(c for c, _ in costs) / sum(f for _, f in costs) if costs and sum(f for _, f in costs) else float("nan"),
         "first_finish_accuracy": _mean([g is not None and g.correct for g in first_done]),
+        # Shares of all samples, by the first untrue step of each wrong one: where the policy falls short.
+        "failures": {kind: _mean([g.failure == kind for g in flat]) for kind in countdown.FAILURES if any(g.failure == kind for g in flat)},
     }
 
 

@@ -17,9 +17,9 @@ from tasks import countdown
 REPO = Path(__file__).resolve().parents[2]
 
 
-def g(tokens: int, correct: bool, key: str | None = None, answered: bool | None = None) -> measure.Graded:
+def g(tokens: int, correct: bool, key: str | None = None, answered: bool | None = None, failure: str | None = None) -> measure.Graded:
     answered = (key is not None) if answered is None else answered
-    return measure.Graded(tokens=tokens, answered=answered, correct=correct, key=key, finish="stop")
+    return measure.Graded(tokens=tokens, answered=answered, correct=correct, key=key, finish="stop", failure=failure)
 
 
 # ----------------------------------------------------------------------------------------- vote keys
@@ -74,9 +74,10 @@ def test_policy_metrics_on_scripted_samples():
         # problem A: 2 of 4 right, both with one expression written two ways; the wrong ones split their vote
         [g(10, True, "k1"), g(30, False, "w1"), g(12, True, "k1"), g(40, False, "w2")],
         # problem B: all wrong, one never answered
-        [g(50, False, "w1"), g(60, False, None), g(50, False, "w3"), g(40, False, "w1")],
+        [g(50, False, "w1", failure="arithmetic"), g(60, False, None, failure="no answer"), g(50, False, "w3", failure="arithmetic"), g(40, False, "w1")],
     ]
     m = measure.policy_metrics(groups)
+    assert m["failures"] == {"arithmetic": pytest.approx(2 / 8), "no answer": pytest.approx(1 / 8)}  # kinds no sample had are left out
     assert m["pass@1"] == pytest.approx(2 / 8)
     assert m["majority@4"] == pytest.approx(0.5) and m["pass@4"] == pytest.approx(0.5)
     assert m["mean_tokens_correct"] == pytest.approx(11) and m["mean_tokens_incorrect"] == pytest.approx(270 / 6)
@@ -112,7 +113,7 @@ def _scripted_metrics(tmp_path: Path) -> dict:
     target, draft, refine, prm_t, prm_d = [], [], [], [], []
     for p in problems:
         right = max(0, 4 - p.level)  # falls with level
-        target.append([g(20 + 10 * j, j < right, "k" if j < right else f"w{j}") for j in range(4)])
+        target.append([g(20 + 10 * j, j < right, "k" if j < right else f"w{j}", failure=None if j < right else "arithmetic") for j in range(4)])
         draft.append([g(30, j == 0 and p.level == 1, "k" if j == 0 else None) for j in range(4)])
         refine.append([g(25, p.level < 4, "k"), g(25, p.level < 3, "k")])
         prm_t.append([([0.9, 0.8], (True, True)) if s.correct else ([0.9, 0.2], (True, False)) for s in target[-1]])
@@ -162,6 +163,7 @@ def test_cards_render_every_section(tmp_path):
         for row in m["goals"]:
             assert f"| {row['name']} | {row['goal']} |" in text
         assert "| 5 | 2 |" in text  # the per-level table
+        assert "## Why samples are wrong" in text and "| arithmetic | 70.0% | 0.0% |" in text
         assert "| target | 10.0 | cuda | full |" in text
         assert "python -m models.v2.recipe --stages evaluate" in text and "models/v2/profile.toml" in text
         assert "FLOPs per token: 800" in text or name != "target"
@@ -208,6 +210,8 @@ def test_the_recipes_evaluate_stage_measured_every_goal(v2_family):
     """The smoke recipe (tests/conftest.py: every stage, evaluate included) wrote metrics.json and the cards."""
     saved = json.loads((v2_family / "metrics.json").read_text())
     assert [r["id"] for r in saved["goals"]] == [gid for gid, *_ in measure.GOALS]
+    for name in ("target", "draft"):  # every wrong sample has its cause
+        assert saved[name]["pass@1"] + sum(saved[name]["failures"].values()) == pytest.approx(1.0)
     assert saved["settings"]["problems"] == 5 * saved["settings"]["problems_per_level"]
     assert saved["headline"]["draft_over_target_flops"] <= 1 / 8
     assert all(saved["timing"][name]["seconds_per_token"] > 0 for name in ("target", "draft"))

@@ -143,6 +143,29 @@ def test_backtrack_checks():
     assert deeper.reason == "goes back to 32 3 1, which cannot reach 100 either"
 
 
+def test_a_wrong_completion_is_put_down_to_its_first_untrue_step():
+    start = "<think>\n8 * 3 = 24, left: 24 4 1\n\n"
+    right = "24 + 1 = 25, left: 25 4\n\n25 * 4 = 100, left: 100\n</think>\n\nThe answer is \\boxed{(8 * 3 + 1) * 4}."
+    assert task.failure(P, start + right) is None
+    cases = {
+        "arithmetic": "24 + 1 = 26, left: 26 4",
+        "numbers not held": "9 + 1 = 10, left: 24 10 4",
+        "breaks the rule": "1 - 4 = 0, left: 24 0",
+        "numbers left": "24 + 1 = 25, left: 25 4 1",
+        "false dead end": "24 4 1 cannot reach 100, back to: 8 4 3 1",
+        "bad backtrack": "24 - 1 = 23, left: 23 4\n\n23 4 cannot reach 100, back to: 9 9",  # a true dead end, back to a state never held
+        "malformed step": "let me think",
+    }
+    wrong = "\n</think>\n\nThe answer is \\boxed{8 * 3 + 4}."
+    for kind, step in cases.items():
+        # The first untrue step, not the wrong answer it led to, is the cause.
+        assert task.failure(P, start + step + wrong) == kind, kind
+        assert task.failure(P, start + step + "\n\n" + right) is None  # a right answer is right whatever came before
+    assert task.failure(P, start + "24 + 1 = 25, left: 25 4") == "no answer"
+    assert task.failure(P, start + "24 + 4 = 28, left: 28 1" + wrong) == "wrong answer"
+    assert set(cases) | {"no answer", "wrong answer"} == set(task.FAILURES)
+
+
 def test_solver_traces_pass_their_own_checker_and_vary_in_length():
     problems = [p for level in task.LEVELS for p in task.generate("train", 2, seed=5, levels=[level])]
     for k, p in enumerate(problems):
