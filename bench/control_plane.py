@@ -48,7 +48,6 @@ import platform
 import pstats
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
@@ -58,6 +57,7 @@ from typing import Any, ContextManager
 
 from pydantic import Field
 
+from bench import commit
 from deploy.serve import ServiceThread
 from orchestrator.config import REPO_ROOT, Settings, get_settings
 from orchestrator.context import StrategyContext
@@ -412,13 +412,6 @@ def ray_floor(calls: int = 3000) -> dict[str, Any]:
         ray.shutdown()
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
@@ -453,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "control_plane",
         "label": args.label,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _commit(),
+        "commit": commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "command": "python -m bench.control_plane " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "workload": {"strategy": "beam_search", "n": 8, "beam_width": 4, "steps": args.steps, "concurrency": args.concurrency, "requests": args.requests},

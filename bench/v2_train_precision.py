@@ -18,21 +18,15 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench import commit
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _stage_parts(stage: str, size: str, out: Path, tok):
@@ -94,7 +88,7 @@ def measure(size: str, stages: list[str], steps: int) -> dict:
         "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
-        "commit": _commit(),
+        "commit": commit(),
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
     }
