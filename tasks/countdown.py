@@ -799,14 +799,13 @@ def _local_trace(problem: Problem, rng: random.Random, *, guide: float, explore:
     while target not in path[-1].state:
         node = path[-1]
         left = max_steps - len(steps)
-        alive = reachable(node.state, target)
         if len(node.state) == 2:
             finish = [m for m in moves(node.state) if target in m.after]
             if not finish:
                 back()
                 continue
             m = rng.choice(finish)
-        elif not alive:
+        elif not reachable(node.state, target):
             anchor = max(k for k, n in enumerate(path) if reachable(n.state, target))
             # Deeper costs that move, a backtrack per state between it and the anchor, and the walk from there.
             home = len(path) - anchor + len(path[anchor].state) - 1
