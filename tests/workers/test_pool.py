@@ -173,7 +173,9 @@ def test_deadline_aborts_a_call_that_runs_too_long(pool, loop):
 def test_killed_worker_mid_call_gives_retried_result_or_typed_error(pool, loop):
     import ray
 
-    spec = SamplingSpec(_prompt(8), n=8, max_tokens=480, ignore_eos=True, request_id=uuid.uuid4().hex)
+    # 32 sequences to the length cap: on an idle 2-core machine 8 of them (the tiny draft model) finished
+    # within the second the kill waits, so the kill hit a finished call and nothing was retried.
+    spec = SamplingSpec(_prompt(8), n=32, max_tokens=480, ignore_eos=True, request_id=uuid.uuid4().hex)
 
     async def scenario():
         call = asyncio.ensure_future(pool.generate("policy", spec))
@@ -193,7 +195,7 @@ def test_killed_worker_mid_call_gives_retried_result_or_typed_error(pool, loop):
     else:
         assert outcome.worker != victim  # retried once on the healthy replica
         room = min(480, 512 - outcome.usage.prompt_tokens)  # max_model_len 512 caps the completion
-        assert len(outcome.completions) == 8 and all(c.tokens == room for c in outcome.completions)
+        assert len(outcome.completions) == spec.n and all(c.tokens == room for c in outcome.completions)
     # Ray restarts the killed actor; its engine reloads on the next call.
     gen = loop.run(pool.replica(victim).generate(SamplingSpec(_prompt(9), max_tokens=8)), timeout=300)
     assert gen.worker == victim
