@@ -12,13 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from api.schemas import ChatCompletionRequest, OpenAIFields
-from orchestrator.admission import Limits
 from orchestrator.errors import InvalidRequest
-from orchestrator.profile import VALIDATION_KEY, ModelProfile
-
 
 
 @dataclass(frozen=True)
@@ -55,16 +52,14 @@ def _sent(body: OpenAIFields) -> dict[str, tuple[SamplingField, object]]:
     return out
 
 
-def strategy_params(
-    body: OpenAIFields, strategy: str, params_model: type[BaseModel] | None, *, limits: Limits, profile: ModelProfile
-) -> dict[str, Any]:
+def strategy_params(body: OpenAIFields, strategy: str, params_model: type[BaseModel] | None) -> tuple[dict[str, Any], dict[str, str]]:
     """``body.strategy_params`` with the body's OpenAI sampling fields applied, for strategy ``strategy``
     whose parameters are ``params_model`` (None for ``auto``, which chooses its own, or an unknown strategy,
-    which the controller refuses).
+    which the controller refuses); and the parameters the OpenAI fields set, each with its field's name, so
+    that the controller, which validates them, names the field the client sent in an error.
 
-    Raises ``InvalidRequest`` naming the OpenAI field for a value the strategy has no parameter for, one that
-    contradicts the same parameter in ``strategy_params``, or one outside the parameter's bounds (for the
-    served model's ``profile``) or the server's ``limits``."""
+    Raises ``InvalidRequest`` naming the OpenAI field for a value the strategy has no parameter for, or one
+    that contradicts the same parameter in ``strategy_params``."""
     given: Mapping[str, Any] = body.strategy_params
     params = dict(given)
     filled: dict[str, str] = {}  # parameter -> the OpenAI field that set it
@@ -87,27 +82,4 @@ def strategy_params(
             )
         params[field.param] = value
         filled[field.param] = field.name
-    if filled and params_model is not None:
-        _check(params_model, params, filled, limits, profile)
-    return params
-
-
-def _check(params_model: type[BaseModel], params: dict[str, Any], filled: Mapping[str, str], limits: Limits, profile: ModelProfile) -> None:
-    """Refuse a value an OpenAI field brought that the strategy or the server would refuse, naming the OpenAI
-    field (the controller would name ``strategy_params.<param>``, which the client never sent). Any other
-    error is left for the controller to report as it always has."""
-    try:
-        validated = params_model.model_validate(params, context={VALIDATION_KEY: profile})
-    except ValidationError as err:
-        for e in err.errors():
-            name = filled.get(str(e["loc"][0])) if e["loc"] else None
-            if name is not None:
-                raise InvalidRequest(f"{name}: {e['msg']}", param=name) from None
-        return
-    try:
-        limits.check(validated)
-    except InvalidRequest as err:
-        name = filled.get((err.param or "").removeprefix("strategy_params."))
-        if name is None or err.param is None:
-            raise
-        raise InvalidRequest(err.message.replace(err.param, name, 1), param=name) from None
+    return params, filled

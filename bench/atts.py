@@ -32,9 +32,9 @@ from typing import Any
 from tqdm import tqdm
 
 from bench.family import Family, Served, add_arguments, family_of, serve
+from deploy.assembly import strategy_context
 from deploy.calibrate import collect
 from orchestrator.config import REPO_ROOT
-from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
 from orchestrator.types import SamplingSpec, SubCall, problem_seed
 from strategies import REGISTRY, atts
@@ -64,7 +64,7 @@ async def run_config(served: Served, strategy: str, params: dict[str, Any], test
             calls[key] = calls.get(key, 0) + 1
 
         async with sem:
-            ctx = StrategyContext(engine=pool, tools=served.tools, sink=sink, target_model="target")
+            ctx = strategy_context(pool, served.tools, sink=sink, lengths=served.lengths, target_model="target")
             t0 = time.perf_counter()
             own = {**params, "seed": problem_seed(params.get("seed"), k)}
             r = await spec.run(await fam.problem(pool, p.question), ctx, spec.params(**own))
@@ -135,7 +135,7 @@ async def measure(served: Served, store: Store, args: argparse.Namespace) -> dic
     for mode in args.modes:
         t0 = time.perf_counter()
         params = atts.Params(**base, mode=mode, resamples=args.resamples, update_calibration=False)
-        scores = await collect(pool, cal_questions, params, draft_model="draft", target_model="target", profile=fam.profile)
+        scores = await collect(pool, cal_questions, params, tools=served.tools, target_model="target")
         name = atts.calibration_name("draft", "target", fam.dataset, params.chunking)
         await store.calibration.add_scores(name, scores=scores, model="draft->target", keep=atts.CALIBRATION_WINDOW, replace=True)
         calibration[mode] = {"name": name, "questions": len(cal_questions), "scores": len(scores), "seconds": round(time.perf_counter() - t0, 1)}

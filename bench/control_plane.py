@@ -7,7 +7,7 @@ that answer at once, so that everything measured is the service's own cost.
 
 Every role (``policy``, ``prm``) is served by :mod:`workers.instant` engines: Ray actors with the vLLM engine
 actor's methods, reached through the same ``LocalEngine`` backend, pool and routing. The service is assembled
-as ``deploy.serve`` assembles it (its PRM, judge and toolbox wiring), plus one benchmark strategy (the probe).
+by ``deploy.assembly.build_service``, as ``deploy.serve`` assembles it, plus one benchmark strategy (the probe).
 
 Two numbers, per database:
 
@@ -118,7 +118,7 @@ def own_ray() -> None:
     ray.init(address="local", include_dashboard=False, configure_logging=False)
 
 
-def _instant_config() -> Any:
+def instant_workers() -> Any:
     from workers.config import PoolConfig, RoleConfig
 
     roles = {"policy": RoleConfig(model=REPO_ROOT / "models" / "target"), "prm": RoleConfig(model=REPO_ROOT / "models" / "prm")}
@@ -126,54 +126,18 @@ def _instant_config() -> Any:
 
 
 async def start_instant_service(settings: Settings, *, steps: int) -> Any:
-    """``deploy.serve.Service`` with every role served by instant engines (``Service.start``'s wiring, its
-    pool built from :class:`workers.instant.InstantSpec` instead of the roles' vLLM engines)."""
-    from api.app import create_app
-    from deploy.serve import Service, exposure, listen, outcome_judge, step_scorer
-    from orchestrator.admission import Limits
-    from orchestrator.controller import Controller
-    from orchestrator.db.store import Store
-    from orchestrator.profile import load_profile
-    from orchestrator.toolbox import Toolbox
+    """The service as ``deploy.assembly.build_service`` assembles it, every role served by instant engines
+    (:class:`workers.instant.InstantSpec`) instead of the roles' vLLM engines, plus the probe strategy."""
+    from deploy.assembly import build_service
     from strategies import REGISTRY
-    from verifiers import TaskRefiner, verifier_for
     from workers.instant import InstantConfig, InstantSpec
-    from workers.jobs import RayJobs
     from workers.pool import WorkerPool
 
-    profile = load_profile(settings.profile)
-    store = Store.from_url(settings.database)
-    server_id = settings.server_id or f"bench-{uuid.uuid4().hex[:6]}"
-    settings = exposure(settings, has_keys=await store.tenants.has_api_keys())
-    sock = listen(settings.host, settings.port)
-    await store.leases.register(server_id)
-    config = _instant_config()
+    config = instant_workers()
     specs = [InstantSpec.from_config(role, rc, config=InstantConfig(steps=steps)) for role, rc in config.roles.items()]
     pool = await WorkerPool.start(specs, call_timeout_s=config.call_timeout_s)
-    controller = Controller(
-        engine=pool,
-        store=store,
-        strategies={**REGISTRY, PROBE.name: PROBE},
-        tools=Toolbox(
-            verifier=verifier_for(profile),
-            step_scorer=step_scorer(config, pool, profile),
-            outcome_scorer=outcome_judge(config, pool),
-            refiner=TaskRefiner(),
-            calibration=store.calibration,
-            profile=profile,
-        ),
-        models={settings.model_name: "policy"},
-        max_request_tokens=settings.max_request_tokens,
-        limits=Limits(width=settings.limit_width, depth=settings.limit_depth, max_tokens=settings.limit_max_tokens or profile.max_tokens_cap),
-        max_running=settings.max_running,
-        max_queued=settings.max_queued,
-        server_id=server_id,
-    )
-    app = create_app(settings, controller, jobs=RayJobs(settings.jobs_address))
-    service = Service(settings, pool, store, controller, app, server_id, sock)
-    service._lease = asyncio.create_task(service._keep_lease(), name="tts-lease")
-    service._cancels = asyncio.create_task(controller.watch_cancels(), name="tts-cancels")
-    return service
+    settings = settings if settings.server_id else settings.model_copy(update={"server_id": f"bench-{uuid.uuid4().hex[:6]}"})
+    return await build_service(settings, pool=pool, workers=config, strategies={**REGISTRY, PROBE.name: PROBE})
 
 
 class InstantServiceThread(ServiceThread):
@@ -346,7 +310,7 @@ def bench_one(db: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
             profiler.dump_stats(args.profile + f".{db}")
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
         ledger = check_ledger(svc, answered + idle)
-        engine_calls = sum(svc.run(_actor_calls(svc)))
+        engine_calls = sum(svc.run(actor_calls(svc)))
     finally:
         svc.stop()
         import ray
@@ -377,7 +341,7 @@ def bench_one(db: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def _actor_calls(svc: InstantServiceThread) -> list[int]:
+async def actor_calls(svc: InstantServiceThread) -> list[int]:
     pool = svc.service.pool
     return [await pool.replica(name).handle.calls.remote() for role in pool.roles() for name in pool.replica_names(role)]
 

@@ -6,7 +6,7 @@
   (:mod:`tasks.countdown`), ``<think>`` steps split by blank lines, ``\\boxed{}`` answers keyed by expression,
   a pooling PRM; prompts through the policy's chat template, as a chat request's are.
 
-Either way the strategies get the toolbox :func:`deploy.serve.service_toolbox` builds from the family's profile
+Either way the strategies get the toolbox :func:`deploy.assembly.toolbox` builds from the family's profile
 and refiner settings, so a benchmark measures what a server configured for that family would run.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, AsyncIterator, Sequence
 
+from orchestrator.budget import LengthHistory
 from orchestrator.config import REPO_ROOT, Settings, get_settings
 from orchestrator.profile import ModelProfile, load_profile
 from orchestrator.protocols import CalibrationStore
@@ -111,12 +112,14 @@ class Served:
     family: Family
     pool: Any
     tools: Toolbox
+    # Sample lengths seen over the run, shared by its strategy contexts as a server's requests share them.
+    lengths: LengthHistory = dataclasses.field(default_factory=LengthHistory)
 
 
 @contextlib.asynccontextmanager
 async def serve(fam: Family, names: Sequence[str], *, embedder: bool = False, calibration: CalibrationStore | None = None) -> AsyncIterator[Served]:
     """Join (or start) Ray and serve ``names``' engines while the block runs."""
-    from deploy.serve import service_toolbox
+    from deploy.assembly import toolbox
     from workers.config import load_pool_config
     from workers.pool import WorkerPool, connect_ray
 
@@ -124,6 +127,6 @@ async def serve(fam: Family, names: Sequence[str], *, embedder: bool = False, ca
     config = load_pool_config(None, env={}, default_roles=roles(fam, names, embedder=embedder))
     pool = await WorkerPool.from_config(config)
     try:
-        yield Served(fam, pool, service_toolbox(fam.settings(), config, pool, fam.profile, calibration=calibration))
+        yield Served(fam, pool, toolbox(fam.settings(), config, pool, fam.profile, calibration=calibration))
     finally:
         await pool.shutdown()

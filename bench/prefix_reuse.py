@@ -32,15 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy.assembly import strategy_context
 from orchestrator.config import REPO_ROOT
-from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Problem, SamplingSpec, ScoreSpec, SubCall, problem_seed
 from strategies import REGISTRY
 from tasks import arithmetic as task
-from verifiers import MathShepherdPRM, TaskAnswerVerifier, TaskRefiner
-from verifiers.embeddings import StepClusterer
 
 RESULTS = REPO_ROOT / "bench" / "results"
 MODEL_OF_ROLE = {"policy": "target", "draft": "draft", "prm": "prm"}
@@ -63,7 +61,7 @@ def parameters(model: str) -> int:
 
 
 @dataclass
-class Tally:
+class Row:
     correct: list[bool] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
     flops: list[float] = field(default_factory=list)
@@ -86,9 +84,9 @@ class Tally:
         }
 
 
-async def run_strategy(pool: Any, store: Store, name: str, params: dict[str, Any], problems: list[task.Problem], concurrency: int) -> Tally:
+async def run_strategy(pool: Any, tools: Toolbox, name: str, params: dict[str, Any], problems: list[task.Problem], concurrency: int) -> Row:
     spec = REGISTRY[name]
-    tally = Tally()
+    row = Row()
     sem = asyncio.Semaphore(concurrency)
 
     async def one(k: int, p: task.Problem) -> None:
@@ -97,36 +95,28 @@ async def run_strategy(pool: Any, store: Store, name: str, params: dict[str, Any
         async def sink(call: SubCall) -> None:
             calls.append(call)
 
-        tools = Toolbox(
-            verifier=TaskAnswerVerifier(),
-            step_scorer=MathShepherdPRM(pool),
-            refiner=TaskRefiner(),
-            clusterer=StepClusterer(pool),
-            calibration=store.calibration,
-            draft_model="draft",
-        )
         async with sem:
-            ctx = StrategyContext(engine=pool, tools=tools, sink=sink, target_model="target")
+            ctx = strategy_context(pool, tools, sink=sink, target_model="target")
             t0 = time.perf_counter()
             try:
                 own = {**params, "seed": problem_seed(params.get("seed"), k)}
                 result = await spec.run(Problem(task.prompt_for(p.question), question=p.question), ctx, spec.params(**own))
             except Exception as err:  # noqa: BLE001 - one strategy's failure is reported, the run goes on
-                tally.errors.append(f"{type(err).__name__}: {err}")
+                row.errors.append(f"{type(err).__name__}: {err}")
                 return
-            tally.latency.append(time.perf_counter() - t0)
-        tally.correct.append(task.check_answer(p, result.text).correct)
+            row.latency.append(time.perf_counter() - t0)
+        row.correct.append(task.check_answer(p, result.text).correct)
         flops = 0.0
         for c in calls:
-            tally.prompt[c.stage] = tally.prompt.get(c.stage, 0) + c.usage.prompt_tokens
-            tally.cached[c.stage] = tally.cached.get(c.stage, 0) + c.usage.cached_tokens
+            row.prompt[c.stage] = row.prompt.get(c.stage, 0) + c.usage.prompt_tokens
+            row.cached[c.stage] = row.cached.get(c.stage, 0) + c.usage.cached_tokens
             model = MODEL_OF_ROLE.get(c.role)
             if model is not None:  # the embedder's share is not counted (no parameter record; it is tiny)
                 flops += 2.0 * parameters(model) * (c.usage.total_tokens - c.usage.cached_tokens)
-        tally.flops.append(flops)
+        row.flops.append(flops)
 
     await asyncio.gather(*(one(k, p) for k, p in enumerate(problems)))
-    return tally
+    return row
 
 
 async def decode_speed(pool: Any, *, prompts: int = 8, n: int = 4, tokens: int = 128) -> float:
@@ -162,7 +152,10 @@ async def scoring(pool: Any, *, count: int = 24, tail: int = 24) -> dict[str, An
 
 
 async def one_pool(block: int, args: argparse.Namespace, problems: list[task.Problem]) -> dict[str, Any]:
+    from deploy.assembly import toolbox
     from deploy.shipped import seed_shipped
+    from orchestrator.config import get_settings
+    from orchestrator.profile import BUNDLED
     from workers.config import load_pool_config
     from workers.pool import WorkerPool
 
@@ -174,10 +167,13 @@ async def one_pool(block: int, args: argparse.Namespace, problems: list[task.Pro
         "embedder": {},
     }
     t0 = time.perf_counter()
-    pool = await WorkerPool.from_config(load_pool_config(None, env={}, default_roles=roles))
+    config = load_pool_config(None, env={}, default_roles=roles)
+    pool = await WorkerPool.from_config(config)
     start_s = time.perf_counter() - t0
     tmp = tempfile.TemporaryDirectory()
     store = Store.from_url(f"sqlite:///{Path(tmp.name) / 'bench.db'}")
+    # The bundled family's server: its tag PRM, task refiner, embedder clusterer and draft.
+    tools = toolbox(get_settings(clusterer="embedder", refiner="task"), config, pool, BUNDLED["bundled"], calibration=store.calibration)
     try:
         await seed_shipped(store, draft=REPO_ROOT / "models" / "draft", target=REPO_ROOT / "models" / "target", draft_name="draft", target_name="target")
         await decode_speed(pool, prompts=2)  # warm-up
@@ -186,7 +182,7 @@ async def one_pool(block: int, args: argparse.Namespace, problems: list[task.Pro
             if args.only and name not in args.only:
                 continue
             t1 = time.perf_counter()
-            rows[name] = (await run_strategy(pool, store, name, params, problems, args.concurrency)).summary() | {"params": params}
+            rows[name] = (await run_strategy(pool, tools, name, params, problems, args.concurrency)).summary() | {"params": params}
             print(f"block {block} {name}: {json.dumps({k: v for k, v in rows[name].items() if k != 'cached_share_by_stage'})} ({time.perf_counter() - t1:.0f} s)", flush=True)
         speed = await decode_speed(pool)
         score = await scoring(pool)

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from bench.family import Family, Served, add_arguments, family_of, serve
 from orchestrator.config import REPO_ROOT
-from orchestrator.context import StrategyContext
+from deploy.assembly import strategy_context
 from orchestrator.protocols import StepClustering
 from orchestrator.types import Candidate, SubCall
 from strategies import REGISTRY
@@ -159,14 +159,14 @@ async def run_one(served: Served, row: Row, strategy: str, p: Any, *, seed: int 
 
     fam, pool = served.family, served.pool
     tools = served.tools if clusterer is None else dataclasses.replace(served.tools, clusterer=clusterer)
-    ctx = StrategyContext(engine=pool, tools=tools, sink=sink)
+    ctx = strategy_context(pool, tools, sink=sink, lengths=served.lengths)
     spec = REGISTRY[strategy]
     t0 = time.perf_counter()
     params = {**row.params, "seed": seed} if "seed" in row.params and seed is not None else row.params
     result = await spec.run(await fam.problem(pool, p.question), ctx, spec.params(**params))
     row.latency.append(time.perf_counter() - t0)
     row.correct.append(fam.correct(p, result.text))
-    row.total_tokens.append(ctx.usage.total_tokens + ctx.verifier_tokens)
+    row.total_tokens.append(ctx.tally.total_tokens)
     row.candidates.append(len(result.candidates))
     if "samples" in result.info:
         row.samples.append(int(result.info["samples"]))  # type: ignore[call-overload]
@@ -174,8 +174,8 @@ async def run_one(served: Served, row: Row, strategy: str, p: Any, *, seed: int 
         per = row.by_seed.setdefault(seed // 1000, {"correct": [], "total_tokens": []})
         per["correct"].append(float(row.correct[-1]))
         per["total_tokens"].append(row.total_tokens[-1])
-    row.generated.append(ctx.usage.completion_tokens)
-    row.sequential.append(result.sequential_tokens or ctx.sequential_tokens)
+    row.generated.append(ctx.tally.usage.completion_tokens)
+    row.sequential.append(result.sequential_tokens or ctx.tally.sequential_tokens)
     # Tokens a model actually computed: prompt tokens the prefix cache served cost no forward pass.
     computed = {kind: sum(c.usage.total_tokens - c.usage.cached_tokens for c in calls if c.kind == kind) for kind in ("generate", "score")}
     row.flops.append(2.0 * (fam.parameters("target") * computed["generate"] + fam.parameters("prm") * computed["score"]))

@@ -26,19 +26,18 @@ from typing import Optional, Sequence
 import typer
 from tqdm import tqdm
 
+from deploy.assembly import pool_config, strategy_context, toolbox
 from deploy.shipped import ShippedCalibration, weights_digest
 from orchestrator.config import Settings, get_settings
-from orchestrator.context import StrategyContext
 from orchestrator.db.store import Store
 from orchestrator.errors import ConfigError
 from orchestrator.evals import jsonl_rows
-from orchestrator.profile import BUNDLED, ModelProfile, load_profile
+from orchestrator.profile import load_profile
 from orchestrator.protocols import Engine
 from orchestrator.toolbox import Toolbox
-from orchestrator.types import Problem, SubCall, problem_seed
+from orchestrator.types import Problem, problem_seed
 from strategies import atts
 from tasks import arithmetic, countdown
-from verifiers import verifier_for
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +56,18 @@ def read_questions(path: Path) -> list[str]:
 
 
 async def collect(
-    engine: Engine, questions: Sequence[str], params: atts.Params, *, draft_model: str, target_model: str, concurrency: int = 16, progress: bool = True,
-    profile: ModelProfile = BUNDLED["bundled"],
+    engine: Engine, questions: Sequence[str], params: atts.Params, *, tools: Toolbox, target_model: str, concurrency: int = 16, progress: bool = True,
 ) -> list[float]:
     """Calibration scores of every question (``params.n`` samples each), questions run ``concurrency`` at once;
-    each question samples with its own seed derived from ``params.seed`` (see ``problem_seed``). ``profile`` is
-    the served policy's: a line chunk ends at its step delimiter, as it does when a request runs ATTS."""
-
-    async def drop(_: SubCall) -> None:
-        pass
-
+    each question samples with its own seed derived from ``params.seed`` (see ``problem_seed``). ``tools`` are
+    the server's (its draft, and its profile: a line chunk ends at the served policy's step delimiter, as it
+    does when a request runs ATTS)."""
     sem = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(questions), desc="calibrating", unit="question", disable=not progress)
 
     async def one(k: int, q: str) -> list[float]:
         async with sem:
-            tools = Toolbox(verifier=verifier_for(profile), draft_model=draft_model, profile=profile)
-            ctx = StrategyContext(engine=engine, tools=tools, sink=drop, target_model=target_model)
+            ctx = strategy_context(engine, tools, target_model=target_model)
             messages = ({"role": "user", "content": q},)
             prompt = await engine.render_chat("policy", messages)
             own = params.model_copy(update={"seed": problem_seed(params.seed, k)})
@@ -91,7 +85,6 @@ async def collect(
 async def calibrate(
     settings: Settings, questions: Sequence[str], params: atts.Params, *, dataset: str, append: bool, concurrency: int, export: Path | None = None
 ) -> dict[str, object]:
-    from deploy.serve import pool_config
     from workers.pool import WorkerPool, connect_ray
 
     # Only the policy and the draft score chunks; a workers file says for itself which engines start.
@@ -100,10 +93,8 @@ async def calibrate(
     connect_ray(settings.ray_address)
     pool = await WorkerPool.from_config(config)
     try:
-        scores = await collect(
-            pool, questions, params, draft_model=settings.draft_name, target_model=settings.model_name, concurrency=concurrency,
-            profile=load_profile(settings.profile),
-        )
+        tools = toolbox(settings, config, pool, load_profile(settings.profile))
+        scores = await collect(pool, questions, params, tools=tools, target_model=settings.model_name, concurrency=concurrency)
     finally:
         await pool.shutdown()
     name = atts.calibration_name(settings.draft_name, settings.model_name, dataset, params.chunking)

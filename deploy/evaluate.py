@@ -74,7 +74,7 @@ def current_job_id() -> str | None:
 
 async def run(settings: Settings, dataset_spec: str, strategies: list[str], budgets: list[int], params: dict, *, problems: int | None, seed: int,
               name: str, concurrency: int, job_id: str | None, tenant_id: str | None = None) -> str:
-    from deploy.serve import Service
+    from deploy.assembly import build_service
     from orchestrator.profile import load_profile
 
     from pydantic import ValidationError
@@ -103,7 +103,7 @@ async def run(settings: Settings, dataset_spec: str, strategies: list[str], budg
             "server_id": f"eval-{job_id or name}-{socket.gethostname()}-{os.getpid()}",
         }
     )
-    service = await Service.start(settings)
+    service = await build_service(settings)
     try:
         verifier = answer_verifier(dataset.verifier)
         bar = tqdm(total=len(cells) * len(dataset.items), desc=f"{name}: {len(cells)} runs x {len(dataset.items)} problems", unit="problem")

@@ -1,4 +1,5 @@
-"""Start the whole service: Ray, a vLLM worker for the policy, the database, the controller and the API.
+"""Serve the whole service (assembled by :mod:`deploy.assembly`): Ray, vLLM workers, the database, the
+controller and the API.
 
     python -m deploy.serve                # 127.0.0.1:8000, bundled `target` model, SQLite under data/
     python -m deploy.serve --help         # every option; each also has a TTS_* environment variable
@@ -7,283 +8,29 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Optional, TypeVar
 
 import typer
 import uvicorn
-from fastapi import FastAPI
 
-from api.app import create_app
-from deploy.shipped import seed_shipped
-from orchestrator.admission import Limits
+from deploy.assembly import Service, build_service, check_prm_kind, pool_config, start_ray
 from orchestrator.config import Settings, get_settings
-from orchestrator.budget import Price
-from orchestrator.controller import Controller
 from orchestrator.errors import ConfigError
-from orchestrator.profile import ModelProfile, load_profile
-from orchestrator.protocols import CalibrationStore, StepScorer
-from orchestrator.db.store import Store
-from orchestrator.toolbox import Toolbox
-from orchestrator.types import Role
-from strategies import REGISTRY
-from verifiers import MathShepherdPRM, OutcomeJudge, PoolingPRM, PoolingPRMFormat, PRMFormat, refiner_for, verifier_for
-from verifiers.embeddings import LexicalClusterer, StepClusterer
-from workers.config import PoolConfig, load_pool_config
-from workers.jobs import RayJobs
-from workers.pool import WorkerPool, connect_ray
+from orchestrator.profile import load_profile
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-# Settings that describe the engines; a workers file describes them instead, so these are then not read.
-ENGINE_SETTINGS = ("model_path", "prm_path", "draft_path", "serve_draft", "serve_prm", "serve_embedder", "kv_cache_gib", "max_model_len", "call_timeout_s")
-
-
-def pool_config(settings: Settings) -> PoolConfig:
-    """The workers file when one is given, else the policy from ``settings``; TTS_WORKER_* overrides apply.
-
-    With a workers file, engine settings the user set are ignored; they are named in a warning, because a
-    TTS_MODEL_PATH that silently does nothing is worse than one that is refused."""
-    def engine(path: Path) -> dict[str, object]:
-        return {"model": str(path), "max_model_len": settings.max_model_len, "kv_cache_gib": settings.kv_cache_gib}
-
-    roles: dict[str, dict[str, object]] = {"policy": engine(settings.model_path)}
-    if settings.serve_draft:
-        roles["draft"] = engine(settings.draft_path)
-    if settings.serve_prm:
-        roles["prm"] = engine(settings.prm_path)
-    if settings.serve_embedder and settings.clusterer == "embedder":
-        roles["embedder"] = {}  # the packaged all-MiniLM-L6-v2
-    config = load_pool_config(settings.workers_file, default_roles=roles)
-    ignored = sorted(settings.model_fields_set & set(ENGINE_SETTINGS)) if settings.workers_file is not None else []
-    if ignored:
-        log.warning(
-            "the workers file %s defines the engines, so these settings have no effect: %s (set them in the file, "
-            "or TTS_WORKER_<ROLE>_<KEY>)",
-            settings.workers_file,
-            ", ".join(f"TTS_{k.upper()}" for k in ignored),
-        )
-    if "policy" not in config.roles:
-        raise ConfigError(f"the workers configuration has no `policy` role (roles: {', '.join(config.roles) or 'none'})")
-    return config.model_copy(update={"call_timeout_s": settings.call_timeout_s}) if settings.workers_file is None else config
-
-
-def check_prm_kind(config: PoolConfig, profile: ModelProfile) -> None:
-    """Refuse a profile whose PRM kind the ``prm`` role's model cannot be (before any engine starts)."""
-    role = config.roles.get("prm")
-    kind = profile.prm.kind
-    if role is None or kind == "auto" or (kind == "pooling") == role.serves_pooling():
-        return
-    served = "a pooling model" if role.serves_pooling() else "a generative model"
-    raise ConfigError(f"the profile's prm.kind is {kind!r} but role `prm` serves {served} (TTS_PROFILE's [prm] kind, or the prm role's runner)")
-
-
-def step_scorer(config: PoolConfig, pool: WorkerPool, profile: ModelProfile) -> StepScorer | None:
-    """The PRM of role ``prm``, of the kind the profile's ``[prm]`` table says (``auto``: a pooling reward model,
-    Qwen2.5-Math-PRM style, when the role serves one, else a generative tag PRM, Math-Shepherd style); steps
-    cut at the profile's delimiter either way."""
-    role = config.roles.get("prm")
-    if role is None:
-        return None
-    check_prm_kind(config, profile)
-    fmt, pooling = profile.prm, role.serves_pooling()
-    hidden = (profile.think_open, profile.think_close) if profile.reasoning == "think" else ()  # the PRM sees steps, not tags
-    if pooling:
-        step_tag = role.step_tag or fmt.step_tag
-        return PoolingPRM(
-            pool,
-            fmt=PoolingPRMFormat(system=fmt.system, step_delimiter=profile.step_delimiter, step_tag=step_tag, good_class=fmt.good_class, hidden=hidden),
-        )
-    return MathShepherdPRM(
-        pool,
-        fmt=PRMFormat(question_template=fmt.question_template, step_delimiter=profile.step_delimiter, tag=fmt.tag, good=fmt.good, bad=fmt.bad, hidden=hidden),
-    )
-
-
-def outcome_judge(config: PoolConfig, pool: WorkerPool) -> OutcomeJudge | None:
-    """The outcome judge: role ``judge`` when served, else the generative PRM (a pooling PRM cannot judge)."""
-    judges: tuple[Role, ...] = ("judge", "prm")
-    for role in judges:
-        if role in config.roles and not config.roles[role].serves_pooling():
-            return OutcomeJudge(pool, role=role)
-    return None
-
-
-def service_toolbox(settings: Settings, config: PoolConfig, pool: WorkerPool, profile: ModelProfile, *, calibration: CalibrationStore | None = None) -> Toolbox:
-    """What the strategies of a server with these settings, engines and profile work with: the profile's
-    answer extractor, PRM, refiner and clusterer. The benchmarks build theirs here too, so that they measure
-    what the service serves."""
-    verifier = verifier_for(profile)
-    return Toolbox(
-        verifier=verifier,
-        step_scorer=step_scorer(config, pool, profile),
-        outcome_scorer=outcome_judge(config, pool),
-        refiner=refiner_for(settings.refiner, profile, verifier),
-        clusterer=LexicalClusterer() if settings.clusterer == "lexical" else StepClusterer(pool) if "embedder" in pool.roles() else None,
-        calibration=calibration,
-        draft_model=settings.draft_name if "draft" in pool.roles() else None,
-        profile=profile,
-    )
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def exposure(settings: Settings, *, has_keys: bool) -> Settings:
-    """Who may reach the server. Beyond loopback every request needs a tenant's key; with no key created yet
-    the server stays on loopback (a warning says how to open it), so a fresh install is never open to the
-    network."""
-    if is_loopback(settings.host):
-        return settings
-    if not has_keys:
-        log.warning(
-            "TTS_HOST=%s but no API key exists: binding 127.0.0.1 only. Create one with "
-            "`python -m orchestrator.admin tenant NAME`, then restart to listen on %s.",
-            settings.host,
-            settings.host,
-        )
-        return settings.model_copy(update={"host": "127.0.0.1"})
-    return settings.model_copy(update={"require_api_key": True})
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (port 0: any free one), for uvicorn to serve on."""
-    try:
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(info[0], socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(info[4])
-    except OSError as err:
-        raise ConfigError(f"cannot listen on {host}:{port} (TTS_HOST / TTS_PORT): {err.strerror or err}") from None
-    return sock
-
-
-def server_name(port: int) -> str:
-    """This server's lease id: stable across restarts on a fixed port, so a restart fails its leftovers at
-    once; with a random port (0) there is nothing stable, and the stale lease is reaped instead."""
-    host = socket.gethostname()
-    return f"{host}:{port}" if port else f"{host}:pid{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-@dataclass
-class Service:
-    settings: Settings
-    pool: WorkerPool
-    store: Store
-    controller: Controller
-    app: FastAPI
-    server_id: str
-    sock: socket.socket
-    _lease: asyncio.Task[None] | None = None
-    _cancels: asyncio.Task[None] | None = None
-
-    @classmethod
-    async def start(cls, settings: Settings) -> Service:
-        profile = load_profile(settings.profile)
-        start_ray(settings)
-        store = Store.from_url(settings.database)
-        server_id = settings.server_id or server_name(settings.port)
-        settings = exposure(settings, has_keys=await store.tenants.has_api_keys())
-        # Listen before the engines start: a port in use fails in a second, not after a minute of loading, and
-        # nothing the engines spawn (Ray, vLLM's ZMQ sockets) can take a chosen port meanwhile.
-        sock = listen(settings.host, settings.port)
-        interrupted = await store.leases.register(server_id)
-        if interrupted:
-            log.warning("server %s: failed %d request(s) its previous run left unfinished", server_id, interrupted)
-        config = pool_config(settings)
-        check_prm_kind(config, profile)
-        pool = await WorkerPool.from_config(config)
-        if "draft" in config.roles:
-            note = await seed_shipped(
-                store, draft=config.roles["draft"].model, target=config.roles["policy"].model, draft_name=settings.draft_name, target_name=settings.model_name
-            )
-            if note:
-                log.info("%s", note)
-        controller = Controller(
-            engine=pool,
-            store=store,
-            strategies=REGISTRY,
-            tools=service_toolbox(settings, config, pool, profile, calibration=store.calibration),
-            models={settings.model_name: "policy"},
-            max_request_tokens=settings.max_request_tokens,
-            prices={"policy": Price(*p) for name, p in (await store.prices.all()).items() if name == settings.model_name},
-            limits=Limits(width=settings.limit_width, depth=settings.limit_depth, max_tokens=settings.limit_max_tokens or profile.max_tokens_cap),
-            max_running=settings.max_running,
-            max_queued=settings.max_queued,
-            server_id=server_id,
-            budget_mode=settings.budget_mode,
-        )
-        app = create_app(settings, controller, jobs=RayJobs(settings.jobs_address))
-        service = cls(settings, pool, store, controller, app, server_id, sock)
-        service._lease = asyncio.create_task(service._keep_lease(), name="tts-lease")
-        service._cancels = asyncio.create_task(controller.watch_cancels(), name="tts-cancels")
-        return service
-
-    async def _keep_lease(self) -> None:
-        """Heartbeat this server's lease; finish the requests of servers whose lease ran out."""
-        every = self.settings.lease_s / 3
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self.store.leases.heartbeat(self.server_id)
-                reaped = await self.store.leases.reap(stale_after_s=self.settings.lease_s)
-                if reaped:
-                    log.warning("failed %d request(s) left unfinished by servers whose lease ran out", reaped)
-            except Exception:  # noqa: BLE001 - a database hiccup must not stop the heartbeat for good
-                log.exception("lease heartbeat failed; retrying in %.0f s", every)
-
-    async def stop(self) -> None:
-        for task in (self._lease, self._cancels):
-            if task is not None:
-                task.cancel()
-        left = await self.store.leases.retire(self.server_id)
-        if left:
-            log.warning("server %s: failed %d request(s) still unfinished at shutdown", self.server_id, left)
-        await self.pool.shutdown()
-        self.store.engine.dispose()
-
-
-_ray_joined = False  # start_ray has run in this process
-
-
-def start_ray(settings: Settings, *, cache_in_data_dir: bool = True) -> None:
-    """Join the Ray cluster, or start a local one, and say how long that took. With ``cache_in_data_dir`` a
-    local one's engines keep their compile caches (vLLM's, with Inductor's under it) in
-    ``<data_dir>/vllm-cache``, unless ``VLLM_CACHE_ROOT`` says otherwise: a second start on the same data
-    directory is a warm one, and a fresh data directory is a first start, whatever the home cache holds.
-    (In-process services, tests and benchmarks, on throwaway data directories, keep the home cache.)"""
-    global _ray_joined
-    first = not _ray_joined
-    if first and cache_in_data_dir and not (settings.ray_address or os.environ.get("RAY_ADDRESS")):
-        os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(settings.data_dir).resolve() / "vllm-cache"))
-    t0 = time.perf_counter()
-    connect_ray(settings.ray_address)  # a no-op when this process is already in a cluster
-    _ray_joined = True
-    if first:
-        log.info("ray started in %.1f s", time.perf_counter() - t0)
-
-
 class ServiceThread:
     """The service on its own event loop in a background thread, HTTP on loopback (tests and benchmarks)."""
 
-    def __init__(self, settings: Settings, *, start: Callable[[Settings], Coroutine[Any, Any, Service]] = Service.start) -> None:
+    def __init__(self, settings: Settings, *, start: Callable[[Settings], Coroutine[Any, Any, Service]] = build_service) -> None:
         """``start`` builds the service (a benchmark may wire its own engines into the same service)."""
         self.settings = settings
         start_ray(settings, cache_in_data_dir=False)  # ray.init belongs on the main thread
@@ -330,7 +77,7 @@ class ServiceThread:
 
 async def serve(settings: Settings) -> None:
     t0 = time.perf_counter()
-    service = await Service.start(settings)
+    service = await build_service(settings)
     settings = service.settings
     config = uvicorn.Config(
         service.app, host=settings.host, port=settings.port, log_level="info", lifespan="off", timeout_graceful_shutdown=30,

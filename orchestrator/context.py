@@ -1,9 +1,9 @@
-"""The strategy context: a strategy's only door to compute, and where every sub-call is accounted."""
+"""The strategy context: a strategy's only door to compute. Every call is admitted against the request's budget
+here and charged to the request's :class:`~orchestrator.tally.Tally`."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 import uuid
@@ -11,15 +11,15 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
-from orchestrator.budget import Budget, BudgetMeter, Reservation
+from orchestrator.budget import Budget, BudgetMeter, LengthHistory, Reservation
 from orchestrator.errors import BudgetExceeded, InvalidRequest
 from orchestrator.protocols import CalibrationStore, Engine, Refiner
+from orchestrator.tally import Tally
 from orchestrator.toolbox import Capability, Toolbox
-from orchestrator.types import Completion, FinishReason, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, SubCall, TokenClasses, Usage
+from orchestrator.types import Completion, FinishReason, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses, Usage
 
 log = logging.getLogger(__name__)
 
-SubCallSink = Callable[[SubCall], Awaitable[None]]
 T = TypeVar("T")
 S = TypeVar("S", Scores, TokenClasses)
 
@@ -28,9 +28,9 @@ class StrategyContext:
     """Given to a strategy for one request.
 
     Every ``generate`` and ``score`` is admitted by the request's :class:`BudgetMeter` before it starts (which
-    may cut its ``max_tokens`` to what is left, or refuse it with ``BudgetExceeded``), recorded through
-    ``sink`` after it ends, and charged. ``usage`` is what the policy roles cost (OpenAI's usage);
-    ``verifier_tokens`` what scoring cost. Both count against the budget.
+    may cut its ``max_tokens`` to what is left, or refuse it with ``BudgetExceeded``), and charged to
+    ``tally`` (the request's accounting, which writes it to the ledger) after it ends. ``lengths`` is the
+    server's record of sample lengths, which live metering plans calls with and every call adds to.
 
     Request ids are the context's: a strategy stops calls by leaving a :meth:`race` or stopping a
     :meth:`stream`, never by naming them."""
@@ -40,29 +40,21 @@ class StrategyContext:
         *,
         engine: Engine,
         tools: Toolbox,
-        sink: SubCallSink,
+        tally: Tally | None = None,
+        lengths: LengthHistory | None = None,
         policy_role: Role = "policy",
         meter: BudgetMeter | None = None,
         target_model: str = "",
-        listener: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         self._engine = engine
-        self._listener = listener
         self.tools = tools
-        self._sink = sink
+        self.tally = tally or Tally()
+        self.lengths = lengths or LengthHistory()
         # Draft/target strategies: the draft model is served as role "draft", the target is the policy.
         self.draft_model = tools.draft_model
         self.target_model = target_model
-        self.by_stage: dict[str, Usage] = {}  # every call's usage (policy and verifier) by its stage
-        self.by_role: dict[str, Usage] = {}  # the same by model role
-        self._hops: dict[int, int] = {}  # dependency depth -> longest call (prompt + completion) at it
-        self._seq = itertools.count()
         self.policy_role: Role = policy_role
         self.meter = meter or BudgetMeter(Budget())
-        self.usage = Usage()
-        self.verifier_tokens = 0
-        self.cost_usd = 0.0
-        self.events: list[dict[str, object]] = []
 
     @property
     def budget_limited(self) -> bool:
@@ -86,10 +78,11 @@ class StrategyContext:
         cost = self.meter.settle(r, role=role, usage=gen.usage, longest_sequence=longest)
         self.meter.limited |= gen.budget_cut > 0
         self._lengths(role, stage, gen.completions, cut=gen.budget_cut > 0)
-        self.usage = self.usage + gen.usage
-        self.cost_usd += cost
-        self._hop(hop, gen.usage.prompt_tokens + longest)
-        await self._record(stage, role, branch, spec.n, gen.usage, gen.worker, tuple(c.finish_reason for c in gen.completions), cost, latency)
+        call = self.tally.add(
+            stage=stage, role=role, branch=branch, n=spec.n, usage=gen.usage, worker=gen.worker, finish_reasons=tuple(c.finish_reason for c in gen.completions),
+            cost=cost, latency=latency, hop=hop, hop_tokens=gen.usage.prompt_tokens + longest,
+        )
+        await self.tally.record(call)
         return gen
 
     def stream(self, spec: SamplingSpec, *, stage: str, branch: str = "0", role: Role | None = None, hop: int = 0) -> Stream:
@@ -104,7 +97,7 @@ class StrategyContext:
         """``spec`` as the budget admits it (``max_tokens`` cut, or a live cap with the stage's expected sample
         length), and its reservation."""
         expected = spec.expected_tokens or self.expected_tokens(stage, role=role)
-        quantiles = spec.length_quantiles or (self.tools.lengths.quantiles(role, stage) if self.meter.live else ())
+        quantiles = spec.length_quantiles or (self.lengths.quantiles(role, stage) if self.meter.live else ())
         # A race's parts are separate calls: one cut short is wasted, and the race needs only its first to finish.
         # So the budget is shared among as many parts as can each reach a long sample's length (the third-highest
         # of the quantiles, about the 84th percentile), not the mean one, which a hard problem's samples all pass.
@@ -120,14 +113,14 @@ class StrategyContext:
 
     def _lengths(self, role: Role, stage: str, completions: Iterable[Completion], *, cut: bool = False) -> None:
         done = list(completions)
-        self.tools.lengths.add(role, stage, [c.tokens for c in done if c.finish_reason == "stop"])
+        self.lengths.add(role, stage, [c.tokens for c in done if c.finish_reason == "stop"])
         if cut:
-            self.tools.lengths.add_cut(role, stage, [c.tokens for c in done if c.finish_reason == "length" and c.tokens > 0])
+            self.lengths.add_cut(role, stage, [c.tokens for c in done if c.finish_reason == "length" and c.tokens > 0])
 
     def expected_tokens(self, stage: str, *, role: Role | None = None) -> float | None:
         """Mean tokens of the samples of ``stage`` (on ``role``, default the policy) that finished by themselves
         on this server so far; None before any. What a strategy can plan a tight budget with."""
-        return self.tools.lengths.expected(role or self.policy_role, stage)
+        return self.lengths.expected(role or self.policy_role, stage)
 
     @property
     def remaining_tokens(self) -> int | None:
@@ -154,13 +147,15 @@ class StrategyContext:
         finally:
             # Charged however the stream ended: what was generated was paid for.
             usage = Usage(prompt_tokens=prompt_tokens if counts else 0, completion_tokens=sum(counts.values()))
-            cost = self.meter.settle(r, role=role, usage=usage, longest_sequence=max(counts.values(), default=0))
-            self.tools.lengths.add(role, stage, lengths)
-            self.usage = self.usage + usage
-            self.cost_usd += cost
-            self._hop(hop, prompt_tokens + max(counts.values(), default=0))
+            longest = max(counts.values(), default=0)
+            cost = self.meter.settle(r, role=role, usage=usage, longest_sequence=longest)
+            self.lengths.add(role, stage, lengths)
             finish = tuple(reasons.get(i, "abort") for i in range(spec.n))
-            await asyncio.shield(self._record(stage, role, branch, spec.n, usage, "", finish, cost, time.perf_counter() - start))
+            call = self.tally.add(
+                stage=stage, role=role, branch=branch, n=spec.n, usage=usage, worker="", finish_reasons=finish, cost=cost,
+                latency=time.perf_counter() - start, hop=hop, hop_tokens=prompt_tokens + longest,
+            )
+            await asyncio.shield(self.tally.record(call))
 
     def _with_profile_stops(self, spec: SamplingSpec) -> SamplingSpec:
         # The served model's own stop strings (the profile's) end every sample, whatever the strategy asks.
@@ -188,10 +183,11 @@ class StrategyContext:
         r = self.meter.admit(role=role, prompt_bound=prompt_bound(spec.prompt), n=1, max_tokens=1, generates=False)
         out, latency = await self._metered(r, call(role, spec))
         cost = self.meter.settle(r, role=role, usage=out.usage, longest_sequence=0)
-        self.verifier_tokens += out.usage.total_tokens
-        self.cost_usd += cost
-        self._hop(hop, out.usage.total_tokens)
-        await self._record(stage, role, branch, 1, out.usage, out.worker, ("stop",), cost, latency, verifier=True)
+        call = self.tally.add(
+            stage=stage, role=role, branch=branch, n=1, usage=out.usage, worker=out.worker, finish_reasons=("stop",), cost=cost, latency=latency,
+            hop=hop, hop_tokens=out.usage.total_tokens, verifier=True,
+        )
+        await self.tally.record(call)
         return out
 
     async def render_chat(self, messages: Sequence[dict[str, str]], *, role: Role | None = None) -> str:
@@ -217,15 +213,6 @@ class StrategyContext:
             raise InvalidRequest("this strategy needs an outcome judge and none is configured", param="strategy")
         view = _MeteredView(self, stage, branch, hop)
         return await _all(judge.outcome_score(view, question, s) for s in solutions)
-
-    @property
-    def sequential_tokens(self) -> int:
-        """Tokens (prompt + completion) along the longest dependent chain of calls: per hop the longest
-        call, summed over hops (the PDR paper's sequential budget, its latency proxy)."""
-        return sum(self._hops.values())
-
-    def _hop(self, hop: int, tokens: int) -> None:
-        self._hops[hop] = max(self._hops.get(hop, 0), tokens)
 
     @property
     def refiner(self) -> Refiner:
@@ -263,34 +250,13 @@ class StrategyContext:
             raise
         return out, time.perf_counter() - start
 
-    async def _record(self, stage, role, branch, n, usage, worker, finish_reasons, cost, latency, *, verifier=False) -> None:  # noqa: ANN001
-        call = SubCall(
-            seq=next(self._seq),
-            stage=stage,
-            role=role,
-            branch=branch,
-            n=n,
-            usage=usage,
-            latency_s=latency,
-            worker=worker,
-            finish_reasons=finish_reasons,
-            cost_usd=cost,
-            kind="score" if verifier else "generate",
-        )
-        self.by_stage[stage] = self.by_stage.get(stage, Usage()) + usage
-        self.by_role[role] = self.by_role.get(role, Usage()) + usage
-        await self._sink(call)
-
     def extract(self, text: str) -> str | None:
         """The canonical answer of ``text`` (None when it has none); equal keys are equivalent answers."""
         return self.tools.verifier.extract(text)
 
     def emit(self, event: dict[str, object]) -> None:
         """Report progress: kept with the request's result and streamed to callers that asked for it."""
-        self.events.append(event)
-        log.debug("strategy event %s", event)
-        if self._listener is not None:
-            self._listener(event)
+        self.tally.emit(event)
 
 
 async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:

@@ -10,19 +10,18 @@ to start under its id, or any server once its lease has gone stale, fails it wit
 from __future__ import annotations
 
 import asyncio
-import math
 import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Awaitable, Callable, Literal, Mapping, Sequence
+from typing import AsyncIterator, Callable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.admission import Admission, Limits
 from orchestrator.auto import Measured, choose
-from orchestrator.budget import Budget, BudgetMeter, Price
+from orchestrator.budget import Budget, BudgetMeter, LengthHistory, Price
 from orchestrator.context import StrategyContext, prompt_bound
 from orchestrator.db.store import Store
 from orchestrator.db.views import RequestRow
@@ -31,6 +30,7 @@ from orchestrator.metrics import ServiceMetrics
 from orchestrator.protocols import Engine
 from orchestrator.quota import Grant, QuotaShare, Quotas, TenantRef
 from orchestrator.strategy import AnySpec
+from orchestrator.tally import Tally, Totals
 from orchestrator.toolbox import Capability, Toolbox
 from orchestrator.types import UNFINISHED, Problem, RequestState, Role, StrategyResult, SubCall, Usage
 
@@ -49,6 +49,9 @@ class ReasoningRequest:
     budget: Budget | None = None  # every limit; ``max_total_tokens`` is the same as budget.total_tokens
     auto: Measured | None = None  # set when `auto` chose the strategy: what it chose from
     prompt: str | None = None  # a raw prompt (completions): sent as it is, ``messages`` unused
+    # Parameters the client set through a field of its own API (OpenAI's ``temperature`` ...), by parameter: an
+    # error in one of them names that field, which the client sent, not ``strategy_params.<param>``.
+    fields: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,27 +60,68 @@ class ReasoningResponse:
     model: str
     strategy: str
     result: StrategyResult
-    usage: Usage
-    subcalls: int
+    totals: Totals  # what it cost, from its tally
     latency_s: float
-    verifier_tokens: int = 0
-    cost_usd: float = 0.0
-    by_stage: Mapping[str, Usage] = field(default_factory=dict)  # policy and verifier usage by stage
-    by_role: Mapping[str, Usage] = field(default_factory=dict)  # the same by model role
-    sequential_tokens: int = 0
-    events: Sequence[dict[str, object]] = ()
     quota: QuotaShare | None = None  # set when the tenant's daily remainder cut this request's token budget
 
+    @property
+    def usage(self) -> Usage:
+        return self.totals.usage
 
-def _validation_message(err: ValidationError) -> tuple[str, str | None]:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    return f"strategy_params.{loc}: {first['msg']}" if loc else first["msg"], loc or None
+    @property
+    def verifier_tokens(self) -> int:
+        return self.totals.verifier_tokens
+
+    @property
+    def cost_usd(self) -> float:
+        return self.totals.cost_usd
+
+    @property
+    def by_stage(self) -> Mapping[str, Usage]:
+        return self.totals.by_stage
+
+    @property
+    def by_role(self) -> Mapping[str, Usage]:
+        return self.totals.by_role
+
+    @property
+    def sequential_tokens(self) -> int:
+        return self.totals.sequential_tokens
+
+    @property
+    def events(self) -> Sequence[dict[str, object]]:
+        return self.totals.events
+
+    @property
+    def subcalls(self) -> int:
+        return self.totals.subcalls
+
+
+def invalid_params(err: ValidationError, fields: Mapping[str, str]) -> InvalidRequest:
+    """The request error for parameters that failed validation: the first error in a parameter the client set
+    through a field of its own (``fields``) names that field, else the first error names ``strategy_params``."""
+    errors = err.errors()
+    for e in errors:
+        name = fields.get(str(e["loc"][0])) if e["loc"] else None
+        if name is not None:
+            return InvalidRequest(f"{name}: {e['msg']}", param=name)
+    loc = ".".join(str(p) for p in errors[0]["loc"])
+    if not loc:
+        return InvalidRequest(errors[0]["msg"], param="strategy_params")
+    return InvalidRequest(f"strategy_params.{loc}: {errors[0]['msg']}", param=f"strategy_params.{loc}")
+
+
+def renamed(err: InvalidRequest, fields: Mapping[str, str]) -> InvalidRequest:
+    """``err`` (about ``strategy_params.<param>``) naming the client's own field for that parameter, if any."""
+    name = fields.get((err.param or "").removeprefix("strategy_params."))
+    if name is None or err.param is None:
+        return err
+    return InvalidRequest(err.message.replace(err.param, name, 1), param=name)
 
 
 class Controller:
     """Runs reasoning requests. ``models`` maps the names callers use to the worker role serving them;
-    ``tools`` is what the server can do besides generating (``deploy.serve`` gives it the database's calibration sets)."""
+    ``tools`` is what the server can do besides generating (``deploy.assembly`` gives it the database's calibration sets)."""
 
     def __init__(
         self,
@@ -108,6 +152,8 @@ class Controller:
         self.metrics = metrics or ServiceMetrics()
         self.quotas = Quotas(store, self.metrics, live=budget_mode == "live")
         self.admission = Admission(max_running, max_queued, on_change=self._gauges)
+        # Sample and request lengths seen on this server: what live metering plans calls and quota grants with.
+        self.lengths = LengthHistory()
         self._running: dict[str, asyncio.Task] = {}  # request id -> the task running it here (for cancel)
 
     def _gauges(self, running: int, queued: int) -> None:
@@ -132,14 +178,16 @@ class Controller:
         try:
             params = spec.parse(req.params, profile=self.tools.profile)
         except ValidationError as err:
-            msg, loc = _validation_message(err)
-            raise InvalidRequest(msg, param=f"strategy_params.{loc}" if loc else "strategy_params") from None
+            raise invalid_params(err, req.fields) from None
         if req.prompt is not None:
             if not req.prompt.strip():
                 raise InvalidRequest("prompt must not be empty", param="prompt")
         elif not req.messages or not any(m.get("content", "").strip() for m in req.messages):
             raise InvalidRequest("messages must contain at least one non-empty message", param="messages")
-        self.limits.check(params)
+        try:
+            self.limits.check(params)
+        except InvalidRequest as err:
+            raise renamed(err, req.fields) from None
         if req.max_total_tokens is not None and req.max_total_tokens <= 0:
             raise InvalidRequest("max_total_tokens must be positive", param="max_total_tokens")
         missing = spec.needs(params) - self.available()
@@ -188,23 +236,16 @@ class Controller:
         req, spec, params, role = await self._admissible(req)
         prompt = req.prompt if req.prompt is not None else await self.engine.render_chat(role, req.messages)
         budget = self.budget_for(req)
-        # Reserve what the request can at most spend, not the server's ceiling, so that one request does
-        # not lock up a tenant's whole quota while it runs.
-        want = budget.total_tokens or self.max_request_tokens
-        if spec.worst_case is not None:
-            want = min(want, spec.worst_case(params) + prompt_bound(prompt))
-        seen = self.tools.lengths.expected_request(spec.name)
-        if self.quotas.live and seen is not None:
-            # Metered live, a request takes from its tenant's quota what its strategy has spent per request
-            # here (with room to spare), grows the grant when a call needs more, and gives back the rest.
-            want = max(min(want, math.ceil(1.5 * seen)), prompt_bound(prompt) + 1)
         ceiling = budget.total_tokens or self.max_request_tokens
-        async with self.quotas.hold(tenant, budget, want=want, least=prompt_bound(prompt) + 1, ceiling=ceiling, prices=self.prices) as grant:
+        prompt_tokens = prompt_bound(prompt)
+        worst = spec.worst_case(params) if spec.worst_case is not None else None
+        want = self.quotas.want(ceiling, prompt_tokens=prompt_tokens, worst_case=worst, seen=self.lengths.expected_request(spec.name))
+        async with self.quotas.hold(tenant, budget, want=want, least=prompt_tokens + 1, ceiling=ceiling, prices=self.prices) as grant:
             job = _Job(req, spec, params, role, prompt, grant, f"chatcmpl-{uuid.uuid4().hex}", on_event, tenant.id if tenant else None)
             async with self._recorded(job) as record:
                 async with self.admission.slot(before_wait=record.accept):
                     await record.start()
-                    return await record.finish(await self._run(job, record.sink))
+                    return await record.finish(await self._run(job, record.tally))
 
     async def _admissible(self, req: ReasoningRequest) -> tuple[ReasoningRequest, AnySpec, BaseModel, Role]:
         """``req`` with `auto` resolved and validated; refused when a request arriving now finds the queue full."""
@@ -237,10 +278,10 @@ class Controller:
         finally:
             self._running.pop(job.request_id, None)
 
-    async def _run(self, job: _Job, sink: Callable[[SubCall], Awaitable[None]]) -> _Outcome:
-        """Run the strategy under the request's meter. A budget refusal the strategy let through is an empty
-        answer (it had nothing better), not a failure."""
-        ctx = StrategyContext(engine=self.engine, tools=self.tools, sink=sink, policy_role=job.role, meter=job.meter, target_model=job.req.model, listener=job.on_event)
+    async def _run(self, job: _Job, tally: Tally) -> _Outcome:
+        """Run the strategy under the request's meter, charging ``tally``. A budget refusal the strategy let
+        through is an empty answer (it had nothing better), not a failure."""
+        ctx = StrategyContext(engine=self.engine, tools=self.tools, tally=tally, lengths=self.lengths, policy_role=job.role, meter=job.meter, target_model=job.req.model)
         req = job.req
         question = req.prompt if req.prompt is not None else next((m.get("content", "") for m in reversed(req.messages) if m.get("role", "user") == "user"), "")
         if job.on_event is not None:
@@ -257,11 +298,11 @@ class Controller:
             chosen = {"strategy": a.strategy, "params": dict(a.params), "accuracy": a.accuracy, "mean_tokens": a.mean_tokens, "source": a.source}
             result = replace(result, info={**result.info, "auto": chosen})
         if result.sequential_tokens is None:
-            result = replace(result, sequential_tokens=ctx.sequential_tokens)
+            result = replace(result, sequential_tokens=tally.sequential_tokens)
         if ctx.budget_limited and result.finish_reason != "budget":
             result = replace(result, finish_reason="budget")  # the budget shaped this answer: say so
-        self.tools.lengths.add_request(job.spec.name, ctx.usage.total_tokens + ctx.verifier_tokens)
-        return _Outcome(result, ctx, latency)
+        self.lengths.add_request(job.spec.name, tally.total_tokens)
+        return _Outcome(result, latency)
 
     # ------------------------------------------------------------------------------------ recorded requests
 
@@ -336,10 +377,9 @@ class _Job:
 
 @dataclass(frozen=True)
 class _Outcome:
-    """What a strategy's run produced, with the context that metered it."""
+    """What a strategy's run produced, and how long it took."""
 
     result: StrategyResult
-    ctx: StrategyContext
     latency_s: float
 
 
@@ -348,7 +388,7 @@ class _Record:
 
     def __init__(self, controller: Controller, job: _Job) -> None:
         self._c, self._job = controller, job
-        self._calls = 0
+        self.tally = Tally(sink=self._write, listener=job.on_event)  # the request's accounting, charged by its context
         self._started: float | None = None  # when it got a run slot
 
     async def accept(self) -> None:
@@ -368,24 +408,21 @@ class _Record:
         await self._c.store.requests.start(self._job.request_id)
         self._started = time.perf_counter()
 
-    async def sink(self, call: SubCall) -> None:
-        self._calls += 1
+    async def _write(self, call: SubCall) -> None:
         self._c.metrics.subcall(call)
         await self._c.store.requests.add_subcall(self._job.request_id, call=call)
 
     async def finish(self, out: _Outcome) -> ReasoningResponse:
         """Record the answer; the request ends ``succeeded``, or ``budget_exhausted`` when its budget shaped it."""
-        j, ctx, result = self._job, out.ctx, out.result
+        j, t, result = self._job, self.tally, out.result
         state: RequestState = "budget_exhausted" if result.finish_reason == "budget" else "succeeded"
         await self._c.store.requests.finish(
-            j.request_id, state=state, usage=ctx.usage, result=result, verifier_tokens=ctx.verifier_tokens, cost_usd=ctx.cost_usd, budget=j.meter.budget.as_dict()
+            j.request_id, state=state, usage=t.usage, result=result, verifier_tokens=t.verifier_tokens, cost_usd=t.cost_usd, budget=j.meter.budget.as_dict()
         )
         self._c.metrics.finished(j.spec.name, state, out.latency_s)
         return ReasoningResponse(
-            request_id=j.request_id, model=j.req.model, strategy=j.spec.name, result=result, usage=ctx.usage, subcalls=self._calls,
-            latency_s=out.latency_s, verifier_tokens=ctx.verifier_tokens, cost_usd=ctx.cost_usd, by_stage=dict(ctx.by_stage),
-            by_role=dict(ctx.by_role), sequential_tokens=result.sequential_tokens or 0, events=tuple(ctx.events),
-            quota=j.grant.quota,
+            request_id=j.request_id, model=j.req.model, strategy=j.spec.name, result=result, totals=t.totals(sequential_tokens=result.sequential_tokens or 0),
+            latency_s=out.latency_s, quota=j.grant.quota,
         )
 
     async def fail(self, err: BaseException) -> None:

@@ -69,6 +69,17 @@ class Quotas:
         self.store, self.metrics = store, metrics
         self.live = live  # the meters it hands out meter live (orchestrator.budget)
 
+    def want(self, ceiling: int, *, prompt_tokens: int, worst_case: int | None, seen: float | None) -> int:
+        """The tokens a request first reserves from its tenant's quota: what it can at most spend (its strategy's
+        ``worst_case`` for its parameters plus its prompt, within its own limit ``ceiling``), not the server's
+        ceiling, so that one request does not lock up a tenant's whole quota while it runs. Metered live, a
+        request takes what its strategy has spent per request on this server (``seen``, with room to spare)
+        and grows the grant when a call needs more (:meth:`hold`)."""
+        want = ceiling if worst_case is None else min(ceiling, worst_case + prompt_tokens)
+        if self.live and seen is not None:
+            want = max(min(want, math.ceil(1.5 * seen)), prompt_tokens + 1)
+        return want
+
     @asynccontextmanager
     async def hold(
         self, tenant: TenantRef | None, budget: Budget, *, want: int, least: int, ceiling: int, prices: Mapping[str, Price]

@@ -7,10 +7,9 @@ capability is declared once, here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.budget import LengthHistory
 from orchestrator.profile import ModelProfile
 from orchestrator.protocols import AnswerVerifier, CalibrationStore, OutcomeScorer, Refiner, StepClustering, StepScorer
 
@@ -32,8 +31,6 @@ class Toolbox:
     calibration: CalibrationStore | None = None
     draft_model: str | None = None
     profile: ModelProfile = ModelProfile(name="bundled")  # how the policy writes (answers, reasoning, steps)
-    # Sample lengths seen so far, per role and stage: what live budget metering expects a sample to need.
-    lengths: LengthHistory = field(default_factory=LengthHistory, compare=False)
 
     def available(self) -> frozenset[Capability]:
         """The capabilities this toolbox has."""

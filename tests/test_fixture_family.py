@@ -125,7 +125,7 @@ def test_atts_runs_a_draft_of_one_family_under_a_target_of_another(fixture_servi
     svc = fixture_service.service
     params = atts.Params(n=1, max_turns=4, chunk_tokens=8, seed=5, update_calibration=False)
     questions = [f"Start at {k} and apply +{k + 3}." for k in range(8)]
-    scores = fixture_service.run(collect(svc.pool, questions, params, draft_model="draft", target_model="target", progress=False))
+    scores = fixture_service.run(collect(svc.pool, questions, params, tools=svc.controller.tools, target_model="target", progress=False))
     fixture_service.run(svc.store.calibration.add_scores(atts.calibration_name("draft", "target", "task"), scores=scores, model="draft->target", keep=4096))
     r = _ask(fixture_service, "atts", {"n": 2, "max_turns": 4, "chunk_tokens": 8})
     assert r.status_code == 200, r.text

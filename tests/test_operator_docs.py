@@ -7,7 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from deploy.serve import check_prm_kind
+from deploy.assembly import check_prm_kind
 from orchestrator.profile import BUNDLED, ModelProfile
 from workers.config import PoolConfig
 

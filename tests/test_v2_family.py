@@ -106,7 +106,7 @@ def test_every_strategy_runs_on_the_family_with_a_ledger_that_adds_up(v2_service
     svc = v2_service.service
     params = atts.Params(n=1, max_turns=4, chunk_tokens=16, seed=5, update_calibration=False)
     questions = [p.question for p in countdown.generate("dev", 8, seed=1, levels=[1, 2])]
-    scores = v2_service.run(collect(svc.pool, questions, params, draft_model="draft", target_model="target", progress=False, profile=svc.controller.tools.profile))
+    scores = v2_service.run(collect(svc.pool, questions, params, tools=svc.controller.tools, target_model="target", progress=False))
     v2_service.run(svc.store.calibration.add_scores(atts.calibration_name("draft", "target", "task"), scores=scores, model="draft->target", keep=4096))
     every = {**EVERY, "atts": {"n": 2, "max_turns": 4, "chunk_tokens": 16}}
     problem = PROBLEMS[1]

@@ -55,15 +55,17 @@ def to_request(
         model, strategy = rest, prefix
     strategy = strategy or settings.default_strategy
     params: Mapping[str, Any] = body.strategy_params
+    fields: Mapping[str, str] = {}
     if isinstance(body, OpenAIFields):
         spec = controller.strategies.get(strategy)
-        params = strategy_params(body, strategy, spec.params if spec else None, limits=controller.limits, profile=controller.tools.profile)
+        params, fields = strategy_params(body, strategy, spec.params if spec else None)
     return ReasoningRequest(
         model=model,
         messages=messages,
         prompt=prompt,
         strategy=strategy,
         params=params,
+        fields=fields,
         max_total_tokens=body.max_total_tokens,
         budget=Budget(**body.budget.model_dump()) if body.budget else None,
     )

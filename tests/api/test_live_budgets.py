@@ -11,8 +11,9 @@ import random
 import httpx
 import pytest
 
-from orchestrator.budget import Budget, BudgetMeter
+from orchestrator.budget import Budget, BudgetMeter, LengthHistory
 from orchestrator.context import StrategyContext
+from orchestrator.tally import Tally
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Problem, problem_seed
 from strategies import REGISTRY
@@ -22,7 +23,7 @@ from verifiers import TaskAnswerVerifier
 pytestmark = pytest.mark.engine
 
 
-async def _run(pool, tools, name: str, params: dict, budget: int | None, *, live: bool, problems) -> tuple[list, list[list]]:
+async def _run(pool, tools, lengths, name: str, params: dict, budget: int | None, *, live: bool, problems) -> tuple[list, list[list]]:
     results, ledgers = [], []
     for i, p in enumerate(problems):
         calls: list = []
@@ -31,7 +32,7 @@ async def _run(pool, tools, name: str, params: dict, budget: int | None, *, live
             calls.append(call)
 
         meter = BudgetMeter(Budget(total_tokens=budget), live=live)
-        ctx = StrategyContext(engine=pool, tools=tools, sink=sink, meter=meter)
+        ctx = StrategyContext(engine=pool, tools=tools, tally=Tally(sink=sink), lengths=lengths, meter=meter)
         spec = REGISTRY[name]
         results.append(await spec.run(Problem(task.prompt_for(p.question)), ctx, spec.params(**params, seed=problem_seed(7, i))))
         ledgers.append(calls)
@@ -45,17 +46,18 @@ def test_live_metering_keeps_the_samples_a_worst_case_reservation_truncates(serv
     it has seen: one unbudgeted pass first, as a running server would have."""
     pool = service.service.pool
     tools = Toolbox(verifier=TaskAnswerVerifier())
+    lengths = LengthHistory()  # a running server's: every request's samples add to it
     problems = task.generate("test", 8, seed=123)
     sc = {"n": 4, "max_tokens": 256}
-    asyncio.run(_run(pool, tools, "self_consistency", sc, None, live=True, problems=problems))
-    assert tools.lengths.expected("policy", "sample") is not None
+    asyncio.run(_run(pool, tools, lengths, "self_consistency", sc, None, live=True, problems=problems))
+    assert lengths.expected("policy", "sample") is not None
     answered, calls = {}, {}
     for live in (False, True):
-        res, ledgers = asyncio.run(_run(pool, tools, "self_consistency", sc, 230, live=live, problems=problems))
+        res, ledgers = asyncio.run(_run(pool, tools, lengths, "self_consistency", sc, 230, live=live, problems=problems))
         for ledger in ledgers:
             assert sum(c.usage.total_tokens for c in ledger) <= 230
         answered[live] = sum(sum(c.answer is not None for c in r.candidates) for r in res)
-        res, ledgers = asyncio.run(_run(pool, tools, "first_finish", sc, 300, live=live, problems=problems[:4]))
+        res, ledgers = asyncio.run(_run(pool, tools, lengths, "first_finish", sc, 300, live=live, problems=problems[:4]))
         assert all(sum(c.usage.total_tokens for c in ledger) <= 300 for ledger in ledgers)
         calls[live] = sum(len(ledger) for ledger in ledgers)
     assert answered[True] > answered[False], answered

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from deploy.serve import exposure
+from deploy.assembly import exposure
 from orchestrator.admission import Admission, Limits
 from orchestrator.config import get_settings
 from orchestrator.errors import InvalidRequest, Overloaded

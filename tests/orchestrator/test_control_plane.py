@@ -158,7 +158,7 @@ def instant_service_check(data_dir: str) -> None:
     import httpx
     import ray
 
-    from bench.control_plane import InstantServiceThread, PROBE, _actor_calls, check_ledger
+    from bench.control_plane import InstantServiceThread, PROBE, actor_calls, check_ledger
     from orchestrator.config import get_settings
 
     svc = InstantServiceThread(get_settings(port=0, data_dir=data_dir), steps=3)
@@ -187,7 +187,7 @@ def instant_service_check(data_dir: str) -> None:
         with svc.service.store.session() as s:
             rows = s.scalar(select(func.count()).select_from(SubCallRecord))
         assert rows == ledger["subcall_rows"] == sum(t["subcalls"] for t in tts)
-        assert sum(svc.run(_actor_calls(svc))) == rows  # every call the engines answered was recorded, once
+        assert sum(svc.run(actor_calls(svc))) == rows  # every call the engines answered was recorded, once
     finally:
         svc.stop()
         ray.shutdown()

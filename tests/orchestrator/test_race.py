@@ -66,7 +66,7 @@ def test_leaving_a_race_aborts_the_running_calls_and_charges_them():
     race, first = asyncio.run(go())
     assert first == 0 and race.aborted == [1, 2] and sorted(race.order) == [0, 1, 2]
     assert len(set(engine.seen)) == 3 and sorted(engine.aborted) == sorted(engine.seen[1:])  # the context's own ids
-    assert len(calls) == 3 and ctx.usage.completion_tokens == 4 + 2 + 2  # the aborted calls are in the ledger
+    assert len(calls) == 3 and ctx.tally.usage.completion_tokens == 4 + 2 + 2  # the aborted calls are in the ledger
 
 
 def test_a_cancelled_race_aborts_its_engine_calls():
@@ -105,4 +105,4 @@ def test_a_stopped_stream_ends_with_abort_and_is_charged():
 
     assert asyncio.run(go()) == ["abort"]
     assert len(engine.aborted) == 1 and len(calls) == 1 and calls[0].finish_reasons == ("abort",)
-    assert ctx.usage.completion_tokens == 3
+    assert ctx.tally.usage.completion_tokens == 3

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
+from orchestrator.tally import Tally
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Completion, Generation, Usage
 from workers.token_pool import TokenPool
@@ -88,7 +89,7 @@ def context(engine, *, total_tokens=None, target_model="", profile=None, **tools
 
     profile = profile or BUNDLED["bundled"]
     toolbox = Toolbox(verifier=tools.pop("verifier", None) or verifier_for(profile), profile=profile, **tools)
-    ctx = StrategyContext(engine=engine, tools=toolbox, sink=sink, meter=BudgetMeter(Budget(total_tokens)), target_model=target_model)
+    ctx = StrategyContext(engine=engine, tools=toolbox, tally=Tally(sink=sink), meter=BudgetMeter(Budget(total_tokens)), target_model=target_model)
     return ctx, calls
 
 

@@ -44,7 +44,7 @@ def test_unanimity_stops_after_the_first_wave():
     assert result.answer == "7" and result.info["stopped"] == "confident" and result.info["samples"] == 4
     (wave,) = result.trace
     assert wave["decision"] == "confident" and wave["confidence"] == pytest.approx(1 - 0.5**5, abs=1e-4)
-    assert ctx.events[-1]["stage"] == "wave"  # the decision is in the request's events too
+    assert ctx.tally.events[-1]["stage"] == "wave"  # the decision is in the request's events too
 
 
 def test_never_stops_before_its_minimum_wave():

@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator.db.store import Store
 from orchestrator.errors import InvalidRequest
+from orchestrator.toolbox import Toolbox
 from orchestrator.types import Completion, Generation, Problem, Scores, Usage
 from strategies import atts
 from tests.strategies.scripted import context
@@ -99,7 +100,7 @@ def test_bad_draft_chunks_are_rejected_and_rewritten_by_the_target(store):
     # Draft and target both wrote; only the target (the policy role) scored; every call is in the ledger.
     roles = {(c.role, c.kind) for c in calls}
     assert roles == {("draft", "generate"), ("policy", "generate"), ("policy", "score")}
-    assert sum(c.usage.total_tokens for c in calls if c.kind == "score") == ctx.verifier_tokens
+    assert sum(c.usage.total_tokens for c in calls if c.kind == "score") == ctx.tally.verifier_tokens
     # Online update: the 8 chunk scores joined the set.
     assert len(asyncio.run(store.calibration.scores(NAME))) == 38
 
@@ -352,9 +353,11 @@ def test_calibration_chunks_end_where_the_served_profiles_steps_do(profile):
     # blank-line-step model was calibrated on half-steps and tested on whole ones.
     from deploy.calibrate import collect
     from orchestrator.profile import BUNDLED
+    from verifiers import verifier_for
 
     engine = RecordingDraftTarget(depth=2)
     params = atts.Params(n=1, max_turns=2, update_calibration=False)
-    scores = asyncio.run(collect(engine, ["q"], params, draft_model="d", target_model="t", progress=False, profile=BUNDLED[profile]))
+    tools = Toolbox(verifier=verifier_for(BUNDLED[profile]), draft_model="d", profile=BUNDLED[profile])
+    scores = asyncio.run(collect(engine, ["q"], params, tools=tools, target_model="t", progress=False))
     assert scores and engine.stops
     assert all(stop == (BUNDLED[profile].step_delimiter,) for stop in engine.stops)

@@ -16,6 +16,7 @@ import pytest
 
 from deploy.shipped import ShippedCalibration, weights_digest
 from orchestrator.context import StrategyContext
+from orchestrator.tally import Tally
 from orchestrator.db.store import Store
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Problem
@@ -69,7 +70,7 @@ def test_rejection_rate_is_within_005_of_alpha_on_held_out_problems(service, cal
                 pass
 
             async with sem:
-                ctx = StrategyContext(engine=pool, tools=Toolbox(verifier=TaskAnswerVerifier(), draft_model="draft", calibration=store.calibration), sink=sink, target_model="target")
+                ctx = StrategyContext(engine=pool, tools=Toolbox(verifier=TaskAnswerVerifier(), draft_model="draft", calibration=store.calibration), tally=Tally(sink=sink), target_model="target")
                 own = params.model_copy(update={"seed": problem_seed(params.seed, k)})
                 return await atts.run(Problem(task.prompt_for(p.question), question=p.question), ctx, own)
 

@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
+from orchestrator.tally import Tally
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Completion, Generation, Problem, StreamDelta, Usage
 from strategies import REGISTRY
@@ -46,7 +47,7 @@ def run(texts, delays, **params):
     async def sink(call):
         calls.append(call)
 
-    ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier()), sink=sink, meter=BudgetMeter(Budget()))
+    ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier()), tally=Tally(sink=sink), meter=BudgetMeter(Budget()))
     spec = REGISTRY["first_finish"]
     result = asyncio.run(spec.run(Problem("q\n"), ctx, spec.params(seed=0, n=len(texts), **params)))
     return result, engine, calls, ctx
@@ -60,7 +61,7 @@ def test_first_answered_wins_and_the_rest_are_aborted_but_charged():
     assert result.info["aborted"] == [0, 3] and len(engine.aborted) == 2
     assert [c.finish_reason for c in result.candidates] == ["abort", "stop", "stop", "abort"]
     assert len(calls) == 4  # every sample, aborted ones included, is in the ledger
-    assert ctx.usage.completion_tokens == sum(c.tokens for c in result.candidates)
+    assert ctx.tally.usage.completion_tokens == sum(c.tokens for c in result.candidates)
 
 
 def test_ffs_k_takes_the_majority_of_the_first_k_answers():
@@ -94,7 +95,7 @@ class PromptedEngine(TimedEngine):
 
 def run_prompted(texts, delays, **params):
     engine = PromptedEngine(texts, delays)
-    ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier()), sink=_ignore, meter=BudgetMeter(Budget()))
+    ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier()), tally=Tally(sink=_ignore), meter=BudgetMeter(Budget()))
     spec = REGISTRY["first_finish"]
     return asyncio.run(spec.run(Problem("q\n"), ctx, spec.params(seed=0, n=len(texts), **params))), engine
 
@@ -175,7 +176,7 @@ class LockstepEngine:
 def test_sync_last_finish_runs_the_batch_to_its_end_with_one_opening():
     texts = ["Answer: 12", "x\nAnswer: 3", "Answer: 4"]
     engine = LockstepEngine(texts)
-    ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier()), sink=_ignore, meter=BudgetMeter(Budget()))
+    ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier()), tally=Tally(sink=_ignore), meter=BudgetMeter(Budget()))
     spec = REGISTRY["first_finish"]
     for finish, answer in (("first", "4"), ("last", "3")):
         params = spec.params(seed=0, n=3, mode="sync", finish=finish, openings=["7+1=8\n"])

@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
+from orchestrator.tally import Tally
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Problem, SamplingSpec
 from strategies import REGISTRY
@@ -51,14 +52,14 @@ def run(service, name, question=QUESTION, total_tokens=None, **params):
             refiner=TaskRefiner(),
             clusterer=StepClusterer(engine),
         ),
-        sink=sink,
+        tally=Tally(sink=sink),
         meter=BudgetMeter(Budget(total_tokens)),
     )
     spec = REGISTRY[name]
     result = service.run(spec.run(Problem(task.prompt_for(question), question=question), ctx, spec.params(**params)))
     # The ledger adds up: policy calls are the usage, scoring calls the verifier tokens.
-    assert sum((c.usage.total_tokens for c in calls if c.kind == "generate")) == ctx.usage.total_tokens
-    assert sum((c.usage.total_tokens for c in calls if c.kind == "score")) == ctx.verifier_tokens
+    assert sum((c.usage.total_tokens for c in calls if c.kind == "generate")) == ctx.tally.usage.total_tokens
+    assert sum((c.usage.total_tokens for c in calls if c.kind == "score")) == ctx.tally.verifier_tokens
     return result, ctx, calls, engine
 
 
@@ -69,7 +70,7 @@ def test_beam_search_keeps_its_width_at_every_step(service):
         assert step["expanded"] == 4 and step["kept"] <= 2
     expand = [c for c in calls if c.stage == "expand"]
     assert sum(c.n for c in expand) == 4 * len(result.trace)
-    assert ctx.verifier_tokens > 0 and all(0.0 <= c.score <= 1.0 for c in result.candidates)
+    assert ctx.tally.verifier_tokens > 0 and all(0.0 <= c.score <= 1.0 for c in result.candidates)
 
 
 def test_rebase_allocations_sum_to_the_remaining_width(service):
@@ -102,14 +103,14 @@ def test_pdr_workspace_never_exceeds_kappa_and_rounds_follow_the_schedule(servic
     # 40 tokens cannot hold the whole summary of a 4-operation problem: lines were left out, not cut.
     full = task.refine_prompt(task.parse_question(QUESTION), [c.text for c in result.candidates])
     assert len(workspace) < len(full)
-    assert ctx.sequential_tokens < ctx.usage.total_tokens
+    assert ctx.tally.sequential_tokens < ctx.tally.usage.total_tokens
 
 
 def test_sequential_refinement_keeps_one_candidate(service):
     result, ctx, calls, engine = run(service, "sequential_refinement", rounds=3, seed=8)
     assert [r["drafts"] for r in result.trace] == [1, 1, 1]
     assert [s.n for s in engine.specs] == [1, 1, 1]
-    assert ctx.sequential_tokens == ctx.usage.total_tokens  # a chain: every call waited for the last
+    assert ctx.tally.sequential_tokens == ctx.tally.usage.total_tokens  # a chain: every call waited for the last
 
 
 def test_sync_ffs_stops_the_batch_when_the_shortest_sample_ends(service):
@@ -153,7 +154,7 @@ def test_new_strategies_over_http_report_trace_stages_and_sequential_tokens(serv
 def test_a_budget_stops_the_search_with_its_best_so_far(service, name, params):
     result, ctx, calls, _ = run(service, name, total_tokens=400, seed=2, **params)
     assert ctx.meter.spent_tokens <= 400
-    assert ctx.usage.total_tokens + ctx.verifier_tokens == ctx.meter.spent_tokens
+    assert ctx.tally.usage.total_tokens + ctx.tally.verifier_tokens == ctx.meter.spent_tokens
     assert result.finish_reason == "budget" and result.candidates
 
 
@@ -187,4 +188,4 @@ def test_dvts_grows_independent_subtrees_of_width_beam_width(service):
     result, ctx, calls, engine = run(service, "dvts", n=4, beam_width=2, seed=3)
     expand = [c for c in calls if c.stage == "expand"]
     assert expand and all(c.n == 2 for c in expand)  # one call per open subtree, beam_width children each
-    assert 1 <= len(result.candidates) <= 2 and ctx.verifier_tokens > 0
+    assert 1 <= len(result.candidates) <= 2 and ctx.tally.verifier_tokens > 0

@@ -42,7 +42,7 @@ def test_rounds_follow_the_schedule_and_workspaces_stay_within_kappa(distill):
             assert len(workspace.split()) <= 40
     per_call = distill in ("per_sample_top_k", "random_k")
     assert [c.n for c in engine.calls] == ([6] + [1] * 4 if per_call else [6, 3, 1])
-    assert ctx.sequential_tokens < ctx.usage.total_tokens
+    assert ctx.tally.sequential_tokens < ctx.tally.usage.total_tokens
 
 
 def test_kappa_drops_whole_drafts_not_parts():
@@ -56,7 +56,7 @@ def test_sequential_refinement_keeps_one_candidate():
     assert [r["drafts"] for r in result.trace] == [1, 1, 1, 1]
     assert all(c.n == 1 for c in engine.calls) and len(engine.calls) == 4
     # Every call depends on the previous one: the sequential budget is the whole cost.
-    assert ctx.sequential_tokens == ctx.usage.total_tokens
+    assert ctx.tally.sequential_tokens == ctx.tally.usage.total_tokens
 
 
 def test_pdr_needs_a_refiner():
@@ -117,10 +117,10 @@ def test_under_a_tight_live_budget_a_round_shrinks_to_the_drafts_that_fit():
     engine = LongEngine()
     ctx, calls = context(engine, total_tokens=300, refiner=TextRefiner(TaskAnswerVerifier()))
     ctx.meter.live = True
-    ctx.tools.lengths.add("policy", "round0", [31] * 4)
+    ctx.lengths.add("policy", "round0", [31] * 4)
     spec = REGISTRY["pdr"]
     result = asyncio.run(spec.run(Problem("q\n", question="q"), ctx, spec.params(schedule=[8, 1], kappa=64)))
-    [plan] = [e for e in ctx.events if e.get("stage") == "plan"]
+    [plan] = [e for e in ctx.tally.events if e.get("stage") == "plan"]
     one = len(b"q\n") + 2 + 31
     assert plan["round"] == 0 and plan["drafts"] == (300 - (one + 64)) // one < 8
     assert result.trace[0]["drafts"] == plan["drafts"] and result.finish_reason == "budget"

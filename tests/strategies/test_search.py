@@ -91,7 +91,7 @@ def test_early_rejection_completes_only_the_kept_candidates():
     assert er.answer == "3"  # the good branch, judged after 2 of its 6 words
     # The saving: rejected candidates cost tau tokens, not a whole step.
     beam_ctx = results["beam_search"][1]
-    assert ctx.usage.completion_tokens < 0.6 * beam_ctx.usage.completion_tokens
+    assert ctx.tally.usage.completion_tokens < 0.6 * beam_ctx.tally.usage.completion_tokens
 
 
 def run_words(name, prm=None, engine=None, **params):
@@ -114,7 +114,7 @@ def test_early_rejection_chooses_among_as_many_candidates_as_beam_search():
     # The reference's stopping point: n // beam_width finished beams, nothing topped up.
     ref, ref_ctx, _ = run_words("early_rejection", tau=2, finished_beams=2)
     assert len(ref.candidates) == 2 and all(step["topped_up"] == 0 for step in ref.trace)
-    assert ref_ctx.usage.completion_tokens <= ctx.usage.completion_tokens
+    assert ref_ctx.tally.usage.completion_tokens <= ctx.tally.usage.completion_tokens
 
 
 def test_early_rejection_tops_up_by_completing_the_next_best_candidates():

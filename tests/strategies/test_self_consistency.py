@@ -6,6 +6,7 @@ import pytest
 
 from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
+from orchestrator.tally import Tally
 from orchestrator.errors import BudgetExceeded
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Completion, Generation, Problem, SamplingSpec, Usage
@@ -41,7 +42,7 @@ def run(texts, **params):
 
     spec = REGISTRY["self_consistency"]
     meter = BudgetMeter(Budget(total_tokens=params.pop("budget", None)))
-    ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier()), sink=sink, meter=meter)
+    ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier()), tally=Tally(sink=sink), meter=meter)
     result = asyncio.run(spec.run(Problem("q\n"), ctx, spec.params(**params)))
     return result, engine, calls, ctx
 
@@ -53,7 +54,7 @@ def test_majority_wins_and_usage_is_recorded():
     assert result.info["votes"] == {"5": 2, "7": 3}
     assert engine.requests[0].n == 6 and engine.requests[0].max_tokens == 256
     assert len(calls) == 1 and calls[0].stage == "sample" and calls[0].worker == "scripted-0"
-    assert ctx.usage.completion_tokens == sum(len(t) + 1 for t in texts)
+    assert ctx.tally.usage.completion_tokens == sum(len(t) + 1 for t in texts)
 
 
 def test_tie_goes_to_first_seen_and_no_answer_returns_first_sample():

@@ -7,6 +7,7 @@ import pytest
 
 from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.context import StrategyContext
+from orchestrator.tally import Tally
 from orchestrator.profile import BUNDLED
 from orchestrator.toolbox import Toolbox
 from orchestrator.types import Problem
@@ -24,7 +25,7 @@ def test_steps_stop_on_the_delimiter_and_the_path_ends_on_eos_with_its_answer(se
     async def sink(call):
         pass
 
-    ctx = StrategyContext(engine=service.service.pool, tools=Toolbox(verifier=verifier_for(PROFILE), profile=PROFILE), sink=sink, meter=BudgetMeter(Budget()))
+    ctx = StrategyContext(engine=service.service.pool, tools=Toolbox(verifier=verifier_for(PROFILE), profile=PROFILE), tally=Tally(sink=sink), meter=BudgetMeter(Budget()))
     problem = Problem(task.prompt_for(QUESTION), question=QUESTION)
     cfg = StepConfig(64, 256, 0.0, 1.0, 0, PROFILE.step_delimiter)
     path, steps = Path(), []

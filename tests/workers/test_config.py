@@ -75,7 +75,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_service_refuses_a_configuration_without_a_policy(tmp_path):
-    from deploy.serve import pool_config
+    from deploy.assembly import pool_config
     from orchestrator.config import get_settings
 
     f = tmp_path / "w.toml"
@@ -85,7 +85,7 @@ def test_service_refuses_a_configuration_without_a_policy(tmp_path):
 
 
 def test_engine_settings_a_workers_file_overrides_are_named_in_a_warning(tmp_path, caplog):
-    from deploy.serve import pool_config
+    from deploy.assembly import pool_config
     from orchestrator.config import get_settings
 
     f = tmp_path / "w.toml"
