@@ -32,7 +32,6 @@ FIELDS = (
     SamplingField("temperature", "temperature", 1.0),
     SamplingField("top_p", "top_p", 1.0),
     SamplingField("seed", "seed"),
-    SamplingField("stop", "stop"),
     SamplingField("presence_penalty", "presence_penalty", 0.0),
     SamplingField("frequency_penalty", "frequency_penalty", 0.0),
 )

@@ -72,7 +72,9 @@ class OpenAIFields(ReasoningFields):
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="The strategy's `temperature`.")
     top_p: float | None = Field(None, ge=0.0, le=1.0, description="The strategy's `top_p`.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="The strategy's `seed` (each sample's engine seed is offset from it).")
-    stop: str | list[str] | None = Field(None, description="Only for a strategy with a `stop` parameter (none of the shipped ones).")
+    stop: str | list[str] | None = Field(
+        None, description="Up to 4 strings that end every sample the strategy generates (as the model profile's stop strings do); counted in `tts.info.stop`."
+    )
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Only 0: no strategy applies penalties.")
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Only 0: no strategy applies penalties.")
     stream: bool = Field(False, description="Server-sent events: progress while the strategy runs, then the answer.")

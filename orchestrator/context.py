@@ -45,6 +45,7 @@ class StrategyContext:
         policy_role: Role = "policy",
         meter: BudgetMeter | None = None,
         target_model: str = "",
+        stop: Sequence[str] = (),
     ) -> None:
         self._engine = engine
         self.tools = tools
@@ -55,6 +56,10 @@ class StrategyContext:
         self.target_model = target_model
         self.policy_role: Role = policy_role
         self.meter = meter or BudgetMeter(Budget())
+        # The request's own stop strings (OpenAI's `stop`): they end every sample it generates, as the profile's
+        # do; ``stopped`` counts the samples they ended.
+        self.stop = tuple(stop)
+        self.stopped = 0
 
     @property
     def budget_limited(self) -> bool:
@@ -72,8 +77,10 @@ class StrategyContext:
         metering, the calls being started together with this one (itself included), which share what is left
         evenly (:meth:`race` passes it)."""
         role = role or self.policy_role
-        spec, r = await self._admit(self._with_profile_stops(spec), role=role, stage=stage, parts=parts)
+        spec, r = await self._admit(self._with_stops(spec), role=role, stage=stage, parts=parts)
         gen, latency = await self._metered(r, self._engine.generate(role, spec))
+        if self.stop:
+            self.stopped += sum(c.finish_reason == "stop" and c.stop_reason in self.stop for c in gen.completions)
         longest = max((c.tokens for c in gen.completions), default=0)
         cost = self.meter.settle(r, role=role, usage=gen.usage, longest_sequence=longest)
         self.meter.limited |= gen.budget_cut > 0
@@ -91,7 +98,7 @@ class StrategyContext:
         tokens are counted with the role's tokenizer; the prefix-cache share of a streamed call is not
         reported (counted as 0)."""
         spec = spec if spec.request_id is not None else replace(spec, request_id=uuid.uuid4().hex)
-        return Stream(self, self._with_profile_stops(spec), stage=stage, branch=branch, role=role or self.policy_role, hop=hop)
+        return Stream(self, self._with_stops(spec), stage=stage, branch=branch, role=role or self.policy_role, hop=hop)
 
     async def _admit(self, spec: SamplingSpec, *, role: Role, stage: str, parts: int = 1) -> tuple[SamplingSpec, Reservation]:
         """``spec`` as the budget admits it (``max_tokens`` cut, or a live cap with the stage's expected sample
@@ -157,9 +164,10 @@ class StrategyContext:
             )
             await asyncio.shield(self.tally.record(call))
 
-    def _with_profile_stops(self, spec: SamplingSpec) -> SamplingSpec:
-        # The served model's own stop strings (the profile's) end every sample, whatever the strategy asks.
-        extra = tuple(s for s in self.tools.profile.stop if s not in spec.stop)
+    def _with_stops(self, spec: SamplingSpec) -> SamplingSpec:
+        # The served model's own stop strings (the profile's) and the request's end every sample, whatever the
+        # strategy asks.
+        extra = tuple(dict.fromkeys(s for s in (*self.tools.profile.stop, *self.stop) if s not in spec.stop))
         return replace(spec, stop=tuple(spec.stop) + extra) if extra else spec
 
     def race(self, specs: Sequence[SamplingSpec], *, stage: str, hop: int = 0) -> Race:

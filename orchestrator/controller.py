@@ -38,6 +38,8 @@ __all__ = ["Controller", "ReasoningRequest", "ReasoningResponse", "TenantRef"]
 
 log = logging.getLogger(__name__)
 
+MAX_STOP = 4  # stop strings a request may send, as OpenAI allows
+
 
 @dataclass(frozen=True)
 class ReasoningRequest:
@@ -52,6 +54,7 @@ class ReasoningRequest:
     # Parameters the client set through a field of its own API (OpenAI's ``temperature`` ...), by parameter: an
     # error in one of them names that field, which the client sent, not ``strategy_params.<param>``.
     fields: Mapping[str, str] = field(default_factory=dict)
+    stop: tuple[str, ...] = ()  # the client's stop strings: they end every sample of every generation call
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,8 @@ class Controller:
             self.limits.check(params)
         except InvalidRequest as err:
             raise renamed(err, req.fields) from None
+        if len(req.stop) > MAX_STOP:
+            raise InvalidRequest(f"stop: at most {MAX_STOP} strings, got {len(req.stop)}", param="stop")
         if req.max_total_tokens is not None and req.max_total_tokens <= 0:
             raise InvalidRequest("max_total_tokens must be positive", param="max_total_tokens")
         missing = spec.needs(params) - self.available()
@@ -281,7 +286,10 @@ class Controller:
     async def _run(self, job: _Job, tally: Tally) -> _Outcome:
         """Run the strategy under the request's meter, charging ``tally``. A budget refusal the strategy let
         through is an empty answer (it had nothing better), not a failure."""
-        ctx = StrategyContext(engine=self.engine, tools=self.tools, tally=tally, lengths=self.lengths, policy_role=job.role, meter=job.meter, target_model=job.req.model)
+        ctx = StrategyContext(
+            engine=self.engine, tools=self.tools, tally=tally, lengths=self.lengths, policy_role=job.role, meter=job.meter, target_model=job.req.model,
+            stop=job.req.stop,
+        )
         req = job.req
         question = req.prompt if req.prompt is not None else next((m.get("content", "") for m in reversed(req.messages) if m.get("role", "user") == "user"), "")
         if job.on_event is not None:
@@ -297,6 +305,8 @@ class Controller:
             a = req.auto
             chosen = {"strategy": a.strategy, "params": dict(a.params), "accuracy": a.accuracy, "mean_tokens": a.mean_tokens, "source": a.source}
             result = replace(result, info={**result.info, "auto": chosen})
+        if req.stop:
+            result = replace(result, info={**result.info, "stop": {"strings": list(req.stop), "samples_stopped": ctx.stopped}})
         if result.sequential_tokens is None:
             result = replace(result, sequential_tokens=tally.sequential_tokens)
         if ctx.budget_limited and result.finish_reason != "budget":

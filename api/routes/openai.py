@@ -56,9 +56,11 @@ def to_request(
     strategy = strategy or settings.default_strategy
     params: Mapping[str, Any] = body.strategy_params
     fields: Mapping[str, str] = {}
+    stop: tuple[str, ...] = ()
     if isinstance(body, OpenAIFields):
         spec = controller.strategies.get(strategy)
         params, fields = strategy_params(body, strategy, spec.params if spec else None)
+        stop = tuple(s for s in ([body.stop] if isinstance(body.stop, str) else body.stop or []) if s)  # "" and [] are no stop
     return ReasoningRequest(
         model=model,
         messages=messages,
@@ -66,6 +68,7 @@ def to_request(
         strategy=strategy,
         params=params,
         fields=fields,
+        stop=stop,
         max_total_tokens=body.max_total_tokens,
         budget=Budget(**body.budget.model_dump()) if body.budget else None,
     )

@@ -144,8 +144,7 @@ def test_fields_at_openai_defaults_are_harmless_and_strategy_params_win_over_the
         ({"temperature": 0.2, "strategy_params": {"temperature": 0.7}}, "temperature", "temperature=0.2 conflicts with strategy_params.temperature=0.7"),
         ({"seed": 1, "strategy_params": {"seed": 2}}, "seed", "strategy_params.seed=2"),
         ({"max_tokens": 8, "strategy_params": {"max_tokens": 9}}, "max_tokens", "strategy_params.max_tokens=9"),
-        ({"stop": ["\n\n"]}, "stop", "has no `stop` parameter"),
-        ({"stop": "END"}, "stop", "strategy 'self_consistency' has no `stop`"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 strings"),
         ({"presence_penalty": 0.5}, "presence_penalty", "has no `presence_penalty` parameter"),
         ({"top_p": 0.0}, "top_p", "top_p: Input should be greater than 0"),
         ({"max_tokens": 5000}, "max_tokens", "4096"),  # the bundled profile's cap
@@ -162,6 +161,19 @@ def test_fields_a_strategy_cannot_honour_are_400s_naming_them(tmp_path, fields, 
     assert needle in err["message"] and err["type"] == "invalid_request_error"
     assert err["param"] == param and err["message"].startswith(param)
     assert engine.specs == []
+
+
+def test_stop_ends_every_sample_of_every_call_and_is_counted(tmp_path):
+    # Few-shot prompting of base models needs OpenAI's `stop`: it reaches every generation call, next to the
+    # profile's own stop strings, and the samples it ended are counted in the answer's info.
+    engine = RecordingEngine()
+    app = _app(tmp_path, engine)
+    r = _post(app, "/v1/completions", {"model": "target", "prompt": "3\n", "stop": ["\nQ:", "###"], "strategy": "self_consistency", "strategy_params": {"n": 3}})
+    assert r.status_code == 200, r.text
+    assert engine.specs and all(s.stop[-2:] == ("\nQ:", "###") for s in engine.specs)
+    assert r.json()["tts"]["info"]["stop"] == {"strings": ["\nQ:", "###"], "samples_stopped": 0}
+    r = _post(app, "/v1/chat/completions", _chat(stop="###"))
+    assert r.status_code == 200 and engine.specs[-1].stop[-1] == "###"
 
 
 def test_server_limits_name_the_openai_field(tmp_path):
