@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -87,6 +88,41 @@ def check_prm_kind(config: PoolConfig, profile: ModelProfile) -> None:
         return
     served = "a pooling model" if role.serves_pooling() else "a generative model"
     raise ConfigError(f"the profile's prm.kind is {kind!r} but role `prm` serves {served} (TTS_PROFILE's [prm] kind, or the prm role's runner)")
+
+
+def served_profile(profile: ModelProfile, config: PoolConfig) -> ModelProfile:
+    """``profile`` as the served policy completes it, checked against it (before any engine starts).
+
+    Sampling values the profile leaves unset come from the policy checkpoint's ``generation_config.json``
+    (``[sampling] from_checkpoint``: a real model's card values travel there). A profile whose ``max_tokens_cap``
+    (hence ``max_tokens``, never above it) leaves no room for a prompt in a local policy's ``max_model_len`` is
+    refused, naming both: a request the profile allows would otherwise fail in the engine or be cut short."""
+    policy = config.roles.get("policy")
+    if policy is None:
+        return profile
+    if policy.url is None and profile.max_tokens_cap >= policy.max_model_len:
+        raise ConfigError(
+            f"model profile {profile.name!r} has max_tokens_cap = {profile.max_tokens_cap} but role `policy` has max_model_len = "
+            f"{policy.max_model_len}: a prompt needs room too (lower max_tokens_cap in the profile, TTS_PROFILE, or raise the policy's max_model_len)"
+        )
+    s = profile.sampling
+    if not s.from_checkpoint or policy.model is None or (s.temperature is not None and s.top_p is not None):
+        return profile
+    path = Path(policy.model) / "generation_config.json"
+    try:
+        gen = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as err:
+        log.warning("cannot read %s (%s): the strategies' own sampling defaults apply", path, err)
+        return profile
+    found: dict[str, float] = {}
+    for key, low in (("temperature", 0.0), ("top_p", 1e-9)):
+        value = gen.get(key)
+        if getattr(s, key) is None and isinstance(value, (int, float)) and low <= value <= (2.0 if key == "temperature" else 1.0):
+            found[key] = float(value)
+    if not found:
+        return profile
+    log.info("sampling defaults from %s: %s", path, ", ".join(f"{k} {v}" for k, v in found.items()))
+    return profile.model_copy(update={"sampling": s.model_copy(update=found)})
 
 
 def step_scorer(config: PoolConfig, pool: WorkerPool, profile: ModelProfile) -> StepScorer | None:
@@ -282,6 +318,7 @@ async def build_service(
         log.warning("server %s: failed %d request(s) its previous run left unfinished", server_id, interrupted)
     config = workers or pool_config(settings)
     check_prm_kind(config, profile)
+    profile = served_profile(profile, config)
     if pool is None:
         pool = await WorkerPool.from_config(config)
     if "draft" in config.roles and "policy" in config.roles:

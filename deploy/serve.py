@@ -18,7 +18,7 @@ from typing import Any, Callable, Coroutine, Optional, TypeVar
 import typer
 import uvicorn
 
-from deploy.assembly import Service, build_service, check_prm_kind, pool_config, start_ray
+from deploy.assembly import Service, build_service, check_prm_kind, pool_config, served_profile, start_ray
 from orchestrator.config import Settings, get_settings
 from orchestrator.errors import ConfigError
 from orchestrator.profile import load_profile
@@ -108,7 +108,10 @@ def main(
     given = {"host": host, "port": port, "model_path": model_path, "data_dir": data_dir, "workers_file": workers_file}
     settings = get_settings(**{k: v for k, v in given.items() if v is not None})
     try:
-        check_prm_kind(pool_config(settings), load_profile(settings.profile))  # refuse a bad configuration before starting anything
+        # Refuse a bad configuration before starting anything.
+        config, profile = pool_config(settings), load_profile(settings.profile)
+        check_prm_kind(config, profile)
+        served_profile(profile, config)
         asyncio.run(serve(settings))
     except ConfigError as err:
         typer.echo(f"error: {err.message}", err=True)

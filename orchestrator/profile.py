@@ -51,6 +51,41 @@ class PRMProfile(BaseModel):
     good_class: int = Field(1, ge=0, description="pooling: the class whose probability is the step's score.")
 
 
+class ScaleProfile(BaseModel):
+    """How long this model's reasoning runs, which is what the strategies' step, depth, chunk and workspace
+    defaults follow (a request may still set each). The defaults are the reference implementations' values at
+    real scale (R1-Distill / Qwen2.5-Math on MATH-500): a search step up to 2,048 tokens and 40 iterations,
+    then a final roll-out to the end (search-and-learn); tree steps of 256 tokens to depth 25 (ETS); a partial
+    reward after 64 tokens and kept steps completed by 256 (ER-PRM); ATTS chunks of 500 tokens for 15 turns
+    (its two-model script)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step_tokens: int = Field(2048, ge=1, description="Beam search, DVTS, ER-PRM: most tokens of one step (it ends at the step delimiter first).")
+    max_steps: int = Field(40, ge=1, description="Beam search, DVTS, ER-PRM: step iterations before the final roll-out to the end of the trace.")
+    tree_step_tokens: int = Field(256, ge=1, description="REBASE, ETS: most tokens of one step.")
+    tree_depth: int = Field(25, ge=1, description="REBASE, ETS: depths before the final roll-out.")
+    partial_tokens: int = Field(64, ge=1, description="ER-PRM: tokens of a candidate step the PRM judges before it is finished (tau).")
+    completion_tokens: int = Field(256, ge=1, description="ER-PRM: most tokens that complete a kept candidate's step.")
+    chunk_tokens: int = Field(500, ge=1, description="ATTS reference mode: tokens of one draft chunk.")
+    line_chunk_tokens: int = Field(2048, ge=1, description="ATTS line mode: most tokens of one chunk (one step).")
+    turns: int = Field(15, ge=1, description="ATTS: chunks per sample before the target finishes it.")
+    workspace_tokens: int = Field(4096, ge=8, description="PDR / SR: most tokens of a workspace (kappa): room for the drafts it shows, answers included.")
+
+
+class SamplingProfile(BaseModel):
+    """Sampling defaults of the model (its card's), for every strategy's samples; a request may set its own.
+    Unset values come from the checkpoint's ``generation_config.json`` when ``from_checkpoint`` (the served
+    policy's, read at start-up), else each strategy keeps its own default (its paper's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature of every strategy's samples.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus mass of every strategy's samples.")
+    greedy_single_pass: bool = Field(True, description="`single_pass` decodes greedily (false: it samples at `temperature`, as R1's card asks).")
+    from_checkpoint: bool = Field(True, description="Fill unset values from the policy checkpoint's generation_config.json.")
+
+
 class ModelProfile(BaseModel):
     """How one served model writes: its answers, its reasoning span, its steps, its lengths."""
 
@@ -76,6 +111,8 @@ class ModelProfile(BaseModel):
     max_tokens: int = Field(256, ge=1, description="Default bound on generated tokens per sample when the request gives none.")
     max_tokens_cap: int = Field(4096, ge=1, description="Largest `max_tokens` a request may ask for per sample.")
     prm: PRMProfile = Field(PRMProfile(), description="How the PRM served beside this policy reads its solutions (`[prm]` table).")
+    scale: ScaleProfile = Field(ScaleProfile(), description="How long its reasoning runs: the strategies' step, depth and chunk defaults (`[scale]` table).")
+    sampling: SamplingProfile = Field(SamplingProfile(), description="Its sampling defaults (`[sampling]` table).")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelProfile:
@@ -107,16 +144,29 @@ class ModelProfile(BaseModel):
         return head[:end].strip("\n"), head[end + len(self.think_close) :].lstrip("\n")
 
 
+# The bundled models' scale: solutions of 50-100 tokens in 4-7 one-line steps of about 12 tokens.
+BUNDLED_SCALE = ScaleProfile(
+    step_tokens=64, max_steps=40, tree_step_tokens=64, tree_depth=40, partial_tokens=4, completion_tokens=60, chunk_tokens=32,
+    line_chunk_tokens=64, turns=16, workspace_tokens=256,
+)
+
 # The profiles shipped with the project, by name.
 BUNDLED: dict[str, ModelProfile] = {
-    # models/target, models/draft, models/prm: character-level, one step per line, `Answer: N`.
-    "bundled": ModelProfile(name="bundled"),
-    # DeepSeek-R1-Distill-Qwen and its kin.
+    # models/target, models/draft, models/prm: character-level, one step per line, `Answer: N`. Each strategy
+    # keeps its paper's sampling defaults, as the measured tables were made.
+    "bundled": ModelProfile(name="bundled", max_tokens_cap=448, scale=BUNDLED_SCALE, sampling=SamplingProfile(from_checkpoint=False)),
+    # DeepSeek-R1-Distill-Qwen and its kin: 4-16k tokens in 50-200 blank-line paragraphs; its card asks for
+    # temperature 0.6, top_p 0.95 and no greedy decoding (it repeats until the length limit). Its authors
+    # evaluate at 32k tokens; 16k holds most MATH-500 traces, and serving it needs max_model_len above the cap.
     "r1-distill": ModelProfile(
-        name="r1-distill", answer="boxed", reasoning="think", step_delimiter="\n\n", max_tokens=8192, max_tokens_cap=32768
+        name="r1-distill", answer="boxed", reasoning="think", step_delimiter="\n\n", max_tokens=16384, max_tokens_cap=32768,
+        sampling=SamplingProfile(temperature=0.6, top_p=0.95, greedy_single_pass=False),
     ),
-    # Qwen2.5-Math-*-Instruct: no reasoning span, blank-line steps, `\boxed{}` answers.
-    "qwen-math": ModelProfile(name="qwen-math", answer="boxed", step_delimiter="\n\n", max_tokens=2048, max_tokens_cap=4096),
+    # Qwen2.5-Math-*-Instruct: no reasoning span, blank-line steps, `\boxed{}` answers, 300-700-token solutions
+    # (4k context). Sampling comes from the checkpoint's generation_config.json.
+    "qwen-math": ModelProfile(
+        name="qwen-math", answer="boxed", step_delimiter="\n\n", max_tokens=2048, max_tokens_cap=3072, scale=ScaleProfile(workspace_tokens=2048),
+    ),
 }
 
 

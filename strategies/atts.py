@@ -10,23 +10,28 @@ Two modes, differing in what a chunk is and what a rejection does:
 
 - ``line`` (the default): a chunk is one step (up to ``chunk_tokens`` tokens, ending at the step delimiter); a
   rejected chunk is thrown away and the target writes that turn's step instead.
-- ``reference`` (the ATTS reference code, ``ref_async.py`` with the self-rejection of
-  ``ref_async_self_reject.py``): a chunk is ``chunk_tokens`` tokens, wherever they end; a rejected chunk is
-  first resampled by the draft, up to ``resamples`` times (each resample scored and tested again); when every
-  attempt is rejected the lowest-perplexity attempt is kept and the target continues after it for up to
-  ``chunk_tokens`` tokens. A kept chunk that ended the solution leaves nothing to continue: the target writes
-  that chunk anew instead.
+- ``reference`` (the ATTS two-model reference script, ``ref_async.py``): a chunk is ``chunk_tokens`` tokens
+  (500 at real scale), wherever they end; a rejected chunk is kept and the target continues after it for up
+  to ``chunk_tokens`` tokens. A kept chunk that ended the solution leaves nothing to continue: the target
+  writes that chunk anew instead. Its rejection rule, #{calibration scores below s} / size >= 0.6, is
+  ``alpha`` 0.4; its calibration set holds each sample's first chunk only, and it does not add live scores
+  to it (``update_calibration`` false).
 
-``resamples`` applies to both modes (default 0 in ``line``, 2 in ``reference``: the reference's three
-attempts). When calibration and live chunks are exchangeable, a turn's first draft chunk is rejected with
-probability exactly ``alpha``: ``alpha`` sets the share of turns the draft has to redo or the target has to take
-over, hence the cost. A calibration set is kept per (draft model, target model, dataset, chunking), built by
-``python -m deploy.calibrate`` and updated online: every turn's first chunk a request scores is appended (the
-newest :data:`CALIBRATION_WINDOW` are kept), so the set follows drift. Resamples are not appended: they are
-drawn where a chunk was just rejected, so they are not exchangeable with a fresh turn's chunk.
+``resamples`` (self-rejection, from the single-model ``ref_async_self_reject.py``; 0 by default in both
+modes) lets the draft resample a rejected chunk up to that many times, each resample scored and tested again;
+when every attempt is rejected the lowest-perplexity attempt is the one kept (``reference``) or the target
+writes the turn (``line``). When calibration and live chunks are exchangeable, a turn's first draft chunk is
+rejected with probability exactly ``alpha``: ``alpha`` sets the share of turns the draft has to redo or the
+target has to take over, hence the cost. A calibration set is kept per (draft model, target model, dataset,
+chunking), built by ``python -m deploy.calibrate``; in ``line`` mode it is updated online by default: every
+turn's first chunk a request scores is appended (the newest :data:`CALIBRATION_WINDOW` are kept), so the set
+follows drift. Resamples are never appended: they are drawn where a chunk was just rejected, so they are not
+exchangeable with a fresh turn's chunk.
 
-Sequential scaling is ``max_turns`` (turns per sample), parallel scaling ``n``; the answer is the majority
-over the samples.
+Sequential scaling is ``max_turns`` (turns per sample), parallel scaling ``n``. A sample still open after
+``max_turns`` is finished by the target to the end of its trace (at most ``max_tokens`` in all): an
+unfinished sample has no answer, and at real lengths (R1's 4-16k tokens against 15 chunks of 500) most would
+be. The answer is the majority over the samples.
 """
 
 from __future__ import annotations
@@ -36,54 +41,83 @@ import bisect
 import math
 import random
 from dataclasses import dataclass, field, replace
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, model_validator
 
 from orchestrator.context import StrategyContext
 from orchestrator.errors import BudgetExceeded, InvalidRequest
 from orchestrator.strategy import StrategySpec
 from orchestrator.types import Problem, Role, SamplingSpec, ScoreSpec, StrategyResult
 from strategies.common import Path, StepConfig, ended, extend, majority, path_candidates, result
-from strategies.params import MaxTokens, Sampling, Seed, Temperature
+from strategies.params import MaxTokens, Sampling, Seed, Temperature, profile_of
 
 CALIBRATION_WINDOW = 4096  # newest scores a calibration set keeps
 MIN_CALIBRATION = 20  # fewer scores cannot resolve alpha = 0.05 (p-values move in steps of 1/(size + 1))
 Mode = Literal["line", "reference"]
-CHUNK_TOKENS: dict[str, int] = {"line": 64, "reference": 32}  # chunk_tokens when a request gives none
-RESAMPLES: dict[str, int] = {"line": 0, "reference": 2}  # resamples when a request gives none
+# When a request gives none and no model profile is known: the bundled model's scale.
+CHUNK_TOKENS: dict[str, int] = {"line": 64, "reference": 32}
+ALPHA: dict[str, float] = {"line": 0.3, "reference": 0.4}  # the reference rejects at rank >= 0.6: alpha 0.4
+UPDATE_CALIBRATION: dict[str, bool] = {"line": True, "reference": False}
 
 
 class Params(Sampling):
     n: int = Field(4, ge=1, le=64, description="Independent samples (parallel scaling); the answer is their majority.")
-    alpha: float = Field(0.3, ge=0.0, le=1.0, description="Share of fresh draft chunks the conformal test rejects (0: never, 1: always).")
-    max_turns: int = Field(16, ge=1, le=256, description="Most turns (kept chunks) per sample (sequential scaling).")
+    alpha: float | None = Field(
+        None, ge=0.0, le=1.0, description="Share of fresh draft chunks the conformal test rejects (0: never, 1: always); default 0.3 in `line` mode, 0.4 in `reference`."
+    )
+    max_turns: int = Field(
+        16, ge=1, le=256, description="Most turns (kept chunks) per sample before the target finishes it (default: the profile's `scale.turns`)."
+    )
     mode: Mode = Field(
         "line",
         description="`line`: a chunk is one step, a rejected one is rewritten by the target; `reference`: a chunk is "
         "`chunk_tokens` tokens, a rejected one is resampled by the draft, then kept and continued by the target.",
     )
     chunk_tokens: int | None = Field(
-        None, ge=1, le=1024, description="Most tokens of one chunk (and of a target continuation); default 64 in `line` mode, 32 in `reference`."
+        None, ge=1, le=32768,
+        description="Most tokens of one chunk (and of a target continuation); default: the profile's `scale.line_chunk_tokens` in `line` mode, `scale.chunk_tokens` in `reference`.",
     )
-    resamples: int | None = Field(
-        None, ge=0, le=4, description="Self-rejection: draft resamples of a rejected chunk before the target takes over; default 0 in `line` mode, 2 in `reference`."
-    )
+    resamples: int = Field(0, ge=0, le=4, description="Self-rejection: draft resamples of a rejected chunk before the target takes over.")
     max_tokens: MaxTokens = Field(256, description="Most generated tokens per sample.")
     temperature: Temperature = Field(0.8, description="Sampling temperature of draft and target.")
     seed: Seed = Field(None, description="Engine seed (sample i offset by i); also seeds the p-value tie-breaks.")
     dataset: str = Field("task", min_length=1, max_length=100, description="Which calibration set of the model pair to test against.")
-    update_calibration: bool = Field(True, description="Append this request's first-attempt chunk scores to the calibration set.")
+    update_calibration: bool | None = Field(
+        None, description="Append this request's first-attempt chunk scores to the calibration set; default true in `line` mode, false in `reference`."
+    )
+
+    PROFILE_DEFAULTS = {**Sampling.PROFILE_DEFAULTS, "max_turns": lambda p: p.scale.turns}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _chunk_of_the_profile(cls, data: Any, info: ValidationInfo) -> Any:
+        # The chunk's default depends on the mode as well as on the model's scale.
+        profile = profile_of(info)
+        if profile is None or not isinstance(data, dict) or data.get("chunk_tokens") is not None:
+            return data
+        scale = profile.scale
+        return {**data, "chunk_tokens": scale.chunk_tokens if data.get("mode") == "reference" else scale.line_chunk_tokens}
 
     @property
     def chunk(self) -> int:
-        """The chunk bound in force (``chunk_tokens``, or the mode's default)."""
+        """The chunk bound in force (``chunk_tokens``, or the mode's default at the bundled scale)."""
         return self.chunk_tokens or CHUNK_TOKENS[self.mode]
 
     @property
     def retries(self) -> int:
-        """The draft resamples in force (``resamples``, or the mode's default)."""
-        return RESAMPLES[self.mode] if self.resamples is None else self.resamples
+        """The draft resamples in force."""
+        return self.resamples
+
+    @property
+    def rejection_alpha(self) -> float:
+        """The conformal test's level in force (``alpha``, or the mode's)."""
+        return ALPHA[self.mode] if self.alpha is None else self.alpha
+
+    @property
+    def updates_calibration(self) -> bool:
+        """Whether live first-attempt scores join the calibration set (``update_calibration``, or the mode's)."""
+        return UPDATE_CALIBRATION[self.mode] if self.update_calibration is None else self.update_calibration
 
     @property
     def chunking(self) -> str:
@@ -205,7 +239,7 @@ async def run_sample(
                 out.path, out.limited = draft, True  # paid for: keep it unchecked
                 return out
             p = p_value(s, ordered, rng.random()) if ordered is not None else 1.0
-            rejected = p <= params.alpha
+            rejected = p <= params.rejection_alpha
             if attempt == 0:
                 out.scores.append(s)
             out.turns.append(
@@ -228,6 +262,12 @@ async def run_sample(
         out.path = replace(kept, parents=(), parent_tokens=())  # no tree here: a sample is one chain
         if out.path.done:
             break
+    if ordered is not None and not out.path.done:
+        # Out of turns: the target finishes the trace (an unfinished sample has no answer).
+        rolled, limited = await extend(ctx, problem, [(out.path, 1)], cfg, hop=per_turn * params.max_turns, stage="finish", to_end=True)
+        out.limited = limited
+        if rolled and rolled[0]:
+            out.path = replace(rolled[0][0], parents=(), parent_tokens=())
     return out
 
 
@@ -254,7 +294,7 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
 
     samples = list(await asyncio.gather(*(one(i) for i in range(params.n))))
     scores = [x for s in samples for x in s.scores]
-    if params.update_calibration and scores:
+    if params.updates_calibration and scores:
         await ctx.calibration.add_scores(name, scores=scores, model=f"{ctx.draft_model}->{ctx.target_model}", keep=CALIBRATION_WINDOW)
     paths = [s.path for s in samples if s.path.text]
     if not paths:
@@ -287,7 +327,10 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
 
 async def calibration_scores(ctx: StrategyContext, problem: Problem, params: Params) -> list[float]:
     """Scores of the draft's chunks on ``problem`` with nothing rejected (the draft writes every chunk, in
-    ``params``' chunking), as a calibration set needs them: ``n`` samples of up to ``max_turns`` chunks."""
+    ``params``' chunking), as a calibration set needs them: ``n`` samples of up to ``max_turns`` chunks in
+    ``line`` mode, of their first chunk only in ``reference`` mode (as its reference script calibrates)."""
+    if params.mode == "reference":
+        params = params.model_copy(update={"max_turns": 1})
     drafted = await for_draft(ctx, problem)
     samples = await asyncio.gather(*(run_sample(ctx, problem, params, i, None, drafted=drafted) for i in range(params.n)))
     return [x for s in samples for x in s.scores]

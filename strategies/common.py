@@ -106,10 +106,12 @@ class StepConfig:
 class StepSearchParams(Sampling):
     """What every step-wise search (beam search, REBASE and their descendants) is parameterised by."""
 
-    step_tokens: int = Field(64, ge=1, le=1024, description="Most tokens of one step.")
+    step_tokens: int = Field(64, ge=1, le=32768, description="Most tokens of one step (default: the model profile's `scale.step_tokens`).")
     max_tokens: MaxTokens = Field(256, description="Most generated tokens per path.")
     aggregation: Aggregation = Field("last", description="How a path's step scores become its score.")
     selection: Literal["argmax", "weighted"] = Field("weighted", description="How the answer is chosen among finished paths.")
+
+    PROFILE_DEFAULTS = {**Sampling.PROFILE_DEFAULTS, "step_tokens": lambda p: p.scale.step_tokens}
 
     def step_config(self, profile: ModelProfile, step_tokens: int | None = None) -> StepConfig:
         """How one step of ``profile``'s model is sampled; ``step_tokens`` overrides the whole-step bound (a
@@ -126,9 +128,12 @@ async def extend(
     hop: int,
     stage: str = "expand",
     role: Role | None = None,
+    to_end: bool = False,
 ) -> tuple[list[list[Path]], bool]:
     """Children of every open parent: ``k`` samples of its next step in one call (siblings share the prefill),
-    written by ``role`` (default: the policy).
+    written by ``role`` (default: the policy). ``to_end``: the final roll-out, search-and-learn's last
+    iteration: each sample runs on to the end of its trace (no step delimiter stops it; at most what is left
+    of ``max_tokens``), so every child is finished.
 
     A child is finished when the engine says its sample ended (:func:`ended`), never because an answer
     can be read in it: a step such as ``3 + 4 = 7`` is not the end of a solution. A child that stopped on
@@ -140,13 +145,14 @@ async def extend(
         if k <= 0 or p.done:
             calls.append(None)
             continue
+        left = max(1, cfg.max_tokens - p.tokens)
         spec = SamplingSpec(
             prompt=problem.prompt + p.text,
             n=k,
-            max_tokens=max(1, min(cfg.step_tokens, cfg.max_tokens - p.tokens)),
+            max_tokens=left if to_end else min(cfg.step_tokens, left),
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            stop=(cfg.delimiter,),
+            stop=() if to_end else (cfg.delimiter,),
             seed=None if cfg.seed is None else cfg.seed + 7919 * hop + 104729 * i,
         )
         calls.append(ctx.generate(spec, stage=stage, branch=str(i), hop=hop, role=role))
@@ -170,8 +176,8 @@ async def extend(
             # A real engine counts the matched stop token; a step reported as 0 tokens still moves the path on.
             tokens = p.tokens + max(c.tokens, 1)
             text = p.text + c.text
-            over = ended(c, cfg.delimiter)
-            done = over or tokens >= cfg.max_tokens
+            over = ended(c, cfg.delimiter) or (to_end and c.finish_reason == "stop")
+            done = over or to_end or tokens >= cfg.max_tokens
             if not done and c.finish_reason == "stop":
                 text += cfg.delimiter  # the stop string is not part of the output; the next step starts after it
             # A path the search cut at max_tokens was not ended by its model: it is truncated, not answered.
@@ -198,11 +204,20 @@ async def score_paths(ctx: StrategyContext, problem: Problem, paths: Sequence[Pa
 
 
 async def grow(
-    ctx: StrategyContext, problem: Problem, parents: Sequence[tuple[Path, int]], cfg: StepConfig, how: Aggregation, *, hop: int, stage: str = "expand"
+    ctx: StrategyContext,
+    problem: Problem,
+    parents: Sequence[tuple[Path, int]],
+    cfg: StepConfig,
+    how: Aggregation,
+    *,
+    hop: int,
+    stage: str = "expand",
+    to_end: bool = False,
 ) -> tuple[list[Path], bool]:
-    """:func:`extend` then :func:`score_paths` (at ``hop`` and ``hop + 1``). Returns the children and whether
-    the budget refused something; children the budget left unscored keep score 0."""
-    children, limited = await extend(ctx, problem, parents, cfg, hop=hop, stage=stage)
+    """:func:`extend` (``to_end``: the final roll-out) then :func:`score_paths` (at ``hop`` and ``hop + 1``).
+    Returns the children and whether the budget refused something; children the budget left unscored keep
+    score 0."""
+    children, limited = await extend(ctx, problem, parents, cfg, hop=hop, stage=stage, to_end=to_end)
     kids = [k for ks in children for k in ks]
     if not kids:
         return kids, limited

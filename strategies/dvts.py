@@ -3,10 +3,13 @@ independent subtrees, each a greedy search of width ``beam_width``.
 
 Every iteration each open subtree samples ``beam_width`` next steps of its one current node (siblings share the
 prefill), the PRM scores them, and the subtree moves to its best child; a subtree ends when that child is
-finished (the model ended its trace, or ``max_tokens`` used). Subtrees never compete with each other, which is
-what keeps them diverse where beam search's global pruning collapses onto one prefix. Each iteration expands at
-most ``n`` steps, as beam search's does, so the two compare at equal width. The answer is chosen among the
-subtrees' final nodes (argmax or weighted vote of their aggregated scores).
+finished (the model ended its trace, or ``max_tokens`` used), and every finished child of that last expansion
+is one of its finals (search-and-learn returns all ``beam_width`` finals of each subtree, so at n 8 the answer
+is chosen among up to 8 candidates, not 2). The last iteration is the final roll-out: its expansions run on to
+the end of their traces. Subtrees never compete with each other, which is what keeps them diverse where beam
+search's global pruning collapses onto one prefix. Each iteration expands at most ``n`` steps, as beam
+search's does, so the two compare at equal width. The answer is chosen among the subtrees' finals (argmax or
+weighted vote of their aggregated scores).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
     trace: list[dict[str, object]] = []
     limited = False
     for step in range(params.max_steps):
-        children, limited = await extend(ctx, problem, [(node, params.beam_width) for node in current], cfg, hop=2 * step)
+        last = step == params.max_steps - 1
+        children, limited = await extend(ctx, problem, [(node, params.beam_width) for node in current], cfg, hop=2 * step, to_end=last)
         flat = [k for ks in children for k in ks]
         if not flat:
             break
@@ -42,8 +46,9 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
         except BudgetExceeded:
             scored, limited = flat, True
         it = iter(scored)
-        best = [max((next(it) for _ in ks), key=lambda k: k.score) for ks in children if ks]
-        finished += [b for b in best if b.done]
+        groups = [[next(it) for _ in ks] for ks in children if ks]
+        best = [max(g, key=lambda k: k.score) for g in groups]
+        finished += [k for g, b in zip(groups, best) if b.done for k in g if k.done]
         current = [b for b in best if not b.done]
         trace.append({"step": step, "subtrees": len(best), "finished": len(finished), "scores": [round(b.score, 4) for b in best]})
         ctx.emit({"stage": "step", "step": step, "open": len(current), "finished": len(finished)})
@@ -57,7 +62,7 @@ SPEC = StrategySpec(
     params=Params,
     run=run,
     summary="Diverse verifier tree search: n/beam_width independent greedy subtrees, each sampling beam_width steps",
-    # Every iteration generates at most n steps; there are at most min(max_steps, max_tokens) iterations.
-    worst_case=lambda p: p.n * p.step_tokens * min(p.max_steps, p.max_tokens),
+    # Every iteration generates at most n steps, the final roll-out n whole paths.
+    worst_case=lambda p: p.n * (p.step_tokens * min(p.max_steps, p.max_tokens) + p.max_tokens),
     needs=lambda p: frozenset({"prm"}),
 )

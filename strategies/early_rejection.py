@@ -13,7 +13,8 @@ completed, so a step where every kept beam ends would leave the search with n //
 (the reference's count) and nothing open; while fewer than ``finished_beams`` have finished, the next-best
 candidates of that step are then completed too, best first (``topped_up`` in the trace): at the answer step of
 the bundled model that is the rest of each answer line. ``finished_beams=n // beam_width`` is the reference's
-search. The answer is chosen among finished beams as in beam search; ``selection="top_beam"`` is the
+search. The last iteration's kept candidates are rolled out to the end of their traces (search-and-learn's
+final roll-out, as beam search's last iteration). The answer is chosen among finished beams as in beam search; ``selection="top_beam"`` is the
 reference's rule, the finished beam with the highest partial reward (its last step's, whatever ``aggregation``).
 """
 
@@ -32,7 +33,7 @@ from strategies.common import Path, StepConfig, extend, grow, refill, search_res
 
 
 class Params(beam_search.Params):
-    tau: int = Field(4, ge=1, le=1024, description="Tokens of a candidate step generated before the PRM judges it.")
+    tau: int = Field(4, ge=1, le=4096, description="Tokens of a candidate step generated before the PRM judges it (default: the profile's `scale.partial_tokens`).")
     finished_beams: int | None = Field(
         None,
         ge=1,
@@ -42,6 +43,13 @@ class Params(beam_search.Params):
     selection: Literal["argmax", "weighted", "top_beam"] = Field(
         "weighted", description="Among finished beams: highest score, weighted majority, or the reference's top beam (highest last partial reward)."
     )
+
+    # The reference judges 64 tokens, then completes a kept step by up to 256: a step is tau + that.
+    PROFILE_DEFAULTS = {
+        **beam_search.Params.PROFILE_DEFAULTS,
+        "tau": lambda p: p.scale.partial_tokens,
+        "step_tokens": lambda p: p.scale.partial_tokens + p.scale.completion_tokens,
+    }
 
     @model_validator(mode="after")
     def _tau_below_a_step(self) -> Params:
@@ -72,14 +80,16 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
         if not kids:
             break
         ranked = sorted(kids, key=lambda k: -k.score)
-        kept, more = await _complete(ctx, problem, ranked[:keep], rest, hop=4 * step + 2)
+        # The last step's kept candidates are rolled out to the end of their traces (the final roll-out).
+        last = step == params.max_steps - 1
+        kept, more = await _complete(ctx, problem, ranked[:keep], rest, hop=4 * step + 2, to_end=last)
         limited = limited or more
         finished += [k for k in kept if k.done]
         survivors = [k for k in kept if not k.done]
         extra: list[Path] = []
         if not survivors and not limited and len(finished) < target:
             # Every kept beam ended short of the target: complete the next-best candidates of this step.
-            extra, more = await _complete(ctx, problem, ranked[keep : keep + target - len(finished)], rest, hop=4 * step + 3)
+            extra, more = await _complete(ctx, problem, ranked[keep : keep + target - len(finished)], rest, hop=4 * step + 3, to_end=last)
             limited = limited or more
             finished += [k for k in extra if k.done]
             survivors = [k for k in extra if not k.done][:keep]
@@ -103,12 +113,15 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
     return search_result(ctx, finished, survivors, params.selection, trace, limited=limited)
 
 
-async def _complete(ctx: StrategyContext, problem: Problem, chosen: Sequence[Path], rest: StepConfig, *, hop: int) -> tuple[list[Path], bool]:
+async def _complete(
+    ctx: StrategyContext, problem: Problem, chosen: Sequence[Path], rest: StepConfig, *, hop: int, to_end: bool = False
+) -> tuple[list[Path], bool]:
     """``chosen`` candidates with their partial steps completed (one call each, at ``hop``); a candidate whose
-    partial step already ended (a short step) needs none. A beam keeps its partial steps' scores. Returns them
+    partial step already ended (a short step) needs none, except in the final roll-out (``to_end``), where
+    every open candidate runs on to the end of its trace. A beam keeps its partial steps' scores. Returns them
     and whether the budget refused a completion (that candidate stays as it was)."""
-    cut = [k for k in chosen if not k.done and k.finish_reason == "length"]
-    completed, limited = await extend(ctx, problem, [(k, 1) for k in cut], rest, hop=hop, stage="complete")
+    cut = [k for k in chosen if not k.done and (to_end or k.finish_reason == "length")]
+    completed, limited = await extend(ctx, problem, [(k, 1) for k in cut], rest, hop=hop, stage="complete", to_end=to_end)
     whole = {id(k): (c[0] if c else k) for k, c in zip(cut, completed)}
     return [replace(whole.get(id(k), k), steps=k.steps, score=k.score) for k in chosen], limited
 
@@ -124,7 +137,7 @@ SPEC = StrategySpec(
     run=run,
     summary="ER-PRM: beam search whose candidate steps are judged by the PRM after tau tokens; only the kept are completed",
     # Per iteration: n partial steps of tau tokens and the completions: n // beam_width, or up to n when the step
-    # is topped up to finished_beams; at most min(max_steps, max_tokens) iterations.
-    worst_case=lambda p: (p.n * p.tau + _completions(p) * p.step_tokens) * min(p.max_steps, p.max_tokens),
+    # is topped up to finished_beams; at most min(max_steps, max_tokens) iterations, the last rolled out whole.
+    worst_case=lambda p: (p.n * p.tau + _completions(p) * p.step_tokens) * min(p.max_steps, p.max_tokens) + _completions(p) * p.max_tokens,
     needs=lambda p: frozenset({"prm"}),
 )

@@ -111,6 +111,8 @@ class Params(rebase.Params):
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
+    prompt_tokens = await ctx.tokens(problem.prompt)
+
     async def prune(frontier: list[Path], remaining: int) -> tuple[list[Path], list[int], dict[str, object]]:
         shares = rebase.allocate([k.score for k in frontier], remaining, params.softmax_temperature)
         if params.lambda_s > 0 and len(frontier) > 1:
@@ -125,7 +127,7 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
             "clusters": clusters,
             "kept": [i for i, f in enumerate(keep) if f],
             # As REBASE counts: a kept node the re-allocation gives no child holds no cache for the next depth.
-            **rebase.memory(k for k, a in zip(kept, alloc) if a > 0),
+            **rebase.memory((k for k, a in zip(kept, alloc) if a > 0), frontier, prompt_tokens),
         }
         return kept, alloc, extra
 
@@ -137,6 +139,6 @@ SPEC = StrategySpec(
     params=Params,
     run=run,
     summary="ETS: REBASE whose kept nodes are chosen by an integer program (node cost vs coverage of step clusters)",
-    worst_case=lambda p: p.width * p.step_tokens * min(p.max_depth, p.max_tokens),
+    worst_case=rebase.SPEC.worst_case,
     needs=lambda p: frozenset({"prm", "clusterer"} if p.lambda_s > 0 else {"prm"}),
 )

@@ -7,16 +7,21 @@ re-declared, and a new description may be given with ``Field(0.6, description=..
 ``max_tokens`` belongs to the served model: validated with the model's profile in the validation context
 (``Params.model_validate(raw, context={"profile": profile})``, as the controller does), a request that
 gives no ``max_tokens`` gets the profile's ``max_tokens`` and one may ask for at most its
-``max_tokens_cap``. Without a profile the bundled one's bounds hold (256, at most 4096).
+``max_tokens_cap``. Without a profile the bundled one's bounds hold (256, at most 448).
+
+So do the other lengths a real model's scale sets (step size, depth, chunks, workspace: the profile's
+``[scale]``) and its sampling (``[sampling]``): a strategy lists, in ``PROFILE_DEFAULTS``, the parameters
+whose default the profile gives and how; a request that omits one gets the profile's value. The class
+defaults are the bundled model's.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable, ClassVar, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from orchestrator.profile import VALIDATION_KEY, ModelProfile
+from orchestrator.profile import BUNDLED, VALIDATION_KEY, ModelProfile
 from orchestrator.types import SamplingSpec
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="Sampling temperature.")]
@@ -25,7 +30,7 @@ TopP = Annotated[float, Field(gt=0.0, le=1.0, description="Nucleus sampling mass
 MaxTokens = Annotated[int, Field(ge=1, description="Most new tokens per sample (default and cap: the model profile's).")]
 Seed = Annotated[int | None, Field(description="Engine seed; None for fresh randomness.")]
 
-_BUNDLED = ModelProfile(name="bundled")
+_BUNDLED = BUNDLED["bundled"]
 
 
 def profile_of(info: ValidationInfo) -> ModelProfile | None:
@@ -33,6 +38,10 @@ def profile_of(info: ValidationInfo) -> ModelProfile | None:
     ctx = info.context
     profile = ctx.get(VALIDATION_KEY) if isinstance(ctx, dict) else None
     return profile if isinstance(profile, ModelProfile) else None
+
+
+# A parameter's default from the served model's profile; None keeps the class default.
+FromProfile = Callable[[ModelProfile], Any]
 
 
 class Sampling(BaseModel):
@@ -45,14 +54,22 @@ class Sampling(BaseModel):
     max_tokens: MaxTokens = 256
     seed: Seed = None
 
+    # Parameters whose default is the profile's (see the module docstring); a subclass extends the mapping.
+    PROFILE_DEFAULTS: ClassVar[Mapping[str, FromProfile]] = {
+        "max_tokens": lambda p: p.max_tokens,
+        "temperature": lambda p: p.sampling.temperature,
+        "top_p": lambda p: p.sampling.top_p,
+    }
+
     @model_validator(mode="before")
     @classmethod
     def _profile_default(cls, data: Any, info: ValidationInfo) -> Any:
         # Only a request that says nothing gets the profile's default; an explicit value is checked below.
         profile = profile_of(info)
-        if profile is not None and isinstance(data, dict) and "max_tokens" not in data:
-            return {**data, "max_tokens": profile.max_tokens}
-        return data
+        if profile is None or not isinstance(data, dict):
+            return data
+        filled = {name: value(profile) for name, value in cls.PROFILE_DEFAULTS.items() if name not in data}
+        return {**data, **{k: v for k, v in filled.items() if v is not None}}
 
     @field_validator("max_tokens")
     @classmethod

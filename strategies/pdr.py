@@ -50,10 +50,12 @@ RankBy = Literal["vote", "prm", "judge"]
 
 
 class _Sampling(Sampling):
-    kappa: int = Field(256, ge=8, le=8192, description="Most tokens of a workspace (the paper's kappa).")
+    kappa: int = Field(256, ge=8, le=65536, description="Most tokens of a workspace (the paper's kappa; default: the profile's `scale.workspace_tokens`).")
     temperature: Temperature = Field(0.8, description="Sampling temperature of every draft.")
     max_tokens: MaxTokens = Field(256, description="Most new tokens per draft.")
     seed: Seed = Field(None, description="Engine seed (and random-k's draws); None for fresh randomness.")
+
+    PROFILE_DEFAULTS = {**Sampling.PROFILE_DEFAULTS, "kappa": lambda p: p.scale.workspace_tokens}
 
 
 class Params(_Sampling):

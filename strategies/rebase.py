@@ -4,8 +4,14 @@ The root is expanded into ``width`` children. At every depth, finished children 
 or ``max_tokens`` used) each take one unit of the width for good; the remaining width is shared among the
 open nodes of the depth by a softmax of their PRM scores at temperature ``softmax_temperature``
 (:func:`allocate`), and each open node is expanded into its share of children. The search ends when no width
-is left, nothing is open, or at ``max_depth``. The answer is the weighted majority of the finished leaves,
-each weighted by its aggregated PRM score.
+is left, nothing is open, or at ``max_depth``, whose expansions are the final roll-out: they run on to the end
+of their traces, so the width still open then finishes with answers. The answer is the weighted majority of
+the finished leaves, each weighted by its aggregated PRM score.
+
+Memory: each depth's trace has ``live_nodes`` / ``retained_tokens`` (the kept tree: growing nodes and their
+ancestors, each shared node once, generated tokens) and the reference's own measure, ``frontier_nodes`` /
+``frontier_tokens`` (ETS's ``get_kv_size``: every frontier node of the depth, pruned ones included, with its
+ancestors, plus the prompt), so figures compare with the paper's.
 """
 
 from __future__ import annotations
@@ -65,17 +71,32 @@ def retained_tokens(kept: Iterable[Path]) -> int:
     return sum(own.values())
 
 
-def memory(kept: Iterable[Path]) -> dict[str, int]:
-    """The trace's memory figures for one depth: live nodes and their retained tokens."""
+def memory(kept: Iterable[Path], frontier: Sequence[Path], prompt_tokens: int) -> dict[str, int]:
+    """The trace's memory figures for one depth: live nodes and their retained tokens (the kept tree), and the
+    reference's measure over the whole frontier (every open node, pruned ones included, with its ancestors)
+    plus the prompt's tokens."""
     kept = list(kept)
-    return {"live_nodes": live_nodes(kept), "retained_tokens": retained_tokens(kept)}
+    return {
+        "live_nodes": live_nodes(kept),
+        "retained_tokens": retained_tokens(kept),
+        "frontier_nodes": live_nodes(frontier) + 1,  # the prompt's node: the root
+        "frontier_tokens": retained_tokens(frontier) + prompt_tokens,
+    }
 
 
 class Params(StepSearchParams):
     width: int = Field(8, ge=1, le=256, description="Leaves the search may finish (the root's children).")
     softmax_temperature: float = Field(0.2, gt=0.0, le=10.0, description="Temperature of the score softmax (the paper's 0.2).")
-    max_depth: int = Field(40, ge=1, le=200, description="Most steps from the root.")
-    temperature: Temperature = Field(1.0, description="Sampling temperature (the paper's 1.0).")
+    max_depth: int = Field(
+        40, ge=1, le=1024, description="Depths; the last one rolls every open node out to the end (default: the profile's `scale.tree_depth`)."
+    )
+    temperature: Temperature = Field(1.0, description="Sampling temperature (the paper's 1.0, unless the model profile sets one).")
+
+    PROFILE_DEFAULTS = {
+        **StepSearchParams.PROFILE_DEFAULTS,
+        "step_tokens": lambda p: p.scale.tree_step_tokens,
+        "max_depth": lambda p: p.scale.tree_depth,
+    }
 
 
 # Chooses which open nodes grow and by how many children: (kept nodes, their shares, what to trace).
@@ -83,9 +104,11 @@ Prune = Callable[[list[Path], int], Awaitable[tuple[list[Path], list[int], dict[
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:
+    prompt_tokens = await ctx.tokens(problem.prompt)
+
     async def shares(frontier: list[Path], remaining: int) -> tuple[list[Path], list[int], dict[str, object]]:
         alloc = allocate([k.score for k in frontier], remaining, params.softmax_temperature)
-        return frontier, alloc, memory(k for k, a in zip(frontier, alloc) if a > 0)
+        return frontier, alloc, memory((k for k, a in zip(frontier, alloc) if a > 0), frontier, prompt_tokens)
 
     return await search(problem, ctx, params, shares)
 
@@ -100,7 +123,8 @@ async def search(problem: Problem, ctx: StrategyContext, params: Params, prune: 
     trace: list[dict[str, object]] = []
     limited = False
     for depth in range(params.max_depth):
-        kids, limited = await grow(ctx, problem, list(zip(frontier, shares)), cfg, params.aggregation, hop=2 * depth)
+        last = depth == params.max_depth - 1
+        kids, limited = await grow(ctx, problem, list(zip(frontier, shares)), cfg, params.aggregation, hop=2 * depth, to_end=last)
         if not kids:
             break
         done = [k for k in kids if k.done]
@@ -124,7 +148,7 @@ SPEC = StrategySpec(
     params=Params,
     run=run,
     summary="REBASE: the width left is shared among open nodes by a softmax of their PRM scores",
-    # At most `width` children per depth (shares sum to the width left), at most min(max_depth, max_tokens) depths.
-    worst_case=lambda p: p.width * p.step_tokens * min(p.max_depth, p.max_tokens),
+    # At most `width` children per depth (shares sum to the width left), the final roll-out `width` whole paths.
+    worst_case=lambda p: p.width * (p.step_tokens * min(p.max_depth, p.max_tokens) + p.max_tokens),
     needs=lambda p: frozenset({"prm"}),
 )

@@ -7,7 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from deploy.assembly import check_prm_kind
+from deploy.assembly import check_prm_kind, served_profile
 from orchestrator.profile import BUNDLED, ModelProfile
 from workers.config import PoolConfig
 
@@ -27,5 +27,6 @@ def test_every_recipe_is_a_valid_workers_file_and_profile_pair():
             assert config.roles["prm"].runner == "pooling" and config.roles["prm"].step_tag == profile.prm.step_tag
         else:
             check_prm_kind(config, profile)
+        assert served_profile(profile, config).max_tokens_cap == profile.max_tokens_cap  # the caps fit the policy's context
         bundled = BUNDLED[profile.name]  # each recipe's profile is the bundled one of that name, written out
         assert profile.model_dump(exclude={"prm"}) == bundled.model_dump(exclude={"prm"})

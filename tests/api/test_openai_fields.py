@@ -147,8 +147,8 @@ def test_fields_at_openai_defaults_are_harmless_and_strategy_params_win_over_the
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 strings"),
         ({"presence_penalty": 0.5}, "presence_penalty", "has no `presence_penalty` parameter"),
         ({"top_p": 0.0}, "top_p", "top_p: Input should be greater than 0"),
-        ({"max_tokens": 5000}, "max_tokens", "4096"),  # the bundled profile's cap
-        ({"max_completion_tokens": 5000}, "max_completion_tokens", "4096"),
+        ({"max_tokens": 5000}, "max_tokens", "448"),  # the bundled profile's cap
+        ({"max_completion_tokens": 5000}, "max_completion_tokens", "448"),
         ({"temperature": 2.5}, "temperature", "less than or equal to 2"),
         ({"model": "auto:target", "temperature": 0.1}, "temperature", "strategy `auto` chooses its own"),
     ],

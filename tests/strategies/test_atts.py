@@ -42,8 +42,9 @@ def test_p_value_extremes():
 
 class DraftTarget:
     """Line D of a solution: the draft writes ``sD-bad``, the target ``sD-good``; after ``depth`` lines either
-    writes ``Answer: G`` (G: good lines so far). Scoring gives every chunk token log-probability -2 when the
-    chunk is a bad line, -0.1 otherwise (words are tokens)."""
+    writes ``Answer: G`` (G: good lines so far). A call without a stop string (a final roll-out) writes every
+    line left and the answer at once. Scoring gives every chunk token log-probability -2 when the chunk is a
+    bad line, -0.1 otherwise (words are tokens)."""
 
     def __init__(self, depth: int = 3) -> None:
         self.depth = depth
@@ -51,11 +52,17 @@ class DraftTarget:
 
     async def generate(self, role, spec):
         lines = [ln for ln in spec.prompt.split("\n")[1:] if ln]
+        self.calls.append((role, "generate"))
+        if not spec.stop:
+            rest = [f"s{d} {'bad' if role == 'draft' else 'good'}" for d in range(len(lines), self.depth)]
+            answer = f"Answer: {sum('good' in ln for ln in lines + rest)}"
+            text = "\n".join(rest + [answer])
+            comps = tuple(Completion(text, 2 * len(rest) + 2, "stop") for _ in range(spec.n))
+            return Generation(comps, Usage(len(spec.prompt.split()), comps[0].tokens * spec.n))
         if len(lines) >= self.depth:
             text, reason = f"Answer: {sum('good' in ln for ln in lines)}", None  # then EOS
         else:
             text, reason = f"s{len(lines)} {'bad' if role == 'draft' else 'good'}", spec.stop[0]
-        self.calls.append((role, "generate"))
         comps = tuple(Completion(text, 2, "stop", stop_reason=reason) for _ in range(spec.n))
         return Generation(comps, Usage(len(spec.prompt.split()), 2 * spec.n))
 
@@ -114,11 +121,14 @@ def test_alpha_zero_keeps_every_draft_chunk_and_update_can_be_off(store):
     assert len(asyncio.run(store.calibration.scores(NAME))) == 30
 
 
-def test_max_turns_bounds_each_sample(store):
+def test_max_turns_bounds_each_samples_chunks_then_the_target_finishes_it(store):
     asyncio.run(store.calibration.add_scores(NAME, scores=[1.0] * 30, model="d->t", keep=100))
-    out, _, _ = _run(DraftTarget(depth=10), store, n=3, max_turns=2)
+    out, _, calls = _run(DraftTarget(depth=10), store, n=3, max_turns=2)
     assert out.info["chunks"] == 6
-    assert all(c.text.count("\n") == 1 for c in out.candidates)
+    # Two turns each (the bad draft lines rejected, the target's kept), then one call of the target writes the
+    # other 8 lines and the answer.
+    assert all(c.text.count("\n") == 10 and c.answer == "10" for c in out.candidates)
+    assert sum(c.stage == "finish" and c.role == "policy" for c in calls) == 3
 
 
 def test_missing_calibration_or_draft_is_a_clear_error(store):
@@ -232,9 +242,9 @@ def _ref_calibration(store):
 def test_reference_mode_resamples_a_rejected_chunk_and_keeps_the_first_accepted(store):
     _ref_calibration(store)
     engine = TokenDraftTarget(depth=4, draft=("b", "m", "g"))
-    out, _, calls = _run(engine, store, n=1, alpha=0.1, mode="reference", chunk_tokens=2)
+    out, _, calls = _run(engine, store, n=1, alpha=0.1, mode="reference", chunk_tokens=2, resamples=2, update_calibration=True)
     assert out.text == " g g g g\nAnswer: 4" and out.answer == "4"
-    assert out.info["calibration"] == REF_NAME and out.info["resamples"] == 2  # the reference's three attempts
+    assert out.info["calibration"] == REF_NAME and out.info["resamples"] == 2  # the self-reject script's three attempts
     # Two chunk turns of three attempts (b, m rejected, g accepted), then the answer turn: b-answer 99 and
     # m-answer 99 rejected, the g-answer accepted. The target only scored.
     assert [(t["turn"], t["attempt"], t["rejected"]) for t in out.trace] == [
@@ -280,7 +290,9 @@ def test_line_mode_can_self_reject_before_the_target_rewrites(store):
 def test_calibration_sets_are_keyed_by_chunking():
     assert atts.Params().chunking == "line" and atts.calibration_name("d", "t", "task", "line") == NAME == "d->t/task"
     p = atts.Params(mode="reference")
-    assert (p.chunk, p.retries, p.chunking) == (32, 2, "tokens32")
+    # The two-model reference script: no resampling, alpha 0.4 (its rank >= 0.6 rule), no online update.
+    assert (p.chunk, p.retries, p.chunking, p.rejection_alpha, p.updates_calibration) == (32, 0, "tokens32", 0.4, False)
+    assert (atts.Params().rejection_alpha, atts.Params().updates_calibration) == (0.3, True)
     assert atts.Params(mode="reference", chunk_tokens=100, resamples=0).chunking == "tokens100"
     assert atts.calibration_name("d", "t", "task", "tokens32") == "d->t/task@tokens32"
     assert (atts.Params().chunk, atts.Params().retries) == (64, 0)  # today's line chunks, unchanged
@@ -293,7 +305,7 @@ def test_missing_reference_calibration_names_its_command(store):
 
 
 @pytest.mark.parametrize(
-    "field, value", [("mode", "paper"), ("chunk_tokens", 0), ("chunk_tokens", 2000), ("resamples", -1), ("resamples", 5), ("resamples", "two")]
+    "field, value", [("mode", "paper"), ("chunk_tokens", 0), ("chunk_tokens", 40000), ("resamples", -1), ("resamples", 5), ("resamples", "two")]
 )
 def test_bad_new_parameters_name_their_field(field, value):
     from pydantic import ValidationError
@@ -305,7 +317,7 @@ def test_bad_new_parameters_name_their_field(field, value):
 
 def test_worst_case_counts_every_attempt():
     assert atts.SPEC.worst_case(atts.Params()) == 2 * 4 * 256  # line mode as before
-    ref = atts.Params(mode="reference")  # 3 draft attempts and a target chunk per turn
+    ref = atts.Params(mode="reference", resamples=2)  # 3 draft attempts and a target chunk per turn
     assert atts.SPEC.worst_case(ref) == 4 * min(4 * 256, 16 * 4 * 32)
 
 

@@ -118,9 +118,10 @@ def test_retained_tokens_count_each_shared_node_once():
         Path(text="a\nb\n", tokens=8, parents=parent.parents + (parent.text,), parent_tokens=parent.parent_tokens + (5,)),
         Path(text="a\nc\n", tokens=9, parents=parent.parents + (parent.text,), parent_tokens=parent.parent_tokens + (5,)),
     ]
-    assert memory(kids) == {"live_nodes": 4, "retained_tokens": 12}
-    assert memory(kids[:1]) == {"live_nodes": 3, "retained_tokens": 8}
-    assert memory([]) == {"live_nodes": 0, "retained_tokens": 0}
+    # The reference's measure counts the whole frontier (here both open nodes) and the prompt's 7 tokens.
+    assert memory(kids, kids, 7) == {"live_nodes": 4, "retained_tokens": 12, "frontier_nodes": 5, "frontier_tokens": 19}
+    assert memory(kids[:1], kids, 7) == {"live_nodes": 3, "retained_tokens": 8, "frontier_nodes": 5, "frontier_tokens": 19}
+    assert memory([], [], 7) == {"live_nodes": 0, "retained_tokens": 0, "frontier_nodes": 1, "frontier_tokens": 7}
 
 
 def test_every_depth_of_a_search_reports_its_retained_tokens():
