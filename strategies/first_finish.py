@@ -1,15 +1,20 @@
 """First Finish Search: of n samples, the first to finish wins; the others are stopped at once.
 
 ``mode="async"`` (default): n independent requests; the first that finishes *with a parsable answer* wins.
-``mode="sync"``: one request of n sequences decoded in lockstep (one batch); the first sequence to end wins,
-whether or not it has an answer (the paper's synchronous variant), and the whole batch is stopped.
+``mode="sync"``: one request of n sequences decoded in lockstep (one batch); the first sequence to end with
+an answer wins, and the whole batch is stopped.
 
 The others are aborted the moment the winner is known; what they had generated is still charged and recorded
-(the reference implementation drops it, which understates the real cost). FFS-k@N: wait for the first k
-answered traces, abort the rest, and take the majority among those k. Samples that finish without a parsable
-answer do not count, nor do samples cut by ``max_tokens`` (a truncated trace is never answered): the winner
-is the first finisher *with* an answer. When none has one, the first
-finisher is returned with answer None.
+(the reference implementation drops it, which understates the real cost). FFS-k@N (the follow-up's rule): once
+k answered traces have finished, the rest are aborted; the cutoff is the k-th smallest token length among the
+answered traces, and the majority is taken over the answered traces no longer than it (ties in length may make
+more than k; here exactly k are taken, finish order breaking ties). In ``sync`` mode the batch decodes in
+lockstep, so the answered finishers are exactly the shortest. In ``async`` mode the race stops at the k-th
+answered arrival, so the answered traces are the first k to arrive: the k shortest when the samples decode at
+one rate, as one engine's batch does, but not always (a sample on a busier replica, or behind a longer
+prefill, arrives late); waiting longer to be sure would cost the tokens FFS exists to save. Samples that finish without a parsable answer do not count, nor do samples cut
+by ``max_tokens`` (a truncated trace is never answered). When none has an answer, the first finisher is
+returned with answer None.
 
 ``openings`` is the paper's per-sample opening prefill, for diversity: sample i continues the prompt followed
 by ``openings[i % len(openings)]``, and the opening is part of that sample's text (its answer is read from
@@ -91,8 +96,9 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
     drawn = [i for i in range(params.n) if i in results]
     candidates = tuple(candidate(ctx, params.opening(i) + c.text, c.tokens, c.finish_reason) for i in drawn for c in results[i].completions)
     index = {i: pos for pos, i in enumerate(drawn)}
-    # Among the first (last) k answered, the majority (ties to the earliest); the first (last) finisher when none answered.
-    first = _pick(answered, params) or _pick(race.order, params, k=1)
+    # Among the k shortest (longest) answered, the majority (ties to the earliest); the first (last) finisher when none answered.
+    lengths = {i: candidates[index[i]].tokens for i in drawn}
+    first = _pick(answered, params, lengths) or _pick(race.order, params, lengths, k=1)
     pos, votes = _vote([candidates[index[i]] for i in first])
     chosen = candidates[index[first[pos]]]
     info = {"winner": first[pos], "finish_order": race.order, "aborted": race.aborted, "votes": votes, "k": params.k, "finish": params.finish}
@@ -105,6 +111,7 @@ async def _run_sync(problem: Problem, ctx: StrategyContext, params: Params) -> S
     tokens = [0] * params.n
     reasons: list[FinishReason | None] = [None] * params.n
     order: list[int] = []
+    answered: list[int] = []
     stopped = False
     stream = ctx.stream(params.spec(problem.prompt, 0, n=params.n), stage="sample")
     async for d in stream:
@@ -114,22 +121,29 @@ async def _run_sync(problem: Problem, ctx: StrategyContext, params: Params) -> S
             reasons[d.index] = d.finish_reason
             if d.finish_reason != "abort":
                 order.append(d.index)
-        if params.finish == "first" and len(order) >= params.k and not stopped:
+                if candidate(ctx, texts[d.index], tokens[d.index], d.finish_reason).answer is not None:
+                    answered.append(d.index)
+        if params.finish == "first" and len(answered) >= params.k and not stopped:
             stopped = True
-            ctx.emit({"stage": "abort", "winners": order[: params.k]})
+            ctx.emit({"stage": "abort", "winners": answered[: params.k]})
             await stream.stop()  # the stream ends once the engine has let the batch go
     cands = tuple(candidate(ctx, t, n, r or "abort") for t, n, r in zip(texts, tokens, reasons))
-    first = _pick(order, params) or [0]
+    lengths = dict(enumerate(tokens))
+    first = _pick(answered, params, lengths) or _pick(order, params, lengths, k=1) or [0]
     pos, votes = _vote([cands[i] for i in first])
     aborted = [i for i, c in enumerate(cands) if c.finish_reason == "abort"]
     info = {"winner": first[pos], "finish_order": order, "aborted": aborted, "votes": votes, "k": params.k, "mode": "sync", "finish": params.finish}
     return result(cands[first[pos]], cands, info=info)
 
 
-def _pick(order: list[int], params: Params, *, k: int | None = None) -> list[int]:
-    """The first k of ``order`` (``finish="first"``), or the last k, latest first (``finish="last"``)."""
+def _pick(order: list[int], params: Params, lengths: dict[int, int], *, k: int | None = None) -> list[int]:
+    """``finish="first"``: the k shortest traces of ``order`` (FFS-k@N's cutoff), shortest first, finish order
+    breaking ties in length; ``finish="last"`` (the paper's control, by time): the last k to finish, latest first."""
     k = k or params.k
-    return order[:k] if params.finish == "first" else order[::-1][:k]
+    if params.finish == "last":
+        return order[::-1][:k]
+    pos = {i: p for p, i in enumerate(order)}
+    return sorted(order, key=lambda i: (lengths[i], pos[i]))[:k]
 
 
 def _vote(pool: list[Candidate]) -> tuple[int, dict[str, int]]:

@@ -186,6 +186,28 @@ def test_sync_last_finish_runs_the_batch_to_its_end_with_one_opening():
     assert result.info["finish_order"] == [2, 0, 1] and result.info["aborted"] == []
 
 
+def test_k_at_n_takes_the_k_shortest_answered_traces():
+    # FFS-k@N's cutoff is the k-th smallest token length among the answered traces, finish order breaking ties.
+    from strategies.first_finish import _pick
+
+    params = REGISTRY["first_finish"].params(n=4, k=2)
+    assert _pick([3, 0, 1, 2], params, {0: 30, 1: 10, 2: 20, 3: 40}) == [1, 2]
+    assert _pick([3, 0, 1], params, {0: 10, 1: 10, 3: 40}) == [0, 1]
+    last = REGISTRY["first_finish"].params(n=4, k=2, finish="last")  # the paper's control is by time
+    assert _pick([3, 0, 1, 2], last, {0: 30, 1: 10, 2: 20, 3: 40}) == [2, 1]
+
+
+def test_sync_counts_only_answered_finishers():
+    # The first sequence to end has no answer: it does not win, nor count towards k; the batch runs on.
+    texts = ["x", "Answer: 3", "Answer: 4 and more"]
+    engine = LockstepEngine(texts)
+    ctx = StrategyContext(engine=engine, tools=Toolbox(verifier=TaskAnswerVerifier()), tally=Tally(sink=_ignore), meter=BudgetMeter(Budget()))
+    spec = REGISTRY["first_finish"]
+    result = asyncio.run(spec.run(Problem("q\n"), ctx, spec.params(seed=0, n=3, mode="sync")))
+    assert result.answer == "3" and result.info["winner"] == 1
+    assert result.info["finish_order"][:2] == [0, 1] and result.info["aborted"] == [2]
+
+
 @pytest.mark.engine
 def test_openings_in_the_bundled_format_on_the_engine(service):
     """The bundled model continues an opening that starts its first step line; the opening is in the text the
