@@ -69,7 +69,14 @@ class Refiner(Protocol):
     strategy: what a global summary of drafts says, and how the policy is asked to improve on a workspace."""
 
     def summary(self, question: str, drafts: Sequence[str]) -> list[str]:
-        """A global summary of ``drafts`` as lines; the strategy keeps as many as its token bound allows."""
+        """A global summary of ``drafts`` as lines, computed without a model (a tally of their answers, or the
+        workspace format a bundled model was trained on); the strategy keeps as many as its token bound allows."""
+        ...
+
+    def summary_messages(self, question: str, drafts: Sequence[str]) -> list[dict[str, str]] | None:
+        """A request asking the policy to write the global summary of ``drafts`` (agreements, contradictions,
+        derived facts, open subgoals, as the PDR paper's summary says), as chat messages; None when this
+        refiner's summary is :meth:`summary`, computed (the workspace format a model was trained on)."""
         ...
 
     def draft_block(self, index: int, draft: str) -> str:

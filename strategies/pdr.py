@@ -2,16 +2,23 @@
 
 PDR runs rounds of ``schedule`` drafts (default 8, 4, 1). Round 1 answers the question; every later round
 refines from a *workspace* distilled from the previous round's drafts, never from the drafts' full text, and
-the workspace is bounded: it never exceeds ``kappa`` tokens (pieces that would cross the bound are left
-out; when not even the first fits, its head is kept with the mark ``[... truncated]``, counted in the
-round's ``truncated``, so a refinement never starts from a silently empty workspace). The last round's
-answer is the result (its majority when it has several drafts). A refiner that asks in chat messages
-(``refine_messages``) has them rendered through the policy's chat template.
+the workspace is bounded: it never exceeds ``kappa`` tokens (the model profile's ``scale.workspace_tokens`` by
+default, room for the drafts it shows). A draft is shown by its final part (a reasoning model's conclusion,
+not its thinking); drafts that do not all fit share ``kappa`` equally, each cut in its middle with the mark
+``[... truncated]`` so that its start and its answer at the end both stay (counted in the round's
+``truncated``); a refinement never starts from a silently empty workspace. The last round's answer is the
+result (its majority when it has several drafts). A refiner that asks in chat messages (``refine_messages``)
+has them rendered through the policy's chat template.
 
 Distill operators (``distill``):
 
-- ``summary``: a global summary of all drafts (what the refiner reports: per-step agreements and the
-  answers' tally for the bundled task), shared by every refinement of the round.
+- ``summary``: a global summary of all drafts, shared by every refinement of the round. Written by the policy
+  when the refiner asks for one (:class:`~verifiers.refine.TextRefiner`: the paper's summary of agreements,
+  contradictions, derived facts and open subgoals, one call charged to the request at stage ``distill``, its
+  final part kept); the refiner's computed summary when it has its own format (the bundled tasks'
+  workspaces, which their models were trained on), or when the written one came back empty or cut.
+- ``tally``: the refiner's computed summary, no model call (the cheap option: answers with their counts and a
+  supporting line each, for a text refiner).
 - ``shared_top_k``: the ``k`` best drafts verbatim, the same for every refinement.
 - ``per_sample_top_k``: refinement j sees its own parent draft (draft j of the previous round, cyclically)
   and the ``k - 1`` best others.
@@ -19,8 +26,8 @@ Distill operators (``distill``):
 
 "Best" is ranked by ``rank_by``: ``vote`` (drafts whose answer more drafts share first; needs no model),
 ``prm`` (aggregated step scores) or ``judge``. SR is the one-candidate case: one draft, refined
-``rounds - 1`` times, each time from a workspace of the previous draft alone (the refiner's summary of one
-draft: the draft itself for the text refiner).
+``rounds - 1`` times, each time from a workspace of the previous draft alone (the refiner's computed summary
+of one draft: the draft itself, answer included, for the text refiner).
 
 Both budgets of the paper are reported: ``sequential_tokens`` (prompt + completion of the longest call of
 every round, summed: the latency proxy) and the total (``usage`` plus verifier tokens: the cost proxy).
@@ -45,7 +52,7 @@ from orchestrator.types import Candidate, Problem, SamplingSpec, StrategyResult
 from strategies.common import candidate, majority, result
 from strategies.params import MaxTokens, Sampling, Seed, Temperature
 
-Distill = Literal["summary", "shared_top_k", "per_sample_top_k", "random_k"]
+Distill = Literal["summary", "tally", "shared_top_k", "per_sample_top_k", "random_k"]
 RankBy = Literal["vote", "prm", "judge"]
 
 
@@ -73,7 +80,7 @@ class Params(_Sampling):
 
     @model_validator(mode="after")
     def _k_fits(self) -> Params:
-        if self.distill != "summary" and len(self.schedule) > 1 and self.k > max(self.schedule[:-1]):
+        if self.distill not in ("summary", "tally") and len(self.schedule) > 1 and self.k > max(self.schedule[:-1]):
             raise ValueError(f"k={self.k} exceeds every round's drafts {self.schedule[:-1]}")
         return self
 
@@ -92,7 +99,7 @@ async def run(problem: Problem, ctx: StrategyContext, params: Params) -> Strateg
 
 
 async def run_sr(problem: Problem, ctx: StrategyContext, params: SRParams) -> StrategyResult:
-    return await _refine(problem, ctx, params, [1] * params.rounds, "summary", 1, "vote")
+    return await _refine(problem, ctx, params, [1] * params.rounds, "tally", 1, "vote")
 
 
 async def _refine(
@@ -107,8 +114,8 @@ async def _refine(
     for r, m in enumerate(schedule):
         if r == 0:
             workspaces = [Workspace("", 0)]
-        elif distill in ("summary", "shared_top_k"):
-            workspaces = [await _workspace(ctx, problem, drafts, distill, k, rank_by, params.kappa, rng, hop=2 * r - 1)]
+        elif distill in ("summary", "tally", "shared_top_k"):
+            workspaces = [await _workspace(ctx, problem, params, drafts, distill, k, rank_by, hop=2 * r - 1)]
         else:
             ranked = await _ranked(ctx, problem, drafts, rank_by, hop=2 * r - 1) if distill == "per_sample_top_k" else drafts
             workspaces = [await _own_workspace(ctx, ranked, drafts[j % len(drafts)], distill, k, params.kappa, rng) for j in range(m)]
@@ -125,7 +132,10 @@ async def _refine(
         sizes = [w.tokens for w in distinct]  # one size per distinct workspace
         cut = sum(w.truncated for w in distinct)
         truncated += cut
-        rounds.append({"round": r, "drafts": len(new), "workspace_tokens": sizes, "truncated": cut, "answers": [c.answer for c in new]})
+        rounds.append(
+            {"round": r, "drafts": len(new), "workspace_tokens": sizes, "truncated": cut, "answers": [c.answer for c in new]}
+            | ({"summary": distinct[0].source} if distill == "summary" and r > 0 else {})
+        )
         ctx.emit({"stage": "round", "round": r, "drafts": len(new), "leader": majority(new).answer})
         drafts = new
         if len(new) < m:  # the budget cut the round short
@@ -201,12 +211,33 @@ async def _ranked(ctx: StrategyContext, problem: Problem, drafts: list[Candidate
 
 
 async def _workspace(
-    ctx: StrategyContext, problem: Problem, drafts: list[Candidate], distill: Distill, k: int, rank_by: RankBy, kappa: int, rng: random.Random, *, hop: int
+    ctx: StrategyContext, problem: Problem, params: _Sampling, drafts: list[Candidate], distill: Distill, k: int, rank_by: RankBy, *, hop: int
 ) -> Workspace:
-    if distill == "summary":
+    kappa = params.kappa
+    if distill == "summary" and ctx.refiner.summary_messages(problem.text, []) is not None:
+        return await _written_summary(ctx, problem, params, drafts, hop=hop)
+    if distill in ("summary", "tally"):
         return await _bounded(ctx, ctx.refiner.summary(problem.text, [d.text for d in drafts]), kappa)
     top = (await _ranked(ctx, problem, drafts, rank_by, hop=hop))[:k]
-    return await _bounded(ctx, [ctx.refiner.draft_block(i, d.text) for i, d in enumerate(top)], kappa)
+    return await _bounded(ctx, [ctx.refiner.draft_block(i, d.text) for i, d in enumerate(top)], kappa, share=True)
+
+
+async def _written_summary(ctx: StrategyContext, problem: Problem, params: _Sampling, drafts: list[Candidate], *, hop: int) -> Workspace:
+    """The policy's own summary of ``drafts`` (one call at stage ``distill``, charged to the request): the
+    drafts it reads share ``kappa`` tokens, the workspace is the final part of what it writes, bounded by
+    ``kappa``. An empty or cut summary falls back to the refiner's computed one (``source`` says which)."""
+    refiner, kappa = ctx.refiner, params.kappa
+    shown = await _shared(ctx, [refiner.draft_block(i, d.text) for i, d in enumerate(drafts)], kappa)
+    messages = refiner.summary_messages(problem.text, [w.text for w in shown]) or []
+    if not any(m["role"] == "system" for m in messages):
+        messages = [m for m in problem.messages if m.get("role") == "system"] + list(messages)
+    spec = params.sampling(await ctx.render_chat(messages), seed_offset=999_983)
+    c = (await ctx.generate(spec, stage="distill", hop=hop)).completions[0]
+    _, final = ctx.tools.profile.split_reasoning(c.text)
+    if c.finish_reason != "stop" or not final.strip():
+        out = await _bounded(ctx, refiner.summary(problem.text, [d.text for d in drafts]), kappa)
+        return out._replace(source="tally: the written summary was cut" if c.finish_reason != "stop" else "tally: the written summary was empty")
+    return (await _bounded(ctx, [final.strip()], kappa))._replace(source="written")
 
 
 async def _own_workspace(
@@ -216,50 +247,75 @@ async def _own_workspace(
         picked = rng.sample(ranked, min(k, len(ranked)))
     else:
         picked = [own] + [d for d in ranked if d is not own and d.text != own.text][: k - 1]
-    return await _bounded(ctx, [ctx.refiner.draft_block(i, d.text) for i, d in enumerate(picked)], kappa)
+    return await _bounded(ctx, [ctx.refiner.draft_block(i, d.text) for i, d in enumerate(picked)], kappa, share=True)
 
 
 class Workspace(NamedTuple):
     text: str
     tokens: int  # policy tokens, as counted when it was bounded
-    truncated: bool = False  # its first piece did not fit whole: only its head is shown
+    truncated: bool = False  # some piece did not fit whole: its middle was cut
+    source: str = "computed"  # for a summary: "written" by the policy, or the refiner's computed one and why
 
 
 TRUNCATED = "[... truncated]"
+SEPARATOR = "\n\n"  # between the pieces (drafts) of a workspace
 
 
-async def _bounded(ctx: StrategyContext, pieces: Sequence[str], kappa: int) -> Workspace:
-    """The longest prefix of ``pieces`` (joined by newlines) that is at most ``kappa`` policy tokens; when
-    not even the first piece fits, that piece's longest head that fits with the mark :data:`TRUNCATED`."""
+async def _bounded(ctx: StrategyContext, pieces: Sequence[str], kappa: int, *, share: bool = False) -> Workspace:
+    """``pieces`` joined, at most ``kappa`` policy tokens. Lines of a summary (``share`` False): the longest
+    prefix of them that fits, the first one cut in its middle when not even it fits. Drafts (``share``): all of
+    them when they fit, else each cut in its middle to an equal share of ``kappa``, so that every draft shows
+    its start and its answer (a draft's answer is at its end; dropping drafts would leave top-k with one)."""
+    sep = SEPARATOR if share else "\n"
+    whole = sep.join(pieces)
+    tokens = await ctx.tokens(whole)
+    if tokens <= kappa or not pieces:
+        return Workspace(whole, tokens)
+    if share:
+        cut = await _shared(ctx, pieces, kappa)
+        text = sep.join(w.text for w in cut)
+        return Workspace(text, await ctx.tokens(text), truncated=any(w.truncated for w in cut))
     kept: list[str] = []
     size = 0
     for piece in pieces:
-        tokens = await ctx.tokens("\n".join(kept + [piece]))
-        if tokens > kappa:
+        n = await ctx.tokens("\n".join(kept + [piece]))
+        if n > kappa:
             break
         kept.append(piece)
-        size = tokens
-    if not kept and pieces:
+        size = n
+    if not kept:
         # An empty workspace would make the refinement a fresh draft that is reported as a refinement.
-        return await _head(ctx, pieces[0], kappa)
+        return await _fit(ctx, pieces[0], kappa)
     return Workspace("\n".join(kept), size)
 
 
-async def _head(ctx: StrategyContext, piece: str, kappa: int) -> Workspace:
-    """The longest head of ``piece`` that, marked as cut, is at most ``kappa`` tokens (bisected on
-    characters; counting tokens is free). Without room even for the mark, the bare head that fits."""
+async def _shared(ctx: StrategyContext, pieces: Sequence[str], kappa: int) -> list[Workspace]:
+    """Each piece within an equal share of ``kappa`` (less the separators between them), cut by :func:`_fit`."""
+    room = max(1, kappa // max(1, len(pieces)) - await ctx.tokens(SEPARATOR))
+    return [await _fit(ctx, p, room) for p in pieces]
+
+
+async def _fit(ctx: StrategyContext, piece: str, kappa: int) -> Workspace:
+    """``piece`` within ``kappa`` tokens: whole if it fits, else its head and its tail (twice as long: the
+    answer is at the end) around the mark :data:`TRUNCATED`, as long as fits (bisected on characters;
+    counting tokens is free). Without room even for the mark, the bare tail that fits."""
+    tokens = await ctx.tokens(piece)
+    if tokens <= kappa:
+        return Workspace(piece, tokens)
 
     def cut(n: int, mark: bool) -> str:
-        head = piece[:n].rstrip()
-        return f"{head}\n{TRUNCATED}" if mark and head else (TRUNCATED if mark else head)
+        if not mark:
+            return piece[len(piece) - n :].lstrip() if n else ""
+        head, tail = piece[: n // 3].rstrip(), piece[len(piece) - (n - n // 3) :].lstrip() if n else ""
+        return f"{head}\n{TRUNCATED}\n{tail}" if head or tail else TRUNCATED
 
     for mark in (True, False):
         lo, hi, best = 0, len(piece) - 1, None
         while lo <= hi:
             mid = (lo + hi) // 2
-            tokens = await ctx.tokens(cut(mid, mark))
-            if tokens <= kappa:
-                best, lo = Workspace(cut(mid, mark), tokens, truncated=True), mid + 1
+            n = await ctx.tokens(cut(mid, mark))
+            if n <= kappa:
+                best, lo = Workspace(cut(mid, mark), n, truncated=True), mid + 1
             else:
                 hi = mid - 1
         if best is not None and best.text:

@@ -43,6 +43,10 @@ class TaskRefiner:
         """None: the bundled target reads :meth:`refine_prompt` as it is, the format it was trained on."""
         return None
 
+    def summary_messages(self, question: str, drafts: Sequence[str]) -> list[dict[str, str]] | None:
+        """None: the summary is the task's workspace, the one the bundled target was trained to refine from."""
+        return None
+
 
 class CountdownRefiner:
     """The Countdown task's workspace (``tasks.countdown.refine_prompt``: the deepest route each draft reached
@@ -70,11 +74,24 @@ class CountdownRefiner:
     def refine_messages(self, question: str, workspace: str) -> list[dict[str, str]] | None:
         return [{"role": "user", "content": self.refine_prompt(question, workspace)}]
 
+    def summary_messages(self, question: str, drafts: Sequence[str]) -> list[dict[str, str]] | None:
+        """None: the summary is the task's workspace, the one the v2 target was refine-tuned on."""
+        return None
+
+
+SUMMARY_INSTRUCTION = (
+    "Below are {count} attempts at the problem. Write a short summary of them for someone who will solve it again: "
+    "where the attempts agree, where they contradict each other, the intermediate facts they derive, the answers "
+    "they reach (with how many reach each), and what is still open. Do not solve the problem yourself."
+)
+
 
 class TextRefiner:
-    """A task-agnostic workspace: answers with their counts (most agreed first), each with the last line of
-    its first draft as support, and how many drafts reached no answer. A single draft (Sequential
-    Refinement) is shown itself: a tally of one answer would hide the very solution being refined.
+    """A task-agnostic workspace. Its global summary is written by the policy (:meth:`summary_messages`: the
+    PDR paper's summary of agreements, contradictions, derived facts and open subgoals); its computed summary
+    (:meth:`summary`, PDR's ``tally`` distill) is the answers with their counts (most agreed first), each with
+    the last line of its first draft as support, and how many drafts reached no answer. A single draft
+    (Sequential Refinement) is shown itself: a tally of one answer would hide the very solution being refined.
 
     With ``profile`` given, a draft is shown by its final part (after the reasoning span) when it has one:
     a reasoning model's thinking would fill any workspace bound before its conclusion. With ``chat`` the
@@ -101,6 +118,13 @@ class TextRefiner:
 
     def draft_block(self, index: int, draft: str) -> str:
         return f"Draft {index + 1}:\n{self._shown(draft)}"
+
+    def summary_messages(self, question: str, drafts: Sequence[str]) -> list[dict[str, str]] | None:
+        if not self.chat:  # a model without a chat template is asked only to refine, in its raw prompt format
+            return None
+        blocks = "\n\n".join(drafts)
+        content = f"Problem: {question}\n\n{SUMMARY_INSTRUCTION.format(count=len(drafts))}\n\n{blocks}"
+        return [{"role": "user", "content": content}]
 
     def _shown(self, draft: str) -> str:
         if self.profile is None:

@@ -45,10 +45,68 @@ def test_rounds_follow_the_schedule_and_workspaces_stay_within_kappa(distill):
     assert ctx.tally.sequential_tokens < ctx.tally.usage.total_tokens
 
 
-def test_kappa_drops_whole_drafts_not_parts():
+def test_kappa_shares_out_among_the_top_k_drafts_each_keeping_its_answer():
+    # Four 31-word drafts in 70 tokens: each gets an equal share, cut in its middle, so that every draft still
+    # shows its start and the answer at its end (a head-only cut dropped a Qwen-Math solution's \boxed{}).
     result, engine, *_ = run("pdr", schedule=[4, 1], distill="shared_top_k", k=4, kappa=70)
+    workspace = engine.calls[-1].prompt.split("Earlier attempts:\n", 1)[1].split("\n\nWrite", 1)[0]
+    assert workspace.count("Draft ") == 4 and workspace.count("Answer: ") == 4
+    assert workspace.count("[... truncated]") == 4 and len(workspace.split()) <= 70
+    assert result.trace[1]["truncated"] == 1
+
+
+def test_sequential_refinement_keeps_the_previous_answer_in_a_tight_workspace():
+    result, engine, *_ = run("sequential_refinement", rounds=2, kappa=16)
+    workspace = engine.calls[-1].prompt.split("Earlier attempts:\n", 1)[1]
+    assert "Answer: 0" in workspace and "[... truncated]" in workspace
+
+
+class SummaryEngine(LongEngine):
+    """Drafts as :class:`LongEngine`'s; asked to summarise (a chat whose user turn starts "Problem:"), it writes
+    ``<think>`` reasoning, then the summary, or runs out of tokens when ``cut``."""
+
+    def __init__(self, cut: bool = False) -> None:
+        super().__init__()
+        self.cut = cut
+
+    async def render_chat(self, role, messages):
+        return "<chat>" + messages[-1]["content"]
+
+    async def generate(self, role, spec):
+        if not spec.prompt.startswith("<chat>Problem:"):
+            return await super().generate(role, spec)
+        self.calls.append(spec)
+        if self.cut:
+            return Generation((Completion("<think>\nhmm", 3, "length"),), Usage(len(spec.prompt.split()), 3))
+        text = "<think>\nLet me compare.\n</think>\n\nThe drafts disagree: answers 0 (3), 1 (3), 2 (2)."
+        return Generation((Completion(text, 12, "stop"),), Usage(len(spec.prompt.split()), 12))
+
+
+def _run_written(engine):
+    from orchestrator.profile import BUNDLED
+
+    profile = BUNDLED["r1-distill"]
+    ctx, calls = context(engine, refiner=TextRefiner(TaskAnswerVerifier(), profile=profile, chat=True), profile=profile)
+    spec = REGISTRY["pdr"]
+    params = spec.parse({"schedule": [8, 1], "kappa": 200, "max_tokens": 64}, profile=profile)
+    return asyncio.run(spec.run(Problem("q\n", question="q"), ctx, params)), calls
+
+
+def test_the_summary_is_written_by_the_policy_and_charged_to_the_request():
+    engine = SummaryEngine()
+    result, calls = _run_written(engine)
+    [ask] = [s for s in engine.calls if s.prompt.startswith("<chat>Problem:")]
+    assert ask.prompt.count("Draft ") == 8 and "where they contradict each other" in ask.prompt
+    assert [c.stage for c in calls] == ["round0", "distill", "round1"]
     refine = engine.calls[-1].prompt
-    assert refine.count("Draft ") == 2  # a 31-word draft block fits twice in 70 tokens, not three times
+    assert "The drafts disagree: answers 0 (3)" in refine and "Let me compare" not in refine  # its final part only
+    assert result.trace[1]["summary"] == "written"
+
+
+def test_a_cut_summary_falls_back_to_the_computed_tally():
+    result, calls = _run_written(SummaryEngine(cut=True))
+    assert [c.stage for c in calls] == ["round0", "distill", "round1"]  # the cut call was paid for
+    assert result.trace[1]["summary"].startswith("tally: the written summary was cut")
 
 
 def test_sequential_refinement_keeps_one_candidate():
@@ -84,7 +142,8 @@ def test_a_draft_longer_than_kappa_is_cut_visibly_never_dropped(name, params):
     result, engine, *_ = run(name, kappa=12, **params)
     refine = engine.calls[-1].prompt
     workspace = refine.split("Earlier attempts:\n", 1)[1].split("\n\nWrite", 1)[0]
-    assert workspace.startswith("Draft 1:\nw w") and workspace.endswith("[... truncated]")
+    # Its start and its answer stay, the middle is marked as cut.
+    assert workspace.startswith("Draft 1:\nw") and "[... truncated]" in workspace and workspace.endswith("Answer: 0")
     assert len(workspace.split()) <= 12  # still within kappa, the mark included
     assert result.trace[1]["truncated"] == 1 and result.info["truncated_workspaces"] == 1
     assert result.trace[1]["workspace_tokens"] == [len(workspace.split())]
