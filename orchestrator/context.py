@@ -229,12 +229,14 @@ class StrategyContext:
             raise InvalidRequest("this strategy needs a refiner and none is configured", param="strategy")
         return self.tools.refiner
 
-    async def cluster(self, texts: Sequence[str], *, threshold: float) -> list[int]:
-        """A cluster label per text (equal labels: the same idea). Embedding calls are not charged: they run on
-        a small encoder outside the token budget."""
-        if self.tools.clusterer is None:
+    async def cluster(self, texts: Sequence[str], *, threshold: float | None = None) -> list[int]:
+        """A cluster label per text (equal labels: the same idea), cut at ``threshold`` (default: the one
+        calibrated for the server's clusterer). Embedding calls are not charged: they run on a small encoder
+        outside the token budget."""
+        clusterer = self.tools.clusterer
+        if clusterer is None:
             raise InvalidRequest("this strategy needs step clustering (an `embedder` role) and none is configured", param="strategy")
-        return await self.tools.clusterer.clusters(self._engine, texts, threshold)
+        return await clusterer.clusters(self._engine, texts, clusterer.threshold if threshold is None else threshold)
 
     @property
     def calibration(self) -> CalibrationStore:

@@ -51,7 +51,11 @@ class OutcomeScorer(Protocol):
 
 
 class StepClustering(Protocol):
-    """Groups steps that say the same thing (ETS's coverage reward); labels are 0..k-1."""
+    """Groups steps that say the same thing (ETS's coverage reward); labels are 0..k-1. ``threshold`` is the
+    cosine distance calibrated for this clusterer's vectors (paraphrases of a step within it, different steps
+    beyond it: ``python -m bench.ets_threshold``), the default when a strategy gives none."""
+
+    threshold: float
 
     async def clusters(self, engine: Engine, texts: Sequence[str], threshold: float) -> list[int]: ...
 

@@ -107,7 +107,10 @@ def select(
 class Params(rebase.Params):
     lambda_b: float = Field(1.0, ge=0.0, le=100.0, description="Price of every retained node (shared KV); the paper's 1.0.")
     lambda_s: float = Field(1.5, ge=0.0, le=100.0, description="Reward for covering step clusters; the paper's 1.5 (width 16).")
-    cluster_threshold: float = Field(0.05, ge=0.0, le=2.0, description="Cosine distance under which steps are one cluster.")
+    cluster_threshold: float | None = Field(
+        None, ge=0.0, le=2.0,
+        description="Cosine distance under which steps are one cluster; default: the one calibrated for the server's clusterer (0.27 for the packaged embedder; the reference's 0.05 was tuned for its math embedder).",
+    )
 
 
 async def run(problem: Problem, ctx: StrategyContext, params: Params) -> StrategyResult:

@@ -4,7 +4,10 @@ Two clusterers: :class:`StepClusterer` embeds steps with the pool's `embedder` r
 model in a Ray actor); :class:`LexicalClusterer` needs no model: TF-IDF vectors of the steps' character n-grams,
 which separate steps that differ in a number where a sentence embedder trained on prose sees one sentence.
 Either way clustering is scipy's agglomerative clustering on cosine distance, cut where clusters stop being
-closer than ``threshold``.
+closer than ``threshold``. Each clusterer's default threshold is calibrated for its vectors by
+``python -m bench.ets_threshold`` (hand-written R1-style steps in three phrasings each: the threshold that best
+separates paraphrase pairs from pairs of different steps of the same problem): the reference ETS's 0.05 was
+tuned for its math embedder, and with all-MiniLM-L6-v2 it merges no paraphrase at all.
 """
 
 from __future__ import annotations
@@ -35,12 +38,19 @@ def cluster_vectors(vectors: np.ndarray, *, threshold: float = 0.15, method: str
     return [first.setdefault(int(c), len(first)) for c in raw]
 
 
+# Calibrated by bench.ets_threshold (bench/results/ets_threshold.json): balanced accuracy 0.84 (embedder) and
+# 0.77 (lexical) between paraphrases and different steps; 0.05 scores 0.5 for both (nothing merges).
+EMBEDDER_THRESHOLD = 0.27  # all-MiniLM-L6-v2: paraphrases median 0.20, different steps of a problem median 0.43
+LEXICAL_THRESHOLD = 0.74  # TF-IDF character 2-4-grams: paraphrases median 0.64, different steps median 0.82
+
+
 class LexicalClusterer:
     """The :class:`~orchestrator.protocols.StepClustering` protocol without a model (``engine`` is not used):
     steps as TF-IDF vectors of their character ``ngrams`` (within words), fitted on the texts being clustered."""
 
-    def __init__(self, ngrams: tuple[int, int] = (2, 4)) -> None:
+    def __init__(self, ngrams: tuple[int, int] = (2, 4), *, threshold: float = LEXICAL_THRESHOLD) -> None:
         self.ngrams = ngrams
+        self.threshold = threshold
 
     async def clusters(self, engine: Engine | None, texts: Sequence[str], threshold: float) -> list[int]:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -58,7 +68,10 @@ class LexicalClusterer:
 
 
 class StepClusterer:
-    def __init__(self, engine: Engine, *, role: Role = "embedder", threshold: float = 0.15) -> None:
+    """Steps embedded by the pool's `embedder` role. ``threshold``: calibrated for the packaged all-MiniLM-L6-v2;
+    another embedder needs its own (``python -m bench.ets_threshold`` measures one)."""
+
+    def __init__(self, engine: Engine, *, role: Role = "embedder", threshold: float = EMBEDDER_THRESHOLD) -> None:
         self.engine = engine
         self.role = role
         self.threshold = threshold

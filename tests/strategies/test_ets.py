@@ -66,6 +66,8 @@ def test_a_high_node_cost_keeps_fewer_branches_and_coverage_keeps_more():
 
 
 class ClusterByText:
+    threshold = 0.3
+
     async def clusters(self, engine, texts, threshold):
         first = {}
         return [first.setdefault(t.split("-")[-1], len(first)) for t in texts]
@@ -85,6 +87,8 @@ def test_ets_search_keeps_allocations_within_the_width():
 
 
 class EveryStepItsOwnCluster:
+    threshold = 0.3
+
     async def clusters(self, engine, texts, threshold):
         return list(range(len(texts)))
 
@@ -130,3 +134,23 @@ def test_every_depth_of_a_search_reports_its_retained_tokens():
     result = asyncio.run(spec.run(Problem("q\n", question="q"), ctx, spec.params(width=8, seed=1)))
     depths = [d for d in result.trace if "live_nodes" in d]
     assert depths and all(d["retained_tokens"] >= d["live_nodes"] - 1 > 0 for d in depths)
+
+
+def test_the_cluster_threshold_defaults_to_the_one_calibrated_for_the_servers_clusterer():
+    class Recording(ClusterByText):
+        threshold = 0.27
+        seen: list = []
+
+        async def clusters(self, engine, texts, threshold):
+            self.seen.append(threshold)
+            return await super().clusters(engine, texts, threshold)
+
+    clusterer = Recording()
+    ctx, _ = context(StepEngine(3), step_scorer=WordPRM(), clusterer=clusterer)
+    spec = REGISTRY["ets"]
+    asyncio.run(spec.run(Problem("q\n", question="q"), ctx, spec.params(width=8)))
+    asyncio.run(spec.run(Problem("q\n", question="q"), ctx, spec.params(width=8, cluster_threshold=0.05)))
+    assert 0.27 in clusterer.seen and 0.05 in clusterer.seen and set(clusterer.seen) == {0.27, 0.05}
+    from verifiers.embeddings import EMBEDDER_THRESHOLD, LexicalClusterer, StepClusterer
+
+    assert StepClusterer(None).threshold == EMBEDDER_THRESHOLD and LexicalClusterer().threshold > EMBEDDER_THRESHOLD
