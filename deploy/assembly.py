@@ -220,8 +220,8 @@ def server_name(port: int) -> str:
 @dataclass
 class Service:
     """A running service: its engines, ledger, controller and API app (``sock`` the socket the API is to serve
-    on), with this server's lease kept and cross-replica cancels watched while it runs. Built by
-    :func:`build_service`; :meth:`stop` releases all of it."""
+    on; None for a service with no API, an evaluation job's), with this server's lease kept and cross-replica
+    cancels watched while it runs. Built by :func:`build_service`; :meth:`stop` releases all of it."""
 
     settings: Settings
     pool: WorkerPool
@@ -229,7 +229,7 @@ class Service:
     controller: Controller
     app: FastAPI
     server_id: str
-    sock: socket.socket
+    sock: socket.socket | None
     lease: asyncio.Task[None] | None = None
     cancels: asyncio.Task[None] | None = None
 
@@ -260,6 +260,8 @@ class Service:
             log.warning("server %s: failed %d request(s) still unfinished at shutdown", self.server_id, left)
         await self.pool.shutdown()
         self.store.engine.dispose()
+        if self.sock is not None:
+            self.sock.close()
 
 
 def controller_for(
@@ -299,12 +301,14 @@ async def build_service(
     workers: PoolConfig | None = None,
     profile: ModelProfile | None = None,
     strategies: Mapping[str, AnySpec] = REGISTRY,
+    listens: bool = True,
 ) -> Service:
     """The whole service for ``settings``: Ray joined or started, the ledger (``store``, else
-    ``settings.database``), this server's lease, the API's socket, the engines of the workers configuration
-    (``pool`` serving ``workers`` when given, else started from :func:`pool_config`), the capabilities the
-    profile (``profile``, else ``settings.profile``) and engines allow, the controller and the API app.
-    The caller serves the app on ``Service.sock`` and calls :meth:`Service.stop` at the end."""
+    ``settings.database``), this server's lease, the API's socket (unless ``listens`` is False: an evaluation
+    job drives the controller itself and needs no port), the engines of the workers configuration (``pool``
+    serving ``workers`` when given, else started from :func:`pool_config`), the capabilities the profile
+    (``profile``, else ``settings.profile``) and engines allow, the controller and the API app. The caller
+    serves the app on ``Service.sock`` and calls :meth:`Service.stop` at the end."""
     profile = profile or load_profile(settings.profile)
     start_ray(settings)
     store = store or Store.from_url(settings.database)
@@ -312,7 +316,7 @@ async def build_service(
     settings = exposure(settings, has_keys=await store.tenants.has_api_keys())
     # Listen before the engines start: a port in use fails in a second, not after a minute of loading, and
     # nothing the engines spawn (Ray, vLLM's ZMQ sockets) can take a chosen port meanwhile.
-    sock = listen(settings.host, settings.port)
+    sock = listen(settings.host, settings.port) if listens else None
     interrupted = await store.leases.register(server_id)
     if interrupted:
         log.warning("server %s: failed %d request(s) its previous run left unfinished", server_id, interrupted)

@@ -103,7 +103,8 @@ async def run(settings: Settings, dataset_spec: str, strategies: list[str], budg
             "server_id": f"eval-{job_id or name}-{socket.gethostname()}-{os.getpid()}",
         }
     )
-    service = await build_service(settings)
+    # No API: the job drives the controller itself, so it takes no port (the service it runs beside holds 8000).
+    service = await build_service(settings, listens=False)
     try:
         verifier = answer_verifier(dataset.verifier)
         bar = tqdm(total=len(cells) * len(dataset.items), desc=f"{name}: {len(cells)} runs x {len(dataset.items)} problems", unit="problem")

@@ -38,6 +38,7 @@ class ServiceThread:
         self._thread = threading.Thread(target=self._loop.run_forever, name="tts-service", daemon=True)
         self._thread.start()
         self.service: Service = self.run(start(settings))
+        assert self.service.sock is not None, "ServiceThread serves the API: build the service with listens=True"
         # A bounded shutdown: requests still running after it are cancelled (and recorded as such).
         config = uvicorn.Config(
             self.service.app, host=self.service.settings.host, port=settings.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=5,
@@ -79,6 +80,7 @@ async def serve(settings: Settings) -> None:
     t0 = time.perf_counter()
     service = await build_service(settings)
     settings = service.settings
+    assert service.sock is not None
     config = uvicorn.Config(
         service.app, host=settings.host, port=settings.port, log_level="info", lifespan="off", timeout_graceful_shutdown=30,
         timeout_keep_alive=settings.keep_alive_s,
