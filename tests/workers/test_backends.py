@@ -12,25 +12,45 @@ import pytest
 from orchestrator.errors import EngineUnavailable, WorkerDied
 from orchestrator.types import EngineStats, SamplingSpec
 from tests.helpers import free_port
-from workers.backend import Backend, Unsupported
-from workers.embedder import EmbedderBackend
-from workers.local import LocalEngine
+from workers.actor import ActorBackend, served_calls
+from workers.backend import CALLS, Backend, Unsupported
+from workers.embedder import SentenceEmbedder
+from workers.engine import VllmEngine
+from workers.instant import InstantEngine
 from workers.pool import WorkerPool
 from workers.remote import RemoteEngine, RemoteSpec
 
 WORKERS = Path(__file__).resolve().parents[2] / "workers"
-CALLS = [name for name, _ in inspect.getmembers(Backend, inspect.isfunction) if not name.startswith("_")]
+PROTOCOL_CALLS = [name for name, _ in inspect.getmembers(Backend, inspect.isfunction) if not name.startswith("_")]
 
 
-@pytest.mark.parametrize("cls", [LocalEngine, RemoteEngine, EmbedderBackend, Unsupported])
+def test_the_calls_actors_forward_are_the_protocols():
+    assert set(CALLS) == set(PROTOCOL_CALLS) - {"start", "shutdown"}  # those two are every backend's own
+    assert {call for call, travel in CALLS.items() if travel == "stream"} == {"stream"}
+
+
+@pytest.mark.parametrize("cls", [ActorBackend, RemoteEngine, Unsupported])
 def test_every_backend_has_every_call_of_the_protocol_with_its_signature(cls):
-    for call in CALLS:
+    for call in PROTOCOL_CALLS:
         if call in ("start", "shutdown") and cls is Unsupported:
             continue  # a backend's own: there is nothing to refuse
         ours = inspect.signature(getattr(cls, call))
         promised = inspect.signature(getattr(Backend, call))
         assert list(ours.parameters) == list(promised.parameters), f"{cls.__name__}.{call}"
         assert inspect.isasyncgenfunction(getattr(cls, call)) == (call == "stream"), f"{cls.__name__}.{call}"
+
+
+@pytest.mark.parametrize(
+    ("engine", "serves"),
+    [(VllmEngine, set(CALLS) - {"embed"}), (InstantEngine, set(CALLS) - {"embed"}), (SentenceEmbedder, {"embed"})],
+)
+def test_what_an_actor_holds_serves_its_calls_with_the_protocols_signatures(engine, serves):
+    # The actor forwards a call's arguments as the protocol orders them, to the method of the same name.
+    assert served_calls(engine) == serves
+    for call in serves:
+        ours = inspect.signature(getattr(engine, call))
+        assert list(ours.parameters) == list(inspect.signature(getattr(Backend, call)).parameters), f"{engine.__name__}.{call}"
+        assert inspect.isasyncgenfunction(getattr(engine, call)) == (call == "stream"), f"{engine.__name__}.{call}"
 
 
 def test_the_pool_talks_to_backends_only():

@@ -1,6 +1,6 @@
-"""Coalesced actor calls (``ActorBackend._batched`` and the actors' ``BatchedCalls``), over a scripted handle:
+"""Coalesced actor calls (``ActorBackend._batched`` and ``EngineActor.batch``), over a scripted handle and engine:
 no Ray started. Calls of one event-loop turn go as one ``batch`` call; each keeps its own result, error and
-cancellation. The instant engine's selection by the workers file."""
+cancellation. Names the engine does not serve fail typed. The instant engine's selection by the workers file."""
 
 from __future__ import annotations
 
@@ -9,20 +9,18 @@ import asyncio
 import pytest
 from ray.exceptions import RayActorError
 
-from orchestrator.errors import ConfigError, EngineError, InvalidRequest, WorkerDied
-from orchestrator.types import ScoreSpec, Scores, Usage
-from workers.actor import BatchedCalls
+from orchestrator.errors import ConfigError, EngineError, EngineUnavailable, InvalidRequest, WorkerDied
+from orchestrator.types import SamplingSpec, ScoreSpec, Scores, Usage
+from workers.actor import ActorBackend, EngineActor, served_calls
 from workers.config import RoleConfig
 from workers.factory import backend_spec
 from workers.instant import InstantConfig, InstantSpec
-from workers.local import LocalEngine
 
 
-class Actor(BatchedCalls):
-    """What runs in the actor: ``score`` answers after ``delay`` s; prompts name failures."""
+class Engine:
+    """What the actor holds: ``score`` answers after ``delay`` s; prompts name failures."""
 
     def __init__(self) -> None:
-        self._name = "prm-0"
         self.started: list[str] = []
         self.cancelled: list[str] = []
 
@@ -37,7 +35,10 @@ class Actor(BatchedCalls):
             raise InvalidRequest("no such thing")
         if spec.prompt == "boom":
             raise ValueError("first line\nsecond line")
-        return Scores(token_ids=(1, 2), start=0, logprobs=(-1.0,), candidate_logprobs=((),), usage=Usage(prompt_tokens=len(spec.prompt)), worker=self._name)
+        return Scores(token_ids=(1, 2), start=0, logprobs=(-1.0,), candidate_logprobs=((),), usage=Usage(prompt_tokens=len(spec.prompt)), worker="prm-0")
+
+    def tokenize(self, text: str) -> list[int]:  # a plain function, as VllmEngine's is
+        return [len(text)]
 
 
 class Method:
@@ -54,16 +55,16 @@ class Method:
 
 
 class Handle:
-    def __init__(self, actor: Actor) -> None:
-        self.actor, self.sent, self.dead = actor, [], False
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.actor, self.sent, self.dead = engine, EngineActor(lambda: engine, "prm-0"), [], False
 
     def __getattr__(self, name: str) -> Method:
         return Method(self, name)
 
 
-def backend() -> tuple[LocalEngine, Handle]:
-    handle = Handle(Actor())
-    return LocalEngine("prm-0", handle), handle  # type: ignore[arg-type]
+def backend() -> tuple[ActorBackend, Handle]:
+    handle = Handle(Engine())
+    return ActorBackend("prm-0", handle, serves=served_calls(Engine)), handle  # type: ignore[arg-type]
 
 
 def test_calls_of_one_turn_go_as_one_actor_call_and_each_gets_its_own_result():
@@ -75,7 +76,7 @@ def test_calls_of_one_turn_go_as_one_actor_call_and_each_gets_its_own_result():
         # A call alone in its turn goes as a call of its own.
         h.sent.clear()
         assert (await b.score(ScoreSpec("alone"))).usage.prompt_tokens == 5
-        assert [name for name, _ in h.sent] == ["score"]
+        assert h.sent == [("call", ("score", ScoreSpec("alone")))]
 
     asyncio.run(main())
 
@@ -99,8 +100,8 @@ def test_cancelling_one_call_cancels_it_in_the_actor_and_leaves_the_others():
         tasks[1].cancel()
         out = await asyncio.gather(*tasks, return_exceptions=True)
         assert isinstance(out[0], Scores) and isinstance(out[2], Scores) and isinstance(out[1], asyncio.CancelledError)
-        assert h.actor.cancelled == ["slow-b"]
-        assert not h.actor._batch_state()[0]  # nothing left running
+        assert h.engine.cancelled == ["slow-b"]
+        assert not h.actor._running  # nothing left running
         # Cancelled before its turn ended: never sent.
         h.sent.clear()
         t = asyncio.ensure_future(b.score(ScoreSpec("never")))
@@ -108,20 +109,50 @@ def test_cancelling_one_call_cancels_it_in_the_actor_and_leaves_the_others():
         await asyncio.sleep(0)
         t.cancel()
         await asyncio.gather(t, other, return_exceptions=True)
-        assert "never" not in h.actor.started and "sent" in h.actor.started
+        assert "never" not in h.engine.started and "sent" in h.engine.started
 
     asyncio.run(main())
 
 
 def test_a_cancel_that_arrives_before_its_batch_stops_the_call_before_it_starts():
     async def main() -> None:
-        actor = Actor()
+        engine = Engine()
+        actor = EngineActor(lambda: engine, "prm-0")
         await actor.cancel(["k2"])
-        out = await actor.batch([("k1", "score", ScoreSpec("x")), ("k2", "score", ScoreSpec("y"))])
+        out = await actor.batch([("k1", "score", (ScoreSpec("x"),)), ("k2", "score", (ScoreSpec("y"),))])
         assert isinstance(out[0], Scores) and isinstance(out[1], EngineError)
-        assert actor.started == ["x"]
-        with pytest.raises(ValueError):
-            await actor.batch([("k3", "tokenize", "x")])
+        assert engine.started == ["x"]
+        assert actor.calls() == 1  # the call cancelled before it arrived never ran
+
+    asyncio.run(main())
+
+
+def test_the_actor_runs_only_the_calls_of_the_protocol_and_refuses_others_typed():
+    async def main() -> None:
+        engine = Engine()
+        actor = EngineActor(lambda: engine, "prm-0")
+        assert await actor.call("tokenize", "abc") == [3]  # a plain function's result, as a coroutine's
+        for name in ("__init__", "started", "nonsense", "embed", "generate"):  # not a call, or not the engine's
+            with pytest.raises(EngineUnavailable, match=f"prm-0: does not serve `{name}`"):
+                await actor.call(name)
+        with pytest.raises(EngineUnavailable, match="does not serve `score`"):  # not a stream
+            [d async for d in actor.stream("score", ScoreSpec("x"))]
+        out = await actor.batch([("k1", "nonsense", ()), ("k2", "score", (ScoreSpec("x"),))])
+        assert isinstance(out[0], EngineUnavailable) and isinstance(out[1], Scores)
+
+    asyncio.run(main())
+
+
+def test_a_call_the_engine_does_not_serve_is_refused_without_asking_the_actor():
+    async def main() -> None:
+        b, h = backend()
+        with pytest.raises(EngineUnavailable, match="prm-0: does not serve `generate`"):
+            await b.generate(SamplingSpec("Q", max_tokens=4))
+        with pytest.raises(EngineUnavailable, match="does not serve `stream`"):
+            [d async for d in b.stream(SamplingSpec("Q", max_tokens=4))]
+        await b.abort(["r1"])  # nothing of it can be running: ignored, as Unsupported ignores it
+        assert h.sent == []
+        assert (await b.score(spec=ScoreSpec("kw"))).usage.prompt_tokens == 2  # keyword arguments as the protocol names them
 
     asyncio.run(main())
 
