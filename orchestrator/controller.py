@@ -309,6 +309,7 @@ class Controller:
             result = replace(result, info={**result.info, "stop": {"strings": list(req.stop), "samples_stopped": ctx.stopped}})
         if result.sequential_tokens is None:
             result = replace(result, sequential_tokens=tally.sequential_tokens)
+        result = result.with_written(self.tools.verifier.written)  # strategies vote on keys; callers see answers as written
         if ctx.budget_limited and result.finish_reason != "budget":
             result = replace(result, finish_reason="budget")  # the budget shaped this answer: say so
         self.lengths.add_request(job.spec.name, tally.total_tokens)

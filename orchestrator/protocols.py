@@ -32,9 +32,12 @@ class Engine(Protocol):
 
 
 class AnswerVerifier(Protocol):
-    """Turns a solution into a canonical answer key: equal keys mean equivalent answers."""
+    """Turns a solution into a canonical answer key (equal keys mean equivalent answers: what votes group by)
+    and reads the same answer as the model wrote it (what a caller is shown); None when there is none."""
 
     def extract(self, text: str) -> str | None: ...
+
+    def written(self, text: str) -> str | None: ...
 
 
 class StepScorer(Protocol):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Callable, Literal
 
 Role = Literal["policy", "draft", "target", "prm", "judge", "embedder"]
 FinishReason = Literal["stop", "length", "abort"]
@@ -182,13 +182,23 @@ class Problem:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A finished solution a strategy considered, with its extracted answer (None when unparsable)."""
+    """A finished solution a strategy considered, with its extracted answer (None when unparsable).
+
+    ``answer`` is the vote key (equal keys are equivalent answers: ``0.5`` and ``\\frac{1}{2}`` both key
+    ``1/2``); ``written`` is the same answer as the model wrote it (``0.5``), what a caller is shown. The
+    controller fills ``written`` in from the served verifier once the strategy has returned."""
 
     text: str
     answer: str | None
     tokens: int
     finish_reason: FinishReason
     score: float | None = None
+    written: str | None = None
+
+    @property
+    def shown_answer(self) -> str | None:
+        """The answer a caller is shown: as written when known, else its key."""
+        return self.written if self.written is not None else self.answer
 
 
 @dataclass(frozen=True)
@@ -206,6 +216,23 @@ class StrategyResult:
     # Tokens (prompt + completion) along the longest chain of calls that depended on each other: the
     # latency proxy of the PDR paper. None when the strategy does not track it.
     sequential_tokens: int | None = None
+    written: str | None = None  # ``answer`` as the model wrote it (see Candidate); filled in by the controller
+
+    def with_written(self, written: Callable[[str], str | None]) -> StrategyResult:
+        """This result with the written form of its answer and of every candidate's, each read from its own
+        text by ``written`` (the served verifier's). Only an answer that has a key has a written form; one
+        ``written`` cannot read shows its key."""
+
+        def shown(text: str, key: str | None) -> str | None:
+            return None if key is None else (written(text) or key)
+
+        candidates = tuple(replace(c, written=shown(c.text, c.answer)) for c in self.candidates)
+        return replace(self, written=shown(self.text, self.answer), candidates=candidates)
+
+    @property
+    def shown_answer(self) -> str | None:
+        """The answer a caller is shown: as written when known, else its key."""
+        return self.written if self.written is not None else self.answer
 
 
 @dataclass(frozen=True)
