@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, Sequence
 
-from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses
+from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoreSpec, StrategyResult, StreamDelta, TokenClasses
 
 
 class Engine(Protocol):
@@ -38,6 +38,12 @@ class AnswerVerifier(Protocol):
     def extract(self, text: str) -> str | None: ...
 
     def written(self, text: str) -> str | None: ...
+
+
+class ResultGrader(Protocol):
+    """How an evaluation grades a strategy's result against a dataset's gold answer."""
+
+    def grade(self, result: StrategyResult, gold: str) -> bool: ...
 
 
 class StepScorer(Protocol):

@@ -9,7 +9,8 @@ parsable answer has key None, shows None and is never correct.
 ``task`` (the bundled task's ``Answer: N`` line), ``boxed`` (the last ``\\boxed{...}`` after the reasoning,
 keyed by math-verify) or ``regex`` (the profile's pattern). With a reasoning span configured, only the final
 part after it is read: an answer the model wrote while still thinking is not its answer, and a trace whose
-reasoning never closed has none. :func:`answer_verifier` is the one a dataset names (evaluations).
+reasoning never closed has none. :func:`answer_verifier` is the one a dataset names; :class:`ServedGrading`
+is how evaluations grade the service's results, by the served extractor and the service's finish reasons.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Callable, Protocol
 
 from orchestrator.errors import InvalidRequest
 from orchestrator.profile import ModelProfile
+from orchestrator.types import StrategyResult
 from tasks import arithmetic as task
 from tasks import countdown
 
@@ -252,6 +254,32 @@ def verifier_for(profile: ModelProfile) -> Grader:
     else:
         inner = RegexAnswerVerifier(profile.answer_pattern or "")
     return inner if profile.reasoning == "none" else FinalPartVerifier(inner, profile)
+
+
+class ServedGrading:
+    """How an evaluation grades the service's answers: by the rules the service answers by, so that an
+    evaluation measures what a caller of the service gets.
+
+    - **The served extractor** (:func:`verifier_for` the profile) reads the answer, on the final part after
+      the reasoning: a ``\\boxed{}`` written only while thinking is no answer, and of two boxes either side
+      of ``</think>`` the one after it is the answer.
+    - **The finish reason**: a result the service reports without an answer (its chosen sample was cut by
+      ``max_tokens``, aborted, or had nothing to read) or ended by ``length`` is wrong, whatever its text says.
+    - **The dataset's comparison** with the gold answer is the extractor's own (math-verify for ``boxed``,
+      exact for ``task``), except for Countdown (``countdown`` datasets), whose gold answer is its question
+      and whose task checker (:class:`CountdownVerifier`) judges the expression."""
+
+    def __init__(self, profile: ModelProfile, dataset: str) -> None:
+        self.profile = profile
+        # Countdown's checker reads the final part itself (tasks.countdown.extract_answer).
+        self.checker: Grader = CountdownVerifier() if dataset == "countdown" else verifier_for(profile)
+
+    def grade(self, result: StrategyResult, gold: str) -> bool:
+        """Whether ``result`` answers ``gold``: the service gave an answer, from a trace its model ended, and
+        the answer equals ``gold``."""
+        if result.answer is None or result.finish_reason == "length":
+            return False
+        return self.checker.is_correct(result.text, gold)
 
 
 ANSWER_VERIFIERS: dict[str, Callable[[], Grader]] = {
