@@ -49,6 +49,12 @@ class PRMProfile(BaseModel):
     )
     step_tag: str = Field("<extra_0>", description="pooling: the separator token after every step (the prm role's `step_tag`).")
     good_class: int = Field(1, ge=0, description="pooling: the class whose probability is the step's score.")
+    overflow: Literal["last_steps", "final_part", "refuse"] = Field(
+        "last_steps",
+        description="A solution longer than the PRM's context (`max_model_len`): `last_steps` scores the last steps that fit "
+        "(with the question), `final_part` the steps after the reasoning span (their last ones if even those do not fit; the last "
+        "steps of the whole without a final part), `refuse` fails the request. Recorded in `tts.info.prm_overflow`.",
+    )
 
 
 class ScaleProfile(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, Sequence
 
-from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoreSpec, StrategyResult, StreamDelta, TokenClasses
+from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoredSteps, ScoreSpec, StrategyResult, StreamDelta, TokenClasses
 
 
 class Engine(Protocol):
@@ -48,9 +48,11 @@ class ResultGrader(Protocol):
 
 class StepScorer(Protocol):
     """A process reward model: a score in [0, 1] for every step of a solution (higher: more likely on track).
-    It reaches its model only through ``engine`` (the strategy context's metered view)."""
+    It reaches its model only through ``engine`` (the strategy context's metered view). A plain tuple scores
+    every step; a :class:`~orchestrator.types.ScoredSteps` also says how a solution longer than the model's
+    context was read (the context records it with the request)."""
 
-    async def step_scores(self, engine: Engine, question: str, solution: str) -> tuple[float, ...]: ...
+    async def step_scores(self, engine: Engine, question: str, solution: str) -> ScoredSteps | tuple[float, ...]: ...
 
 
 class OutcomeScorer(Protocol):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 Role = Literal["policy", "draft", "target", "prm", "judge", "embedder"]
 FinishReason = Literal["stop", "length", "abort"]
@@ -250,6 +250,51 @@ class SubCall:
     finish_reasons: tuple[FinishReason, ...]
     cost_usd: float = 0.0
     kind: Literal["generate", "score"] = "generate"
+
+
+PRMOverflowRead = Literal["last_steps", "final_part"]
+
+
+@dataclass(frozen=True)
+class PRMOverflow:
+    """How a PRM scored a solution longer than its context window (the profile's ``[prm] overflow``): it read
+    ``steps_scored`` of the solution's ``steps``, the last ones that fit (``last_steps``) or the steps of the
+    final part after the reasoning (``final_part``; its last steps when even those did not fit). The steps it
+    did not read have no score; ``steps_scored`` 0 means nothing fit. ``limit`` is the PRM's context length
+    in tokens when its refusal said it."""
+
+    read: PRMOverflowRead
+    steps: int
+    steps_scored: int
+    limit: int | None = None
+
+    @staticmethod
+    def summary(records: Sequence[PRMOverflow], *, behaviour: str) -> dict[str, object]:
+        """The request's record of them (``tts.info.prm_overflow``): the profile's ``behaviour``, how many
+        solutions overflowed, their steps and the steps scored, how many were read which way, and how many
+        had no step scored at all."""
+        reads: dict[str, int] = {}
+        for r in records:
+            reads[r.read] = reads.get(r.read, 0) + 1
+        limits = {r.limit for r in records if r.limit is not None}
+        return {
+            "behaviour": behaviour,
+            "solutions": len(records),
+            "steps": sum(r.steps for r in records),
+            "steps_scored": sum(r.steps_scored for r in records),
+            "read": reads,
+            "unscored": sum(r.steps_scored == 0 for r in records),
+            "context_tokens": max(limits) if limits else None,
+        }
+
+
+@dataclass(frozen=True)
+class ScoredSteps:
+    """What a PRM returns for one solution: a score per step it read, in order, and, when the solution was
+    longer than its context, how it read it (``overflow``; then ``scores`` covers only the steps read)."""
+
+    scores: tuple[float, ...]
+    overflow: PRMOverflow | None = None
 
 
 @dataclass(frozen=True)
