@@ -175,7 +175,8 @@ class UsageBody(BaseModel):
 
 class CandidateBody(BaseModel):
     text: str
-    answer: str | None
+    answer: str | None = Field(description="The candidate's answer as the model wrote it (whitespace collapsed); null when it has none.")
+    answer_key: str | None = Field(None, description="The answer's vote key: candidates with equal keys voted together.")
     completion_tokens: int
     finish_reason: str
     score: float | None = Field(None, description="The verifier's score of this candidate, when the strategy scored it.")
@@ -194,7 +195,8 @@ class TTSInfo(BaseModel):
 
     request_id: str
     strategy: str
-    answer: str | None
+    answer: str | None = Field(description="The chosen answer as the model wrote it (`\\boxed{23.28}` shows `23.28`); null when it has none.")
+    answer_key: str | None = Field(None, description="The chosen answer's vote key (math-verify's canonical form: `23.28` keys `582/25`).")
     subcalls: int
     latency_s: float
     verifier_tokens: int = Field(0, description="Tokens scored by verifiers (PRM, judge); counted against the budget.")

@@ -67,7 +67,8 @@ def tts_info(out: ReasoningResponse) -> TTSInfo:
     return TTSInfo(
         request_id=out.request_id,
         strategy=out.strategy,
-        answer=r.answer,
+        answer=r.shown_answer,
+        answer_key=r.answer,
         subcalls=out.subcalls,
         latency_s=round(out.latency_s, 4),
         verifier_tokens=out.verifier_tokens,
@@ -76,7 +77,8 @@ def tts_info(out: ReasoningResponse) -> TTSInfo:
         usage_by_stage=_stage_usage(out.by_stage),
         usage_by_role=_stage_usage(out.by_role),
         candidates=[
-            CandidateBody(text=c.text, answer=c.answer, completion_tokens=c.tokens, finish_reason=c.finish_reason, score=c.score) for c in r.candidates
+            CandidateBody(text=c.text, answer=c.shown_answer, answer_key=c.answer, completion_tokens=c.tokens, finish_reason=c.finish_reason, score=c.score)
+            for c in r.candidates
         ],
         trace=list(r.trace),
         info=r.info,

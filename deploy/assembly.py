@@ -135,15 +135,23 @@ def step_scorer(config: PoolConfig, pool: WorkerPool, profile: ModelProfile) -> 
     check_prm_kind(config, profile)
     fmt, pooling = profile.prm, role.serves_pooling()
     hidden = (profile.think_open, profile.think_close) if profile.reasoning == "think" else ()  # the PRM sees steps, not tags
+    # A solution over the PRM's context is read as the profile says; `final_part` needs where the reasoning ends.
+    end = profile.think_close if profile.reasoning == "think" else ""
     if pooling:
         step_tag = role.step_tag or fmt.step_tag
         return PoolingPRM(
             pool,
-            fmt=PoolingPRMFormat(system=fmt.system, step_delimiter=profile.step_delimiter, step_tag=step_tag, good_class=fmt.good_class, hidden=hidden),
+            fmt=PoolingPRMFormat(
+                system=fmt.system, step_delimiter=profile.step_delimiter, step_tag=step_tag, good_class=fmt.good_class, hidden=hidden,
+                overflow=fmt.overflow, reasoning_end=end,
+            ),
         )
     return MathShepherdPRM(
         pool,
-        fmt=PRMFormat(question_template=fmt.question_template, step_delimiter=profile.step_delimiter, tag=fmt.tag, good=fmt.good, bad=fmt.bad, hidden=hidden),
+        fmt=PRMFormat(
+            question_template=fmt.question_template, step_delimiter=profile.step_delimiter, tag=fmt.tag, good=fmt.good, bad=fmt.bad, hidden=hidden,
+            overflow=fmt.overflow, reasoning_end=end,
+        ),
     )
 
 

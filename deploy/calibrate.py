@@ -31,7 +31,7 @@ from deploy.shipped import ShippedCalibration, weights_digest
 from orchestrator.config import Settings, get_settings
 from orchestrator.db.store import Store
 from orchestrator.errors import ConfigError
-from orchestrator.evals import jsonl_rows
+from orchestrator.evals import jsonl_rows, question_messages
 from orchestrator.profile import load_profile
 from orchestrator.protocols import Engine
 from orchestrator.toolbox import Toolbox
@@ -68,7 +68,7 @@ async def collect(
     async def one(k: int, q: str) -> list[float]:
         async with sem:
             ctx = strategy_context(engine, tools, target_model=target_model)
-            messages = ({"role": "user", "content": q},)
+            messages = question_messages(q, tools.profile)  # asked as evaluations ask (the profile's prompt suffix)
             prompt = await engine.render_chat("policy", messages)
             own = params.model_copy(update={"seed": problem_seed(params.seed, k)})
             scores = await atts.calibration_scores(ctx, Problem(prompt=prompt, question=q, messages=messages), own)

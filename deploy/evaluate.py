@@ -28,7 +28,7 @@ from orchestrator.errors import ConfigError, TTSError
 from orchestrator.evals import Dataset, Item, evaluate, grid, read_jsonl, table
 from tasks import arithmetic as task
 from tasks import countdown
-from verifiers import answer_verifier
+from verifiers import ServedGrading
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,10 @@ async def run(settings: Settings, dataset_spec: str, strategies: list[str], budg
     # No API: the job drives the controller itself, so it takes no port (the service it runs beside holds 8000).
     service = await build_service(settings, listens=False)
     try:
-        verifier = answer_verifier(dataset.verifier)
+        grader = ServedGrading(profile, dataset.verifier)  # the served profile's answers, the dataset's comparison
         bar = tqdm(total=len(cells) * len(dataset.items), desc=f"{name}: {len(cells)} runs x {len(dataset.items)} problems", unit="problem")
         summaries = await evaluate(
-            service.controller, service.store, dataset, cells, model=settings.model_name, name=name, verifier=verifier,
+            service.controller, service.store, dataset, cells, model=settings.model_name, name=name, grader=grader,
             concurrency=concurrency, job_id=job_id, tenant_id=tenant_id, progress=bar.update,
         )
         bar.close()

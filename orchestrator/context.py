@@ -16,7 +16,9 @@ from orchestrator.errors import BudgetExceeded, InvalidRequest
 from orchestrator.protocols import CalibrationStore, Engine, Refiner
 from orchestrator.tally import Tally
 from orchestrator.toolbox import Capability, Toolbox
-from orchestrator.types import Completion, FinishReason, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses, Usage
+from orchestrator.types import (
+    Completion, FinishReason, Generation, PRMOverflow, Role, SamplingSpec, ScoredSteps, Scores, ScoreSpec, StreamDelta, TokenClasses, Usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class StrategyContext:
         # do; ``stopped`` counts the samples they ended.
         self.stop = tuple(stop)
         self.stopped = 0
+        # Solutions the PRM read only in part because they were longer than its context (profile [prm] overflow).
+        self.prm_overflow: list[PRMOverflow] = []
 
     @property
     def budget_limited(self) -> bool:
@@ -212,7 +216,12 @@ class StrategyContext:
         if scorer is None:
             raise InvalidRequest("this strategy needs a process reward model and none is configured", param="strategy")
         view = _MeteredView(self, stage, branch, hop)
-        return await _all(scorer.step_scores(view, question, s) for s in solutions)
+        out = await _all(scorer.step_scores(view, question, s) for s in solutions)
+        overflow = [o.overflow for o in out if isinstance(o, ScoredSteps) and o.overflow is not None]
+        if overflow:
+            self.prm_overflow += overflow
+            self.emit({"stage": "prm_overflow", "of": stage, "solutions": len(overflow), "read": sorted({o.read for o in overflow})})
+        return [o.scores if isinstance(o, ScoredSteps) else tuple(o) for o in out]
 
     async def judge(self, question: str, solutions: Sequence[str], *, stage: str, branch: str = "0", hop: int = 0) -> list[float]:
         """P(correct) of every whole solution from the outcome judge, charged as verifier tokens."""

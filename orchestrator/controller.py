@@ -32,7 +32,7 @@ from orchestrator.quota import Grant, QuotaShare, Quotas, TenantRef
 from orchestrator.strategy import AnySpec
 from orchestrator.tally import Tally, Totals
 from orchestrator.toolbox import Capability, Toolbox
-from orchestrator.types import UNFINISHED, Problem, RequestState, Role, StrategyResult, SubCall, Usage
+from orchestrator.types import UNFINISHED, PRMOverflow, Problem, RequestState, Role, StrategyResult, SubCall, Usage
 
 __all__ = ["Controller", "ReasoningRequest", "ReasoningResponse", "TenantRef"]
 
@@ -307,8 +307,12 @@ class Controller:
             result = replace(result, info={**result.info, "auto": chosen})
         if req.stop:
             result = replace(result, info={**result.info, "stop": {"strings": list(req.stop), "samples_stopped": ctx.stopped}})
+        if ctx.prm_overflow:  # solutions the PRM read only in part: never an unmarked score
+            overflow = PRMOverflow.summary(ctx.prm_overflow, behaviour=self.tools.profile.prm.overflow)
+            result = replace(result, info={**result.info, "prm_overflow": overflow})
         if result.sequential_tokens is None:
             result = replace(result, sequential_tokens=tally.sequential_tokens)
+        result = result.with_written(self.tools.verifier.written)  # strategies vote on keys; callers see answers as written
         if ctx.budget_limited and result.finish_reason != "budget":
             result = replace(result, finish_reason="budget")  # the budget shaped this answer: say so
         self.lengths.add_request(job.spec.name, tally.total_tokens)

@@ -21,7 +21,8 @@ from typing import Any, Callable, Mapping, Sequence
 from orchestrator.controller import Controller, ReasoningRequest, TenantRef
 from orchestrator.db.store import Store
 from orchestrator.errors import ConfigError, Overloaded, QuotaExceeded, TTSError
-from orchestrator.protocols import AnswerVerifier
+from orchestrator.profile import ModelProfile
+from orchestrator.protocols import ResultGrader
 from orchestrator.types import problem_seed
 
 
@@ -39,7 +40,16 @@ class Item:
 class Dataset:
     name: str
     items: tuple[Item, ...]
-    verifier: str  # "task" (the bundled task's exact checker) or "math" (math-verify)
+    # How its gold answers compare: "task" (the bundled task's integers), "math" (math-verify) or "countdown"
+    # (the gold answer is the question; the task's checker judges). Answers are read as the service reads them.
+    verifier: str
+
+
+def question_messages(question: str, profile: ModelProfile) -> tuple[dict[str, str], ...]:
+    """A dataset's question as the served model's card asks it: the profile's ``system_prompt`` as the system
+    message when it has one (Qwen2.5-Math-Instruct), its ``prompt_suffix`` after the question (R1)."""
+    system = ({"role": "system", "content": profile.system_prompt},) if profile.system_prompt else ()
+    return (*system, {"role": "user", "content": question + profile.prompt_suffix})
 
 
 # Field conventions of the usual JSONL exports: GSM8K (question, answer ending "#### 42"), MATH-500 (problem,
@@ -171,7 +181,7 @@ async def evaluate(
     *,
     model: str,
     name: str,
-    verifier: AnswerVerifier,
+    grader: ResultGrader,
     concurrency: int = 4,
     job_id: str | None = None,
     tenant_id: str | None = None,
@@ -186,7 +196,12 @@ async def evaluate(
     The requests of a tenant's grid are the tenant's (``tenant_id``): they count against its concurrency
     limit and daily token quota like its HTTP requests. A request refused for a moment (the tenant's
     concurrency limit, a full server queue) waits and is sent again; once the day's quota is spent the grid
-    stops with that error, its runs marked ``failed``, and resubmitting it later resumes where it stopped."""
+    stops with that error, its runs marked ``failed``, and resubmitting it later resumes where it stopped.
+
+    Every problem is asked as the served model's card asks (:func:`question_messages`: the profile's prompt
+    suffix and system prompt) and graded by ``grader`` from the service's own result (its answer and finish
+    reason; see ``verifiers.ServedGrading``), so a grid measures what a caller of the service gets."""
+    profile = controller.tools.profile
     for c in cells:
         controller.validate(ReasoningRequest(model=model, messages=({"role": "user", "content": "check"},), strategy=c.strategy, params=c.params))
     sem = asyncio.Semaphore(concurrency)
@@ -213,7 +228,7 @@ async def evaluate(
             if params.get("seed") is not None:  # reproducible, without every problem drawing the same noise
                 params["seed"] = problem_seed(params["seed"], position[item.id])
             req = ReasoningRequest(
-                model=model, messages=({"role": "user", "content": item.question},), strategy=cell.strategy, params=params, max_total_tokens=cell.budget
+                model=model, messages=question_messages(item.question, profile), strategy=cell.strategy, params=params, max_total_tokens=cell.budget
             )
             async with sem:
                 t0 = time.perf_counter()
@@ -226,8 +241,8 @@ async def evaluate(
                 else:
                     row = {
                         "problem_id": item.id,
-                        "correct": verifier.is_correct(out.result.text, item.answer),
-                        "answer": out.result.answer,
+                        "correct": grader.grade(out.result, item.answer),
+                        "answer": out.result.shown_answer,
                         "total_tokens": out.usage.total_tokens + out.verifier_tokens,
                         "sequential_tokens": out.sequential_tokens,
                         "cost_usd": out.cost_usd,

@@ -49,6 +49,12 @@ class PRMProfile(BaseModel):
     )
     step_tag: str = Field("<extra_0>", description="pooling: the separator token after every step (the prm role's `step_tag`).")
     good_class: int = Field(1, ge=0, description="pooling: the class whose probability is the step's score.")
+    overflow: Literal["last_steps", "final_part", "refuse"] = Field(
+        "last_steps",
+        description="A solution longer than the PRM's context (`max_model_len`): `last_steps` scores the last steps that fit "
+        "(with the question), `final_part` the steps after the reasoning span (their last ones if even those do not fit; the last "
+        "steps of the whole without a final part), `refuse` fails the request. Recorded in `tts.info.prm_overflow`.",
+    )
 
 
 class ScaleProfile(BaseModel):
@@ -110,6 +116,14 @@ class ModelProfile(BaseModel):
     stop: tuple[str, ...] = Field((), description="Stop strings every generation call adds (besides the model's EOS).")
     max_tokens: int = Field(256, ge=1, description="Default bound on generated tokens per sample when the request gives none.")
     max_tokens_cap: int = Field(4096, ge=1, description="Largest `max_tokens` a request may ask for per sample.")
+    prompt_suffix: str = Field(
+        "", description="Appended to the question of every problem an evaluation or a calibration asks, as the model card asks (R1's "
+        "`\\nPlease reason step by step, and put your final answer within \\boxed{}.`); client requests are sent as they come."
+    )
+    system_prompt: str = Field(
+        "", description="The system message of every problem an evaluation or a calibration asks, when the model card puts its "
+        "instruction there (Qwen2.5-Math-Instruct); empty: none. Client requests are sent as they come."
+    )
     prm: PRMProfile = Field(PRMProfile(), description="How the PRM served beside this policy reads its solutions (`[prm]` table).")
     scale: ScaleProfile = Field(ScaleProfile(), description="How long its reasoning runs: the strategies' step, depth and chunk defaults (`[scale]` table).")
     sampling: SamplingProfile = Field(SamplingProfile(), description="Its sampling defaults (`[sampling]` table).")
@@ -150,6 +164,9 @@ BUNDLED_SCALE = ScaleProfile(
     line_chunk_tokens=64, turns=16, workspace_tokens=256,
 )
 
+# The instruction DeepSeek-R1's and Qwen2.5-Math-Instruct's model cards give for math problems.
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
 # The profiles shipped with the project, by name.
 BUNDLED: dict[str, ModelProfile] = {
     # models/target, models/draft, models/prm: character-level, one step per line, `Answer: N`. Each strategy
@@ -161,11 +178,13 @@ BUNDLED: dict[str, ModelProfile] = {
     "r1-distill": ModelProfile(
         name="r1-distill", answer="boxed", reasoning="think", step_delimiter="\n\n", max_tokens=16384, max_tokens_cap=32768,
         sampling=SamplingProfile(temperature=0.6, top_p=0.95, greedy_single_pass=False),
+        prompt_suffix=f"\n{BOXED_INSTRUCTION}",  # its card: no system prompt, the instruction in the user's message
     ),
     # Qwen2.5-Math-*-Instruct: no reasoning span, blank-line steps, `\boxed{}` answers, 300-700-token solutions
     # (4k context). Sampling comes from the checkpoint's generation_config.json.
     "qwen-math": ModelProfile(
         name="qwen-math", answer="boxed", step_delimiter="\n\n", max_tokens=2048, max_tokens_cap=3072, scale=ScaleProfile(workspace_tokens=2048),
+        system_prompt=BOXED_INSTRUCTION,  # its card's CoT instruction is the system message
     ),
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, Sequence
 
-from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses
+from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoredSteps, ScoreSpec, StrategyResult, StreamDelta, TokenClasses
 
 
 class Engine(Protocol):
@@ -32,16 +32,27 @@ class Engine(Protocol):
 
 
 class AnswerVerifier(Protocol):
-    """Turns a solution into a canonical answer key: equal keys mean equivalent answers."""
+    """Turns a solution into a canonical answer key (equal keys mean equivalent answers: what votes group by)
+    and reads the same answer as the model wrote it (what a caller is shown); None when there is none."""
 
     def extract(self, text: str) -> str | None: ...
+
+    def written(self, text: str) -> str | None: ...
+
+
+class ResultGrader(Protocol):
+    """How an evaluation grades a strategy's result against a dataset's gold answer."""
+
+    def grade(self, result: StrategyResult, gold: str) -> bool: ...
 
 
 class StepScorer(Protocol):
     """A process reward model: a score in [0, 1] for every step of a solution (higher: more likely on track).
-    It reaches its model only through ``engine`` (the strategy context's metered view)."""
+    It reaches its model only through ``engine`` (the strategy context's metered view). A plain tuple scores
+    every step; a :class:`~orchestrator.types.ScoredSteps` also says how a solution longer than the model's
+    context was read (the context records it with the request)."""
 
-    async def step_scores(self, engine: Engine, question: str, solution: str) -> tuple[float, ...]: ...
+    async def step_scores(self, engine: Engine, question: str, solution: str) -> ScoredSteps | tuple[float, ...]: ...
 
 
 class OutcomeScorer(Protocol):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Callable, Literal, Sequence
 
 Role = Literal["policy", "draft", "target", "prm", "judge", "embedder"]
 FinishReason = Literal["stop", "length", "abort"]
@@ -182,13 +182,23 @@ class Problem:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A finished solution a strategy considered, with its extracted answer (None when unparsable)."""
+    """A finished solution a strategy considered, with its extracted answer (None when unparsable).
+
+    ``answer`` is the vote key (equal keys are equivalent answers: ``0.5`` and ``\\frac{1}{2}`` both key
+    ``1/2``); ``written`` is the same answer as the model wrote it (``0.5``), what a caller is shown. The
+    controller fills ``written`` in from the served verifier once the strategy has returned."""
 
     text: str
     answer: str | None
     tokens: int
     finish_reason: FinishReason
     score: float | None = None
+    written: str | None = None
+
+    @property
+    def shown_answer(self) -> str | None:
+        """The answer a caller is shown: as written when known, else its key."""
+        return self.written if self.written is not None else self.answer
 
 
 @dataclass(frozen=True)
@@ -206,6 +216,23 @@ class StrategyResult:
     # Tokens (prompt + completion) along the longest chain of calls that depended on each other: the
     # latency proxy of the PDR paper. None when the strategy does not track it.
     sequential_tokens: int | None = None
+    written: str | None = None  # ``answer`` as the model wrote it (see Candidate); filled in by the controller
+
+    def with_written(self, written: Callable[[str], str | None]) -> StrategyResult:
+        """This result with the written form of its answer and of every candidate's, each read from its own
+        text by ``written`` (the served verifier's). Only an answer that has a key has a written form; one
+        ``written`` cannot read shows its key."""
+
+        def shown(text: str, key: str | None) -> str | None:
+            return None if key is None else (written(text) or key)
+
+        candidates = tuple(replace(c, written=shown(c.text, c.answer)) for c in self.candidates)
+        return replace(self, written=shown(self.text, self.answer), candidates=candidates)
+
+    @property
+    def shown_answer(self) -> str | None:
+        """The answer a caller is shown: as written when known, else its key."""
+        return self.written if self.written is not None else self.answer
 
 
 @dataclass(frozen=True)
@@ -223,6 +250,51 @@ class SubCall:
     finish_reasons: tuple[FinishReason, ...]
     cost_usd: float = 0.0
     kind: Literal["generate", "score"] = "generate"
+
+
+PRMOverflowRead = Literal["last_steps", "final_part"]
+
+
+@dataclass(frozen=True)
+class PRMOverflow:
+    """How a PRM scored a solution longer than its context window (the profile's ``[prm] overflow``): it read
+    ``steps_scored`` of the solution's ``steps``, the last ones that fit (``last_steps``) or the steps of the
+    final part after the reasoning (``final_part``; its last steps when even those did not fit). The steps it
+    did not read have no score; ``steps_scored`` 0 means nothing fit. ``limit`` is the PRM's context length
+    in tokens when its refusal said it."""
+
+    read: PRMOverflowRead
+    steps: int
+    steps_scored: int
+    limit: int | None = None
+
+    @staticmethod
+    def summary(records: Sequence[PRMOverflow], *, behaviour: str) -> dict[str, object]:
+        """The request's record of them (``tts.info.prm_overflow``): the profile's ``behaviour``, how many
+        solutions overflowed, their steps and the steps scored, how many were read which way, and how many
+        had no step scored at all."""
+        reads: dict[str, int] = {}
+        for r in records:
+            reads[r.read] = reads.get(r.read, 0) + 1
+        limits = {r.limit for r in records if r.limit is not None}
+        return {
+            "behaviour": behaviour,
+            "solutions": len(records),
+            "steps": sum(r.steps for r in records),
+            "steps_scored": sum(r.steps_scored for r in records),
+            "read": reads,
+            "unscored": sum(r.steps_scored == 0 for r in records),
+            "context_tokens": max(limits) if limits else None,
+        }
+
+
+@dataclass(frozen=True)
+class ScoredSteps:
+    """What a PRM returns for one solution: a score per step it read, in order, and, when the solution was
+    longer than its context, how it read it (``overflow``; then ``scores`` covers only the steps read)."""
+
+    scores: tuple[float, ...]
+    overflow: PRMOverflow | None = None
 
 
 @dataclass(frozen=True)

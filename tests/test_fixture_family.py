@@ -93,15 +93,25 @@ def test_pooling_prm_scores_equal_transformers_reference(fixture_service, family
         assert got.scores == pytest.approx(want, abs=1e-3), solution
         assert got.usage.prompt_tokens > 0 and got.usage.completion_tokens == 0
     assert len({round(s, 4) for r in results for s in r.scores}) > 3  # the head tells positions apart
-    assert fixture_service.run(prm.step_scores(pool, QUESTION, SOLUTIONS[0])) == results[0].scores  # as ctx.prm calls it
+    assert fixture_service.run(prm.step_scores(pool, QUESTION, SOLUTIONS[0])).scores == results[0].scores  # as ctx.prm calls it
 
 
-def test_a_solution_longer_than_the_prm_context_scores_zero_instead_of_failing(fixture_service, caplog):
+def test_a_solution_longer_than_the_prm_context_is_scored_by_its_last_steps_that_fit(fixture_service):
+    from orchestrator.errors import ContextTooLong
+    from verifiers import PoolingPRMFormat
+
     long = "\n\n".join(f"step {i}: 37 + 48 = 85, then 85 * 3 = 255" for i in range(40))
-    with caplog.at_level("INFO", logger="verifiers.pooling_prm"):
-        out = fixture_service.run(PoolingPRM(fixture_service.service.pool).score(QUESTION, long))
-    assert out.scores == (0.0,) * 40
-    assert any("longer than the PRM's context" in r.getMessage() and "max_model_len 160" in r.getMessage() for r in caplog.records)
+    pool = fixture_service.service.pool
+    out = fixture_service.run(PoolingPRM(pool).score(QUESTION, long))  # the default, [prm] overflow = "last_steps"
+    assert out.overflow is not None and (out.overflow.read, out.overflow.steps, out.overflow.limit) == ("last_steps", 40, 160)
+    k = out.overflow.steps_scored
+    assert 0 < k < 40 and out.steps == tuple(f"step {i}: 37 + 48 = 85, then 85 * 3 = 255" for i in range(40 - k, 40))
+    assert len(out.scores) == k and all(0 <= x <= 1 for x in out.scores) and 0 < out.usage.prompt_tokens <= 160
+    # One more step would not have fitted: the window is the largest.
+    wider = fixture_service.run(PoolingPRM(pool).render(QUESTION, long.split("\n\n")[-(k + 1) :]))
+    assert len(fixture_service.run(pool.tokenize("prm", wider))) >= 160
+    with pytest.raises(ContextTooLong, match='overflow is "refuse"'):
+        fixture_service.run(PoolingPRM(pool, fmt=PoolingPRMFormat(overflow="refuse")).score(QUESTION, long))
 
 
 def test_a_pooling_engine_refuses_generation_typed(fixture_service):

@@ -132,20 +132,22 @@ def test_every_strategy_runs_on_the_family_with_a_ledger_that_adds_up(v2_service
 def test_a_countdown_grid_is_graded_by_the_tasks_exact_checker(v2_service, v2_family):
     from deploy.evaluate import load_dataset
     from orchestrator.evals import Cell, evaluate
-    from verifiers import answer_verifier
+    from verifiers import ServedGrading
 
     svc = v2_service.service
     dataset = load_dataset("countdown:test", problems=5)
     [summary] = v2_service.run(evaluate(
         svc.controller, svc.store, dataset, [Cell("self_consistency", {"n": 2, "max_tokens": 128, "seed": 0})],
-        model="target", name="v2-smoke", verifier=answer_verifier(dataset.verifier), concurrency=5,
+        model="target", name="v2-smoke", grader=ServedGrading(svc.controller.tools.profile, dataset.verifier), concurrency=5,
     ))
     assert summary.problems == 5
     [run] = [r for r in v2_service.run(svc.store.evals.runs(name="v2-smoke")) if r.id == summary.run_id]
     questions = {it.id: it.question for it in dataset.items}
     for row in run.results:
         rec = v2_service.run(svc.store.requests.get(row.request_id))
-        assert row.correct == countdown.check_answer(countdown.parse_question(questions[row.problem_id]), rec.text or "").correct
+        # Graded as the service answered: a result it gave no answer (its sample was cut) is wrong whatever its text.
+        answered = rec.answer is not None and rec.finish_reason != "length"
+        assert row.correct == (answered and countdown.check_answer(countdown.parse_question(questions[row.problem_id]), rec.text or "").correct)
     # The recipe's evaluate stage measured the same family and wrote a row for every goal.
     metrics = json.loads((v2_family / "metrics.json").read_text())
     assert len(metrics["goals"]) == 14 and metrics["settings"]["split"] == "test"

@@ -9,17 +9,13 @@ role's ``step_tag``), and a step's score is P(class 1) there. One pooling call p
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from typing import Sequence
 
-from orchestrator.errors import ContextTooLong, EngineError, InvalidRequest
+from orchestrator.errors import EngineError, InvalidRequest
 from orchestrator.protocols import Engine
-from orchestrator.types import Role, ScoreSpec, Usage
-from tasks import arithmetic as task
-from verifiers.prm import StepScores, StepScoring, visible
-
-log = logging.getLogger(__name__)
+from orchestrator.types import Role, ScoreSpec
+from verifiers.prm import Overflow, StepScores, StepScoring
 
 
 @dataclass(frozen=True)
@@ -33,6 +29,8 @@ class PoolingPRMFormat:
     step_tag: str = "<extra_0>"
     good_class: int = 1
     hidden: tuple[str, ...] = ()  # removed before the solution is cut into steps (a reasoning model's <think> tags)
+    overflow: Overflow = "last_steps"  # a solution longer than the PRM's context: see verifiers.prm.StepScoring
+    reasoning_end: str = ""  # what closes a reasoning span (</think>): the final part follows it
 
     def messages(self, question: str, steps: Sequence[str]) -> list[dict[str, str]]:
         return [
@@ -64,22 +62,16 @@ class PoolingPRM(StepScoring):
         engine = engine or self.engine
         return await engine.render_chat(self.role, self.fmt.messages(question, steps))
 
-    async def score(self, question: str, solution: str, *, engine: Engine | None = None) -> StepScores:
-        """Every step's P(good) in [0, 1], through ``engine`` (default: the one this scorer was built with).
-        A prompt longer than the PRM's context scores 0.0 for every step (logged), not an error: the request
-        goes on with the solution ranked last."""
-        engine = engine or self.engine
-        steps = tuple(task.split_steps(visible(solution, self.fmt.hidden), delimiter=self.fmt.step_delimiter))
-        if not steps:
-            return StepScores((), (), Usage())
+    async def _prompt(self, engine: Engine, question: str, steps: Sequence[str]) -> str:
+        return await self.render(question, steps, engine=engine)
+
+    async def _score_steps(self, engine: Engine, question: str, steps: tuple[str, ...]) -> StepScores:
+        """Every step's P(good) in [0, 1] from one pooling call (a solution longer than the PRM's context:
+        :meth:`~verifiers.prm.StepScoring.score`)."""
         if any(self.fmt.step_tag in s for s in steps):
             raise InvalidRequest("a step contains the PRM's step tag; it cannot be scored unambiguously")
         prompt, tag_id = await asyncio.gather(self.render(question, steps, engine=engine), self._step_tag_id(engine))
-        try:
-            out = await engine.classify_tokens(self.role, ScoreSpec(prompt))
-        except ContextTooLong as err:
-            log.info("solution of %d steps is longer than the PRM's context; its steps score 0: %s", len(steps), err.message)
-            return StepScores(steps, (0.0,) * len(steps), Usage())
+        out = await engine.classify_tokens(self.role, ScoreSpec(prompt))
         positions = [p for p, t in enumerate(out.token_ids) if t == tag_id]
         rows = out.rows
         if len(rows) == len(out.token_ids) and len(rows) != len(positions):

@@ -12,16 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Protocol, Sequence
 
 from orchestrator.errors import ContextTooLong, InvalidRequest
 from orchestrator.protocols import Engine
 from orchestrator.scoring import Aggregation, aggregate
-from orchestrator.types import Role, ScoreSpec, Usage
+from orchestrator.types import PRMOverflow, PRMOverflowRead, Role, ScoredSteps, ScoreSpec, Usage
 from tasks import arithmetic as task
 
 log = logging.getLogger(__name__)
+
+# What a PRM does with a solution longer than its context window (profile `[prm] overflow`).
+Overflow = Literal["last_steps", "final_part", "refuse"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class PRMFormat:
     bad: str = "-"
     # Removed from a solution before it is cut into steps: a reasoning model's <think> tags are markup, not steps.
     hidden: tuple[str, ...] = ()
+    overflow: Overflow = "last_steps"  # a solution longer than the PRM's context: see StepScoring
+    reasoning_end: str = ""  # what closes a reasoning span (</think>): the final part follows it
 
     def __post_init__(self) -> None:
         if not self.separator:
@@ -48,11 +54,13 @@ class PRMFormat:
 @dataclass(frozen=True)
 class StepScores:
     """Scores of one solution's steps, in order. A solution with no steps has none, and aggregates to 0.0
-    (documented choice: nothing to vouch for ranks below anything scored)."""
+    (documented choice: nothing to vouch for ranks below anything scored). A solution longer than the PRM's
+    context has ``steps`` and ``scores`` of the part it read, and ``overflow`` says which part."""
 
     steps: tuple[str, ...]
     scores: tuple[float, ...]
     usage: Usage
+    overflow: PRMOverflow | None = None
 
     def aggregate(self, how: Aggregation = "last") -> float:
         return aggregate(self.scores, how)
@@ -74,15 +82,132 @@ def p_good(lp_good: float, lp_bad: float) -> float:
     return a / (a + b)
 
 
-class StepScoring:
-    """What every PRM kind offers on top of its own ``score``: the StepScorer protocol and batch scoring."""
+class StepLayout(Protocol):
+    """What :class:`StepScoring` reads of a PRM kind's format (:class:`PRMFormat`, ``PoolingPRMFormat``)."""
 
-    async def score(self, question: str, solution: str, *, engine: Engine | None = None) -> StepScores:
+    @property
+    def step_delimiter(self) -> str: ...
+
+    @property
+    def hidden(self) -> tuple[str, ...]: ...
+
+    @property
+    def overflow(self) -> Overflow: ...
+
+    @property
+    def reasoning_end(self) -> str: ...
+
+
+def context_limit(err: ContextTooLong) -> int | None:
+    """The context length a refusal names: every worker writes ``max_model_len N`` (workers/engine.py,
+    workers/remote.py), a ``vllm serve`` ``maximum context length is N``. None when it names none."""
+    m = re.search(r"max_model_len (\d+)|maximum context length is (\d+)", err.message)
+    return int(m.group(1) or m.group(2)) if m else None
+
+
+# Windows tried after the engine refused one it was estimated to fit (tokenisation at the joins of steps can
+# differ from the whole prompt's); each try halves what is left.
+WINDOW_TRIES = 6
+
+
+class StepScoring:
+    """What every PRM kind offers on top of its own scoring call: the StepScorer protocol, batch scoring, and
+    what happens to a solution longer than the PRM's context window (``fmt.overflow``, the profile's
+    ``[prm] overflow``):
+
+    - ``last_steps``: the question and the last steps that fit are scored; the steps before them get no score.
+      Whatever the solution's length the PRM reads its end, where the answer is.
+    - ``final_part``: the steps after the reasoning span (``fmt.reasoning_end``) are scored, their last ones if
+      even they do not fit; a solution with no final part (its reasoning never closed) as ``last_steps``.
+    - ``refuse``: :class:`ContextTooLong`, naming the profile's choice: the request fails with a 400.
+
+    The engine refuses an over-long prompt before computing anything, so the refusal costs no tokens; the
+    window is sized by tokenising candidate prompts (free) against the context length the refusal names,
+    and only the call that is scored is charged. The result carries :class:`PRMOverflow` (``StepScores.overflow``),
+    which the strategy context records with the request (``tts.info.prm_overflow``): never an unmarked score."""
+
+    engine: Engine
+    role: Role
+    fmt: StepLayout
+
+    async def _score_steps(self, engine: Engine, question: str, steps: tuple[str, ...]) -> StepScores:
+        """One scoring call over ``steps`` (raises :class:`ContextTooLong` when the prompt does not fit)."""
         raise NotImplementedError
 
-    async def step_scores(self, engine: Engine, question: str, solution: str) -> tuple[float, ...]:
+    async def _prompt(self, engine: Engine, question: str, steps: Sequence[str]) -> str:
+        """The prompt :meth:`_score_steps` sends for ``steps``."""
+        raise NotImplementedError
+
+    def _steps(self, solution: str) -> tuple[str, ...]:
+        # An unfinished last step (a partial generation cut after some tokens) is a step like the others.
+        return tuple(task.split_steps(visible(solution, self.fmt.hidden), delimiter=self.fmt.step_delimiter))
+
+    async def score(self, question: str, solution: str, *, engine: Engine | None = None) -> StepScores:
+        """Every step's P(good) in [0, 1], through ``engine`` (default: the one this scorer was built with);
+        a solution longer than the PRM's context as ``fmt.overflow`` says (see the class)."""
+        engine = engine or self.engine
+        steps = self._steps(solution)
+        if not steps:
+            return StepScores((), (), Usage())
+        try:
+            return await self._score_steps(engine, question, steps)
+        except ContextTooLong as err:
+            if self.fmt.overflow == "refuse":
+                raise ContextTooLong(
+                    f"{err.message}: a solution of {len(steps)} steps is longer than the PRM's context, and the profile's "
+                    '[prm] overflow is "refuse"',
+                    param=err.param,
+                ) from None
+            return await self._overflowed(engine, question, solution, steps, context_limit(err))
+
+    async def _overflowed(self, engine: Engine, question: str, solution: str, steps: tuple[str, ...], limit: int | None) -> StepScores:
+        read: PRMOverflowRead = "last_steps"
+        pool, fresh = steps, False  # the steps a window is cut from; fresh: not yet refused whole
+        end = self.fmt.reasoning_end
+        if self.fmt.overflow == "final_part" and end and end in solution:
+            final = self._steps(solution.split(end, 1)[1])
+            if final:
+                read, pool, fresh = "final_part", final, True
+        hi = len(pool) if fresh else len(pool) - 1
+        for _ in range(WINDOW_TRIES):
+            k = await self._fitting(engine, question, pool, hi=hi, limit=limit, whole=fresh)
+            fresh = False
+            if k <= 0:
+                break
+            try:
+                out = await self._score_steps(engine, question, pool[-k:])
+            except ContextTooLong as err:
+                limit, hi = context_limit(err) or limit, k - 1
+                continue
+            log.info("a solution of %d steps is longer than the PRM's context (%s tokens): scored its %s, %d steps", len(steps), limit, read, k)
+            return StepScores(out.steps, out.scores, out.usage, PRMOverflow(read, len(steps), k, limit))
+        log.info("a solution of %d steps is longer than the PRM's context (%s tokens): no step of it fits", len(steps), limit)
+        return StepScores((), (), Usage(), PRMOverflow(read, len(steps), 0, limit))
+
+    async def _fitting(self, engine: Engine, question: str, pool: tuple[str, ...], *, hi: int, limit: int | None, whole: bool) -> int:
+        """The most of ``pool``'s last steps, at most ``hi``, whose prompt fits ``limit`` tokens (found by
+        bisection over free tokenisations; one token kept free, as a scoring call needs). Without a known
+        limit: ``hi`` when ``whole`` (not yet tried), else half of it."""
+        if hi <= 0:
+            return 0
+        if limit is None:
+            return hi if whole else (hi + 1) // 2
+
+        async def fits(k: int) -> bool:
+            return len(await engine.tokenize(self.role, await self._prompt(engine, question, pool[-k:]))) < limit
+
+        if await fits(hi):
+            return hi
+        lo, top = 0, hi  # fits(lo) or lo == 0; not fits(top)
+        while top - lo > 1:
+            mid = (lo + top) // 2
+            lo, top = (mid, top) if await fits(mid) else (lo, mid)
+        return lo
+
+    async def step_scores(self, engine: Engine, question: str, solution: str) -> ScoredSteps:
         """The :class:`~orchestrator.protocols.StepScorer` protocol (how strategies reach the PRM)."""
-        return (await self.score(question, solution, engine=engine)).scores
+        out = await self.score(question, solution, engine=engine)
+        return ScoredSteps(out.scores, out.overflow)
 
     async def score_many(self, question: str | Sequence[str], solutions: Sequence[str]) -> list[StepScores]:
         """Score many solutions concurrently (the engine batches them); ``question`` is one for all or one each."""
@@ -114,21 +239,14 @@ class MathShepherdPRM(StepScoring):
         f = self.fmt
         return f.question_template.format(question=question) + "".join(f"{s}{f.tag}{f.separator}" for s in steps)
 
-    async def score(self, question: str, solution: str, *, engine: Engine | None = None) -> StepScores:
-        """Every step's P(good), through ``engine`` (default: the one this scorer was built with)."""
-        engine = engine or self.engine
-        # An unfinished last step (a partial generation cut after some tokens) is a step like the others.
-        steps = tuple(task.split_steps(visible(solution, self.fmt.hidden), delimiter=self.fmt.step_delimiter))
-        if not steps:
-            return StepScores((), (), Usage())
+    async def _prompt(self, engine: Engine, question: str, steps: Sequence[str]) -> str:
+        return self.render(question, steps)
+
+    async def _score_steps(self, engine: Engine, question: str, steps: tuple[str, ...]) -> StepScores:
         if any(self.fmt.tag.strip() in s for s in steps):
             raise InvalidRequest("a step contains the PRM's step tag; it cannot be scored unambiguously")
         tag_id, good_id, bad_id = await self._token_ids(engine)
-        try:
-            scores = await engine.score(self.role, ScoreSpec(self.render(question, steps), start=0, candidates=(good_id, bad_id)))
-        except ContextTooLong as err:
-            log.info("solution of %d steps is longer than the PRM's context; its steps score 0: %s", len(steps), err.message)
-            return StepScores(steps, (0.0,) * len(steps), Usage())
+        scores = await engine.score(self.role, ScoreSpec(self.render(question, steps), start=0, candidates=(good_id, bad_id)))
         positions = [p for p, t in enumerate(scores.token_ids) if t == tag_id]
         # The question may itself contain the tag; the step tags are always the last len(steps) ones.
         positions = positions[-len(steps) :]
@@ -136,7 +254,6 @@ class MathShepherdPRM(StepScoring):
             raise InvalidRequest(f"found {len(positions)} step tags for {len(steps)} steps after tokenisation")
         values = tuple(p_good(*scores.candidate_logprobs[p - scores.start]) for p in positions)
         return StepScores(steps, values, scores.usage)
-
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,11 @@ class TextRefiner:
         counts = Counter(a for a in answers if a is not None)
         lines = [f"Summary of {len(drafts)} drafts:"]
         for answer, count in counts.most_common():
-            support = self._shown(next(d for d, a in zip(drafts, answers) if a == answer)).split("\n")
-            lines.append(f"- answer {answer} ({count} of {len(drafts)}); e.g. {support[-2] if len(support) > 1 else support[-1]}")
+            first = next(d for d, a in zip(drafts, answers) if a == answer)
+            support = self._shown(first).split("\n")
+            # Tallied by key, shown as the first such draft wrote it: the policy reads `23.28`, not `582/25`.
+            shown = self.verifier.written(first) or answer
+            lines.append(f"- answer {shown} ({count} of {len(drafts)}); e.g. {support[-2] if len(support) > 1 else support[-1]}")
         missing = sum(a is None for a in answers)
         if missing:
             lines.append(f"- {missing} draft(s) reached no answer")

@@ -90,7 +90,7 @@ class Requests(Repository):
             rec.error = error
             rec.verifier_tokens, rec.cost_usd, rec.budget = verifier_tokens, cost_usd, budget
             if result is not None:
-                rec.answer, rec.text, rec.finish_reason = result.answer, result.text, result.finish_reason
+                rec.answer, rec.text, rec.finish_reason = result.shown_answer, result.text, result.finish_reason  # as written, not the vote key
 
         await self._subcalls.drain()
         await self._write(work)

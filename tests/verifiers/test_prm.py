@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from models.data import simulated_draft
-from orchestrator.errors import InvalidRequest
+from orchestrator.errors import ContextTooLong, InvalidRequest
 from orchestrator.types import SamplingSpec
 from tasks import arithmetic as task
 from verifiers.embeddings import StepClusterer, cluster_vectors
-from verifiers.prm import JudgeFormat, MathShepherdPRM, OutcomeJudge, StepScores
+from verifiers.prm import JudgeFormat, MathShepherdPRM, OutcomeJudge, PRMFormat, StepScores
 
 pytestmark = pytest.mark.engine
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -114,8 +114,14 @@ def test_bad_input_is_documented_or_a_clear_error(pool, prm, loop):
     empty = loop.run(prm.score("1+1", ""))
     assert empty.steps == () and empty.aggregate() == 0.0
     assert loop.run(prm.score("1+1", "\n\n  \n")).steps == ()
-    too_long = loop.run(prm.score("1+1", "\n".join(["12+34=46"] * 80)))  # over the PRM's context: ranked last, not an error
-    assert too_long.scores == (0.0,) * 80
+    # Over the PRM's context (512 tokens): its last steps that fit are scored, and the result says so.
+    too_long = loop.run(prm.score("1+1", "\n".join(["12+34=46"] * 80)))
+    assert too_long.overflow is not None and (too_long.overflow.read, too_long.overflow.steps, too_long.overflow.limit) == ("last_steps", 80, 512)
+    k = too_long.overflow.steps_scored
+    assert 0 < k < 80 and len(too_long.scores) == k and 0 < too_long.usage.prompt_tokens < 512
+    assert len(loop.run(pool.tokenize("prm", prm.render("1+1", ["12+34=46"] * (k + 1))))) >= 512  # the largest window
+    with pytest.raises(ContextTooLong, match='overflow is "refuse"'):
+        loop.run(MathShepherdPRM(pool, fmt=PRMFormat(overflow="refuse")).score("1+1", "\n".join(["12+34=46"] * 80)))
     with pytest.raises(InvalidRequest, match="step tag"):
         loop.run(prm.score("1+1", "1+1=2 ки\nAnswer: 2"))
     # The worker survived all of it.

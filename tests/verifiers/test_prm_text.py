@@ -1,11 +1,10 @@
 """The tag PRM's text handling on a scripted engine (characters are tokens): a reasoning model's <think> tags
-are not steps, and a solution over the PRM's context scores 0 instead of failing the request."""
+are not steps. A solution over the PRM's context: test_prm_overflow.py."""
 
 from __future__ import annotations
 
 import asyncio
 
-from orchestrator.errors import ContextTooLong
 from orchestrator.types import Scores, Usage
 from verifiers import MathShepherdPRM, PRMFormat
 
@@ -13,8 +12,8 @@ from verifiers import MathShepherdPRM, PRMFormat
 class CharEngine:
     """Every character is a token; every row puts log-probability -0.1 on `+` and -2.3 on `-`."""
 
-    def __init__(self, max_len: int = 10_000) -> None:
-        self.max_len, self.prompts = max_len, []
+    def __init__(self) -> None:
+        self.prompts: list = []
 
     async def tokenize(self, role, text):
         return [ord(c) for c in text]
@@ -22,8 +21,6 @@ class CharEngine:
     async def score(self, role, spec):
         self.prompts.append(spec.prompt)
         ids = [ord(c) for c in spec.prompt]
-        if len(ids) > self.max_len:
-            raise ContextTooLong(f"prm-0: the prompt is {len(ids)} tokens; role prm has max_model_len {self.max_len}")
         rows = len(ids) - 1 - spec.start
         return Scores(tuple(ids), spec.start, (-1.0,) * rows, ((-0.1, -2.3),) * rows, Usage(len(ids), 1))
 
@@ -39,9 +36,3 @@ def test_think_tags_are_not_steps_and_every_step_is_scored():
     assert len(out.scores) == 3 and all(s > 0.8 for s in out.scores)
     assert "<think>" not in engine.prompts[0] and "</think>" not in engine.prompts[0]
 
-
-def test_a_solution_over_the_prm_context_scores_zero_with_a_note(caplog):
-    with caplog.at_level("INFO", logger="verifiers.prm"):
-        out = asyncio.run(MathShepherdPRM(CharEngine(max_len=20), fmt=FMT).score("q", R1))
-    assert out.scores == (0.0, 0.0, 0.0) and out.usage == Usage()
-    assert any("longer than the PRM's context" in r.getMessage() for r in caplog.records)
