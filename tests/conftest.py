@@ -9,6 +9,17 @@ import pytest
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests of a real checkpoint (``real_checkpoint``) run only when asked for: they need a model package
+    installed apart and minutes of CPU, more than the default suite spends on one check."""
+    if "real_checkpoint" in (config.getoption("markexpr") or "") or os.environ.get("TTS_REAL_CHECKPOINT") == "1":
+        return
+    skip = pytest.mark.skip(reason="a real checkpoint: run with -m real_checkpoint or TTS_REAL_CHECKPOINT=1 (README: Tests)")
+    for item in items:
+        if "real_checkpoint" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
     """The whole service on loopback: HTTP API, controller, SQLite, a Ray actor owning AsyncLLM."""
