@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.profile import BUNDLED, ModelProfile
+from orchestrator.config import REPO_ROOT
+from orchestrator.profile import BUNDLED, ModelProfile, load_profile
 from verifiers.answers import TaskAnswerVerifier, last_boxed, verifier_for
 
 R1 = verifier_for(BUNDLED["r1-distill"])
@@ -182,3 +183,21 @@ def test_the_countdown_grader_checks_the_numbers_and_the_target():
     assert not grader.is_correct(right.replace(answer, f"{answer} + 1"), problem.question)
     assert not grader.is_correct(right.replace(answer, str(problem.target)), problem.question)  # the target is not given
     assert grader.extract(right) == countdown.canonical_answer(answer)
+
+
+# Replies SmolLM2-135M-Instruct wrote (deploy/smollm2/profile.toml), with the answer each states.
+SMOLLM2_REPLIES = [
+    ("To add 65 and 50, you simply add them together: 65 + 50 = 110.", "110"),
+    ("12 + 8 = 12 + 8 = 20.", "20"),
+    ("27 - 22 is 1.", "1"),
+    ("To calculate 33 - 14, you simply subtract 14 from 33, which gives you 19.", "19"),
+    ("The result of 78 + 87 is 155, which is the sum of 78 and 87.", "155"),  # not the last number
+    ("To solve this problem, we need to first calculate 97 - 52.\n\nFirst, we subtract 52 from 97, which gives us 14.\n\nSo, 97 - 51 = 14.\n\nThe answer is 14.", "14"),
+    ("To calculate 67 - 63, you simply subtract 63 from 67, which results in 1. This is a simple and intuitive way.", "1"),
+    ("To add 6 and 10, we need to first find the total of 6 and 10.", None),  # explains, never states one
+]
+
+
+@pytest.mark.parametrize("text, answer", SMOLLM2_REPLIES)
+def test_the_smollm2_profile_reads_the_answer_the_reply_states(text, answer):
+    assert verifier_for(load_profile(REPO_ROOT / "deploy" / "smollm2" / "profile.toml")).extract(text) == answer
