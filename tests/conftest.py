@@ -23,18 +23,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
     """The whole service on loopback: HTTP API, controller, SQLite, a Ray actor owning AsyncLLM."""
-    import ray
+    from tests.helpers import serving
 
-    from deploy.serve import ServiceThread
-    from orchestrator.config import get_settings
-
-    settings = get_settings(port=0, data_dir=tmp_path_factory.mktemp("data"), kv_cache_gib=1)
-    svc = ServiceThread(settings)
-    try:
+    with serving(port=0, data_dir=tmp_path_factory.mktemp("data"), kv_cache_gib=1) as svc:
         yield svc
-    finally:
-        svc.stop()
-        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

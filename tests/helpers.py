@@ -1,4 +1,5 @@
-"""Small helpers shared by the tests: a free loopback port, an event loop in a background thread."""
+"""Small helpers shared by the tests: a free loopback port, an event loop in a background thread, the whole
+service for a block."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import asyncio
 import socket
 import threading
 from concurrent.futures import Future
-from typing import Any, Coroutine, TypeVar
+from contextlib import contextmanager
+from typing import Any, Coroutine, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -15,6 +17,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def serving(**settings: Any) -> Iterator[Any]:
+    """The whole service on loopback (a ``deploy.serve.ServiceThread`` of ``get_settings(**settings)``) for the
+    block; stopped after it, and Ray with it."""
+    import ray
+
+    from deploy.serve import ServiceThread
+    from orchestrator.config import get_settings
+
+    svc = ServiceThread(get_settings(**settings))
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        ray.shutdown()
 
 
 class LoopThread:

@@ -44,21 +44,13 @@ def tokenizer(checkpoint):
 @pytest.fixture(scope="module")
 def smollm2(checkpoint, tmp_path_factory):
     """The service from the shipped workers file and profile, nothing else."""
-    import ray
+    from tests.helpers import serving
 
-    from deploy.serve import ServiceThread
-    from orchestrator.config import get_settings
-
-    settings = get_settings(
+    with serving(
         port=0, data_dir=tmp_path_factory.mktemp("smollm2"), model_name="smollm2",
         workers_file=REPO_ROOT / "deploy" / "smollm2" / "workers.toml", profile=str(REPO_ROOT / "deploy" / "smollm2" / "profile.toml"),
-    )
-    svc = ServiceThread(settings)
-    try:
+    ) as svc:
         yield svc
-    finally:
-        svc.stop()
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
