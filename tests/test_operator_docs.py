@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 from deploy.assembly import check_prm_kind, served_profile
-from orchestrator.profile import BUNDLED, ModelProfile
+from orchestrator.profile import BUNDLED, ModelProfile, load_profile
 from workers.config import PoolConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,3 +30,17 @@ def test_every_recipe_is_a_valid_workers_file_and_profile_pair():
         assert served_profile(profile, config).max_tokens_cap == profile.max_tokens_cap  # the caps fit the policy's context
         bundled = BUNDLED[profile.name]  # each recipe's profile is the bundled one of that name, written out
         assert profile.model_dump(exclude={"prm"}) == bundled.model_dump(exclude={"prm"})
+
+
+def test_the_cpu_recipe_shows_the_shipped_smollm2_files_as_they_are():
+    doc = (ROOT / "docs" / "operators.md").read_text()
+    for name in ("workers.toml", "profile.toml"):
+        shipped = (ROOT / "deploy" / "smollm2" / name).read_text()
+        assert f"`deploy/smollm2/{name}`:\n\n```toml\n{shipped}```" in doc, name
+    raw = tomllib.loads((ROOT / "deploy" / "smollm2" / "workers.toml").read_text())
+    assert list(raw["roles"]) == ["policy"] and raw["roles"]["policy"]["model"] == "data/smollm2"  # convert_gguf's documented --out
+    raw["roles"]["policy"]["model"] = str(ROOT / "models" / "target")  # converted on the user's machine, not here
+    config = PoolConfig.model_validate(raw)
+    profile = load_profile(ROOT / "deploy" / "smollm2" / "profile.toml")
+    assert profile.name == "smollm2" and profile.answer == "regex"
+    assert served_profile(profile, config).max_tokens_cap == profile.max_tokens_cap  # the cap fits the policy's context
