@@ -273,7 +273,9 @@ def configmap_tomls() -> dict[str, str]:
 
 def workers_files() -> list[tuple[str, str]]:
     files = [(f"k8s/workers-configmap.yaml:{k}", v) for k, v in configmap_tomls().items()]
-    files += [(p.relative_to(DEPLOY).as_posix(), p.read_text()) for p in sorted(DEPLOY.rglob("*.toml"))]
+    # deploy/smollm2/ is a recipe for a checkout, not an image: a profile, and a workers file whose model is
+    # converted on the user's machine (tests/test_operator_docs.py checks both).
+    files += [(p.relative_to(DEPLOY).as_posix(), p.read_text()) for p in sorted(DEPLOY.rglob("*.toml")) if p.parent != DEPLOY / "smollm2"]
     return files
 
 
