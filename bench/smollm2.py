@@ -4,11 +4,12 @@
     python -m bench.smollm2 --questions 50 --n 8 --seed 0
 
 The service is started from ``deploy/smollm2/workers.toml`` and ``deploy/smollm2/profile.toml`` only, and asked
-through the openai SDK as a client would: each question ("What is 37 + 12?") once greedy (``single_pass``) and
-by ``self_consistency`` with n samples at each of ``--temperatures`` (0.8 is its default), the answers read by the profile's
-pattern and graded against the exact result. Questions are two numbers from 1 to 50 added or subtracted, a
-subtraction always the larger minus the smaller: the model never wrote a negative result right (0 of 63
-samples, docs/operators.md), so negative results would measure only that. Writes ``bench/results/smollm2.json``.
+through the openai SDK as a client would: each question ("What is 37 + 12?") once greedy (``single_pass``) and by
+``self_consistency`` with n samples at each of ``--temperatures`` (0.8 the strategies' usual default, 0.4 the
+profile's), the answers read by the profile's pattern and graded against the exact result. Questions are two
+numbers from 1 to 50 added or subtracted, a subtraction always the larger minus the smaller: the model never wrote
+a negative result right (0 of 63 samples, docs/operators.md), so negative results would measure only that. Writes
+``bench/results/smollm2.json``.
 """
 
 from __future__ import annotations
