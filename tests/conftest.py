@@ -14,7 +14,7 @@ def pytest_collection_modifyitems(config, items):
     installed apart and minutes of CPU, more than the default suite spends on one check."""
     if "real_checkpoint" in (config.getoption("markexpr") or "") or os.environ.get("TTS_REAL_CHECKPOINT") == "1":
         return
-    skip = pytest.mark.skip(reason="a real checkpoint: run with -m real_checkpoint or TTS_REAL_CHECKPOINT=1 (README: Tests)")
+    skip = pytest.mark.skip(reason="a real checkpoint: run with -m real_checkpoint or TTS_REAL_CHECKPOINT=1 (the README's test commands)")
     for item in items:
         if "real_checkpoint" in item.keywords:
             item.add_marker(skip)
