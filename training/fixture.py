@@ -112,9 +112,12 @@ def _save_tokenizer(tok: object, directory: Path, config: dict[str, object]) -> 
 TEXT_TOKENS = ("<think>", "</think>")
 
 
-def _qwen_tokenizer(
+def qwen_tokenizer(
     directory: Path, *, vocab_size: int = 512, corpus: list[str] | None = None, single_digits: bool = False, chat_template: str = CHATML_TEMPLATE
 ) -> dict[str, int]:
+    """Train a byte-level BPE with the Qwen specials (the reasoning tags as text tokens) on ``corpus`` and write
+    a Qwen-style ``tokenizer.json`` and ``tokenizer_config.json`` under ``directory``; the id of each special.
+    The v2 family's tokenizer is one of these, trained on its own corpus."""
     tok = _train_bpe(vocab_size, QWEN_SPECIALS, _corpus() if corpus is None else corpus, single_digits=single_digits)
     _save_tokenizer(
         tok,
@@ -235,8 +238,8 @@ def build(out_dir: Path) -> FixturePaths:
     """Write the family under ``out_dir`` (``policy/``, ``draft/``, ``prm/``) and return their paths."""
     out_dir = Path(out_dir)
     paths = FixturePaths(root=out_dir, policy=out_dir / "policy", draft=out_dir / "draft", prm=out_dir / "prm")
-    qwen_ids = _qwen_tokenizer(paths.policy)
-    _qwen_tokenizer(paths.prm)  # deterministic: the same vocabulary as the policy's
+    qwen_ids = qwen_tokenizer(paths.policy)
+    qwen_tokenizer(paths.prm)  # deterministic: the same vocabulary as the policy's
     vocab = len(json.loads((paths.policy / "tokenizer.json").read_text())["model"]["vocab"])
     llama_ids = _llama_tokenizer(paths.draft)
     draft_vocab = len(json.loads((paths.draft / "tokenizer.json").read_text())["model"]["vocab"])

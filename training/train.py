@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from models import data, tokenizer as tok_mod
+from training.common import TrainConfig, lm_loss, loss_summary, lr_schedule, make_optimizer, optimizer_step, row_batches
 from tasks import arithmetic as task
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,6 @@ SHAPES: dict[str, Shape] = {
     "draft": Shape(hidden=128, layers=4, heads=4, intermediate=384),
     "target": Shape(hidden=256, layers=4, heads=8, intermediate=768),
 }
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int
-    batch: int = 32
-    seq_len: int = 256
-    lr: float = 2e-3
-    warmup: int = 50
-    weight_decay: float = 0.01
-    seed: int = 0
-    device: str = "cpu"
 
 
 def llama_config(shape: Shape, vocab_size: int) -> LlamaConfig:
@@ -87,48 +75,6 @@ def encode(tok: Tokenizer, example: data.Example) -> tuple[list[int], list[int]]
     return ids, mask
 
 
-def row_batches(
-    examples: Iterator[tuple[list[int], list[int]]], batch: int, seq_len: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Fill ``batch`` x ``seq_len`` blocks with whole examples, padding each row's tail (masked out).
-
-    No example is ever cut across rows: a refine example whose workspace landed in one row and its
-    solution in the next taught the model to solve without seeing the workspace (the first recipe packed
-    a plain stream and its refine round lost 24 points to pass@1). Several short examples share a row; a
-    later one sees the earlier ones, which is harmless because every example starts with a self-contained
-    question."""
-    width = seq_len + 1
-    rows: list[tuple[list[int], list[int]]] = []
-    row_ids: list[int] = []
-    row_mask: list[int] = []
-    for ids, mask in examples:
-        if len(ids) > width:
-            raise ValueError(f"an example of {len(ids)} tokens does not fit a row of {width}; raise seq_len")
-        if len(row_ids) + len(ids) > width:
-            pad = width - len(row_ids)
-            rows.append((row_ids + [0] * pad, row_mask + [0] * pad))
-            row_ids, row_mask = [], []
-            if len(rows) == batch:
-                yield torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
-                rows = []
-        row_ids = row_ids + ids
-        row_mask = row_mask + mask
-
-
-def _schedule(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
-
-
 def _fit(
     model: LlamaForCausalLM,
     batches: Iterator[tuple[torch.Tensor, ...]],
@@ -141,8 +87,8 @@ def _fit(
     """Train for ``cfg.steps`` steps; returns the loss of each. ``step_seconds``, when given, receives the
     wall time of each step (what :func:`seconds_per_step` measures)."""
     model.to(cfg.device)
-    opt = _optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, cfg))
+    opt = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, cfg))
     model.train()
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc=desc, mininterval=30, disable=False)
@@ -154,32 +100,6 @@ def _fit(
             step_seconds.append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", refresh=False)
     return losses
-
-
-def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched, loss: torch.Tensor) -> float:
-    """One update from ``loss`` (gradients clipped to norm 1, as every recipe here trains); its value."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    sched.step()
-    return loss.item()
-
-
-def _lm_loss(model: LlamaForCausalLM, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    x, m = batch
-    logits = model(input_ids=x[:, :-1]).logits
-    target = x[:, 1:]
-    learn = m[:, 1:].bool()
-    return torch.nn.functional.cross_entropy(logits[learn], target[learn])
-
-
-def loss_summary(losses: Sequence[float]) -> dict:
-    """What training.json keeps of a loss curve: the mean of the last 50 steps and the mean of every 50."""
-    return {
-        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-        "loss_every_50_steps": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)],
-    }
 
 
 def policy_examples(
@@ -208,7 +128,7 @@ def policy_setup(name: str, cfg: TrainConfig, *, refine_fraction: float) -> Setu
     tok = tok_mod.build()
     model = LlamaForCausalLM(llama_config(SHAPES[name], tok.get_vocab_size()))
     stream = (encode(tok, ex) for ex in policy_examples(cfg.seed, refine_fraction=refine_fraction))
-    return model, row_batches(stream, cfg.batch, cfg.seq_len), _lm_loss
+    return model, row_batches(stream, cfg.batch, cfg.seq_len), lm_loss
 
 
 def train_policy(name: str, out_dir: Path, cfg: TrainConfig, *, refine_fraction: float) -> dict:
@@ -252,7 +172,7 @@ def refine_setup(model_dir: Path, rows: Sequence[tuple[task.Problem, Sequence[st
     tok = tok_mod.build()
     model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
     stream = (encode(tok, ex) for ex in own_draft_examples(rows, cfg.seed, solve_fraction=solve_fraction))
-    return model, row_batches(stream, cfg.batch, cfg.seq_len), _lm_loss
+    return model, row_batches(stream, cfg.batch, cfg.seq_len), lm_loss
 
 
 def refine_tune(model_dir: Path, rows: Sequence[tuple[task.Problem, Sequence[str]]], cfg: TrainConfig, *, solve_fraction: float) -> dict:

@@ -33,7 +33,7 @@ def _stage_parts(stage: str, size: str, out: Path, tok):
     """(model factory, example function, loss) for ``stage`` at ``size`` as the recipe builds them."""
     from transformers import Qwen2ForCausalLM
 
-    from models.train import _lm_loss
+    from training.common import lm_loss
     from models.v2 import train
     from models.v2.modeling_prm import Qwen2ForProcessRewardModel
 
@@ -42,7 +42,7 @@ def _stage_parts(stage: str, size: str, out: Path, tok):
     problems = train.train_problems(out, min(s["problems"], 2000), seed=train.POLICY_PROBLEMS_SEED, levels=s["levels"])
     if stage in ("target", "draft"):
         config = train.qwen2_config(params["shape"], tok)
-        return (lambda: Qwen2ForCausalLM(config)), train.policy_example_fn(tok, problems, params["seed"]), _lm_loss
+        return (lambda: Qwen2ForCausalLM(config)), train.policy_example_fn(tok, problems, params["seed"]), lm_loss
     if stage == "prm":
         config = train.qwen2_config(params["shape"], tok, num_labels=2, tie_word_embeddings=False)
         rows = train.synthetic_rows(problems[:500], params["seed"])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from models.fixture import CHATML_TEMPLATE, PRM_SYSTEM, QWEN_SPECIALS, STEP_TAG, _qwen_tokenizer
+from models.fixture import CHATML_TEMPLATE, PRM_SYSTEM, QWEN_SPECIALS, STEP_TAG, qwen_tokenizer
 from tasks import countdown
 
 # One system prompt for policy and PRM, the sentence Qwen2.5-Math models (and the fixture's PRM) are used
@@ -40,7 +40,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path) -> dic
     floor = 256 + len(QWEN_SPECIALS)
     if vocab_size <= floor:
         raise ValueError(f"vocab_size {vocab_size} leaves no room for merges: it must exceed {floor}")
-    return _qwen_tokenizer(Path(out_dir), vocab_size=vocab_size, corpus=corpus, single_digits=True, chat_template=CHAT_TEMPLATE)
+    return qwen_tokenizer(Path(out_dir), vocab_size=vocab_size, corpus=corpus, single_digits=True, chat_template=CHAT_TEMPLATE)
 
 
 def render_chat(messages: list[dict[str, str]], *, add_generation_prompt: bool = False) -> str:

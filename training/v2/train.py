@@ -23,7 +23,7 @@ import torch
 from tokenizers import Tokenizer
 
 from models.fixture import STEP_TAG
-from models.train import TrainConfig, _lm_loss, _optimizer, _schedule, loss_summary, optimizer_step, row_batches
+from training.common import TrainConfig, lm_loss, loss_summary, lr_schedule, make_optimizer, optimizer_step, row_batches
 from models.v2 import formats, synthetic
 from tasks import countdown
 
@@ -485,7 +485,7 @@ def load_prm_rows(out: Path) -> list[dict]:
 
 def prm_encode(tok: Tokenizer, problem: countdown.Problem, text: str) -> tuple[list[int], list[int]] | None:
     """Ids of the PRM example of ``text`` and, at each ``<extra_0>``, 1 + its label (2: good, 1: bad; 0
-    elsewhere), the mask layout :func:`models.train.row_batches` packs. None when ``text`` has no steps."""
+    elsewhere), the mask layout :func:`training.common.row_batches` packs. None when ``text`` has no steps."""
     try:
         ex = formats.prm_example(problem, text)
     except ValueError:
@@ -609,8 +609,8 @@ def fit(
     saving to ``ckpt``. ``stop_after`` ends the run early after that many steps in total (as a crash
     would, after the checkpoint of that step): what the resume test uses. ``workers``: see _indexed."""
     model.to(cfg.device)
-    opt = _optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, cfg))
+    opt = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, cfg))
     step, position, losses, seconds = 0, 0, [], 0.0
     torch.manual_seed(cfg.seed)
     if ckpt.exists():
@@ -771,7 +771,7 @@ def train_policy(out: Path, name: str, size: str, device: str = "cpu", *, fresh:
     problems = train_problems(out, s["problems"], seed=POLICY_PROBLEMS_SEED, levels=s["levels"])
     cfg = _train_config(params, device)
     run = fit(
-        model, policy_example_fn(tok, problems, params["seed"]), _lm_loss, cfg, checkpoint_path(out, name),
+        model, policy_example_fn(tok, problems, params["seed"]), lm_loss, cfg, checkpoint_path(out, name),
         checkpoint_every=params["checkpoint_every"], desc=name, stop_after=stop_after, workers=data_workers(size),
     )
     info = _training_info(run.model, config, params, run, size, device, problems=len(problems), levels=list(s["levels"]),
@@ -809,7 +809,7 @@ def refine_tune(out: Path, size: str, device: str = "cpu", *, fresh: bool = Fals
     solve = train_problems(out, s["problems"], seed=POLICY_PROBLEMS_SEED, levels=s["levels"])
     cfg = _train_config(params, device)
     run = fit(
-        model, refine_example_fn(tok, rows, solve, params["seed"], params["solve_fraction"]), _lm_loss, cfg,
+        model, refine_example_fn(tok, rows, solve, params["seed"], params["solve_fraction"]), lm_loss, cfg,
         checkpoint_path(out, "refine-tune"), checkpoint_every=params["checkpoint_every"], desc="refine-tune", stop_after=stop_after, workers=data_workers(size),
     )
     info = {k: v for k, v in info.items() if k != "refine_tune"}
