@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from deploy.calibrate import collect
-from models import fixture
 from orchestrator.errors import TTSError
 from orchestrator.types import SamplingSpec
 from strategies import atts
+from training import fixture
 from verifiers import PoolingPRM
 
 pytestmark = pytest.mark.engine

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from models.v2 import formats
 from orchestrator.profile import load_profile
 from strategies import atts
 from tasks import countdown
 from tests.test_fixture_family import EVERY, _ledger_adds_up
+from training.v2 import formats
 from verifiers import CountdownVerifier, PoolingPRM, verifier_for
 
 pytestmark = pytest.mark.engine
@@ -190,13 +190,13 @@ def test_the_benchmarks_run_on_the_family_with_its_task_and_profile(v2_service, 
 
 
 def test_the_dev_split_comparison_grades_each_model_on_the_same_dev_problems(v2_family, tmp_path):
-    """bench.v2_dev_policy, the recipe's tool for choosing on dev: a real engine per model, every level,
+    """training.bench.v2_dev_policy, the recipe's tool for choosing on dev: a real engine per model, every level,
     every sample graded; a model directory that is not one is refused with a message, not a traceback."""
     import subprocess
     import sys
 
     out = tmp_path / "dev.json"
-    cmd = [sys.executable, "-m", "bench.v2_dev_policy", "--model", f"draft={v2_family / 'draft'}", "--per-level", "1", "--samples", "2", "--out", str(out)]
+    cmd = [sys.executable, "-m", "training.bench.v2_dev_policy", "--model", f"draft={v2_family / 'draft'}", "--per-level", "1", "--samples", "2", "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
     report = json.loads(out.read_text())
     row = report["rows"]["draft"]

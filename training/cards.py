@@ -8,8 +8,8 @@ from typing import Sequence
 
 from tasks import arithmetic as task
 
-RECIPE_CMD = "python -m models.recipe"
-EVAL_CMD = "python -m models.recipe --stages evaluate"
+RECIPE_CMD = "python -m training.recipe"
+EVAL_CMD = "python -m training.recipe --stages evaluate"
 
 GOALS = [
     ("target pass@1 in [40%, 75%]", lambda h: 0.40 <= h["target_pass@1"] <= 0.75),
@@ -52,7 +52,7 @@ def goals_table(headline: dict) -> str:
 
 def recipe_time(timings: dict, stages: Sequence[str]) -> str:
     """Stage times as run, in the order of ``stages``, and for stages trained on a GPU the CPU time their measured
-    CPU step rate gives. ``stages`` is the recipe's (``models.recipe.STAGES``), passed in because the recipe imports
+    CPU step rate gives. ``stages`` is the recipe's (``training.recipe.STAGES``), passed in because the recipe imports
     this module."""
     devices = timings.get("device", {})
     rates = timings.get("cpu_seconds_per_step", {})

@@ -15,7 +15,7 @@ family reproduces what differs, so that tests meet the real code paths in second
 
 Weights are random from a fixed seed, so the files (and so the scores) are the same on every build.
 
-    python -m models.fixture OUT_DIR
+    python -m training.fixture OUT_DIR
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def build(out_dir: Path) -> FixturePaths:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m models.fixture OUT_DIR", file=sys.stderr)
+        print("usage: python -m training.fixture OUT_DIR", file=sys.stderr)
         return 2
     paths = build(Path(args[0]))
     print(f"policy {paths.policy}\ndraft {paths.draft}\nprm {paths.prm}")

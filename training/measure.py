@@ -18,9 +18,9 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from models import data, tokenizer as tok_mod
-from models.train import prm_example, prm_text
 from tasks import arithmetic as task
+from training import data, tokenizer as tok_mod
+from training.train import prm_example, prm_text
 
 MAX_TOKENS = 256
 TEMPERATURE = 0.8
@@ -89,7 +89,7 @@ def _labelled(policy: str, problem: task.Problem, text: str) -> dict | None:
 def write_prm_data(out: Path, *, problems: int, samples: int, temperature: float, simulated: int = 0) -> int:
     """Sample train-split solutions from both policies, label each step with the exact checker.
 
-    ``simulated`` extra traces per problem come from :func:`models.data.simulated_draft` (the reference solution
+    ``simulated`` extra traces per problem come from :func:`training.data.simulated_draft` (the reference solution
     with random arithmetic slips carried forward). The policies' samples hold few clean contrasts of a
     right step against the same step slipped, and the first PRM trained on them alone scored a step and its
     corrupted copy alike; the simulated traces supply those contrasts."""

@@ -1,8 +1,8 @@
 """Retrain the bundled models from scratch (CPU by default), then measure them with vLLM and write their model cards.
 
-    python -m models.recipe                      # every stage on CPU (see the model cards for stage times)
-    python -m models.recipe --device cuda        # the training stages on a GPU (a few minutes)
-    python -m models.recipe --stages evaluate    # re-measure the committed weights only
+    python -m training.recipe                      # every stage on CPU (see the model cards for stage times)
+    python -m training.recipe --device cuda        # the training stages on a GPU (a few minutes)
+    python -m training.recipe --stages evaluate    # re-measure the committed weights only
 
 Stages, in order (each reads what the previous ones wrote under --out, default models/):
   draft, target   train the two policies on the task's train split (solve + refine formats)
@@ -27,9 +27,11 @@ import os
 import time
 from pathlib import Path
 
+from orchestrator.config import REPO_ROOT
+
 STAGES = ("draft", "target", "refine-data", "refine-tune", "prm-data", "prm", "evaluate")
 EXTRA_STAGES = ("time-cpu",)  # run only when named
-DEFAULT_OUT = Path(__file__).resolve().parent
+DEFAULT_OUT = REPO_ROOT / "models"  # the bundled models are served from there
 
 # Rows are 16 x 512 tokens of whole examples (see train.row_batches): refine examples need the length, and
 # in the GPU sweep of this recipe 16 rows per step learned more per token than 32 (same tokens: 45.9% vs
@@ -56,7 +58,7 @@ def _config(recipe: dict, device: str):
     """A TrainConfig from one of the recipe dicts above (keys that are not TrainConfig fields are ignored)."""
     from dataclasses import fields
 
-    from models import train
+    from training import train
 
     names = {f.name for f in fields(train.TrainConfig)}
     return train.TrainConfig(**{k: v for k, v in recipe.items() if k in names}, device=device)
@@ -72,7 +74,7 @@ def time_cpu(out: Path, steps: int = 8) -> dict:
 
     For weights trained on a GPU this is what says how long the CPU recipe takes. Each stage is timed as it
     trains (same setup and loop), so refine-tune and prm need the data files their stages read."""
-    from models import measure, train
+    from training import measure, train
 
     setups = {
         name: lambda cfg, name=name: train.policy_setup(name, cfg, refine_fraction=POLICY_RECIPES[name]["refine_fraction"])
@@ -89,7 +91,7 @@ def time_cpu(out: Path, steps: int = 8) -> dict:
 
 
 def run(stages: list[str], out: Path, device: str = "cpu") -> None:
-    from models import train
+    from training import train
 
     train.set_threads()
     out.mkdir(parents=True, exist_ok=True)
@@ -99,22 +101,22 @@ def run(stages: list[str], out: Path, device: str = "cpu") -> None:
             info = train.train_policy(stage, out / stage, stage_config(stage, device), refine_fraction=POLICY_RECIPES[stage]["refine_fraction"])
             print(f"{stage}: {info['params']} params, loss {info['final_loss']}, {info['train_seconds']} s")
         elif stage == "refine-data":
-            from models import measure
+            from training import measure
 
             n = measure.write_refine_data(out, **REFINE_DATA)
             print(f"refine-data: {n} problems with {REFINE_DATA['drafts']} drafts each")
         elif stage == "refine-tune":
-            from models import measure
+            from training import measure
 
             info = train.refine_tune(out / "target", measure.load_refine_rows(out), stage_config("refine-tune", device), solve_fraction=REFINE_TUNE["solve_fraction"])
             print(f"refine-tune: loss {info['final_loss']}, {info['train_seconds']} s")
         elif stage == "prm-data":
-            from models import measure
+            from training import measure
 
             n = measure.write_prm_data(out, **PRM_DATA)
             print(f"prm-data: {n} labelled traces")
         elif stage == "prm":
-            from models import measure
+            from training import measure
 
             examples, sources = measure.load_prm_examples(out)
             info = train.train_prm(
@@ -125,7 +127,7 @@ def run(stages: list[str], out: Path, device: str = "cpu") -> None:
             rates = time_cpu(out)
             print(json.dumps(rates, indent=2))
         elif stage == "evaluate":
-            from models import cards, measure
+            from training import cards, measure
 
             metrics = measure.evaluate(out)
             cards.write_all(out, metrics, stages=STAGES)

@@ -22,9 +22,9 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from models import data, tokenizer as tok_mod
-from training.common import TrainConfig, lm_loss, loss_summary, lr_schedule, make_optimizer, optimizer_step, row_batches
 from tasks import arithmetic as task
+from training import data, tokenizer as tok_mod
+from training.common import TrainConfig, lm_loss, loss_summary, lr_schedule, make_optimizer, optimizer_step, row_batches
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from models.train import prm_text
 from orchestrator.types import SamplingSpec
 from tasks import arithmetic as task
+from training.train import prm_text
 from verifiers import MathShepherdPRM
 
 ROLE = {"draft": "draft", "target": "policy"}

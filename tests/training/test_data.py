@@ -2,9 +2,9 @@
 
 import random
 
-from models import data, tokenizer as tok_mod
-from models.train import encode
 from tasks import arithmetic as task
+from training import data, tokenizer as tok_mod
+from training.train import encode
 
 
 def test_training_traces_mask_the_slip_only():

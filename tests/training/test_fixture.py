@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from models import fixture
+from training import fixture
 
 
 @pytest.fixture(scope="module")

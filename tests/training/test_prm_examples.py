@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from models import measure, tokenizer as tok_mod
-from models.train import prm_example, prm_text
 from tasks import arithmetic as task
+from training import measure, tokenizer as tok_mod
+from training.train import prm_example, prm_text
 
 
 def test_labels_sit_at_tags_and_lm_mask_covers_on_track_steps_only():

@@ -1,5 +1,5 @@
-from models import tokenizer
 from tasks import arithmetic as task
+from training import tokenizer
 
 
 def test_round_trip_one_token_per_character_and_single_tag_token():

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from models import tokenizer as tok_mod, train
 from tasks import arithmetic as task
+from training import tokenizer as tok_mod, train
 
 TOY = train.TrainConfig(steps=12, batch=2, seq_len=512, lr=3e-3, warmup=2)
 

@@ -1,6 +1,6 @@
 """How far one refine round could take the bundled target, and how far it does.
 
-    python -m bench.refine_ceiling [--per-level 60] [--split dev] [--drafts 8]
+    python -m training.bench.refine_ceiling [--per-level 60] [--split dev] [--drafts 8]
 
 Issue 2 asks one refine round from a workspace of 8 drafts to beat pass@1 by 10 points. This measures, on
 problems of ``--split`` (never the test split the model cards use), what the workspace holds and what the
@@ -14,7 +14,7 @@ refiner makes of it:
   that finds no such line counts as wrong. They say what a refiner that reads the workspace perfectly, and
   copies without sampling noise, would score.
 
-Writes bench/results/refine_ceiling.json.
+Writes training/bench/results/refine_ceiling.json.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from models import measure, tokenizer as tok_mod
 from orchestrator.config import REPO_ROOT
 from tasks import arithmetic as task
+from training import measure, tokenizer as tok_mod
 
-RESULTS = REPO_ROOT / "bench" / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def follow(problem: task.Problem, workspace: task.Workspace, score) -> int | None:

@@ -1,13 +1,13 @@
 """Trained v2 policies side by side on the Countdown dev split: pass@1 by level, truncation, why samples fail.
 
-    python -m bench.v2_dev_policy --model jump=/work/exp/jump/target --model local=/work/exp/local/target
-    python -m bench.v2_dev_policy --model target=models/v2/target --per-level 40 --samples 16
+    python -m training.bench.v2_dev_policy --model jump=/work/exp/jump/target --model local=/work/exp/local/target
+    python -m training.bench.v2_dev_policy --model target=models/v2/target --per-level 40 --samples 16
 
 For comparing recipe choices (a solver style, a size) before a full run: every model answers the same dev
 problems (``--per-level`` of every level, ``--seed``), ``--samples`` samples each at the profile's
-temperature and token cap, one engine at a time, and is graded by ``models.v2.measure.policy_metrics``
+temperature and token cap, one engine at a time, and is graded by ``training.v2.measure.policy_metrics``
 (failures included). The test split is never read: choices are made here, goals are measured on test by
-``python -m models.v2.recipe --stages evaluate``. Writes bench/results/v2_dev_policy.json (``--out``).
+``python -m training.v2.recipe --stages evaluate``. Writes training/bench/results/v2_dev_policy.json (``--out``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def _named(spec: str) -> tuple[str, Path]:
 
 
 def measure(models: list[tuple[str, Path]], *, per_level: int, samples: int, seed: int) -> dict:
-    from models.v2 import measure as m
-    from models.v2 import sampling
+    from training.v2 import measure as m
+    from training.v2 import sampling
     from tasks import countdown
 
     problems = [p for lv in m.LEVELS for p in countdown.generate("dev", per_level, seed=seed, levels=[lv])]
@@ -72,7 +72,7 @@ def measure(models: list[tuple[str, Path]], *, per_level: int, samples: int, see
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.v2_dev_policy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.bench.v2_dev_policy", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=_named, action="append", required=True, help="NAME=MODEL_DIR; repeat to compare")
     parser.add_argument("--per-level", type=int, default=20, help="dev problems per level (default 20)")
     parser.add_argument("--samples", type=int, default=8, help="samples per problem (default 8)")

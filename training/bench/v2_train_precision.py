@@ -1,15 +1,15 @@
 """Training steps of the v2 family on this CPU at float32 and at bf16 autocast, side by side.
 
-    python -m bench.v2_train_precision [--size full] [--stages target draft prm] [--steps 6]
-    python -m bench.v2_train_precision --size small --stages target --steps 200   # does bf16 learn as well?
+    python -m training.bench.v2_train_precision [--size full] [--stages target draft prm] [--steps 6]
+    python -m training.bench.v2_train_precision --size small --stages target --steps 200   # does bf16 learn as well?
 
-For each stage, the same model (same seed, same shape as ``models.v2.train.SIZES[size]``) takes ``--steps``
-steps of the recipe's own loop (``models.v2.train.fit``: its example stream, loss, optimizer and clipping)
+For each stage, the same model (same seed, same shape as ``training.v2.train.SIZES[size]``) takes ``--steps``
+steps of the recipe's own loop (``training.v2.train.fit``: its example stream, loss, optimizer and clipping)
 once per precision, the two runs interleaved so machine noise hits both. Reported: seconds per step after the
 whole run (example making included, as in the recipe at ``data_workers`` 0) and the mean loss of the last quarter of the steps, so a long run
 also shows whether bf16 matmuls (float32 weights and optimizer) train as well as float32 ones. The PRM row
 trains on solver traces and planted errors (no sampled data is needed). Writes
-bench/results/v2_train_precision_<size>.json.
+training/bench/results/v2_train_precision_<size>.json.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def _stage_parts(stage: str, size: str, out: Path, tok):
     from transformers import Qwen2ForCausalLM
 
     from training.common import lm_loss
-    from models.v2 import train
-    from models.v2.modeling_prm import Qwen2ForProcessRewardModel
+    from training.v2 import train
+    from training.v2.modeling_prm import Qwen2ForProcessRewardModel
 
     s = train.SIZES[size]
     params = s[stage]
@@ -51,7 +51,7 @@ def _stage_parts(stage: str, size: str, out: Path, tok):
 
 
 def measure(size: str, stages: list[str], steps: int) -> dict:
-    from models.v2 import recipe, train
+    from training.v2 import recipe, train
 
     train.set_threads()
     rows = {}
@@ -95,12 +95,12 @@ def measure(size: str, stages: list[str], steps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.v2_train_precision", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="full", help="a size of models.v2.train.SIZES (its shapes, batch and sequence length)")
+    parser = argparse.ArgumentParser(prog="python -m training.bench.v2_train_precision", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="full", help="a size of training.v2.train.SIZES (its shapes, batch and sequence length)")
     parser.add_argument("--stages", nargs="+", default=["target", "draft", "prm"])
     parser.add_argument("--steps", type=int, default=6, help="training steps per precision and stage")
     args = parser.parse_args(argv)
-    from models.v2 import train
+    from training.v2 import train
 
     if args.size not in train.SIZES:
         parser.error(f"unknown size {args.size!r}; expected one of {sorted(train.SIZES)}")

@@ -11,11 +11,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from models.v2 import formats, sampling
 from tasks import countdown
+from training.v2 import formats, sampling
 
-RECIPE_CMD = "python -m models.v2.recipe"
-EVAL_CMD = "python -m models.v2.recipe --stages evaluate"
+RECIPE_CMD = "python -m training.v2.recipe"
+EVAL_CMD = "python -m training.v2.recipe --stages evaluate"
 PROFILE = "models/v2/profile.toml"
 # The project carries no licence file: "other" until one is chosen, rather than a guessed one.
 LICENSE = "other"
@@ -45,7 +45,7 @@ def _num(v: Any, kind: str) -> str:
     return f"{v:.3f}"
 
 
-# How each goal's value reads (ids of models.v2.measure.GOALS).
+# How each goal's value reads (ids of training.v2.measure.GOALS).
 GOAL_KIND = {
     "target_pass@1": "pct",
     "draft_gap": "pts",

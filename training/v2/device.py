@@ -1,13 +1,13 @@
 """Move a v2 recipe's output between this machine and a lent GPU machine, within what such a machine takes and
 gives back (a working tree of at most 64 MiB, at most 8 files of 16 MiB back).
 
-    python -m models.v2.device pack --out /tmp/v2 --to DIR      # DIR/v2-pack.tgz.00, .01, ...
-    python -m models.v2.device unpack --src DIR --out /tmp/v2
+    python -m training.v2.device pack --out /tmp/v2 --to DIR      # DIR/v2-pack.tgz.00, .01, ...
+    python -m training.v2.device unpack --src DIR --out /tmp/v2
 
 A pack holds everything a later stage reads (tokenizer, model directories, sampled data, timings, metrics) and,
 for each finished training stage, a marker that it is finished; resumable training state (weights and optimizer
 moments, several times a model's size) stays behind, so a pack is a finished stage's output, not a half-trained
-one. ``models/v2/device_run.sh`` runs the GPU side: it unpacks what the tree carried, runs the named training
+one. ``training/v2/device_run.sh`` runs the GPU side: it unpacks what the tree carried, runs the named training
 stages on cuda and packs the result into ``$OUT``. The vLLM sampling stages run on CPU between calls (the GPU
 machine has no vLLM). See docs/bundled-models.md for the order of calls.
 """
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from models.v2 import recipe, train
+from training.v2 import recipe, train
 
 PART_BYTES = 15 * 2**20  # under the 16 MiB a file may be to come back
 PREFIX = "v2-pack.tgz."
 # What the recipe's stages write under --out, training state aside (checkpoints/: replaced by done markers).
-# Named rather than globbed: the default --out is models/v2/, which also holds this package's source.
+# Named rather than globbed: the default --out is models/v2/, which also holds the family's profile.toml.
 OUTPUTS = ("tokenizer", "target", "draft", "prm", "data", "metrics.json", "recipe_timings.json")
 
 
@@ -73,7 +73,7 @@ def unpack(src: Path, out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m models.v2.device", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m training.v2.device", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack", help="pack a recipe output directory into parts")
     p.add_argument("--out", type=Path, required=True, help="the recipe's --out")

@@ -1,6 +1,6 @@
 """The texts the v2 family is trained on: its tokenizer, the policy's chat examples and the PRM's examples.
 
-The formats are the real ones the service meets in deployments, taken from :mod:`models.fixture` rather than
+The formats are the real ones the service meets in deployments, taken from :mod:`training.fixture` rather than
 restated: ChatML with a system prompt, ``<think>`` / ``</think>`` / ``<extra_0>`` as single special tokens,
 eos ``<|im_end|>``, pad ``<|endoftext|>``, no BOS. The PRM example is Qwen2.5-Math-PRM's layout (the solution
 as the assistant's turn, ``<extra_0>`` after every step), cut into the same steps the service's pooling
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from models.fixture import CHATML_TEMPLATE, PRM_SYSTEM, QWEN_SPECIALS, STEP_TAG, qwen_tokenizer
 from tasks import countdown
+from training.fixture import CHATML_TEMPLATE, PRM_SYSTEM, QWEN_SPECIALS, STEP_TAG, qwen_tokenizer
 
 # One system prompt for policy and PRM, the sentence Qwen2.5-Math models (and the fixture's PRM) are used
 # with: the policy learns to answer in \boxed{} under the same prompt operators will send.

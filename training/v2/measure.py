@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from models.measure import auroc
-from models.v2 import formats, sampling
 from tasks import countdown
+from training.measure import auroc
+from training.v2 import formats, sampling
 from verifiers.answers import CountdownVerifier
 
 LEVELS = tuple(sorted(countdown.LEVEL_SPECS))
@@ -95,13 +95,13 @@ def first_wrong_auroc(items: Sequence[tuple[Sequence[float], Sequence[bool]]], p
 
 def flops_per_token(model_dir: Path) -> float:
     """``flops_per_token`` of the model's training.json, else counted from its config.json as the recipe
-    counts it (:func:`models.v2.train.flops_per_token`)."""
+    counts it (:func:`training.v2.train.flops_per_token`)."""
     tr = model_dir / "training.json"
     if tr.exists() and (f := json.loads(tr.read_text()).get("flops_per_token")):
         return float(f)
     from transformers import AutoConfig
 
-    from models.v2 import train
+    from training.v2 import train
 
     return float(train.flops_per_token(AutoConfig.from_pretrained(model_dir)))
 

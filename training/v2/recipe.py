@@ -1,8 +1,8 @@
 """Build the v2 family (target, draft, PRM for the Countdown task) from scratch, then measure it.
 
-    python -m models.v2.recipe                                  # every stage, full size, into models/v2/
-    python -m models.v2.recipe --size smoke --out /tmp/v2smoke  # tiny shapes, minutes on two CPU cores
-    python -m models.v2.recipe --device cuda --stages target,draft
+    python -m training.v2.recipe                                  # every stage, full size, into models/v2/
+    python -m training.v2.recipe --size smoke --out /tmp/v2smoke  # tiny shapes, minutes on two CPU cores
+    python -m training.v2.recipe --device cuda --stages target,draft
 
 Stages, in order (each reads what the earlier ones wrote under --out):
   tokenizer    byte-level BPE on chat, PRM and refine texts of the train split (<out>/tokenizer/)
@@ -13,7 +13,7 @@ Stages, in order (each reads what the earlier ones wrote under --out):
   prm-data     solutions sampled from target and draft, the refine-data drafts, solver traces and planted
                errors of every kind (<out>/data/prm.jsonl; labels come from the exact checker when training)
   prm          Qwen2 body (from target's) + score head, saved in vLLM's Qwen2ForProcessRewardModel layout
-  evaluate     models.v2.measure on the test split; metrics.json and the model cards
+  evaluate     training.v2.measure on the test split; metrics.json and the model cards
 
 Training stages checkpoint under <out>/checkpoints/<stage>/ and resume from there when rerun; finished
 stages are skipped (--fresh redoes the named stages). Sampling stages append to their jsonl and skip the
@@ -31,16 +31,18 @@ import shutil
 import time
 from pathlib import Path
 
+from orchestrator.config import REPO_ROOT
+
 STAGES = ("tokenizer", "target", "draft", "refine-data", "refine-tune", "prm-data", "prm", "evaluate")
 TRAINING_STAGES = ("target", "draft", "refine-tune", "prm")
-DEFAULT_OUT = Path(__file__).resolve().parent
+DEFAULT_OUT = REPO_ROOT / "models" / "v2"
 CHUNK = 64  # problems sampled per vLLM call: the unit a killed sampling stage loses at most
 
 
 def tokenizer_corpus(size: str) -> list[str]:
     """Texts of every kind the family reads, from train problems: chat examples, PRM examples (good and
     with planted errors) and refine calls over those traces."""
-    from models.v2 import formats, synthetic, train
+    from training.v2 import formats, synthetic, train
     from tasks import countdown
 
     s = train.SIZES[size]
@@ -58,7 +60,7 @@ def tokenizer_corpus(size: str) -> list[str]:
 
 
 def build_tokenizer(out: Path, size: str, *, fresh: bool = False) -> dict:
-    from models.v2 import formats, train
+    from training.v2 import formats, train
 
     tok_dir = out / "tokenizer"
     if fresh:
@@ -88,7 +90,7 @@ def _rewrite_complete(path: Path, rows: list[dict]) -> None:
 
 
 def _sampling_problems(out: Path, size: str, stage: str):
-    from models.v2 import train
+    from training.v2 import train
 
     s = train.SIZES[size]
     params = s[stage]
@@ -102,7 +104,7 @@ def _sampling_problems(out: Path, size: str, stage: str):
 def _sample_into(f, llm, problems, *, n: int, max_tokens: int, seed: int, done: int, label: str, rows) -> None:
     """Sample ``n`` completions of each of ``problems`` CHUNK at a time, appending ``rows(problem, samples)``
     to ``f`` after every chunk: a killed stage loses at most the chunk in flight."""
-    from models.v2 import sampling
+    from training.v2 import sampling
 
     for start in range(0, len(problems), CHUNK):
         chunk = problems[start : start + CHUNK]
@@ -118,7 +120,7 @@ def _sample_into(f, llm, problems, *, n: int, max_tokens: int, seed: int, done: 
 
 def write_refine_data(out: Path, size: str, *, fresh: bool = False) -> int:
     """Sample ``drafts`` completions of each refine-data problem from ``<out>/target``; returns the rows."""
-    from models.v2 import sampling, train
+    from training.v2 import sampling, train
 
     params = train.SIZES[size]["refine-data"]
     path = out / "data" / "refine.jsonl"
@@ -142,7 +144,7 @@ def write_refine_data(out: Path, size: str, *, fresh: bool = False) -> int:
 def write_prm_data(out: Path, size: str, *, fresh: bool = False, sample: bool = True) -> dict[str, int]:
     """prm.jsonl: solutions sampled from target and draft (``sample``), the target's drafts of refine-data
     when there are any, solver traces and planted errors; returns rows per source."""
-    from models.v2 import train
+    from training.v2 import train
 
     params = train.SIZES[size]["prm-data"]
     s = train.SIZES[size]
@@ -165,7 +167,7 @@ def write_prm_data(out: Path, size: str, *, fresh: bool = False, sample: bool = 
                 for text in r["drafts"]:
                     f.write(json.dumps({"question": r["question"], "level": r["level"], "text": text, "source": "refine-data"}) + "\n")
     if sample:
-        from models.v2 import sampling
+        from training.v2 import sampling
 
         problems = _sampling_problems(out, size, "prm-data")
         max_tokens = params.get("max_tokens") or sampling.MAX_TOKENS
@@ -187,7 +189,7 @@ def write_prm_data(out: Path, size: str, *, fresh: bool = False, sample: bool = 
 
 
 def evaluate(out: Path, size: str) -> dict:
-    from models.v2 import cards, measure, train
+    from training.v2 import cards, measure, train
 
     kwargs = {k: v for k, v in train.SIZES[size]["evaluate"].items() if v is not None}
     metrics = measure.evaluate(out, **kwargs)
@@ -198,7 +200,7 @@ def evaluate(out: Path, size: str) -> dict:
 
 
 def run_stage(stage: str, out: Path, size: str, device: str, *, fresh: bool = False) -> dict:
-    from models.v2 import train
+    from training.v2 import train
 
     if stage == "tokenizer":
         return build_tokenizer(out, size, fresh=fresh)
@@ -231,7 +233,7 @@ def _summary(stage: str, info: dict) -> str:
 
 
 def run(stages: list[str], out: Path, size: str = "full", device: str = "cpu", *, fresh: bool = False) -> dict:
-    from models.v2 import train
+    from training.v2 import train
 
     if size not in train.SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(train.SIZES)}")
@@ -260,8 +262,8 @@ def run(stages: list[str], out: Path, size: str = "full", device: str = "cpu", *
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.v2.recipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="full", help="smoke (CI, minutes on CPU), small (CPU iteration, about an hour) or full (one GPU); see models.v2.train.SIZES")
+    parser = argparse.ArgumentParser(prog="python -m training.v2.recipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="full", help="smoke (CI, minutes on CPU), small (CPU iteration, about an hour) or full (one GPU); see training.v2.train.SIZES")
     parser.add_argument("--device", default="cpu", help="torch device of the training stages (cpu, cuda); vLLM stages run on CPU")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where everything is written (default models/v2/)")
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         parser.error(f"unknown stages {unknown}; expected some of {list(STAGES)}")
-    from models.v2 import train
+    from training.v2 import train
 
     if args.size not in train.SIZES:
         parser.error(f"unknown size {args.size!r}; expected one of {sorted(train.SIZES)}")

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from models.fixture import STEP_TAG
-from models.v2 import formats
 from tasks import countdown
+from training.fixture import STEP_TAG
+from training.v2 import formats
 
 # The service's default sampling temperature (strategies/params.py; a profile has none): evaluate samples
 # as the service would.

@@ -22,17 +22,17 @@ from typing import Callable, Iterator, Sequence
 import torch
 from tokenizers import Tokenizer
 
-from models.fixture import STEP_TAG
-from training.common import TrainConfig, lm_loss, loss_summary, lr_schedule, make_optimizer, optimizer_step, row_batches
-from models.v2 import formats, synthetic
 from tasks import countdown
+from training.common import TrainConfig, lm_loss, loss_summary, lr_schedule, make_optimizer, optimizer_step, row_batches
+from training.fixture import STEP_TAG
+from training.v2 import formats, synthetic
 
 log = logging.getLogger(__name__)
 
 ASSISTANT_OPEN = "<|im_start|>assistant\n"
 EOS = "<|im_end|>"
 PAD = "<|endoftext|>"
-MAX_POSITIONS = 1024  # the family's context (models.fixture.MAX_LEN): prompt + sampling.MAX_TOKENS fit it
+MAX_POSITIONS = 1024  # the family's context (training.fixture.MAX_LEN): prompt + sampling.MAX_TOKENS fit it
 DRAFT_FLOPS_RATIO = 8  # the draft costs at most 1/8 of the target per token
 POLICY_PROBLEMS_SEED = 0
 
@@ -162,7 +162,7 @@ def encode_chat(tok: Tokenizer, text: str) -> tuple[list[int], list[int]]:
 
 
 def qwen2_config(shape: dict, tok: Tokenizer, **extra):
-    """The family's Qwen2Config (ids as models.fixture._qwen2_config sets them: no BOS, so bos = pad)."""
+    """The family's Qwen2Config (ids as training.fixture._qwen2_config sets them: no BOS, so bos = pad)."""
     from transformers import Qwen2Config
 
     ids = special_ids(tok)
@@ -525,7 +525,7 @@ def _prm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.
 
 def synthetic_rows(problems: Sequence[countdown.Problem], seed: int, *, solver_per_problem: int = 1) -> list[dict]:
     """prm.jsonl rows that need no sampling: solver traces (every step true, dead ends labelled bad) and one planted error of every
-    kind of :mod:`models.v2.synthetic` per problem."""
+    kind of :mod:`training.v2.synthetic` per problem."""
     rows = []
     for i, p in enumerate(problems):
         rng = random.Random(f"synthetic:{seed}:{i}")
@@ -548,7 +548,7 @@ def precision(device: str) -> str:
     """The matmul precision training runs at on ``device``: ``TRAIN_PRECISION`` (auto, bf16 or fp32).
 
     auto is bf16 on a GPU and on a CPU with native bf16 (AMX or AVX512-BF16, where oneDNN runs the
-    matmuls 1.4-2.2x faster than float32, bench.v2_train_precision), else fp32: bf16 emulated in software
+    matmuls 1.4-2.2x faster than float32, training.bench.v2_train_precision), else fp32: bf16 emulated in software
     is slower than float32. Either way weights and optimizer state stay float32."""
     wanted = os.environ.get("TRAIN_PRECISION", "auto").strip().lower() or "auto"
     if wanted not in PRECISIONS:
@@ -709,7 +709,7 @@ def save_policy(model, out: Path, model_dir: Path, info: dict) -> None:
     """A directory vLLM and transformers load: float32 safetensors, generation config, tokenizer, training.json."""
     from transformers import GenerationConfig
 
-    from models.v2 import sampling
+    from training.v2 import sampling
 
     model = model.cpu().float().eval()
     cfg = model.config
@@ -802,7 +802,7 @@ def refine_tune(out: Path, size: str, device: str = "cpu", *, fresh: bool = Fals
     if "model" in state:  # the target stage's own weights: model_dir holds refine-tune's once it has run
         model.load_state_dict(state["model"])
     elif "refine_tune" in info:
-        # A packed output (models.v2.device) keeps the saved models only, so the weights refine-tune started
+        # A packed output (training.v2.device) keeps the saved models only, so the weights refine-tune started
         # from are gone: training again would tune the tuned model.
         raise ValueError(f"{model_dir} is already refine-tuned and the target stage's weights are not under {out}/checkpoints: rerun the target stage first")
     rows = load_refine_rows(out)
@@ -834,7 +834,7 @@ def train_prm(out: Path, size: str, device: str = "cpu", *, fresh: bool = False,
     the target's when the shapes match (``init: target``), else from scratch."""
     from transformers import Qwen2ForCausalLM
 
-    from models.v2.modeling_prm import Qwen2ForProcessRewardModel
+    from training.v2.modeling_prm import Qwen2ForProcessRewardModel
 
     s = SIZES[size]
     params = s["prm"]

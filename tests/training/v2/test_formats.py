@@ -6,9 +6,9 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from models.fixture import QWEN_SPECIALS, STEP_TAG
-from models.v2 import formats
 from tasks import countdown
+from training.fixture import QWEN_SPECIALS, STEP_TAG
+from training.v2 import formats
 
 P = countdown.Problem(numbers=(8, 4, 3, 1), target=100, level=2)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from models.v2 import cards, formats, measure, sampling
 from orchestrator.profile import load_profile
 from tasks import countdown
+from training.v2 import cards, formats, measure, sampling
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -165,7 +165,7 @@ def test_cards_render_every_section(tmp_path):
         assert "| 5 | 2 |" in text  # the per-level table
         assert "## Why samples are wrong" in text and "| arithmetic | 70.0% | 0.0% |" in text
         assert "| target | 10.0 | cuda | full |" in text
-        assert "python -m models.v2.recipe --stages evaluate" in text and "models/v2/profile.toml" in text
+        assert "python -m training.v2.recipe --stages evaluate" in text and "models/v2/profile.toml" in text
         assert "FLOPs per token: 800" in text or name != "target"
     assert "<extra_0>" in (tmp_path / "prm" / "README.md").read_text()
     assert "\\boxed{(8 * 3 + 1) * 4}" in (tmp_path / "target" / "README.md").read_text()

@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
-from models.fixture import STEP_TAG
-from models.v2 import formats, recipe, synthetic, train
 from tasks import countdown
+from training.fixture import STEP_TAG
+from training.v2 import formats, recipe, synthetic, train
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_the_prm_is_saved_in_vllms_layout_and_loads_in_transformers(smoke):
 
 @pytest.mark.engine
 def test_vllm_serves_the_smoke_models_and_the_prm_scores_equal_transformers(smoke):
-    from models.v2 import sampling
+    from training.v2 import sampling
 
     p = countdown.generate("train", 1, seed=7, levels=[1])[0]
     with sampling.running_engine(smoke / "target") as llm:
@@ -190,7 +190,7 @@ def test_vllm_serves_the_smoke_models_and_the_prm_scores_equal_transformers(smok
 
 
 def test_sampling_stages_resume_by_skipping_written_problems(tmp_path, monkeypatch):
-    from models.v2 import sampling
+    from training.v2 import sampling
 
     prompted: list[str] = []
 
@@ -255,9 +255,9 @@ def test_example_workers_make_the_same_stream(smoke):
 
 
 def test_a_pack_carries_finished_stages_to_another_machine_and_back(smoke, tmp_path):
-    # What a GPU run sends back (models.v2.device): every output but the resumable training state, in parts
+    # What a GPU run sends back (training.v2.device): every output but the resumable training state, in parts
     # small enough to come back, and a recipe on the unpacked copy sees the stages finished.
-    from models.v2 import device
+    from training.v2 import device
 
     parts = device.pack(smoke, tmp_path / "parts", part_bytes=256 * 1024)
     assert len(parts) > 1 and all(p.stat().st_size <= 256 * 1024 for p in parts)
