@@ -17,6 +17,7 @@ from orchestrator.profile import load_profile
 from strategies import atts
 from tasks import countdown
 from tests.test_fixture_family import EVERY, _ledger_adds_up
+from training import countdown_traces
 from training.v2 import formats
 from verifiers import CountdownVerifier, PoolingPRM, verifier_for
 
@@ -80,7 +81,7 @@ def test_the_pooling_prm_scores_steps_as_transformers_does(v2_service, v2_family
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     problem = PROBLEMS[0]
-    solutions = [countdown.optimal_trace(problem), countdown.solve_trace(problem, __import__("random").Random(1))]
+    solutions = [countdown_traces.optimal_trace(problem), countdown_traces.solve_trace(problem, __import__("random").Random(1))]
     prm = v2_service.service.controller.tools.step_scorer  # as the server built it from the profile
     assert isinstance(prm, PoolingPRM)
     results = v2_service.run(prm.score_many(problem.question, solutions))

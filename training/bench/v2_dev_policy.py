@@ -33,9 +33,9 @@ def _named(spec: str) -> tuple[str, Path]:
 
 
 def measure(models: list[tuple[str, Path]], *, per_level: int, samples: int, seed: int) -> dict:
+    from tasks import countdown
     from training.v2 import measure as m
     from training.v2 import sampling
-    from tasks import countdown
 
     problems = [p for lv in m.LEVELS for p in countdown.generate("dev", per_level, seed=seed, levels=[lv])]
     prompts = [sampling.policy_prompt(p) for p in problems]

@@ -42,8 +42,9 @@ CHUNK = 64  # problems sampled per vLLM call: the unit a killed sampling stage l
 def tokenizer_corpus(size: str) -> list[str]:
     """Texts of every kind the family reads, from train problems: chat examples, PRM examples (good and
     with planted errors) and refine calls over those traces."""
-    from training.v2 import formats, synthetic, train
     from tasks import countdown
+    from training import countdown_traces
+    from training.v2 import formats, synthetic, train
 
     s = train.SIZES[size]
     params = s["tokenizer"]
@@ -51,7 +52,7 @@ def tokenizer_corpus(size: str) -> list[str]:
     texts = []
     for i, p in enumerate(problems):
         rng = random.Random(f"tokenizer:{params['seed']}:{i}")
-        traces = [countdown.solve_trace(p, rng) for _ in range(2)]
+        traces = [countdown_traces.solve_trace(p, rng) for _ in range(2)]
         bad = [t for t in (synthetic.negative(p, k, rng) for k in synthetic.KINDS) if t]
         texts += [formats.chat_example(p, t) for t in traces]
         texts += [formats.prm_example(p, t).text for t in traces[:1] + bad]

@@ -20,7 +20,7 @@ from training.v2 import formats
 # The service's default sampling temperature (strategies/params.py; a profile has none): evaluate samples
 # as the service would.
 TEMPERATURE = 0.8
-# 480 solver traces (`countdown.solve_trace`, the policies' training texts: 60 level-5 train problems x 8),
+# 480 solver traces (`countdown_traces.solve_trace`, the policies' training texts: 60 level-5 train problems x 8),
 # answer and <|im_end|> included, measured 381 tokens mean, 907 at the 99th percentile and 1043 at most
 # with a 512-entry BPE of the family: the 99th percentile rounded up to a multiple of 64. (The smoke size's
 # smaller corpus learns only ~410 entries: 975 at the 99th percentile, 1.3% of level-5 traces cut.) A

@@ -2,7 +2,7 @@
 
 Sampled policies make some mistakes rarely (a tiny target almost never writes a wrong ``left:`` list once
 trained, but a served policy may), and a PRM that has never seen an error kind scores it as good. Each
-generator plants one error in a :func:`tasks.countdown.solve_trace` trace and keeps only results in which
+generator plants one error in a :func:`tasks.countdown_traces.solve_trace` trace and keeps only results in which
 :func:`tasks.countdown.check_steps` finds at least one bad step, so the labels stay the exact ones.
 """
 
@@ -12,6 +12,7 @@ import random
 from typing import Callable
 
 from tasks import countdown
+from training import countdown_traces
 
 KINDS = ("arithmetic", "left", "backtrack", "answer")
 
@@ -62,7 +63,7 @@ def _continue_from(state: list[int], rng: random.Random, n: int) -> list[str]:
 
 def arithmetic_slip(problem: countdown.Problem, rng: random.Random) -> str | None:
     """A move whose result is off by a little (and whose ``left:`` list carries the wrong value on)."""
-    steps, final = _split(countdown.solve_trace(problem, rng))
+    steps, final = _split(countdown_traces.solve_trace(problem, rng))
     idx = _move_indices(steps)
     if not idx:
         return None
@@ -81,7 +82,7 @@ def arithmetic_slip(problem: countdown.Problem, rng: random.Random) -> str | Non
 
 def wrong_left(problem: countdown.Problem, rng: random.Random) -> str | None:
     """A move with the right result but a wrong list of numbers left (one dropped, kept twice or changed)."""
-    steps, final = _split(countdown.solve_trace(problem, rng))
+    steps, final = _split(countdown_traces.solve_trace(problem, rng))
     idx = [i for i in _move_indices(steps) if len(countdown._MOVE_RE.match(steps[i]).group(5).split()) > 1]
     if not idx:
         return None
@@ -103,7 +104,7 @@ def wrong_left(problem: countdown.Problem, rng: random.Random) -> str | None:
 def wrong_backtrack(problem: countdown.Problem, rng: random.Random) -> str | None:
     """A backtrack that is false: it gives up numbers that can still reach the target, returns to numbers
     never held, or returns to a dead end."""
-    steps, final = _split(countdown.solve_trace(problem, rng))
+    steps, final = _split(countdown_traces.solve_trace(problem, rng))
     states = _states(problem, steps)
     how = rng.choice(["false-claim", "never-held", "dead"])
     if how == "false-claim":
@@ -140,7 +141,7 @@ def wrong_backtrack(problem: countdown.Problem, rng: random.Random) -> str | Non
 
 def wrong_answer(problem: countdown.Problem, rng: random.Random) -> str | None:
     """A valid trace whose boxed expression is wrong (one number or operation changed)."""
-    steps, final = _split(countdown.solve_trace(problem, rng))
+    steps, final = _split(countdown_traces.solve_trace(problem, rng))
     answer = countdown.extract_answer(_join(steps, final))
     if answer is None:
         return None

@@ -23,6 +23,7 @@ import torch
 from tokenizers import Tokenizer
 
 from tasks import countdown
+from training import countdown_traces
 from training.common import TrainConfig, lm_loss, loss_summary, lr_schedule, make_optimizer, optimizer_step, row_batches
 from training.fixture import STEP_TAG
 from training.v2 import formats, synthetic
@@ -324,7 +325,7 @@ def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
 
 
 def solve_text(problem: countdown.Problem, rng: random.Random) -> str:
-    return formats.chat_example(problem, countdown.solve_trace(problem, rng))
+    return formats.chat_example(problem, countdown_traces.solve_trace(problem, rng))
 
 
 def policy_example_fn(tok: Tokenizer, problems: Sequence[countdown.Problem], seed: int) -> Callable[[int], tuple[list[int], list[int]]]:
@@ -419,7 +420,7 @@ def refine_trace(problem: countdown.Problem, drafts: Sequence[str], rng: random.
             sub_steps, expr = [], _route_exprs(problem, route)[problem.target][0]
         else:
             sub = countdown.Problem(state, problem.target, problem.level)
-            sub_trace = countdown.solve_trace(sub, rng)
+            sub_trace = countdown_traces.solve_trace(sub, rng)
             sub_steps = countdown.steps_of(sub_trace)[0]
             sub_expr = countdown.parse_expression(countdown.extract_answer(sub_trace))
             expr = _substitute(sub_expr, _route_exprs(problem, route))
@@ -430,7 +431,7 @@ def refine_trace(problem: countdown.Problem, drafts: Sequence[str], rng: random.
         )
         if _valid(problem, trace):
             return trace
-    return countdown.solve_trace(problem, rng)
+    return countdown_traces.solve_trace(problem, rng)
 
 
 def refine_text(problem: countdown.Problem, drafts: Sequence[str], trace: str) -> str:
@@ -530,7 +531,7 @@ def synthetic_rows(problems: Sequence[countdown.Problem], seed: int, *, solver_p
     for i, p in enumerate(problems):
         rng = random.Random(f"synthetic:{seed}:{i}")
         for _ in range(solver_per_problem):
-            rows.append({"question": p.question, "level": p.level, "text": countdown.solve_trace(p, rng), "source": "solver"})
+            rows.append({"question": p.question, "level": p.level, "text": countdown_traces.solve_trace(p, rng), "source": "solver"})
         for kind in synthetic.KINDS:
             text = synthetic.negative(p, kind, rng)
             if text is not None:

@@ -7,6 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from tasks import countdown
+from training import countdown_traces
 from training.fixture import QWEN_SPECIALS, STEP_TAG
 from training.v2 import formats
 
@@ -17,7 +18,7 @@ P = countdown.Problem(numbers=(8, 4, 3, 1), target=100, level=2)
 def tokenizer_dir(tmp_path_factory):
     problems = countdown.generate("train", 6, seed=0, levels=[1, 3])
     rng = random.Random(0)
-    texts = [formats.chat_example(p, countdown.solve_trace(p, rng)) for p in problems for _ in range(3)]
+    texts = [formats.chat_example(p, countdown_traces.solve_trace(p, rng)) for p in problems for _ in range(3)]
     out = tmp_path_factory.mktemp("v2tok")
     ids = formats.train_tokenizer(texts, 400, out)
     assert set(ids) == set(QWEN_SPECIALS) and len(set(ids.values())) == len(QWEN_SPECIALS)
@@ -30,7 +31,7 @@ def test_the_task_speaks_the_familys_special_tokens():
 
 def test_tokenizer_round_trips_a_trace_with_single_special_ids(tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    text = formats.chat_example(P, countdown.solve_trace(P, random.Random(3)))
+    text = formats.chat_example(P, countdown_traces.solve_trace(P, random.Random(3)))
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text
     for special in QWEN_SPECIALS:
@@ -49,7 +50,7 @@ def test_apply_chat_template_renders_the_system_prompt(tokenizer_dir):
     assert rendered == (
         f"<|im_start|>system\n{formats.SYSTEM}<|im_end|>\n<|im_start|>user\n{P.question}<|im_end|>\n<|im_start|>assistant\n"
     )
-    trace = countdown.optimal_trace(P)
+    trace = countdown_traces.optimal_trace(P)
     example = formats.chat_example(P, trace)
     assert example == tok.apply_chat_template(messages + [{"role": "assistant", "content": trace}], tokenize=False)
     assert example.startswith(rendered) and example.endswith(trace + "<|im_end|>\n")

@@ -12,6 +12,7 @@ import pytest
 
 from orchestrator.profile import load_profile
 from tasks import countdown
+from training import countdown_traces
 from training.v2 import cards, formats, measure, sampling
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,7 +186,7 @@ def test_the_familys_profile_loads_and_matches_the_family():
     assert (p.prm.kind, p.prm.step_tag, p.prm.good_class, p.prm.system) == ("pooling", "<extra_0>", 1, formats.SYSTEM)
     # The profile splits a trace where the task does.
     problem = countdown.Problem((8, 4, 3, 1), 100, 2)
-    trace = countdown.solve_trace(problem, random.Random(0))
+    trace = countdown_traces.solve_trace(problem, random.Random(0))
     reasoning, final = p.split_reasoning(trace)
     assert reasoning.split(p.step_delimiter) == countdown.steps_of(trace)[0] and countdown.extract_answer(trace) in final
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tasks import countdown
+from training import countdown_traces
 from training.fixture import STEP_TAG
 from training.v2 import formats, recipe, synthetic, train
 
@@ -27,7 +28,7 @@ def _write_refine_rows(out, n):
     rows = []
     for i, p in enumerate(countdown.generate("train", n, seed=9, levels=[1, 2])):
         rng = random.Random(i)
-        drafts = [countdown.solve_trace(p, rng)] + [synthetic.negative(p, k, rng) or "" for k in synthetic.KINDS]
+        drafts = [countdown_traces.solve_trace(p, rng)] + [synthetic.negative(p, k, rng) or "" for k in synthetic.KINDS]
         rows.append({"question": p.question, "level": p.level, "drafts": drafts})
     (out / "data").mkdir(exist_ok=True)
     (out / "data" / "refine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -78,7 +79,7 @@ def test_policies_are_qwen2_with_the_familys_ids_and_the_draft_is_cheap(smoke):
 def test_policy_loss_covers_exactly_the_assistants_turn(smoke):
     tok = train.load_tokenizer(smoke)
     p = countdown.Problem(numbers=(8, 4, 3, 1), target=100, level=2)
-    trace = countdown.optimal_trace(p)
+    trace = countdown_traces.optimal_trace(p)
     ids, mask = train.encode_chat(tok, formats.chat_example(p, trace))
     learned = tok.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False)
     assert learned == trace + "<|im_end|>"
@@ -114,7 +115,7 @@ def test_synthetic_negatives_of_every_kind_have_a_bad_step():
 def test_refine_traces_reuse_what_the_drafts_got_right():
     for i, p in enumerate(countdown.generate("train", 12, seed=5, levels=[2, 3, 4])):
         rng = random.Random(i)
-        full = countdown.solve_trace(p, rng)
+        full = countdown_traces.solve_trace(p, rng)
         steps = countdown.steps_of(full)[0]
         wrong = synthetic.negative(p, "answer", rng)
         partial = "<think>\n" + "\n\n".join(steps[:2])
