@@ -14,8 +14,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("api", "orchestrator", "strategies", "verifiers", "workers", "tasks", "models", "deploy", "bench", "training")
-# What the service runs and ships (models/ holds data only; its __init__ lets the wheel carry the files). training/
-# (recipes, data synthesis, measurement) and bench/ stand outside it: they import the service, never the reverse.
+# What the service runs and ships. models/ holds data and no code today; it is listed so that any code put there
+# (a trained PRM's modeling_prm.py is model data) is held to the same rules. training/ (recipes, data synthesis,
+# measurement) and bench/ stand outside the service: they import it, never the reverse.
 SERVICE = ("api", "orchestrator", "strategies", "verifiers", "workers", "tasks", "deploy", "models")
 OUTSIDE_THE_SERVICE = {"training", "bench"}
 # What each package may not import: a package root, or a dotted module prefix.
