@@ -1,4 +1,4 @@
-"""The real-architecture fixture family (models/fixture.py): built in seconds, loadable by transformers, shaped
+"""The real-architecture fixture family (training/fixture.py): built in seconds, loadable by transformers, shaped
 like the checkpoints it stands for. No engine: vLLM loads it in tests/workers/test_pooling.py."""
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ from training import measure, tokenizer as tok_mod
 from training.train import prm_example, prm_text
 
 
+def test_prm_text_places_one_tag_per_step():
+    assert prm_text("Q.", ["1+1=2", "Answer: 2"]) == "Q.\n1+1=2 ки\nAnswer: 2 ки\n"
+
+
 def test_labels_sit_at_tags_and_lm_mask_covers_on_track_steps_only():
     tok = tok_mod.build()
     steps = ["3*3=9", "9*2=19", "Answer: 19"]
