@@ -15,7 +15,7 @@ from tasks import countdown
 from training import countdown_traces
 from training.v2 import cards, formats, measure, sampling
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def g(tokens: int, correct: bool, key: str | None = None, answered: bool | None = None, failure: str | None = None) -> measure.Graded:
