@@ -22,7 +22,7 @@ Problems are drawn by a seeded generator. The split a problem belongs to is a pu
 
 This module is what serving and evaluation need (generator, checker, prompt and workspace formats), so it
 imports only the standard library; the training traces the bundled models learn from are built on it in
-``models/data.py``.
+``training/data.py``.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def v2_family(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("v2family")
     proc = subprocess.run(
-        [sys.executable, "-m", "models.v2.recipe", "--size", "smoke", "--out", str(out)],
+        [sys.executable, "-m", "training.v2.recipe", "--size", "smoke", "--out", str(out)],
         capture_output=True, text=True, timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -13,18 +13,24 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("api", "orchestrator", "strategies", "verifiers", "workers", "tasks", "models", "deploy", "bench")
+PACKAGES = ("api", "orchestrator", "strategies", "verifiers", "workers", "tasks", "models", "deploy", "bench", "training")
+# What the service runs and ships. models/ holds data and no code today; it is listed so that any code put there
+# (a trained PRM's modeling_prm.py is model data) is held to the same rules. training/ (recipes, data synthesis,
+# measurement) and bench/ stand outside the service: they import it, never the reverse.
+SERVICE = ("api", "orchestrator", "strategies", "verifiers", "workers", "tasks", "deploy", "models")
+OUTSIDE_THE_SERVICE = {"training", "bench"}
 # What each package may not import: a package root, or a dotted module prefix.
 FORBIDDEN = {
-    "orchestrator": {"vllm", "ray", "torch", "strategies", "workers", "api", "verifiers", "models", "tasks"},
-    "strategies": {"vllm", "ray", "torch", "workers", "api", "verifiers", "models", "tasks", "orchestrator.db", "orchestrator.controller"},
-    "verifiers": {"vllm", "ray", "torch", "api", "strategies", "workers", "models"},
-    "tasks": {"vllm", "ray", "torch", "api", "orchestrator", "strategies", "verifiers", "workers", "models"},
-    "api": {"vllm", "ray", "torch", "workers", "models"},
+    "orchestrator": {"vllm", "ray", "torch", "strategies", "workers", "api", "verifiers", "tasks"},
+    "strategies": {"vllm", "ray", "torch", "workers", "api", "verifiers", "tasks", "orchestrator.db", "orchestrator.controller"},
+    "verifiers": {"vllm", "ray", "torch", "api", "strategies", "workers"},
+    "tasks": {"vllm", "ray", "torch", "api", "orchestrator", "strategies", "verifiers", "workers"},
+    "api": {"vllm", "ray", "torch", "workers"},
 }
-# The service never talks to vLLM or Ray but through workers/. models/ (offline measurement of the bundled
-# models with vLLM's batch LLM) and bench/ (raw-vLLM baselines, simulated Ray nodes, killed actors) are
-# tools that stand outside the service and measure it, so they may.
+# (No service package may import training/ or bench/ either: OUTSIDE_THE_SERVICE, checked for all of them below.)
+# The service never talks to vLLM or Ray but through workers/. training/ (offline sampling and measurement of
+# the bundled models with vLLM's batch LLM) and bench/ (raw-vLLM baselines, simulated Ray nodes, killed actors)
+# are tools that stand outside the service and measure it, so they may.
 ENGINE_FREE = ("api", "orchestrator", "strategies", "verifiers", "tasks", "deploy")
 
 
@@ -79,6 +85,35 @@ def test_only_workers_import_vllm_and_ray_within_the_service():
             bad = sorted(n for n in imports(path) if banned(n, {"vllm", "ray"}))
             if bad:
                 violations.append(f"{path.relative_to(ROOT)} imports {bad}")
+    assert not violations, "\n".join(violations)
+
+
+def test_the_service_imports_neither_training_nor_benchmarks():
+    # The wheel and the images carry neither (pyproject.toml, deploy/docker/): an import would fail there only.
+    violations = []
+    for package in SERVICE:
+        for path in (ROOT / package).rglob("*.py"):
+            bad = sorted(n for n in imports(path) if banned(n, OUTSIDE_THE_SERVICE))
+            if bad:
+                violations.append(f"{path.relative_to(ROOT)} imports {bad}")
+    assert not violations, "\n".join(violations)
+
+
+def private_imports(path: Path) -> list[str]:
+    """Every ``from x import _y`` in ``path`` (relative imports too) whose ``_y`` is private, not dunder."""
+    return [
+        f"{path.relative_to(ROOT)}:{node.lineno} imports {'.' * node.level}{node.module or ''}.{a.name}"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        for a in node.names
+        if a.name.startswith("_") and not (a.name.startswith("__") and a.name.endswith("__"))
+    ]
+
+
+def test_no_module_imports_another_modules_private_name():
+    # A leading underscore says "may change without notice"; what two modules share is public in one of them
+    # (training.common holds what the v1 and v2 recipes share to train).
+    violations = [v for pkg in PACKAGES for path in (ROOT / pkg).rglob("*.py") for v in private_imports(path)]
     assert not violations, "\n".join(violations)
 
 

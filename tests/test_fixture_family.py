@@ -1,4 +1,4 @@
-"""The service on the real-architecture fixture family (models/fixture.py), configured as an operator would a
+"""The service on the real-architecture fixture family (training/fixture.py), configured as an operator would a
 Qwen2.5-Math / DeepSeek-R1 deployment: a workers file (a Qwen2 policy, a Llama-family draft with another
 tokenizer, a pooling Qwen2ForProcessRewardModel) and a model profile (``<think>`` reasoning, ``\\boxed{}``
 answers, blank-line steps). The weights are random, so the text is noise; what is checked is that every path
@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from deploy.calibrate import collect
-from models import fixture
 from orchestrator.errors import TTSError
 from orchestrator.types import SamplingSpec
 from strategies import atts
+from training import fixture
 from verifiers import PoolingPRM
 
 pytestmark = pytest.mark.engine

@@ -7,7 +7,6 @@ import asyncio
 
 import pytest
 
-from models.train import prm_text
 from orchestrator.types import SamplingSpec
 from tasks import arithmetic as task
 from verifiers import MathShepherdPRM
@@ -50,7 +49,3 @@ def test_prm_scores_a_correct_step_above_its_corrupted_copy(service):
     pairs = [(scores[i][-1], scores[i + 1][-1]) for i in range(0, len(items), 2)]
     assert sum(good > bad for good, bad in pairs) >= 6, pairs
     assert sum(g for g, _ in pairs) > sum(b for _, b in pairs), pairs
-
-
-def test_prm_text_places_one_tag_per_step():
-    assert prm_text("Q.", ["1+1=2", "Answer: 2"]) == "Q.\n1+1=2 ки\nAnswer: 2 ки\n"

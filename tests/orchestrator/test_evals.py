@@ -27,6 +27,7 @@ def test_the_bundled_task_is_spread_over_levels_with_stable_unique_ids():
 
 def test_the_countdown_task_is_a_dataset_graded_by_its_exact_checker():
     from tasks import countdown
+    from training import countdown_traces
     from verifiers import answer_verifier
 
     d = load_dataset("countdown:test", problems=10)
@@ -34,7 +35,7 @@ def test_the_countdown_task_is_a_dataset_graded_by_its_exact_checker():
     assert len({it.id for it in d.items}) == 10 and all(it.answer == it.question for it in d.items)
     grader = answer_verifier(d.verifier)
     for it in d.items:
-        assert grader.is_correct(countdown.optimal_trace(countdown.parse_question(it.question)), it.answer)
+        assert grader.is_correct(countdown_traces.optimal_trace(countdown.parse_question(it.question)), it.answer)
     assert load_dataset("countdown:dev", problems=3).items[0].question not in {it.question for it in d.items}
     with pytest.raises(ConfigError, match="splits are"):
         load_dataset("countdown:nope")

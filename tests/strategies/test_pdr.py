@@ -200,11 +200,12 @@ def test_a_refine_request_keeps_the_clients_system_prompt():
 
 def test_the_countdown_refiner_asks_in_the_format_the_v2_target_was_tuned_on():
     from tasks import countdown
+    from training import countdown_traces
     from verifiers import CountdownRefiner
 
     problem = countdown.generate("dev", 1, levels=[3])[0]
     rng = __import__("random").Random(0)
-    drafts = [countdown.solve_trace(problem, rng) for _ in range(4)] + ["<think>\nno idea"]
+    drafts = [countdown_traces.solve_trace(problem, rng) for _ in range(4)] + ["<think>\nno idea"]
     refiner = CountdownRefiner()
     workspace = "\n".join(refiner.summary(problem.question, drafts))
     assert refiner.refine_messages(problem.question, workspace) == [

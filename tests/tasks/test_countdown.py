@@ -1,10 +1,12 @@
-"""The Countdown task: splits, solvability, the exact answer checker, step labels, the solver's traces."""
+"""The Countdown task: splits, solvability, the exact answer checker, step labels, refine prompts (the solver
+that writes training traces is tested in tests/training/test_countdown_traces.py)."""
 
 import random
 
 import pytest
 
 from tasks import countdown as task
+from training import countdown_traces as traces
 
 # The only solution is (8 * 3 + 1) * 4.
 P = task.Problem(numbers=(8, 4, 3, 1), target=100, level=2)
@@ -38,7 +40,7 @@ def test_every_level_draws_solvable_problems_as_hard_as_it_says():
             assert task.reachable(p.numbers, p.target)
             assert task.min_used(p.numbers, p.target) >= spec.min_used
             # An independent check of solvability: the direct trace's answer is a correct expression.
-            assert task.check_answer(p, task.optimal_trace(p)).correct
+            assert task.check_answer(p, traces.optimal_trace(p)).correct
             parsed = task.parse_question(p.question)
             assert (parsed.numbers, parsed.target) == (p.numbers, p.target)
 
@@ -166,59 +168,6 @@ def test_a_wrong_completion_is_put_down_to_its_first_untrue_step():
     assert set(cases) | {"no answer", "wrong answer"} == set(task.FAILURES)
 
 
-@pytest.mark.parametrize("backtrack", task.BACKTRACKS)
-def test_solver_traces_pass_their_own_checker_and_vary_in_length(backtrack):
-    problems = [p for level in task.LEVELS for p in task.generate("train", 2, seed=5, levels=[level])]
-    for k, p in enumerate(problems):
-        rng = random.Random(k)
-        lengths = set()
-        for _ in range(6):
-            trace = task.solve_trace(p, rng, backtrack=backtrack)
-            assert trace.startswith("<think>\n") and "\n</think>\n\nThe answer is \\boxed{" in trace
-            verdicts = task.check_steps(p, trace)
-            assert all(v.valid for v in verdicts), [v for v in verdicts if not v.valid]
-            assert verdicts[-1].kind == "answer" and verdicts[-1].good
-            assert sum(v.kind != "answer" for v in verdicts) <= task.DEFAULT_MAX_STEPS[backtrack]
-            assert task.check_answer(p, trace).correct
-            lengths.add(len(trace))
-        assert len(lengths) > 1 or p.level == 1
-    direct = task.optimal_trace(problems[-1])
-    assert all(v.good for v in task.check_steps(problems[-1], direct))
-
-
-def test_local_backtracks_go_one_state_up_and_two_numbers_are_settled_on_sight():
-    """What makes "local" traces imitable: a backtrack returns to the state the dead one was reached from,
-    and from two numbers the only move written is the one that makes the target."""
-    for k, p in enumerate(task.generate("train", 12, seed=8, levels=[3, 4, 5])):
-        trace = task.solve_trace(p, random.Random(k), guide=0.2, backtrack="local")
-        stack = [p.numbers]
-        for v in task.check_steps(p, trace):
-            if v.kind == "move":
-                left = tuple(int(x) for x in v.text.split("left: ")[1].split())
-                assert len(stack[-1]) > 2 or p.target in left, v.text
-                stack.append(task._state(left))
-            elif v.kind == "backtrack":
-                dead, to = v.text.split(" cannot reach ")[0], v.text.split("back to: ")[1]
-                assert task._state([int(x) for x in dead.split()]) == stack.pop()
-                assert task._state([int(x) for x in to.split()]) == stack[-1], v.text
-    with pytest.raises(ValueError, match="backtrack 'up'"):
-        task.solve_trace(p, random.Random(0), backtrack="up")
-
-
-@pytest.mark.parametrize("backtrack", task.BACKTRACKS)
-def test_the_step_cap_holds_and_is_validated(backtrack):
-    p = task.generate("train", 1, seed=2, levels=[5])[0]
-    rng = random.Random(0)
-    for _ in range(5):
-        trace = task.solve_trace(p, rng, guide=0.0, explore=1.0, max_steps=8, backtrack=backtrack)
-        steps = task.check_steps(p, trace)
-        assert sum(v.kind != "answer" for v in steps) <= 8 and task.check_answer(p, trace).correct
-    with pytest.raises(ValueError, match="max_steps 3"):
-        task.solve_trace(p, rng, max_steps=3)
-    with pytest.raises(ValueError, match="unsolvable"):
-        task.solve_trace(task.Problem((2, 2), 5, 1), rng)
-
-
 def test_question_parse_and_render_expr():
     assert task.parse_question(P.question).numbers == P.numbers
     with pytest.raises(ValueError, match="not a countdown question"):
@@ -232,7 +181,7 @@ def test_question_parse_and_render_expr():
 
 def test_refine_prompt_offers_each_drafts_deepest_route():
     dead = "<think>\n8 * 4 = 32, left: 32 3 1\n\n32 + 3 = 35, left: 35 1\n\n35 1 cannot reach 100, back to: 8 4 3 1\n\n8 * 3 = 24, left: 24 4 1"
-    good = task.optimal_trace(P)
+    good = traces.optimal_trace(P)
     prompt = task.refine_prompt(P, [dead, dead, good, "garbage"])
     lines = prompt.splitlines()
     assert lines[0] == P.question and lines[1] == "Drafts (4), each as far as it got:" and lines[-1] == "---"

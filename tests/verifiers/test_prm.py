@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.data import simulated_draft
 from orchestrator.errors import ContextTooLong, InvalidRequest
 from orchestrator.types import SamplingSpec
 from tasks import arithmetic as task
+from training.data import simulated_draft
 from verifiers.embeddings import StepClusterer, cluster_vectors
 from verifiers.prm import JudgeFormat, MathShepherdPRM, OutcomeJudge, PRMFormat, StepScores
 

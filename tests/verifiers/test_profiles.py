@@ -173,10 +173,11 @@ def test_an_expression_key_needs_boxed_answers():
 
 def test_the_countdown_grader_checks_the_numbers_and_the_target():
     from tasks import countdown
+    from training import countdown_traces
     from verifiers import answer_verifier
 
     problem = countdown.generate("test", 1, levels=[2])[0]
-    right = countdown.optimal_trace(problem)
+    right = countdown_traces.optimal_trace(problem)
     grader = answer_verifier("countdown")
     assert grader.is_correct(right, problem.question)
     answer = countdown.extract_answer(right)

@@ -167,8 +167,8 @@ def test_replicas_sharing_gpus_start_one_after_another_others_at_once():
 def test_a_prompt_rendered_by_a_template_that_writes_the_bos_has_one_bos(tmp_path):
     from transformers import AutoTokenizer
 
-    from models import fixture
     from orchestrator.errors import InvalidRequest
+    from training import fixture
     from workers.engine import EngineConfig, VllmEngine, _StatsCapture
 
     family = fixture.build(tmp_path)
