@@ -139,3 +139,18 @@ def test_tasks_import_only_the_standard_library_and_themselves():
 def test_strategies_carry_no_type_ignores():
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in (ROOT / "strategies").rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1) if "type: ignore" in line]
     assert not hits, hits
+
+
+# Where the service's parts are put together: deploy/assembly.py, and the controller's one context per request.
+BUILDERS = {"Controller": {"deploy.assembly"}, "Toolbox": {"deploy.assembly"}, "StrategyContext": {"deploy.assembly", "orchestrator.controller"}}
+
+
+def test_the_service_is_assembled_in_one_place():
+    violations = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                called = node.func.id if isinstance(node.func, ast.Name) else node.func.attr if isinstance(node.func, ast.Attribute) else None
+                if called in BUILDERS and name not in BUILDERS[called]:
+                    violations.append(f"{name}:{node.lineno} builds a {called}")
+    assert not violations, "\n".join(violations)
