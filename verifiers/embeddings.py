@@ -42,6 +42,7 @@ def cluster_vectors(vectors: np.ndarray, *, threshold: float = 0.15, method: str
 # 0.77 (lexical) between paraphrases and different steps; 0.05 scores 0.5 for both (nothing merges).
 EMBEDDER_THRESHOLD = 0.27  # all-MiniLM-L6-v2: paraphrases median 0.20, different steps of a problem median 0.43
 LEXICAL_THRESHOLD = 0.74  # TF-IDF character 2-4-grams: paraphrases median 0.64, different steps median 0.82
+BLANK = "(blank)"  # what a whitespace-only step reads as to the lexical clusterer
 
 
 class LexicalClusterer:
@@ -57,8 +58,9 @@ class LexicalClusterer:
 
         if not texts:
             return []
-        # An empty step has no n-grams; a space gives every empty step the same (non-zero) vector.
-        padded = [t if t.strip() else " " for t in texts]
+        # A blank step has no n-grams, so its vector would be zero and its cosine distance undefined (scipy then
+        # refuses the whole set): blank steps all read as one placeholder word, alike, and unlike any real step.
+        padded = [t if t.strip() else BLANK for t in texts]
         try:
             vectors = TfidfVectorizer(analyzer="char_wb", ngram_range=self.ngrams, lowercase=False).fit_transform(padded)
         except ValueError:  # no n-gram at all (every text blank): equal texts are one cluster

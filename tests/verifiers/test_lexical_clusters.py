@@ -29,3 +29,11 @@ def test_edge_cases_need_no_model():
     assert clusters([]) == []
     assert clusters(["only"]) == [0]
     assert clusters(["", " ", ""]) == [0, 0, 0]  # blank steps: nothing to tell them apart
+
+
+def test_a_blank_step_among_others_is_a_cluster_of_its_own():
+    # A step cut by its token bound right before the delimiter leaves an empty next step ("\n\n" once the
+    # delimiter is put back): its TF-IDF vector was zero and scipy refused the whole set (ETS failed the request).
+    labels = clusters(["\n\n", "Befa dapar x_{10}=6042.", "Batan dapar x_{10}=6042.", " "])
+    assert labels[0] == labels[3] == 0
+    assert 0 not in labels[1:3]
