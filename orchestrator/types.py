@@ -103,7 +103,9 @@ class EngineStats:
 
     ``kv_blocks_peak`` is the most blocks in use at any scheduler step since the previous snapshot (so one
     poller taking every snapshot sees every step); ``kv_block_steps`` sums the blocks in use over all
-    ``scheduler_steps`` since start, so two snapshots give the mean use of the steps between them."""
+    ``scheduler_steps`` since start, so two snapshots give the mean use of the steps between them.
+    ``modeled_s`` is a simulated engine's modeled GPU busy time since start (``workers.synthetic``; 0 for a real
+    engine, whose time is the wall clock's)."""
 
     worker: str
     running: int
@@ -115,6 +117,7 @@ class EngineStats:
     kv_blocks_peak: int = 0
     kv_block_steps: int = 0
     scheduler_steps: int = 0
+    modeled_s: float = 0.0
 
 
 @dataclass(frozen=True)
