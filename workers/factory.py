@@ -14,17 +14,22 @@ from workers.embedder import EmbedderSpec
 from workers.instant import InstantConfig, InstantSpec
 from workers.local import LocalSpec
 from workers.remote import RemoteSpec
+from workers.synthetic import SCHEME as SYNTHETIC_SCHEME
+from workers.synthetic import SyntheticSpec
 
 
 def backend_spec(role: Role, rc: RoleConfig) -> BackendSpec:
     """The `embedder` role is always a local embedder actor (its ``url`` is not read); any other role is a
     remote `vllm serve` when it has a ``url``, a local vLLM engine otherwise. ``url = "instant:"`` (optionally
     ``"instant:?steps=6&answer=7"``) serves the role with :mod:`workers.instant` engines (control-plane
-    benchmarks: Ray actors that answer at once; the role's ``model`` is never loaded)."""
+    benchmarks: Ray actors that answer at once; the role's ``model`` is never loaded). ``url = "synthetic:<preset>?..."``
+    serves it with :mod:`workers.synthetic` engines (a simulated reasoning model on a modeled H100)."""
     if role == "embedder":
         return EmbedderSpec.from_config(role, rc)
     if rc.url is not None and rc.url.startswith(INSTANT_SCHEME):
         return InstantSpec.from_config(role, rc, config=instant_config(rc.url))
+    if rc.url is not None and rc.url.startswith(SYNTHETIC_SCHEME):
+        return SyntheticSpec.from_config(role, rc)
     if rc.url is not None:
         return RemoteSpec.from_config(role, rc)
     return LocalSpec.from_config(role, rc)
