@@ -44,13 +44,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import AsyncIterator, Callable, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 from orchestrator.errors import ConfigError
 from orchestrator.profile import BUNDLED
 from orchestrator.types import EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses
-from workers.actor import Placement
+from workers.actor import Placement, actor_backend, served_calls
 from workers.backend import Backend, Unsupported
 from workers.config import PoolConfig, RoleConfig
 from workers.sim.engine import SimConfig, SyntheticEngine
@@ -212,11 +213,12 @@ class SyntheticSpec:
 
     def build(self, name: str, index: int, *, tag: str, max_restarts: int) -> Backend:
         config = replace(self.config, seed=self.config.seed + index)
+        build = partial(SyntheticEngine, config, name)
         if self.in_process:
-            return InProcessEngine(name, lambda: SyntheticEngine(config, name))
-        from workers.synthetic_actor import build_actor
-
-        return build_actor(name, config, placement=self.placement, tag=tag, max_restarts=max_restarts)
+            return InProcessEngine(name, build)
+        # In its own Ray actor, reached as a vLLM engine is (workers.actor): the pool's routing, the actor call,
+        # its coalescing and serialisation are the ones a real engine gets, and its own work is not the API's.
+        return actor_backend(name, build, serves=served_calls(SyntheticEngine), placement=self.placement, tag=tag, max_restarts=max_restarts)
 
 
 def synthetic_workers(

@@ -374,3 +374,38 @@ def test_urls_name_a_preset_and_keys_and_the_role_table_fills_the_rest():
     for bad in ("nope-h100", "r1-7b-h100?colour=red", "r1-7b-h100?accuracy=1.5", "r1-7b-h100?profile=bundled", "r1-7b-h100?tick=x"):
         with pytest.raises(ConfigError):
             parse_url(bad)
+
+
+# ------------------------------------------------------------------------------------------ in a Ray actor
+
+
+def test_in_a_ray_actor_it_is_reached_as_an_engine_is(loop):
+    """The backend as a service serves it (no ``inprocess``): a Ray actor behind the generic actor backend, with
+    coalesced calls, streams, aborts and stats."""
+    from workers.pool import connect_ray
+    from workers.synthetic import synthetic_workers
+
+    connect_ray()
+    config = synthetic_workers("qwen-math", keys="time_scale=0.05")
+    pool = loop.run(WorkerPool.start([backend_spec(role, rc) for role, rc in config.roles.items()], call_timeout_s=60), timeout=300)
+    try:
+
+        async def main():
+            prompt = await pool.render_chat("policy", [{"role": "user", "content": synthetic_question(4)}])
+            outs = await asyncio.gather(*(pool.generate("policy", spec(prompt, seed=i, max_tokens=2048)) for i in range(6)))  # one batch
+            assert all(o.completions[0].finish_reason == "stop" and o.worker == "policy-0" for o in outs)
+            scores = await pool.classify_tokens("prm", ScoreSpec(await pool.render_chat("prm", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a<extra_0>b<extra_0>"}])))
+            assert len(scores.rows) == 2
+            seen = 0
+            async for d in pool.stream("policy", spec(prompt, seed=9, max_tokens=2048, request_id="s-1")):
+                seen += 1
+                if seen == 2:
+                    await pool.abort(["s-1"])
+                if d.finish_reason is not None:
+                    assert d.finish_reason == "abort"
+            (stats,) = await pool.stats("policy")
+            assert stats.modeled_s > 0 and stats.kv_blocks_total > 0 and stats.running == 0
+
+        loop.run(main(), timeout=120)
+    finally:
+        loop.run(pool.shutdown(), timeout=60)

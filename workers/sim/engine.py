@@ -130,6 +130,12 @@ class _Call:
         return len(self.ids)
 
     @property
+    def full(self) -> int:
+        """The prompt's full blocks it holds by hash (shared, cached); a call that neither reads nor writes the
+        prefix cache has none: its blocks are all its own."""
+        return len(self.hashes)
+
+    @property
     def live(self) -> list[_Seq]:
         return [s for s in self.seqs if not s.done]
 
@@ -200,7 +206,10 @@ class SyntheticEngine:
             raise InvalidRequest(f"{self.name}: score start {spec.start} outside 0..{len(ids) - 2} for a {len(ids)}-token prompt")
         # As the vLLM engine: the prefix cache is read only from a start past the first block.
         reads = self.config.prefix_caching and spec.start >= self.config.block_size
-        call = _Call(spec.request_id or uuid.uuid4().hex, "score", ids, block_hashes(ids, self.config.block_size), reads_cache=reads)
+        # A scoring call that does not read the cache is not entered into it either (a PRM's calls all score from
+        # token 0: none of them could read what another wrote), which spares hashing every long prompt.
+        hashes = block_hashes(ids, self.config.block_size) if reads else []
+        call = _Call(spec.request_id or uuid.uuid4().hex, "score", ids, hashes, reads_cache=reads)
         call.result = self._scores(spec, ids, text)
         await self._wait(call)
         scores: Scores = call.result  # type: ignore[assignment]
@@ -211,7 +220,7 @@ class SyntheticEngine:
         ids, text = (list(spec.prompt), "") if not isinstance(spec.prompt, str) else (token_ids(spec.prompt), spec.prompt)
         if len(ids) > self.config.max_model_len:  # nothing is generated: the prompt may fill the window
             raise ContextTooLong(f"{self.name}: the prompt is {len(ids)} tokens; role {self.role} has max_model_len {self.config.max_model_len}")
-        call = _Call(spec.request_id or uuid.uuid4().hex, "classify", ids, block_hashes(ids, self.config.block_size), reads_cache=False)
+        call = _Call(spec.request_id or uuid.uuid4().hex, "classify", ids, [], reads_cache=False)  # pooling: no prefix cache
         call.result = self._classes(ids, text)
         await self._wait(call)
         return call.result  # type: ignore[return-value]
@@ -257,7 +266,8 @@ class SyntheticEngine:
     def _generation_call(self, spec: SamplingSpec) -> _Call:
         ids, text = self._prompt_ids(spec.prompt)
         limit = min(spec.max_tokens, self.config.max_model_len - len(ids))
-        call = _Call(spec.request_id or uuid.uuid4().hex, "generate", ids, block_hashes(ids, self.config.block_size), reads_cache=self.config.prefix_caching)
+        hashes = block_hashes(ids, self.config.block_size) if self.config.prefix_caching else []
+        call = _Call(spec.request_id or uuid.uuid4().hex, "generate", ids, hashes, reads_cache=self.config.prefix_caching)
         call.logprobs = spec.logprobs
         key = self.world.key_of(text) if text else (1 << 41) + mix(*ids[:64]) % (1 << 32)
         facts = self.world.facts(key)
@@ -382,7 +392,7 @@ class SyntheticEngine:
             width = max(len(call.live), 1)
             if self._running and running + width > self.config.max_num_seqs:
                 return
-            full = call.prompt // bs
+            full = call.full
             hit = self.kv.cached_prefix(call.hashes, call.prompt) if call.reads_cache else 0
             own = [-(-(call.prompt + s.pos + 1) // bs) - full for s in call.live] or [-(-call.prompt // bs) - full]
             if not self.kv.hold(call.hashes[:full], copies=width):
@@ -442,7 +452,7 @@ class SyntheticEngine:
             if s.done:  # ended by its pool while this iteration ran
                 continue
             a = min(k, s.n - s.pos)
-            need = -(-(c.prompt + s.pos + a) // bs) - (c.prompt // bs) - s.blocks
+            need = -(-(c.prompt + s.pos + a) // bs) - c.full - s.blocks
             if need > 0:
                 if not self.kv.take(need):
                     stalled.append((c, s))  # no room to grow: it waits this iteration
@@ -496,7 +506,7 @@ class SyntheticEngine:
 
     def _release(self, call: _Call, s: _Seq) -> None:
         bs = self.config.block_size
-        full = call.prompt // bs
+        full = call.full
         register: list[int] = []
         if self.config.prefix_caching and s.pos and s.finish != "abort":
             ids = call.ids + ids_of(s.pieces[: s.pos])
@@ -512,7 +522,7 @@ class SyntheticEngine:
             if c in self._running:
                 self._running.remove(c)
             if c.kind != "generate" and c.held:  # a scoring prefill: its prompt stays cached
-                self.kv.release(c.hashes[: c.prompt // self.config.block_size], private=getattr(c, "private", 0))
+                self.kv.release(c.hashes[: c.full], private=c.private)
                 c.held = False
             self._finish(c)
 
@@ -543,7 +553,7 @@ class SyntheticEngine:
         if call in self._running:
             self._running.remove(call)
             if call.kind != "generate" and call.held:
-                self.kv.release(call.hashes[: call.prompt // self.config.block_size], private=getattr(call, "private", 0))
+                self.kv.release(call.hashes[: call.full], private=call.private)
         elif call in self._waiting:
             self._waiting.remove(call)
         self._finish(call)
@@ -559,7 +569,7 @@ class SyntheticEngine:
         for s in victim.live:
             self.kv.release([], private=s.blocks)
             s.blocks = 0
-        self.kv.release(victim.hashes[: victim.prompt // self.config.block_size] * len(victim.live))
+        self.kv.release(victim.hashes[: victim.full] * len(victim.live))
         victim.held = False
         victim.kind = "requeued"
         self._waiting.appendleft(victim)
@@ -577,7 +587,7 @@ class SyntheticEngine:
             probs = self._step_probs(key, steps)
             filler = (-3.0,) * len(spec.candidates)
             cands: list[tuple[float, ...]] = [filler] * rows
-            tags = [p for p, t in enumerate(ids) if t == self._prm_tag][-len(steps) :] if steps else []
+            tags = _positions(ids, self._prm_tag)[-len(steps) :] if steps else []
             for p, prob in zip(tags, probs):
                 if 0 <= p - spec.start < rows:
                     row = [-3.0] * len(spec.candidates)
@@ -600,7 +610,7 @@ class SyntheticEngine:
             row = [1.0 - prob] * max(2, good + 1)
             row[good] = prob
             rows.append(tuple(row))
-        n_tags = sum(1 for t in ids if t == self._pool_tag)
+        n_tags = len(_positions(ids, self._pool_tag))
         rows = rows[-n_tags:] if n_tags else []
         return TokenClasses(token_ids=tuple(ids), rows=tuple(rows), usage=Usage(prompt_tokens=len(ids)), worker=self.name)
 
@@ -656,6 +666,18 @@ class SyntheticEngine:
                 pos -= 1
                 if pos >= 0:
                     out[pos] = min(mean, -0.01)
+        return out
+
+
+def _positions(ids: list[int], token: int) -> list[int]:
+    """Where ``token`` occurs in ``ids`` (``list.index`` scans in C: a long prompt holds few tags)."""
+    out: list[int] = []
+    at = -1
+    try:
+        while True:
+            at = ids.index(token, at + 1)
+            out.append(at)
+    except ValueError:
         return out
 
 

@@ -12,13 +12,28 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Sequence
 
+import numpy as np
+
+
+_MULT = np.random.default_rng(0x5EED).integers(1, 2**63, size=4096, dtype=np.uint64) | np.uint64(1)
+_P = 0x9E3779B97F4A7C15
+_M64 = (1 << 64) - 1
+
 
 def block_hashes(ids: Sequence[int], block_size: int, *, start: int = 0, parent: int = 0) -> list[int]:
-    """The chained hashes of the full blocks of ``ids`` from block ``start`` on (``parent``: the hash before it)."""
+    """The chained hashes of the full blocks of ``ids`` from block ``start`` on (``parent``: the hash before it):
+    block b's hash depends on every token up to its end, as vLLM's chain of block hashes does. Vectorised: each
+    block's tokens fold into one 64-bit value, and the chain is a polynomial in them (mod 2^64)."""
+    n = len(ids) // block_size
+    if n <= start:
+        return []
+    blocks = np.asarray(ids[start * block_size : n * block_size], dtype=np.uint64).reshape(-1, block_size)
+    with np.errstate(over="ignore"):
+        values = (blocks @ _MULT[:block_size]).tolist()
     out = []
-    h = parent
-    for b in range(start, len(ids) // block_size):
-        h = hash((h, *ids[b * block_size : (b + 1) * block_size]))
+    h = parent & _M64
+    for v in values:  # h_b = h_{b-1} * P + value_b (mod 2^64): a loop over blocks, not tokens
+        h = (h * _P + v) & _M64
         out.append(h)
     return out
 

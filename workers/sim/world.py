@@ -120,9 +120,28 @@ def ids_of(ps: Sequence[str]) -> list[int]:
     return out  # type: ignore[return-value]
 
 
+_LINES: dict[str, tuple[int, ...]] = {}
+_NEWLINE = zlib.crc32(b"\n") & 0x7FFFFFFF
+
+
 def token_ids(text: str) -> list[int]:
-    """Token ids of ``text``."""
-    return ids_of(TOKEN.findall(text))
+    """Token ids of ``text``. No token spans a newline, so the ids are those of its lines joined by the newline's;
+    lines are cached (prompts of one search repeat the same steps call after call)."""
+    out: list[int] = []
+    lines = _LINES
+    for i, line in enumerate(text.split("\n")):
+        if i:
+            out.append(_NEWLINE)
+        if not line:
+            continue
+        ids = lines.get(line)
+        if ids is None:
+            ids = tuple(ids_of(TOKEN.findall(line)))
+            if len(lines) > 200_000:
+                lines.clear()
+            lines[line] = ids
+        out.extend(ids)
+    return out
 
 
 def _vocabulary() -> tuple[str, ...]:
@@ -259,6 +278,7 @@ class World:
         self.close_tokens = pieces(f"\n{profile.think_close}\n\n") if self.think else []
         self.delimiter_tokens = pieces(profile.step_delimiter)
         self._ideas: dict[tuple[int, int], tuple[str, ...]] = {}
+        self._noise: dict[tuple[int, int, str, int], float] = {}
         self._rates: dict[tuple[int, float], tuple[float, float]] = {}
         self._facts = lru_cache(maxsize=4096)(self._make_facts)
 
@@ -547,15 +567,12 @@ class World:
         out: list[tuple[float, float]] = []
         gold = self.facts(key).gold
         for i, text in enumerate(steps):
-            m = None
-            for m in CLAIM.finditer(text):
-                pass
-            boxed = _BOXED.search(text) or _SAYS.search(text)
-            if boxed is not None and (m is None or boxed.start() > m.end()):
-                out.append((1.0 if boxed.group(1) == gold else -1.0, 1.0))
+            said = _said(text)
+            if said is not None and said[0] == "answer":
+                out.append((1.0 if said[1] == gold else -1.0, 1.0))
                 continue
-            if m is not None:
-                k, value = int(m.group(1)), int(m.group(2))
+            if said is not None:
+                k, value = said[1], said[2]
                 good = value == self.truth(key, k)
                 st.after_claim(good, value)
                 st.k = k + 1
@@ -574,8 +591,36 @@ class World:
 
     def signal(self, key: int, text: str, sign: float, share: float, *, auroc: float, salt: int) -> float:
         """A reader's evidence about one step: ``sign * d/2 * sqrt(share) + noise`` (see the module docstring)."""
-        d = math.sqrt(2.0) * _N.inv_cdf(min(max(auroc, 0.5), 0.9999))
-        return sign * d / 2 * math.sqrt(share) + gauss(self.seed, key, crc(text.strip()), salt, _NOISE)
+        d = _separation(auroc)
+        noise_key = (self.seed, key, text, salt)
+        noise = self._noise.get(noise_key)
+        if noise is None:
+            noise = gauss(self.seed, key, crc(text.strip()), salt, _NOISE)
+            if len(self._noise) > 200_000:
+                self._noise.clear()
+            self._noise[noise_key] = noise
+        return sign * d / 2 * math.sqrt(share) + noise
+
+
+@lru_cache(maxsize=64)
+def _separation(auroc: float) -> float:
+    """d' of an equal-variance Gaussian reader with this AUROC: sqrt(2) Phi^-1(AUROC)."""
+    return math.sqrt(2.0) * _N.inv_cdf(min(max(auroc, 0.5), 0.9999))
+
+
+@lru_cache(maxsize=200_000)
+def _said(text: str) -> tuple[str, int | str, int] | None:
+    """What a step says: ("answer", A, 0) for a final answer (boxed, or a final paragraph's "so the answer is"),
+    ("claim", k, V) for its last claim, None for neither."""
+    m = None
+    for m in CLAIM.finditer(text):
+        pass
+    boxed = _BOXED.search(text) or _SAYS.search(text)
+    if boxed is not None and (m is None or boxed.start() > m.end()):
+        return ("answer", boxed.group(1), 0)
+    if m is not None:
+        return ("claim", int(m.group(1)), int(m.group(2)))
+    return None
 
 
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
