@@ -54,8 +54,9 @@ import time
 import uuid
 from datetime import datetime, timezone
 from functools import partial
+from functools import partial
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager
 
 from pydantic import Field
 
@@ -142,11 +143,8 @@ async def start_instant_service(settings: Settings, *, steps: int) -> Any:
     return await build_service(settings, pool=pool, workers=config, strategies={**REGISTRY, PROBE.name: PROBE})
 
 
-class InstantServiceThread(ServiceThread):
-    """The instant-engine service on its own event loop in a thread, HTTP on loopback."""
-
-    def __init__(self, settings: Settings, *, steps: int) -> None:
-        super().__init__(settings.model_copy(update={"port": 0}), start=lambda s: start_instant_service(s, steps=steps))
+class BenchServiceThread(ServiceThread):
+    """A benchmark's service on its own event loop in a thread, HTTP on loopback."""
 
     def call(self, fn: Any) -> None:
         """Run ``fn()`` on the service's loop thread (a profiler must be enabled in the thread it profiles)."""
@@ -155,6 +153,13 @@ class InstantServiceThread(ServiceThread):
             fn()
 
         self.run(go())
+
+
+class InstantServiceThread(BenchServiceThread):
+    """The instant-engine service."""
+
+    def __init__(self, settings: Settings, *, steps: int) -> None:
+        super().__init__(settings.model_copy(update={"port": 0}), start=lambda s: start_instant_service(s, steps=steps))
 
 
 # ------------------------------------------------------------------------------------------ PostgreSQL
@@ -177,9 +182,18 @@ def _body(strategy: str, params: dict[str, Any], i: int) -> dict[str, Any]:
     return {"model": "target", "messages": [{"role": "user", "content": question}], "strategy": strategy, "strategy_params": params}
 
 
-def drive(base_url: str, strategy: str, params: dict[str, Any], requests: int, concurrency: int, out: Any) -> None:
-    """Send ``requests`` requests, ``concurrency`` at a time; put ``(wall_s, [(status, request_id, subcalls, latency_s)])``
-    on ``out``. Runs in a process of its own."""
+# Request i's body (a picklable function: the driver runs in a process of its own).
+Load = Callable[[int], dict[str, Any]]
+
+
+def load_of(strategy: str, params: dict[str, Any]) -> Load:
+    """Every request ``strategy`` with ``params`` (the bundled task's questions)."""
+    return partial(_body, strategy, params)
+
+
+def drive(base_url: str, body: Load, requests: int, concurrency: int, out: Any) -> None:
+    """Send ``requests`` requests (request i's body is ``body(i)``), ``concurrency`` at a time; put ``(wall_s,
+    [(status, request_id, subcalls, latency_s)])`` on ``out``. Runs in a process of its own."""
     import httpx
 
     async def main() -> tuple[float, list[tuple[int, str, int, float]]]:
@@ -191,7 +205,7 @@ def drive(base_url: str, strategy: str, params: dict[str, Any], requests: int, c
             async def worker() -> None:
                 for i in todo:
                     t0 = time.perf_counter()
-                    r = await client.post("/v1/chat/completions", json=_body(strategy, params, i))
+                    r = await client.post("/v1/chat/completions", json=body(i))
                     tts = r.json().get("tts", {}) if r.status_code == 200 else {}
                     if r.status_code != 200:
                         log.warning("request %d: HTTP %d %s", i, r.status_code, r.text[:300])
@@ -204,10 +218,10 @@ def drive(base_url: str, strategy: str, params: dict[str, Any], requests: int, c
     out.put(asyncio.run(main()))
 
 
-def run_load(base_url: str, strategy: str, params: dict[str, Any], *, requests: int, concurrency: int) -> tuple[float, list[tuple[int, str, int, float]]]:
+def run_load(base_url: str, body: Load, *, requests: int, concurrency: int) -> tuple[float, list[tuple[int, str, int, float]]]:
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=drive, args=(base_url, strategy, params, requests, concurrency, out), daemon=True)
+    proc = ctx.Process(target=drive, args=(base_url, body, requests, concurrency, out), daemon=True)
     proc.start()
     try:
         result = out.get(timeout=900)
@@ -225,7 +239,7 @@ def pct(values: list[float], q: float) -> float:
 # ------------------------------------------------------------------------------------------ checks
 
 
-def check_ledger(svc: InstantServiceThread, answered: list[tuple[int, str, int, float]]) -> dict[str, Any]:
+def check_ledger(svc: ServiceThread, answered: list[tuple[int, str, int, float]]) -> dict[str, Any]:
     """Every answered request's ledger: as many sub-call rows as its response counted, totals equal to their sum."""
     from sqlalchemy import case, func, select
 
@@ -269,20 +283,35 @@ def check_ledger(svc: InstantServiceThread, answered: list[tuple[int, str, int, 
 # ------------------------------------------------------------------------------------------ one database
 
 
-def bench_one(db: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
+def bench_one(
+    db: str,
+    url: str,
+    args: argparse.Namespace,
+    *,
+    service: Callable[[Settings], BenchServiceThread] | None = None,
+    load: Load | None = None,
+    settings: dict[str, Any] | None = None,
+    observe: Callable[[BenchServiceThread], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Overhead and throughput on one database (``url``; "" for SQLite in a fresh data directory): the service
+    ``service`` starts (default: instant engines), loaded with ``load`` (default: beam search, ``args.steps``).
+    ``observe`` snapshots the service right before and after the throughput load (``observed`` in the result)."""
     own_ray()  # before ServiceThread, whose start_ray then finds this process already in it
     data = Path(tempfile.mkdtemp(prefix="tts-bench-cp-"))
-    settings = get_settings(port=0, data_dir=data, database_url=url, max_running=args.concurrency, max_queued=4 * args.concurrency)
-    svc = InstantServiceThread(settings, steps=args.steps)
+    config = get_settings(
+        port=0, data_dir=data, database_url=url, max_running=args.concurrency, max_queued=4 * args.concurrency, **(settings or {})
+    )
+    svc = (service or (lambda s: InstantServiceThread(s, steps=args.steps)))(config)
+    if load is None:
+        load = load_of("beam_search", {"n": 8, "beam_width": 4, "max_steps": args.steps + 1, "step_tokens": 16, "max_tokens": 64})
     try:
-        beam = {"n": 8, "beam_width": 4, "max_steps": args.steps + 1, "step_tokens": 16, "max_tokens": 64}
-        run_load(svc.base_url, "beam_search", beam, requests=max(4, args.concurrency), concurrency=args.concurrency)  # warm-up
+        run_load(svc.base_url, load, requests=max(4, args.concurrency), concurrency=args.concurrency)  # warm-up
 
         # Overhead: one request at a time, its sub-calls one after another.
         PROBE_TIMES.clear()
         idle: list[tuple[int, str, int, float]] = []
         for _ in range(args.probe_requests):
-            _, got = run_load(svc.base_url, PROBE.name, {"calls": args.probe_calls, "max_tokens": 16}, requests=1, concurrency=1)
+            _, got = run_load(svc.base_url, load_of(PROBE.name, {"calls": args.probe_calls, "max_tokens": 16}), requests=1, concurrency=1)
             idle += got
         idle_times = PROBE_TIMES[:]
 
@@ -295,18 +324,22 @@ def bench_one(db: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
         if args.loaded_probe:  # one more client, sending probe requests one at a time while the load runs
             spawn = multiprocessing.get_context("spawn")
             probe_out = spawn.Queue()  # never read: the prober is stopped mid-run; its times are PROBE_TIMES
-            prober = spawn.Process(target=drive, args=(svc.base_url, PROBE.name, {"calls": 200, "max_tokens": 16}, 10**6, 1, probe_out), daemon=True)
+            probe = load_of(PROBE.name, {"calls": 200, "max_tokens": 16})
+            prober = spawn.Process(target=drive, args=(svc.base_url, probe, 10**6, 1, probe_out), daemon=True)
             prober.start()
+        observed = {"before": observe(svc)} if observe is not None else None
         load_before = os.getloadavg()[0]
         cpu0 = time.process_time()
         try:
-            wall, answered = run_load(svc.base_url, "beam_search", beam, requests=args.requests, concurrency=args.concurrency)
+            wall, answered = run_load(svc.base_url, load, requests=args.requests, concurrency=args.concurrency)
             cpu = time.process_time() - cpu0  # this process is the API server (its client and engines run elsewhere)
         finally:
             if prober is not None:
                 prober.terminate()
                 prober.join(10)
         loaded_times = PROBE_TIMES[:]
+        if observed is not None and observe is not None:
+            observed["after"] = observe(svc)
         if profiler is not None:
             svc.call(profiler.disable)
             profiler.dump_stats(args.profile + f".{db}")
@@ -338,12 +371,14 @@ def bench_one(db: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
         "ledger": ledger,
         "engine_calls": engine_calls,
     }
+    if observed is not None:
+        result["observed"] = observed
     if loaded_times:
         result["overhead_loaded_ms"] = {"p50": round(1e3 * pct(loaded_times, 0.5), 3), "p99": round(1e3 * pct(loaded_times, 0.99), 3), "calls": len(loaded_times)}
     return result
 
 
-async def actor_calls(svc: InstantServiceThread) -> list[int]:
+async def actor_calls(svc: ServiceThread) -> list[int]:
     pool = svc.service.pool
     return [await pool.replica(name).handle.calls.remote() for role in pool.roles() for name in pool.replica_names(role)]
 
