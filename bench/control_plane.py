@@ -298,9 +298,7 @@ def bench_one(
     ``observe`` snapshots the service right before and after the throughput load (``observed`` in the result)."""
     own_ray()  # before ServiceThread, whose start_ray then finds this process already in it
     data = Path(tempfile.mkdtemp(prefix="tts-bench-cp-"))
-    config = get_settings(
-        port=0, data_dir=data, database_url=url, max_running=args.concurrency, max_queued=4 * args.concurrency, **(settings or {})
-    )
+    config = get_settings(**{"port": 0, "data_dir": data, "database_url": url, "max_running": args.concurrency, "max_queued": 4 * args.concurrency, **(settings or {})})
     svc = (service or (lambda s: InstantServiceThread(s, steps=args.steps)))(config)
     if load is None:
         load = load_of("beam_search", {"n": 8, "beam_width": 4, "max_steps": args.steps + 1, "step_tokens": 16, "max_tokens": 64})
