@@ -19,6 +19,8 @@ from workers.engine import VllmEngine
 from workers.instant import InstantEngine
 from workers.pool import WorkerPool
 from workers.remote import RemoteEngine, RemoteSpec
+from workers.sim.engine import SyntheticEngine
+from workers.synthetic import InProcessEngine
 
 WORKERS = Path(__file__).resolve().parents[2] / "workers"
 PROTOCOL_CALLS = [name for name, _ in inspect.getmembers(Backend, inspect.isfunction) if not name.startswith("_")]
@@ -29,7 +31,7 @@ def test_the_calls_actors_forward_are_the_protocols():
     assert {call for call, travel in CALLS.items() if travel == "stream"} == {"stream"}
 
 
-@pytest.mark.parametrize("cls", [ActorBackend, RemoteEngine, Unsupported])
+@pytest.mark.parametrize("cls", [ActorBackend, RemoteEngine, InProcessEngine, Unsupported])
 def test_every_backend_has_every_call_of_the_protocol_with_its_signature(cls):
     for call in PROTOCOL_CALLS:
         if call in ("start", "shutdown") and cls is Unsupported:
@@ -42,7 +44,7 @@ def test_every_backend_has_every_call_of_the_protocol_with_its_signature(cls):
 
 @pytest.mark.parametrize(
     ("engine", "serves"),
-    [(VllmEngine, set(CALLS) - {"embed"}), (InstantEngine, set(CALLS) - {"embed"}), (SentenceEmbedder, {"embed"})],
+    [(VllmEngine, set(CALLS) - {"embed"}), (InstantEngine, set(CALLS) - {"embed"}), (SyntheticEngine, set(CALLS) - {"embed"}), (SentenceEmbedder, {"embed"})],
 )
 def test_what_an_actor_holds_serves_its_calls_with_the_protocols_signatures(engine, serves):
     # The actor forwards a call's arguments as the protocol orders them, to the method of the same name.
