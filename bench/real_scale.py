@@ -345,62 +345,58 @@ def control(args: argparse.Namespace) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------ the report
 
 
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(str(c) for c in r) + " |" for r in rows), ""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The tables of bench/README.md (every figure simulated; the heading says so)."""
     lines = [f"### Every strategy at R1-Distill-1.5B scale on one H100: {CAVEAT}", ""]
-    lines.append(f"`{report['command']}` on {report['date']}, commit {report['commit']}, {report['machine']}; time scale {report['time_scale']}.")
-    lines.append("")
-    table = report.get("table", {}).get("summary")
-    if table:
-        lines += [
-            "| strategy | answered | accuracy (simulated) | policy tokens | PRM tokens | sequential tokens | peak KV blocks (vLLM) | frontier nodes / tokens (reference) | modeled engine s | wall s | service CPU / engine time |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, s in table.items():
-            front = f"{s['frontier_nodes']:.0f} / {s['frontier_tokens']:.0f}" if "frontier_nodes" in s else ""
-            lines.append(
-                f"| {name} | {s['answered']:.2f} | {s['accuracy_simulated']:.2f} | {s['policy_tokens']:,} | {s['prm_tokens']:,} | {s['sequential_tokens']:,} | "
-                f"{s['kv_peak_blocks']:,} | {front} | {s['modeled_engine_s']:.1f} | {s['wall_s']:.2f} | {100 * s['overhead_share']:.2f}% |"
-            )
-        lines.append("")
-    trees = report.get("trees")
-    if trees:
-        lines += [
-            "| tree search, problems at once | accuracy (simulated) | peak KV blocks (vLLM) | frontier nodes / tokens (reference) | policy makespan s | PRM s | problems per modeled s |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, t in trees.items():
-            lines.append(
-                f"| {name} x {t['problems']} | {t['accuracy_simulated']:.2f} | {t['kv_peak_blocks']:,} | {t['frontier_nodes']:.0f} / {t['frontier_tokens']:.0f} | "
-                f"{t['policy_makespan_s']:.1f} | {t['prm_s']:.1f} | {t['throughput_per_modeled_s']:.4f} |"
-            )
-        lines.append("")
-    latency = report.get("latency")
-    if latency:
-        lines += [f"| at time scale {report['latency_scale']} | modeled latency s (wall / scale) | policy tokens | modeled engine s | accuracy (simulated) |", "|---|---|---|---|---|"]
-        for name, v in latency.items():
-            lines.append(f"| {name} x {v['problems']} | {v['modeled_latency_s']:.1f} | {v['policy_tokens']:,} | {v['modeled_engine_s']:.1f} | {v['accuracy_simulated']:.2f} |")
-        lines.append("")
-    mech = report.get("mechanisms")
-    if mech:
-        lines += ["| mechanism (simulated) | ratios (over the baseline) | accuracy (simulated) | realized |", "|---|---|---|---|"]
-        for name, m in mech.items():
-            figures = ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("accuracy", "accuracy_se", "realized") and v is not None)
-            lines.append(f"| {name} | {figures} | {m.get('accuracy')} | {'yes' if m['realized'] else 'no'} |")
-        lines.append("")
-    runs = report.get("control_plane")
-    if runs:
-        lines += [
-            "| database | sub-calls/s (one API process) | API CPU per sub-call | overhead p50 / p99 | engines' modeled capacity | ledger |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in runs:
-            lines.append(
-                f"| {r['db']} | {r['subcalls_per_s']:.0f} | {r['api_cpu_ms_per_subcall']:.2f} ms ({100 * r['api_cpu_utilisation']:.0f}% of a core) | "
-                f"{r['overhead_ms']['p50']:.2f} / {r['overhead_ms']['p99']:.2f} ms | {r['engine_capacity_subcalls_per_s']:,.0f} sub-calls/s | "
-                f"{r['ledger']['missing_rows']} missing, {r['ledger']['totals_mismatched']} mismatched |"
-            )
-    return "\n".join(lines) + "\n"
+    lines += [f"`{report['command']}` on {report['date']}, commit {report['commit']}, {report['machine']}; time scale {report['time_scale']}.", ""]
+    table = report.get("table", {}).get("summary", {})
+    lines += _table(
+        ["strategy", "answered", "accuracy (simulated)", "policy tokens", "PRM tokens", "sequential tokens", "peak KV blocks (vLLM)",
+         "frontier nodes / tokens (reference)", "modeled engine s", "wall s", "service CPU / engine time"],
+        [
+            [name, f"{s['answered']:.2f}", f"{s['accuracy_simulated']:.2f}", f"{s['policy_tokens']:,}", f"{s['prm_tokens']:,}", f"{s['sequential_tokens']:,}",
+             f"{s['kv_peak_blocks']:,}", f"{s['frontier_nodes']:.0f} / {s['frontier_tokens']:.0f}" if "frontier_nodes" in s else "",
+             f"{s['modeled_engine_s']:.1f}", f"{s['wall_s']:.2f}", f"{100 * s['overhead_share']:.2f}%"]
+            for name, s in table.items()
+        ],
+    ) if table else []
+    trees = report.get("trees", {})
+    lines += _table(
+        ["tree search, problems at once", "accuracy (simulated)", "peak KV blocks (vLLM)", "frontier nodes / tokens (reference)", "policy makespan s", "PRM s", "problems per modeled s"],
+        [
+            [f"{name} x {t['problems']}", f"{t['accuracy_simulated']:.2f}", f"{t['kv_peak_blocks']:,}", f"{t['frontier_nodes']:.0f} / {t['frontier_tokens']:.0f}",
+             f"{t['policy_makespan_s']:.1f}", f"{t['prm_s']:.1f}", f"{t['throughput_per_modeled_s']:.4f}"]
+            for name, t in trees.items()
+        ],
+    ) if trees else []
+    latency = report.get("latency", {})
+    lines += _table(
+        [f"at time scale {report.get('latency_scale')}", "modeled latency s (wall / scale)", "policy tokens", "modeled engine s", "accuracy (simulated)"],
+        [[f"{name} x {v['problems']}", f"{v['modeled_latency_s']:.1f}", f"{v['policy_tokens']:,}", f"{v['modeled_engine_s']:.1f}", f"{v['accuracy_simulated']:.2f}"] for name, v in latency.items()],
+    ) if latency else []
+    mech = report.get("mechanisms", {})
+    lines += _table(
+        ["mechanism (simulated)", "ratios (over the baseline)", "accuracy (simulated)", "realized"],
+        [
+            [name, ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("accuracy", "accuracy_se", "realized") and v is not None), m.get("accuracy"), "yes" if m["realized"] else "no"]
+            for name, m in mech.items()
+        ],
+    ) if mech else []
+    runs = report.get("control_plane", [])
+    lines += _table(
+        ["database", "sub-calls/s (one API process)", "API CPU per sub-call", "overhead p50 / p99", "engines' modeled capacity", "ledger"],
+        [
+            [r["db"], f"{r['subcalls_per_s']:.0f}", f"{r['api_cpu_ms_per_subcall']:.2f} ms ({100 * r['api_cpu_utilisation']:.0f}% of a core)",
+             f"{r['overhead_ms']['p50']:.2f} / {r['overhead_ms']['p99']:.2f} ms", f"{r['engine_capacity_subcalls_per_s']:,.0f} sub-calls/s",
+             f"{r['ledger']['missing_rows']} missing, {r['ledger']['totals_mismatched']} mismatched"]
+            for r in runs
+        ],
+    ) if runs else []
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
