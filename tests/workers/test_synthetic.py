@@ -380,36 +380,41 @@ def test_urls_name_a_preset_and_keys_and_the_role_table_fills_the_rest():
 # ------------------------------------------------------------------------------------------ in a Ray actor
 
 
-def test_in_a_ray_actor_it_is_reached_as_an_engine_is(loop):
-    """The backend as a service serves it (no ``inprocess``): a Ray actor behind the generic actor backend, with
-    coalesced calls, streams, aborts and stats."""
+@pytest.fixture(scope="module")
+def ray_pool(loop):
+    """Synthetic R1 roles as a service serves them (no ``inprocess``): Ray actors behind the generic actor
+    backend, the PRM a pooling one, every engine sleeping 5% of its modeled time."""
     from workers.pool import connect_ray
     from workers.synthetic import synthetic_workers
 
     connect_ray()
-    config = synthetic_workers("qwen-math", keys="time_scale=0.05")
-    pool = loop.run(WorkerPool.start([backend_spec(role, rc) for role, rc in config.roles.items()], call_timeout_s=60), timeout=300)
-    try:
+    config = synthetic_workers("r1-distill", pooling=True, keys="time_scale=0.05")
+    pool = loop.run(WorkerPool.start([backend_spec(role, rc) for role, rc in config.roles.items()], call_timeout_s=120), timeout=300)
+    yield pool
+    loop.run(pool.shutdown(), timeout=60)
 
-        async def main():
-            prompt = await pool.render_chat("policy", [{"role": "user", "content": synthetic_question(4)}])
-            outs = await asyncio.gather(*(pool.generate("policy", spec(prompt, seed=i, max_tokens=2048)) for i in range(6)))  # one batch
-            assert all(o.completions[0].finish_reason == "stop" and o.worker == "policy-0" for o in outs)
-            scores = await pool.classify_tokens("prm", ScoreSpec(await pool.render_chat("prm", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a<extra_0>b<extra_0>"}])))
-            assert len(scores.rows) == 2
-            seen = 0
-            async for d in pool.stream("policy", spec(prompt, seed=9, max_tokens=2048, request_id="s-1")):
-                seen += 1
-                if seen == 2:
-                    await pool.abort(["s-1"])
-                if d.finish_reason is not None:
-                    assert d.finish_reason == "abort"
-            (stats,) = await pool.stats("policy")
-            assert stats.modeled_s > 0 and stats.kv_blocks_total > 0 and stats.running == 0
 
-        loop.run(main(), timeout=120)
-    finally:
-        loop.run(pool.shutdown(), timeout=60)
+def test_in_a_ray_actor_it_is_reached_as_an_engine_is(loop, ray_pool):
+    """Coalesced calls, a pooling PRM, a streamed abort and stats, through the pool and the actors."""
+    pool = ray_pool
+
+    async def main():
+        prompt = await pool.render_chat("policy", [{"role": "user", "content": synthetic_question(4)}])
+        outs = await asyncio.gather(*(pool.generate("policy", spec(prompt, seed=i, max_tokens=600)) for i in range(6)))  # one batch
+        assert all(len(o.completions[0].text) > 0 and o.worker == "policy-0" for o in outs)
+        scores = await pool.classify_tokens("prm", ScoreSpec(await pool.render_chat("prm", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a<extra_0>b<extra_0>"}])))
+        assert len(scores.rows) == 2
+        seen = 0
+        async for d in pool.stream("policy", spec(prompt, seed=9, max_tokens=2048, request_id="s-1")):
+            seen += 1
+            if seen == 2:
+                await pool.abort(["s-1"])
+            if d.finish_reason is not None:
+                assert d.finish_reason == "abort"
+        (stats,) = await pool.stats("policy")
+        assert stats.modeled_s > 0 and stats.kv_blocks_total > 0 and stats.running == 0
+
+    loop.run(main(), timeout=120)
 
 
 @pytest.mark.xfail(
@@ -418,24 +423,16 @@ def test_in_a_ray_actor_it_is_reached_as_an_engine_is(loop):
     "slowest call does: a race (First Finish Search's n requests) meets no call before all have finished, so nothing is "
     "left to abort (bench.real_scale: FFS spends more tokens than self-consistency through Ray actors, 0.63x in-process)",
 )
-def test_through_a_ray_actor_the_first_call_of_a_race_returns_first(loop):
-    from workers.pool import connect_ray
-    from workers.synthetic import synthetic_workers
+def test_through_a_ray_actor_the_first_call_of_a_race_returns_first(loop, ray_pool):
+    pool = ray_pool
 
-    connect_ray()
-    config = synthetic_workers("r1-distill", keys="time_scale=0.05")
-    pool = loop.run(WorkerPool.start([backend_spec("policy", config.roles["policy"])], call_timeout_s=120), timeout=300)
-    try:
+    async def main() -> None:
+        prompt = await pool.render_chat("policy", [{"role": "user", "content": synthetic_question(0)}])
+        calls = [asyncio.ensure_future(pool.generate("policy", spec(prompt, seed=i))) for i in range(4)]  # one turn: one batch
+        done, pending = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.gather(*pending)
+        first = min(c.result().completions[0].tokens for c in done)
+        longest = max(c.result().completions[0].tokens for c in calls)
+        assert pending and first < longest  # the shortest trace came back while the others were still running
 
-        async def main() -> None:
-            prompt = await pool.render_chat("policy", [{"role": "user", "content": synthetic_question(0)}])
-            calls = [asyncio.ensure_future(pool.generate("policy", spec(prompt, seed=i))) for i in range(4)]  # one turn: one batch
-            done, pending = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
-            first = min(c.result().completions[0].tokens for c in done)
-            await asyncio.gather(*pending)
-            longest = max(c.result().completions[0].tokens for c in calls)
-            assert pending and first < longest  # the shortest trace came back while the others were still running
-
-        loop.run(main(), timeout=300)
-    finally:
-        loop.run(pool.shutdown(), timeout=60)
+    loop.run(main(), timeout=300)
