@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both", help="Databases of the control-plane part.")
     parser.add_argument("--control-requests", type=int, default=30)
     parser.add_argument("--control-concurrency", type=int, default=15)
+    parser.add_argument("--rows", action="store_true", help="Keep every request's own figures in the results file (large).")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -450,6 +451,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["mechanisms"] = mechanisms(report["table"], report.get("trees", {}), report["latency"])
     if "control" in args.parts:
         report["control_plane"] = control(args)
+    if not args.rows and "table" in report:
+        report["table"] = {"summary": report["table"]["summary"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
