@@ -8,13 +8,13 @@ from pathlib import Path
 
 from sqlalchemy import case, func, select
 
-from deploy.assembly import controller_for, strategy_context, toolbox
+from deploy.assembly import controller_for, toolbox
+from deploy.calibrate import collect
 from orchestrator.config import get_settings
 from orchestrator.controller import Controller, ReasoningRequest, ReasoningResponse
 from orchestrator.db.models import RequestRecord, SubCallRecord
 from orchestrator.db.store import Store
 from orchestrator.profile import BUNDLED, ModelProfile
-from orchestrator.types import Problem
 from strategies import atts
 from workers.config import PoolConfig
 from workers.pool import WorkerPool
@@ -90,15 +90,11 @@ async def start_synthetic(
 
 
 async def calibrate_atts(service: Synthetic, *, problems: range) -> None:
-    """The draft->target calibration sets of both chunkings, from held-out problems (as ``deploy.calibrate``)."""
-    ctx = strategy_context(service.pool, service.controller.tools)
+    """The draft->target calibration sets of both chunkings from held-out problems, as ``deploy.calibrate`` builds them."""
+    questions = [synthetic_question(i) for i in problems]
     for mode in ("line", "reference"):
-        params = atts.Params.model_validate({"n": 1, "max_turns": 3, "mode": mode}, context={"profile": service.profile})
-        scores: list[float] = []
-        for i in problems:
-            messages = ({"role": "user", "content": synthetic_question(i)},)
-            prompt = await service.pool.render_chat("policy", messages)
-            scores += await atts.calibration_scores(ctx, Problem(prompt=prompt, question=messages[0]["content"], messages=messages), params)
+        params = atts.Params.model_validate({"n": 1, "max_turns": 3, "mode": mode, "seed": 0}, context={"profile": service.profile})
+        scores = await collect(service.pool, questions, params, tools=service.controller.tools, target_model="target", progress=False)
         name = atts.calibration_name(service.controller.tools.draft_model or "draft", "target", params.dataset, params.chunking)
         await service.store.calibration.add_scores(name, scores=scores, model="draft->target", keep=atts.CALIBRATION_WINDOW)
 
