@@ -257,11 +257,12 @@ def test_abort_and_cancel_stop_sequences_where_they_are():
     async def main():
         e = engine("r1-distill", time_scale=0.05)
         p = await prompt_of(e, 2)
-        call = asyncio.ensure_future(e.generate(spec(p, n=2, seed=1, request_id="r1")))
+        # 8000 tokens take ~17 modeled seconds, 0.9 s of wall time at this scale: the abort lands mid-way.
+        call = asyncio.ensure_future(e.generate(spec(p, n=2, seed=1, request_id="r1", max_tokens=8000, ignore_eos=True)))
         await asyncio.sleep(0.1)
         await e.abort(["r1"])
         out = await call
-        assert all(c.finish_reason == "abort" and 0 < c.tokens < 3000 for c in out.completions)
+        assert all(c.finish_reason == "abort" and 0 < c.tokens < 8000 for c in out.completions)
         assert out.usage.completion_tokens == sum(c.tokens for c in out.completions)
         stream = e.stream(spec(p, seed=3, request_id="s1"))
         seen = []
