@@ -92,9 +92,9 @@ def synthetic_question(index: int, *, world: int = 0) -> str:
     return question(index, seed=world)
 
 
-def parse_url(url: str, rc: RoleConfig | None = None, *, role: Role = "policy") -> tuple[SimConfig, bool]:
-    """The engine's settings from ``synthetic:<preset>?key=value...`` and the role's table; and whether it runs
-    in-process."""
+def parse_url(url: str, rc: RoleConfig | None = None) -> tuple[SimConfig, bool]:
+    """The engine's settings from ``<preset>?key=value...`` (a ``synthetic:`` URL without its scheme) and the
+    role's table; and whether it runs in-process."""
     parts = urlsplit(url)
     name = parts.path or "r1-1.5b-h100"
     preset = PRESETS.get(name)
@@ -203,7 +203,7 @@ class SyntheticSpec:
     @classmethod
     def from_config(cls, role: Role, rc: RoleConfig) -> SyntheticSpec:
         assert rc.url is not None
-        config, in_process = parse_url(rc.url.removeprefix(SCHEME), rc, role=role)
+        config, in_process = parse_url(rc.url.removeprefix(SCHEME), rc)
         placement = Placement(num_cpus=rc.cpus, num_gpus=0.0, resources=tuple(sorted(rc.resources.items())))
         return cls(role, config, replicas=rc.replicas, placement=placement, in_process=in_process)
 

@@ -45,7 +45,7 @@ import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from statistics import NormalDist
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -261,9 +261,6 @@ def question(index: int, *, words: int = 40, seed: int = 0) -> str:
     """The text of synthetic problem ``index``: its marker, then filler words (a question's length)."""
     rng = random.Random(mix(seed, index, _PROBLEM))
     return f"Problem {index} (synthetic): " + " ".join(rng.choices(VOCAB, k=words)) + "?"
-
-
-Reference = Literal["policy"]
 
 
 class World:
