@@ -60,6 +60,14 @@ def _as_error(err: BaseException, worker: str) -> BaseException:
     return EngineError(lines[-1] if lines else type(err).__name__, worker=worker)
 
 
+def _outcome(task: asyncio.Future[Any], worker: str) -> Any:
+    """A finished task's result, or the exception it ended with as its caller gets it (:func:`_as_error`)."""
+    if task.cancelled():
+        return _as_error(asyncio.CancelledError(), worker)
+    err = task.exception()
+    return task.result() if err is None else _as_error(err, worker)
+
+
 def served_calls(engine: type) -> frozenset[str]:
     """The calls of :data:`workers.backend.CALLS` that ``engine`` (the class an actor holds) has a method for."""
     return frozenset(call for call in CALLS if callable(getattr(engine, call, None)))
@@ -134,24 +142,31 @@ class EngineActor:
             self._die_soon()
             raise
 
-    async def batch(self, calls: Sequence[tuple[str, str, tuple[Any, ...]]]) -> list[Any]:
-        """``(key, method, args)`` calls, run at once; per call its result, or the exception it raised."""
+    async def batch(self, calls: Sequence[tuple[str, str, tuple[Any, ...]]]) -> AsyncIterator[list[tuple[int, Any]]]:
+        """``(key, method, args)`` calls, run at once; yields ``(position, result or the exception it raised)``
+        for the calls that have ended, as they end (those ending together in one yield), so that the first of a
+        race reaches its caller while the others still run: a batch that answered when its slowest call did
+        would let First Finish Search abort nothing."""
         keys: list[str] = []
-        tasks: list[asyncio.Future[Any]] = []
-        for key, method, args in calls:
+        tasks: dict[asyncio.Future[Any], int] = {}
+        for i, (key, method, args) in enumerate(calls):
             task: asyncio.Future[Any] = asyncio.ensure_future(self.call(method, *args))
             if key in self._cancelled_early:  # its cancel arrived before the batch did: it never starts
                 del self._cancelled_early[key]
                 task.cancel()
             self._running[key] = task
             keys.append(key)
-            tasks.append(task)
+            tasks[task] = i
+        pending = set(tasks)
         try:
-            done = await asyncio.gather(*tasks, return_exceptions=True)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                yield [(tasks[t], _outcome(t, self._name)) for t in sorted(done, key=tasks.__getitem__)]
         finally:
+            for t in pending:  # the caller went away: nothing is waiting for these
+                t.cancel()
             for key in keys:
                 self._running.pop(key, None)
-        return [_as_error(o, self._name) if isinstance(o, BaseException) else o for o in done]
 
     async def cancel(self, keys: Sequence[str]) -> None:
         """Cancel batched calls by key (their engine requests are aborted, as a cancelled call's are)."""
@@ -192,6 +207,26 @@ class _Pending:
     def __init__(self, key: str, call: str, args: tuple[Any, ...], fut: asyncio.Future[Any]) -> None:
         self.key, self.call, self.args, self.fut = key, call, args, fut
         self.ref: ray.ObjectRef | None = None  # set when sent as a call of its own
+
+
+def _settle(p: _Pending, outcome: Any) -> None:
+    """Answer one call's caller with its result or error (unless its caller left)."""
+    if p.fut.done():
+        return
+    if isinstance(outcome, BaseException):
+        p.fut.set_exception(outcome)
+    else:
+        p.fut.set_result(outcome)
+
+
+def _fail(pending: Sequence[_Pending], err: BaseException) -> None:
+    """Fail every open call of ``pending`` with ``err`` (each caller raises its own copy), or cancel them."""
+    for i, p in enumerate(pending):
+        if not p.fut.done():
+            if isinstance(err, asyncio.CancelledError):
+                p.fut.cancel()
+            else:
+                p.fut.set_exception(err if i == 0 else copy.copy(err))
 
 
 class ActorBackend(Unsupported):
@@ -261,36 +296,39 @@ class ActorBackend(Unsupported):
         self._pending = []
         if len(batch) == 1:
             one = batch[0]
-            one.ref = ref = self.handle.call.remote(one.call, *one.args)
+            one.ref = self.handle.call.remote(one.call, *one.args)
+            task = asyncio.ensure_future(self._deliver_one(one, one.ref))
         elif batch:
-            ref = self.handle.batch.remote([(p.key, p.call, p.args) for p in batch])
+            gen = self.handle.batch.options(num_returns="streaming").remote([(p.key, p.call, p.args) for p in batch])
+            task = asyncio.ensure_future(self._deliver(batch, gen))
         else:
             return
-        task = asyncio.ensure_future(self._deliver(batch, ref))
         self._delivering.add(task)  # the loop holds tasks weakly
         task.add_done_callback(self._delivering.discard)
 
-    async def _deliver(self, batch: list[_Pending], ref: ray.ObjectRef) -> None:
+    async def _deliver_one(self, p: _Pending, ref: ray.ObjectRef) -> None:
         try:
-            out = await self._call(ref)
-        except BaseException as err:  # the whole call failed (the worker died, ...): every call in it did
-            for i, p in enumerate(batch):
-                if not p.fut.done():
-                    if isinstance(err, asyncio.CancelledError):
-                        p.fut.cancel()
-                    else:
-                        p.fut.set_exception(err if i == 0 else copy.copy(err))  # each caller raises its own
+            _settle(p, await self._call(ref))
+        except BaseException as err:
+            _fail([p], err)
             if isinstance(err, asyncio.CancelledError):
                 raise
-            return
-        results = [out] if len(batch) == 1 else out
-        for p, o in zip(batch, results):
-            if p.fut.done():
-                continue  # its caller left
-            if isinstance(o, BaseException):
-                p.fut.set_exception(o)
-            else:
-                p.fut.set_result(o)
+
+    async def _deliver(self, batch: list[_Pending], gen: Any) -> None:
+        """Each call's result as the actor's ``batch`` yields it (a call's caller is answered when its own call
+        ends, not when the batch's slowest does)."""
+        try:
+            try:
+                async for ref in gen:
+                    for i, o in await self._call(ref):
+                        _settle(batch[i], o)
+            except RayActorError as err:
+                raise WorkerDied(f"worker process died mid-call ({type(err).__name__})", worker=self.name) from None
+        except BaseException as err:  # the stream failed (the worker died, ...): every call still open did
+            _fail([p for p in batch if not p.fut.done()], err)
+            if isinstance(err, asyncio.CancelledError):
+                raise
+        _fail([p for p in batch if not p.fut.done()], EngineError("the batch ended without this call's result", worker=self.name))
 
     async def _call(self, ref: ray.ObjectRef) -> Any:
         """The result of one actor call, with Ray's failures turned into the service's typed errors."""

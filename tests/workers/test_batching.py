@@ -42,16 +42,31 @@ class Engine:
 
 
 class Method:
-    def __init__(self, handle: Handle, name: str) -> None:
-        self.handle, self.name = handle, name
+    def __init__(self, handle: Handle, name: str, streaming: bool = False) -> None:
+        self.handle, self.name, self.streaming = handle, name, streaming
+
+    def options(self, num_returns: str) -> Method:
+        assert num_returns == "streaming"
+        return Method(self.handle, self.name, streaming=True)
 
     def remote(self, *args):
         self.handle.sent.append((self.name, args))
+        if self.streaming:
+            return self._refs(*args)
         if self.handle.dead:
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(RayActorError())
             return fut
         return asyncio.ensure_future(getattr(self.handle.actor, self.name)(*args))
+
+    async def _refs(self, *args):
+        """As Ray's ObjectRefGenerator: one awaitable per item the actor's generator yields."""
+        if self.handle.dead:
+            raise RayActorError()
+        async for item in getattr(self.handle.actor, self.name)(*args):
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(item)
+            yield fut
 
 
 class Handle:
@@ -60,6 +75,11 @@ class Handle:
 
     def __getattr__(self, name: str) -> Method:
         return Method(self, name)
+
+
+async def collect(batch) -> dict[int, object]:
+    """What the actor's batch yielded, by the calls' positions."""
+    return {i: o async for items in batch for i, o in items}
 
 
 def backend() -> tuple[ActorBackend, Handle]:
@@ -114,12 +134,26 @@ def test_cancelling_one_call_cancels_it_in_the_actor_and_leaves_the_others():
     asyncio.run(main())
 
 
+def test_each_call_of_a_batch_is_answered_when_it_ends_not_when_the_slowest_does():
+    # A race's n calls share one turn, hence one batch: the first to finish must reach its caller at once, or
+    # First Finish Search has nothing left to abort.
+    async def main() -> None:
+        b, _ = backend()
+        fast = asyncio.ensure_future(b.score(ScoreSpec("quick")))
+        slow = asyncio.ensure_future(b.score(ScoreSpec("slow-1")))
+        done, _ = await asyncio.wait({fast, slow}, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {fast} and not slow.done()
+        assert isinstance(await slow, Scores)
+
+    asyncio.run(main())
+
+
 def test_a_cancel_that_arrives_before_its_batch_stops_the_call_before_it_starts():
     async def main() -> None:
         engine = Engine()
         actor = EngineActor(lambda: engine, "prm-0")
         await actor.cancel(["k2"])
-        out = await actor.batch([("k1", "score", (ScoreSpec("x"),)), ("k2", "score", (ScoreSpec("y"),))])
+        out = await collect(actor.batch([("k1", "score", (ScoreSpec("x"),)), ("k2", "score", (ScoreSpec("y"),))]))
         assert isinstance(out[0], Scores) and isinstance(out[1], EngineError)
         assert engine.started == ["x"]
         assert actor.calls() == 1  # the call cancelled before it arrived never ran
@@ -137,7 +171,7 @@ def test_the_actor_runs_only_the_calls_of_the_protocol_and_refuses_others_typed(
                 await actor.call(name)
         with pytest.raises(EngineUnavailable, match="does not serve `score`"):  # not a stream
             [d async for d in actor.stream("score", ScoreSpec("x"))]
-        out = await actor.batch([("k1", "nonsense", ()), ("k2", "score", (ScoreSpec("x"),))])
+        out = await collect(actor.batch([("k1", "nonsense", ()), ("k2", "score", (ScoreSpec("x"),))]))
         assert isinstance(out[0], EngineUnavailable) and isinstance(out[1], Scores)
 
     asyncio.run(main())

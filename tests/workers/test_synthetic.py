@@ -418,12 +418,6 @@ def test_in_a_ray_actor_it_is_reached_as_an_engine_is(loop, ray_pool):
     loop.run(main(), timeout=120)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers/actor.py coalesces calls made in one event-loop turn into one Ray `batch` call, which returns when its "
-    "slowest call does: a race (First Finish Search's n requests) meets no call before all have finished, so nothing is "
-    "left to abort (bench.real_scale: FFS spends more tokens than self-consistency through Ray actors, 0.63x in-process)",
-)
 def test_through_a_ray_actor_the_first_call_of_a_race_returns_first(loop, ray_pool):
     pool = ray_pool
 
