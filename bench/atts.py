@@ -202,7 +202,7 @@ def main() -> None:
     ap.add_argument("--max-turns", type=int, default=16, help="Most chunks per ATTS sample.")
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.3, 0.5])
     ap.add_argument("--modes", nargs="+", choices=["line", "reference"], default=["line", "reference"], help="ATTS modes, each calibrated on its own chunking.")
-    ap.add_argument("--resamples", type=int, default=None, help="ATTS draft resamples of a rejected chunk (default: each mode's, 0 line, 2 reference).")
+    ap.add_argument("--resamples", type=int, default=0, help="ATTS draft resamples of a rejected chunk (default 0, as both modes' defaults).")
     ap.add_argument("--concurrency", type=int, default=4, help="Problems in flight at once.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="Report file (default bench/results/atts.json, atts_v2.json for v2).")

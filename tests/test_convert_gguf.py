@@ -47,8 +47,13 @@ def test_several_ggufs_need_a_file_name(tmp_path, monkeypatch):
 def test_a_missing_reader_names_the_extra(monkeypatch):
     import transformers.utils
 
+    # Whatever this machine has installed: the extra `real` carries both readers.
     monkeypatch.setattr(transformers.utils, "is_gguf_available", lambda *a, **k: False)
+    monkeypatch.setattr(transformers.utils, "is_accelerate_available", lambda *a, **k: True)
     with pytest.raises(ConfigError, match=r"reading GGUF needs gguf: pip install -e '\.\[real\]'"):
+        convert_gguf.require_reader()
+    monkeypatch.setattr(transformers.utils, "is_accelerate_available", lambda *a, **k: False)
+    with pytest.raises(ConfigError, match=r"reading GGUF needs gguf and accelerate: pip install -e '\.\[real\]'"):
         convert_gguf.require_reader()
 
 

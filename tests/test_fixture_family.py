@@ -151,7 +151,7 @@ EVERY = {
     "best_of_n": {"n": 2},
     "beam_search": {"n": 2, "beam_width": 1, "max_steps": 2, "step_tokens": 8},
     "dvts": {"n": 2, "beam_width": 1, "max_steps": 2, "step_tokens": 8},
-    "early_rejection": {"n": 2, "beam_width": 1, "max_steps": 2, "step_tokens": 8},
+    "early_rejection": {"n": 2, "beam_width": 1, "max_steps": 2, "step_tokens": 8, "tau": 4},
     "rebase": {"width": 2, "max_depth": 2, "step_tokens": 8},
     "ets": {"width": 2, "max_depth": 2, "step_tokens": 8},
     "pdr": {"schedule": [2, 1]},

@@ -65,14 +65,16 @@ def test_the_openai_sdk_gets_reasoning_and_a_boxed_answer_voted_by_expression(v2
         message, tts = r.choices[0].message, r.model_extra["tts"]
         reasoning = message.model_extra.get("reasoning_content")
         text = f"<think>\n{reasoning}\n</think>\n\n{message.content}" if reasoning is not None else message.content
-        # The trace's candidates are keyed as the profile says: by expression, never by the value they claim.
+        # The trace's candidates are keyed as the profile says: by expression, never by the value they claim;
+        # each shows its answer as the model wrote it.
         for c in tts["candidates"]:
             if c["finish_reason"] == "stop":  # a cut sample never counts as answered
-                assert c["answer"] == verifier.extract(c["text"])
+                assert c["answer_key"] == verifier.extract(c["text"])
+                assert c["answer"] == (verifier.written(c["text"]) if c["answer_key"] is not None else None)
         if tts["answer"] is not None:
             answered += 1
             assert reasoning and "\\boxed{" in message.content and "<think>" not in message.content
-            assert tts["answer"] == CountdownVerifier.key(countdown.extract_answer(text))
+            assert tts["answer_key"] == CountdownVerifier.key(countdown.extract_answer(text))
     assert answered, "no request of 4 x 4 samples ended with a boxed answer"
 
 
@@ -179,7 +181,7 @@ def test_the_benchmarks_run_on_the_family_with_its_task_and_profile(v2_service, 
     assert "ffs_vs_majority@2" in report["goals"]
 
     atts_args = argparse.Namespace(
-        problems=2, calibration_problems=6, n=2, max_turns=4, alphas=[0.3], modes=["line"], resamples=None, concurrency=2, seed=0,
+        problems=2, calibration_problems=6, n=2, max_turns=4, alphas=[0.3], modes=["line"], resamples=0, concurrency=2, seed=0,
         out=tmp_path / "atts.json", family="v2", models=v2_family,
     )
     # A set of at least atts.MIN_CALIBRATION scores: 6 questions x 2 samples x up to 4 chunks.

@@ -188,4 +188,5 @@ def test_dvts_grows_independent_subtrees_of_width_beam_width(service):
     result, ctx, calls, engine = run(service, "dvts", n=4, beam_width=2, seed=3)
     expand = [c for c in calls if c.stage == "expand"]
     assert expand and all(c.n == 2 for c in expand)  # one call per open subtree, beam_width children each
-    assert 1 <= len(result.candidates) <= 2 and ctx.tally.verifier_tokens > 0
+    # Every finished beam of every subtree is a candidate (as the reference keeps all finals): up to n.
+    assert 1 <= len(result.candidates) <= 4 and ctx.tally.verifier_tokens > 0
