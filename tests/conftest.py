@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -48,17 +51,61 @@ def loop():
     lt.close()
 
 
-@pytest.fixture(scope="session")
-def v2_family(tmp_path_factory):
-    """The v2 bundled family at smoke size, every recipe stage (vLLM sampling and evaluate included), built
-    once per session by the recipe's own command line, as a user would run it."""
-    import subprocess
-    import sys
+class _V2Build:
+    """The smoke v2 family's recipe, run in a subprocess started as soon as the session knows a test needs it:
+    it trains for minutes while the tests before it mostly wait on engines and sockets, so the fixture that
+    needs it seldom waits. One training thread leaves the other core to the tests."""
 
-    out = tmp_path_factory.mktemp("v2family")
-    proc = subprocess.run(
-        [sys.executable, "-m", "training.v2.recipe", "--size", "smoke", "--out", str(out)],
-        capture_output=True, text=True, timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return out
+    def __init__(self, out):
+        import subprocess
+        import sys
+
+        self.out, self.log = out, out.parent / "recipe.log"
+        env = {**os.environ, "TRAIN_THREADS": os.environ.get("TRAIN_THREADS", "1")}
+        with self.log.open("w") as f:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "training.v2.recipe", "--size", "smoke", "--out", str(out)],
+                stdout=f, stderr=subprocess.STDOUT, env=env,
+            )
+
+    def wait(self, timeout):
+        import subprocess
+
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        assert rc == 0, self.log.read_text()[-8000:]
+        return self.out
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_v2_build: _V2Build | None = None
+
+
+def pytest_collection_finish(session):
+    global _v2_build
+    wanted = any("v2_family" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("skip") for item in session.items)
+    if wanted and not session.config.option.collectonly:
+        _v2_build = _V2Build(Path(tempfile.mkdtemp(prefix="tts-v2family-")) / "family")
+
+
+def pytest_sessionfinish(session):
+    if _v2_build is not None:
+        _v2_build.stop()
+        shutil.rmtree(_v2_build.out.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def v2_family():
+    """The v2 bundled family at smoke size, every recipe stage (vLLM sampling and evaluate included), built
+    once per session by the recipe's own command line, as a user would run it (started at collection)."""
+    global _v2_build
+    if _v2_build is None:  # not seen at collection
+        _v2_build = _V2Build(Path(tempfile.mkdtemp(prefix="tts-v2family-")) / "family")
+    return _v2_build.wait(timeout=1500)
