@@ -20,14 +20,14 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeV
 from orchestrator.errors import EngineError, EngineTimeout, EngineUnavailable, WorkerDied
 from orchestrator.types import EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses
 from workers.backend import Backend, BackendSpec
-from workers.cluster import connect_ray, leave_ray
+from workers.cluster import connect_ray, leave_ray, local_ray_lost
 from workers.config import PoolConfig
 from workers.factory import backend_spec, build_backends
 from workers.routing import AffinityConfig, PrefixRouter, Route
 
-# connect_ray and leave_ray are re-exported: the service and its tools join the cluster, build the pool and
-# leave from one import.
-__all__ = ["WorkerPool", "connect_ray", "leave_ray"]
+# connect_ray, leave_ray and local_ray_lost are re-exported: the service and its tools join the cluster, build
+# the pool, watch the local Ray and leave from one import.
+__all__ = ["WorkerPool", "connect_ray", "leave_ray", "local_ray_lost"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
