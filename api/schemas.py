@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-from orchestrator.types import RequestState
+from orchestrator.types import RequestState, Role
 
 
 class ContentPart(BaseModel):
@@ -302,17 +302,35 @@ class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     owned_by: str = "tts"
+    chat_template: bool = Field(
+        True, description="Whether the model renders chat messages; without a template only /v1/completions (a raw prompt) serves it."
+    )
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[ModelCard]
+    data: list[ModelCard] = Field(description="What this server can run now: the models, and every `<strategy>:<model>` whose engines are ready.")
+    loading: list[str] = Field(
+        default_factory=list,
+        description="`<strategy>:<model>` ids this server will run once the engines they need have loaded (GET /healthz: which).",
+    )
+
+
+class EngineView(BaseModel):
+    name: str = Field(description="The replica, `<role>-<index>`.")
+    role: Role
+    state: Literal["loading", "ready", "failed"]
+    since_s: float = Field(description="Seconds from the start of loading to ready or failed (while loading: to now).")
+    error: str = Field("", description="Why it failed to start.")
 
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     models: list[str]
     strategies: list[str]
+    engines: list[EngineView] = Field(default_factory=list, description="Every engine replica and its state; the API serves once the policy's are ready.")
+    ready: bool = Field(True, description="Every engine is ready (none loading or failed).")
+    no_chat_template: list[str] = Field(default_factory=list, description="Served models without a chat template (chat requests to them are a 400).")
 
 
 class JobRequest(BaseModel):

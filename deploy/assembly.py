@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Collection, Mapping
 
 from fastapi import FastAPI
 
@@ -30,19 +30,19 @@ from orchestrator.config import Settings
 from orchestrator.context import StrategyContext
 from orchestrator.controller import Controller
 from orchestrator.db.store import Store
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, NoChatTemplate
 from orchestrator.profile import ModelProfile, load_profile
 from orchestrator.protocols import CalibrationStore, Engine, StepScorer
 from orchestrator.strategy import AnySpec
 from orchestrator.tally import SubCallSink, Tally
-from orchestrator.toolbox import Toolbox
+from orchestrator.toolbox import Capability, Toolbox
 from orchestrator.types import Role
 from strategies import REGISTRY
 from verifiers import MathShepherdPRM, OutcomeJudge, PoolingPRM, PoolingPRMFormat, PRMFormat, refiner_for, verifier_for
 from verifiers.embeddings import LexicalClusterer, StepClusterer
 from workers.config import PoolConfig, load_pool_config
 from workers.jobs import RayJobs
-from workers.pool import WorkerPool, connect_ray
+from workers.pool import WorkerPool, connect_ray, local_ray_lost
 
 log = logging.getLogger(__name__)
 
@@ -166,17 +166,32 @@ def outcome_judge(config: PoolConfig, pool: WorkerPool) -> OutcomeJudge | None:
 
 def toolbox(settings: Settings, config: PoolConfig, pool: WorkerPool, profile: ModelProfile, *, calibration: CalibrationStore | None = None) -> Toolbox:
     """What the strategies of a server with these settings, engines and profile work with: the profile's
-    answer extractor, PRM, refiner and clusterer."""
+    answer extractor, PRM, refiner and clusterer, each with the engine role it calls (whose state the pool
+    tells: a capability whose engine still loads is refused with a Retry-After, not as missing)."""
     verifier = verifier_for(profile)
+    scorer, judge = step_scorer(config, pool, profile), outcome_judge(config, pool)
+    clusterer = LexicalClusterer() if settings.clusterer == "lexical" else StepClusterer(pool) if "embedder" in pool.roles() else None
+    draft = settings.draft_name if "draft" in pool.roles() else None
+    roles: dict[Capability, Role] = {}
+    if scorer is not None:
+        roles["prm"] = "prm"
+    if judge is not None:
+        roles["judge"] = judge.role
+    if isinstance(clusterer, StepClusterer):
+        roles["clusterer"] = clusterer.role
+    if draft is not None:
+        roles["draft"] = "draft"
     return Toolbox(
         verifier=verifier,
-        step_scorer=step_scorer(config, pool, profile),
-        outcome_scorer=outcome_judge(config, pool),
+        step_scorer=scorer,
+        outcome_scorer=judge,
         refiner=refiner_for(settings.refiner, profile, verifier),
-        clusterer=LexicalClusterer() if settings.clusterer == "lexical" else StepClusterer(pool) if "embedder" in pool.roles() else None,
+        clusterer=clusterer,
         calibration=calibration,
-        draft_model=settings.draft_name if "draft" in pool.roles() else None,
+        draft_model=draft,
         profile=profile,
+        roles=roles,
+        engines=pool,
     )
 
 
@@ -241,6 +256,21 @@ class Service:
     lease: asyncio.Task[None] | None = None
     cancels: asyncio.Task[None] | None = None
 
+    async def engines_loaded(self, *, timeout_s: float = 900, every_s: float = 0.5) -> None:
+        """Wait until no engine is loading any more (ready or failed), at most ``timeout_s``."""
+        async with asyncio.timeout(timeout_s):
+            while any(e.state == "loading" for e in self.pool.status()):
+                await asyncio.sleep(every_s)
+
+    async def ray_lost(self, *, every_s: float = 0.5) -> str:
+        """Return, with the reason, once the local Ray this process started is gone (``ray stop``, a crash):
+        the engines and every call to them went with it. Never returns while it runs (or in a joined cluster)."""
+        while True:
+            reason = local_ray_lost()
+            if reason:
+                return reason
+            await asyncio.sleep(every_s)
+
     def run_background(self) -> None:
         """Start the lease heartbeat and the cancel watch on the running loop."""
         self.lease = asyncio.create_task(self.keep_lease(), name="tts-lease")
@@ -282,9 +312,11 @@ def controller_for(
     server_id: str | None = None,
     prices: Mapping[Role, Price] | None = None,
     strategies: Mapping[str, AnySpec] = REGISTRY,
+    no_chat_template: Collection[str] = (),
 ) -> Controller:
     """The controller of a server with these settings: its policy served under ``settings.model_name``, its
-    limits, queue and budget mode; ``prices`` by role (the database's for the served model)."""
+    limits, queue and budget mode; ``prices`` by role (the database's for the served model);
+    ``no_chat_template`` the served names whose model has no chat template."""
     return Controller(
         engine=pool,
         store=store,
@@ -298,7 +330,18 @@ def controller_for(
         max_queued=settings.max_queued,
         server_id=server_id,
         budget_mode=settings.budget_mode,
+        no_chat_template=no_chat_template,
     )
+
+
+async def has_chat_template(pool: Engine, role: Role = "policy") -> bool:
+    """Whether ``role``'s model renders chat messages (a base checkpoint may ship no chat template): asked once
+    at start, so that the model list says so and a chat request to it is refused before it runs."""
+    try:
+        await pool.render_chat(role, [{"role": "user", "content": "1"}])
+    except NoChatTemplate:
+        return False
+    return True
 
 
 async def build_service(
@@ -316,7 +359,11 @@ async def build_service(
     job drives the controller itself and needs no port), the engines of the workers configuration (``pool``
     serving ``workers`` when given, else started from :func:`pool_config`), the capabilities the profile
     (``profile``, else ``settings.profile``) and engines allow, the controller and the API app. The caller
-    serves the app on ``Service.sock`` and calls :meth:`Service.stop` at the end."""
+    serves the app on ``Service.sock`` and calls :meth:`Service.stop` at the end.
+
+    A service that listens returns once its policy is ready (``settings.start_order``: the other roles load
+    behind it, their strategies refused with 503 and Retry-After meanwhile); one that does not (an evaluation
+    job) and ``start_order = "all"`` return once every engine is."""
     profile = profile or load_profile(settings.profile)
     start_ray(settings)
     store = store or Store.from_url(settings.database)
@@ -332,7 +379,8 @@ async def build_service(
     check_prm_kind(config, profile)
     profile = served_profile(profile, config)
     if pool is None:
-        pool = await WorkerPool.from_config(config)
+        first: set[Role] | None = None if settings.start_order == "all" or not listens else {"policy"}
+        pool = await WorkerPool.from_config(config, first=first, rest="after" if settings.start_order == "policy_first" else "together")
     if "draft" in config.roles and "policy" in config.roles:
         note = await seed_shipped(
             store, draft=config.roles["draft"].model, target=config.roles["policy"].model, draft_name=settings.draft_name, target_name=settings.model_name
@@ -341,7 +389,13 @@ async def build_service(
             log.info("%s", note)
     prices = {"policy": Price(*p) for name, p in (await store.prices.all()).items() if name == settings.model_name}
     tools = toolbox(settings, config, pool, profile, calibration=store.calibration)
-    controller = controller_for(settings, pool=pool, store=store, tools=tools, profile=profile, server_id=server_id, prices=prices, strategies=strategies)
+    chat = await has_chat_template(pool)
+    if not chat:
+        log.warning("model %s (%s) has no chat template: chat requests are refused (400), /v1/completions serves it", settings.model_name, config.roles["policy"].model)
+    controller = controller_for(
+        settings, pool=pool, store=store, tools=tools, profile=profile, server_id=server_id, prices=prices, strategies=strategies,
+        no_chat_template=() if chat else (settings.model_name,),
+    )
     app = create_app(settings, controller, jobs=RayJobs(settings.jobs_address))
     service = Service(settings, pool, store, controller, app, server_id, sock)
     service.run_background()

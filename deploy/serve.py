@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -30,8 +31,11 @@ T = TypeVar("T")
 class ServiceThread:
     """The service on its own event loop in a background thread, HTTP on loopback (tests and benchmarks)."""
 
-    def __init__(self, settings: Settings, *, start: Callable[[Settings], Coroutine[Any, Any, Service]] = build_service) -> None:
-        """``start`` builds the service (a benchmark may wire its own engines into the same service)."""
+    def __init__(
+        self, settings: Settings, *, start: Callable[[Settings], Coroutine[Any, Any, Service]] = build_service, wait_for_engines: bool = True
+    ) -> None:
+        """``start`` builds the service (a benchmark may wire its own engines into the same service); with
+        ``wait_for_engines`` the constructor returns once every engine has loaded (or failed), not only the policy."""
         self.settings = settings
         start_ray(settings, cache_in_data_dir=False)  # ray.init belongs on the main thread
         self._loop = asyncio.new_event_loop()
@@ -39,6 +43,8 @@ class ServiceThread:
         self._thread.start()
         self.service: Service = self.run(start(settings))
         assert self.service.sock is not None, "ServiceThread serves the API: build the service with listens=True"
+        if wait_for_engines:
+            self.run(self.service.engines_loaded())
         # A bounded shutdown: requests still running after it are cancelled (and recorded as such).
         config = uvicorn.Config(
             self.service.app, host=self.service.settings.host, port=settings.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=5,
@@ -76,6 +82,9 @@ class ServiceThread:
             self._thread.join(10)
 
 
+RAY_LOST_EXIT = 3  # the exit status when the local Ray goes away under the service
+
+
 async def serve(settings: Settings) -> None:
     t0 = time.perf_counter()
     service = await build_service(settings)
@@ -87,11 +96,35 @@ async def serve(settings: Settings) -> None:
     )
     server = uvicorn.Server(config)
     port = service.sock.getsockname()[1]
-    log.info("service ready in %.1f s: http://%s:%d (database %s)", time.perf_counter() - t0, settings.host, port, settings.database)
+    loading = [e.name for e in service.pool.status() if e.state == "loading"]
+    log.info(
+        "service ready in %.1f s: http://%s:%d (database %s)%s", time.perf_counter() - t0, settings.host, port, settings.database,
+        f"; still loading {', '.join(loading)} (GET /healthz)" if loading else "",
+    )
+    serving = asyncio.ensure_future(server.serve(sockets=[service.sock]))
+    watch = asyncio.ensure_future(service.ray_lost())
     try:
-        await server.serve(sockets=[service.sock])
+        await asyncio.wait({serving, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if watch.done():
+            await _exit_without_ray(service, watch.result())
+        await serving
     finally:
+        watch.cancel()
         await service.stop()
+
+
+async def _exit_without_ray(service: Service, reason: str) -> None:
+    """Exit at once, non-zero, with one line naming the cause: the engines went with the Ray that held them,
+    and stopping them (or waiting for Ray's own 60 s GCS timeout) would only add tracebacks. The requests this
+    server was running are failed in the ledger first (its database is still there)."""
+    log.critical("%s; the service cannot serve without it and exits", reason)
+    try:
+        async with asyncio.timeout(5):
+            await service.store.leases.retire(service.server_id)
+    except Exception:  # noqa: BLE001 - exiting either way; the lease then runs out and another server reaps it
+        pass
+    logging.shutdown()
+    os._exit(RAY_LOST_EXIT)
 
 
 cli = typer.Typer(add_completion=False, help=__doc__)

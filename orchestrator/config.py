@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     )
     call_timeout_s: float = Field(600.0, gt=0, description="Deadline of one engine call, its one retry included.")
     ray_address: str | None = Field(None, description="Existing Ray cluster to join; default: start a local one.")
+    start_order: Literal["policy_first", "together", "all"] = Field(
+        "policy_first",
+        description="When the API starts serving and how the engines load: `policy_first` serves once the policy's engines "
+        "are ready and loads the other roles (draft, prm, judge, embedder) after them (on shared cores the policy then "
+        "loads alone); `together` serves at the same point but loads every role at once (engines on separate machines); "
+        "`all` serves once every engine is ready. Meanwhile a strategy whose role is loading answers 503 with Retry-After; "
+        "GET /healthz lists each engine's state.",
+    )
     default_strategy: str = Field("self_consistency", description="Strategy used when a request names none.")
     max_request_tokens: int = Field(200_000, ge=1, description="Ceiling on any one request's total tokens.")
     require_api_key: bool = Field(

@@ -15,7 +15,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Callable, Literal, Mapping, Sequence
+from typing import AsyncIterator, Callable, Collection, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
@@ -25,7 +25,19 @@ from orchestrator.budget import Budget, BudgetMeter, LengthHistory, Price
 from orchestrator.context import StrategyContext, prompt_bound
 from orchestrator.db.store import Store
 from orchestrator.db.views import RequestRow
-from orchestrator.errors import BudgetExceeded, Conflict, InvalidRequest, NotFound, Overloaded, TTSError, UnknownModel, UnknownStrategy
+from orchestrator.errors import (
+    BudgetExceeded,
+    Conflict,
+    EngineLoading,
+    EngineUnavailable,
+    InvalidRequest,
+    NoChatTemplate,
+    NotFound,
+    Overloaded,
+    TTSError,
+    UnknownModel,
+    UnknownStrategy,
+)
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.protocols import Engine
 from orchestrator.quota import Grant, QuotaShare, Quotas, TenantRef
@@ -114,6 +126,15 @@ def invalid_params(err: ValidationError, fields: Mapping[str, str]) -> InvalidRe
     return InvalidRequest(f"strategy_params.{loc}: {errors[0]['msg']}", param=f"strategy_params.{loc}")
 
 
+def no_chat_template(model: str) -> NoChatTemplate:
+    """The refusal of chat messages for ``model``, whose tokenizer has no chat template."""
+    return NoChatTemplate(
+        f"model {model!r} has no chat template (its tokenizer defines none), so chat messages cannot be rendered for it; "
+        "send the prompt as text to /v1/completions (or /v1/reason with `prompt`)",
+        param="messages",
+    )
+
+
 def renamed(err: InvalidRequest, fields: Mapping[str, str]) -> InvalidRequest:
     """``err`` (about ``strategy_params.<param>``) naming the client's own field for that parameter, if any."""
     name = fields.get((err.param or "").removeprefix("strategy_params."))
@@ -142,12 +163,16 @@ class Controller:
         metrics: ServiceMetrics | None = None,
         server_id: str | None = None,
         budget_mode: Literal["live", "reserve"] = "live",
+        no_chat_template: Collection[str] = (),
     ) -> None:
         self.engine = engine
         self.store = store
         self.strategies = strategies
         self.tools = tools
         self.models = models
+        # Served models whose tokenizer has no chat template (a base checkpoint): chat requests to them are the
+        # caller's error, said before anything runs; raw prompts (completions) are served.
+        self.no_chat_template = frozenset(no_chat_template)
         self.max_request_tokens = max_request_tokens
         self.prices: dict[str, Price] = dict(prices or {})  # by role
         self.limits = limits or Limits()
@@ -187,6 +212,8 @@ class Controller:
                 raise InvalidRequest("prompt must not be empty", param="prompt")
         elif not req.messages or not any(m.get("content", "").strip() for m in req.messages):
             raise InvalidRequest("messages must contain at least one non-empty message", param="messages")
+        elif req.model in self.no_chat_template:
+            raise no_chat_template(req.model)
         try:
             self.limits.check(params)
         except InvalidRequest as err:
@@ -195,16 +222,38 @@ class Controller:
             raise InvalidRequest(f"stop: at most {MAX_STOP} strings, got {len(req.stop)}", param="stop")
         if req.max_total_tokens is not None and req.max_total_tokens <= 0:
             raise InvalidRequest("max_total_tokens must be positive", param="max_total_tokens")
-        missing = spec.needs(params) - self.available()
+        needs = spec.needs(params)
+        missing = needs - self.available()
         if missing:
             raise InvalidRequest(
                 f"strategy {spec.name!r} with these parameters needs {' and '.join(sorted(missing))}, which this server does not have",
                 param="strategy",
             )
+        self._check_engines(spec.name, needs)
         role = self.models[req.model]
         if req.budget is not None and req.budget.cost_usd is not None and role not in self.prices:
             raise InvalidRequest(f"budget.cost_usd needs a price for model {req.model!r}; none is configured", param="budget.cost_usd")
         return spec, params, role
+
+    def _check_engines(self, strategy: str, needs: frozenset[Capability]) -> None:
+        """Refuse, before any compute, a strategy whose capabilities' engines are not ready: still loading (503
+        with the engine's expected wait as Retry-After: the server serves the policy first and loads the other
+        roles behind it), or failed to start (503)."""
+        waiting = self.tools.waiting(needs)
+        if not waiting:
+            return
+        roles = {cap: self.tools.roles[cap] for cap in waiting}
+        named = " and ".join(f"{cap} (role `{roles[cap]}`)" for cap in sorted(waiting))
+        loading = [cap for cap, state in waiting.items() if state == "loading"]
+        engines = self.tools.engines
+        if loading and engines is not None:
+            wait = max(engines.retry_after(roles[cap]) for cap in loading)
+            raise EngineLoading(
+                f"strategy {strategy!r} needs {named}, whose engine is still loading; try again in about {wait:.0f} s "
+                "(GET /healthz lists each engine's state)",
+                retry_after=wait,
+            )
+        raise EngineUnavailable(f"strategy {strategy!r} needs {named}, whose engine failed to start (GET /healthz says why)")
 
     async def resolve_auto(self, req: ReasoningRequest) -> ReasoningRequest:
         """Replace `auto` by the measured best (strategy, params) for the request's budget."""
@@ -239,7 +288,10 @@ class Controller:
         ``on_event`` hears ``{"stage": "started", "request_id": ...}`` once the request is recorded, then
         the strategy's progress events."""
         req, spec, params, role = await self._admissible(req)
-        prompt = req.prompt if req.prompt is not None else await self.engine.render_chat(role, req.messages)
+        try:
+            prompt = req.prompt if req.prompt is not None else await self.engine.render_chat(role, req.messages)
+        except NoChatTemplate:
+            raise no_chat_template(req.model) from None
         budget = self.budget_for(req)
         ceiling = budget.total_tokens or self.max_request_tokens
         prompt_tokens = prompt_bound(prompt)

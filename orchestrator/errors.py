@@ -4,6 +4,7 @@
     ├── InvalidRequest          the caller's input is wrong (HTTP 400)
     │   ├── UnknownStrategy     no strategy by that name
     │   ├── ContextTooLong      a prompt does not fit a model role's context window
+    │   ├── NoChatTemplate      chat messages for a model whose tokenizer has no chat template
     │   ├── UnknownModel        no served model by that name (HTTP 404)
     │   ├── NotFound            no such request (or not the caller's: same answer, to hide it) (HTTP 404)
     │   ├── Conflict            the request is not in a state that allows this (HTTP 409)
@@ -16,6 +17,7 @@
     │   ├── WorkerDied          the worker process or its engine died mid-call (retryable on another replica)
     │   ├── EngineTimeout       a call ran past its deadline and was aborted (HTTP 504)
     │   └── EngineUnavailable   no worker serves the role asked for (HTTP 503)
+    │       └── EngineLoading   the role's engines are still loading; try again after Retry-After
     ├── StrategyError           a strategy broke its contract (HTTP 500)
     └── ConfigError             the service's own configuration is wrong (refuses to start)
 
@@ -49,6 +51,10 @@ class UnknownStrategy(InvalidRequest):
 
 class ContextTooLong(InvalidRequest):
     code = "context_length_exceeded"
+
+
+class NoChatTemplate(InvalidRequest):
+    code = "no_chat_template"
 
 
 class UnknownModel(InvalidRequest):
@@ -111,6 +117,10 @@ class EngineTimeout(EngineError):
 class EngineUnavailable(EngineError):
     status = 503
     code = "engine_unavailable"
+
+
+class EngineLoading(EngineUnavailable):
+    code = "engine_loading"
 
 
 class StrategyError(TTSError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, Sequence
 
-from orchestrator.types import Generation, Role, SamplingSpec, Scores, ScoredSteps, ScoreSpec, StrategyResult, StreamDelta, TokenClasses
+from orchestrator.types import EngineState, EngineStatus, Generation, Role, SamplingSpec, Scores, ScoredSteps, ScoreSpec, StrategyResult, StreamDelta, TokenClasses
 
 
 class Engine(Protocol):
@@ -29,6 +29,21 @@ class Engine(Protocol):
     async def render_chat(self, role: Role, messages: Sequence[dict[str, str]]) -> str: ...
 
     def roles(self) -> frozenset[Role]: ...
+
+
+class EngineStates(Protocol):
+    """Where the engines serving the model roles are in their life (the worker pool: a server listens once its
+    policy is ready, and other roles may still be loading)."""
+
+    def role_state(self, role: Role) -> EngineState | None:
+        """``ready`` once one of the role's engines is; None when nothing serves the role."""
+        ...
+
+    def retry_after(self, role: Role) -> float:
+        """Seconds a caller may wait before the role's engines are ready."""
+        ...
+
+    def status(self) -> list[EngineStatus]: ...
 
 
 class AnswerVerifier(Protocol):

@@ -97,6 +97,22 @@ class StreamDelta:
     cut: bool = False  # the call's token cap ended this sequence (finish reason ``length``)
 
 
+EngineState = Literal["loading", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """Where one engine (a replica of a role) is in its life: ``loading`` its model, ``ready`` to serve, or
+    ``failed`` to start (``error`` says why). ``since_s``: seconds since the service began loading engines
+    until it became ready or failed (while loading: until now)."""
+
+    name: str
+    role: Role
+    state: EngineState
+    since_s: float
+    error: str = ""
+
+
 @dataclass(frozen=True)
 class EngineStats:
     """A snapshot of one engine, for benchmarks and load balancing. KV numbers are in cache blocks.

@@ -199,6 +199,9 @@ class EngineActor:
                 await out
 
 
+SHUTDOWN_WAIT_S = 10.0  # how long an engine may take to stop gracefully before its actor is killed
+
+
 class _Pending:
     """One call waiting for its turn's batch to be sent."""
 
@@ -358,9 +361,12 @@ class ActorBackend(Unsupported):
 
     async def shutdown(self) -> None:
         try:
-            await self.handle.shutdown.remote()
-        except RayActorError:
-            pass  # already gone: nothing left to stop
+            # Bounded: an actor still building its engine runs nothing else until it is built (minutes on a
+            # first start), and a service stopped while loading (Ctrl-C) should not wait for that.
+            async with asyncio.timeout(SHUTDOWN_WAIT_S):
+                await self.handle.shutdown.remote()
+        except (RayActorError, TimeoutError):
+            pass  # already gone, or busy loading: the kill below stops it either way
         ray.kill(self.handle, no_restart=True)
 
 

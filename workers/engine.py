@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
-from orchestrator.errors import BudgetExceeded, ConfigError, EngineError, ContextTooLong, InvalidRequest, WorkerDied
+from orchestrator.errors import BudgetExceeded, ConfigError, EngineError, ContextTooLong, InvalidRequest, NoChatTemplate, WorkerDied
 from orchestrator.types import (
     Completion,
     EngineStats,
@@ -493,6 +493,10 @@ class VllmEngine:
         return list(self._tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        # A base checkpoint may ship no chat template: the caller chose chat, which this model cannot render, so
+        # that is the caller's to change (raw text through /v1/completions works), not an engine failure.
+        if not getattr(self._tokenizer, "chat_template", None):
+            raise NoChatTemplate(f"{self.config.model_path} has no chat template (its tokenizer_config.json defines none)")
         return self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
     def stats(self) -> EngineStats:

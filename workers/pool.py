@@ -15,10 +15,10 @@ import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, Collection, Iterator, Literal, Sequence, TypeVar
 
-from orchestrator.errors import EngineError, EngineTimeout, EngineUnavailable, WorkerDied
-from orchestrator.types import EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses
+from orchestrator.errors import EngineError, EngineLoading, EngineTimeout, EngineUnavailable, WorkerDied
+from orchestrator.types import EngineState, EngineStats, EngineStatus, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses
 from workers.backend import Backend, BackendSpec
 from workers.cluster import connect_ray, leave_ray, local_ray_lost
 from workers.config import PoolConfig
@@ -49,6 +49,12 @@ class WorkerPool:
         self._load: dict[str, int] = {name: 0 for name in self._by_name}
         self._running: dict[str, Backend] = {}  # request id -> where it runs, for abort
         self.call_timeout_s = call_timeout_s
+        # Replicas are ready unless started by `start` with roles loading behind the first (its `first`).
+        self._state: dict[str, EngineState] = {name: "ready" for name in self._by_name}
+        self._since: dict[str, float] = {}
+        self._errors: dict[str, str] = {}
+        self._t0 = time.perf_counter()
+        self._background: asyncio.Task[None] | None = None
         # request id -> routing decision of the most recent calls, for tests, benchmarks and logs
         self.last_route: OrderedDict[str, Route] = OrderedDict()
 
@@ -60,33 +66,75 @@ class WorkerPool:
         call_timeout_s: float = 600.0,
         affinity: AffinityConfig = AffinityConfig(),
         max_restarts: int = 3,
+        first: Collection[Role] | None = None,
+        rest: Literal["after", "together"] = "after",
     ) -> WorkerPool:
         """Start every replica and wait until each engine has loaded its model (or answered, if remote).
         Replicas of specs that share devices (``start_one_by_one``) start one after another, across roles
-        too, alongside all the others at once."""
+        too, alongside all the others at once.
+
+        With ``first``, only those roles are waited for (a replica of theirs that fails to start fails this
+        call); the other roles keep loading in the background, ``after`` the first are ready (on a machine
+        whose cores they would share: the first then load alone) or ``together`` with them, and their calls
+        are refused with :class:`EngineLoading` until one of their replicas is ready (:meth:`status`). One of
+        theirs that fails to start is logged and its role refused with :class:`EngineUnavailable`."""
         replicas = build_backends(specs, max_restarts=max_restarts)
         pool = cls(replicas, call_timeout_s=call_timeout_s, affinity=affinity)
-        shared = [spec.role for spec in specs if spec.start_one_by_one]
-        in_turn = [r for role in shared for r in replicas.get(role, ())]
-        at_once = [r for role, group in replicas.items() if role not in shared for r in group]
+        pool._state = {name: "loading" for name in pool._by_name}
+        shared = {spec.role for spec in specs if spec.start_one_by_one}
+        wait = set(replicas) if first is None else set(first) & set(replicas)
+        later = [role for role in replicas if role not in wait]
 
         # Loading engines takes a while (tens of seconds each on CPU, more with a cold compile cache): say
         # what is loading and each engine as it becomes ready, so a first start is not a silent minute.
-        total, ready, t0 = len(in_turn) + len(at_once), 0, time.perf_counter()
-        log.info("loading %d engine(s): %s", total, ", ".join(r.name for r in in_turn + at_once))
+        total, ready, t0 = len(pool._by_name), 0, time.perf_counter()
+        pool._t0 = t0
+        log.info(
+            "loading %d engine(s): %s%s", total, ", ".join(pool._by_name),
+            f" (serving once {', '.join(sorted(wait))} is ready; {', '.join(later)} {'after it' if rest == 'after' else 'alongside'})" if later else "",
+        )
 
-        async def start(replica: Backend) -> None:
+        async def start(replica: Backend, *, optional: bool) -> None:
             nonlocal ready
-            await replica.start()
+            try:
+                await replica.start()
+            except BaseException as err:
+                pool._state[replica.name] = "failed"
+                pool._since[replica.name] = time.perf_counter() - t0
+                if not optional or not isinstance(err, Exception):
+                    raise
+                pool._errors[replica.name] = str(err.message if isinstance(err, EngineError) else err).strip().splitlines()[-1][:300] or type(err).__name__
+                log.error("engine %s failed to start after %.1f s: %s; its role is refused", replica.name, pool._since[replica.name], pool._errors[replica.name])
+                return
+            pool._state[replica.name] = "ready"
+            pool._since[replica.name] = time.perf_counter() - t0
             ready += 1
-            log.info("engine %s ready (%d/%d) after %.1f s", replica.name, ready, total, time.perf_counter() - t0)
+            log.info("engine %s ready (%d/%d) after %.1f s", replica.name, ready, total, pool._since[replica.name])
 
-        async def one_by_one() -> None:
-            for replica in in_turn:
-                await start(replica)
+        async def start_roles(roles: Collection[Role], *, optional: bool) -> None:
+            in_turn = [r for role in roles if role in shared for r in replicas[role]]
+            at_once = [r for role in roles if role not in shared for r in replicas[role]]
+
+            async def one_by_one() -> None:
+                for replica in in_turn:
+                    await start(replica, optional=optional)
+
+            await asyncio.gather(one_by_one(), *(start(r, optional=optional) for r in at_once))
+
+        async def start_later(after: asyncio.Future[None] | None) -> None:
+            if after is not None:
+                try:
+                    await after
+                except BaseException:
+                    return  # the first roles failed: this pool is being shut down
+            await start_roles(later, optional=True)
+            log.info("every engine loaded after %.1f s (%d of %d ready)", time.perf_counter() - t0, ready, total)
 
         try:
-            await asyncio.gather(one_by_one(), *(start(r) for r in at_once))
+            waiting = asyncio.ensure_future(start_roles(wait, optional=False))
+            if later:
+                pool._background = asyncio.create_task(start_later(waiting if rest == "after" else None), name="tts-engines-loading")
+            await waiting
         except BaseException as err:
             await pool.shutdown()
             if isinstance(err, EngineError):
@@ -95,12 +143,13 @@ class WorkerPool:
         return pool
 
     @classmethod
-    async def from_config(cls, config: PoolConfig) -> WorkerPool:
+    async def from_config(cls, config: PoolConfig, *, first: Collection[Role] | None = None, rest: Literal["after", "together"] = "after") -> WorkerPool:
+        """The pool of ``config``'s roles (``first`` and ``rest``: as :meth:`start`)."""
         specs = [backend_spec(role, rc) for role, rc in config.roles.items()]
         affinity = AffinityConfig(
             block=config.affinity_block, min_match_blocks=config.affinity_min_blocks, max_imbalance=config.affinity_max_imbalance
         )
-        return await cls.start(specs, call_timeout_s=config.call_timeout_s, affinity=affinity)
+        return await cls.start(specs, call_timeout_s=config.call_timeout_s, affinity=affinity, first=first, rest=rest)
 
     # ------------------------------------------------------------------------------------------ routing
 
@@ -119,10 +168,44 @@ class WorkerPool:
             raise EngineUnavailable(f"no worker serves role {role!r}; served: {sorted(self._replicas)}")
         return group
 
+    def status(self) -> list[EngineStatus]:
+        """Every replica's state (loading, ready, failed), in the order the roles were configured."""
+        now = time.perf_counter() - self._t0
+        return [
+            EngineStatus(name=r.name, role=role, state=self._state[r.name], since_s=round(self._since.get(r.name, now), 1), error=self._errors.get(r.name, ""))
+            for role, group in self._replicas.items()
+            for r in group
+        ]
+
+    def role_state(self, role: Role) -> EngineState | None:
+        """``ready`` once one replica of ``role`` is, ``loading`` while none is but one may still be, else
+        ``failed``; None when no replica serves it."""
+        states = {self._state[r.name] for r in self._replicas.get(role, ())}
+        return None if not states else "ready" if "ready" in states else "loading" if "loading" in states else "failed"
+
+    def _ready_group(self, role: Role) -> list[Backend]:
+        """The replicas of ``role`` that can take a call now; refused, typed, while none can."""
+        group = self._group(role)
+        ready = [r for r in group if self._state[r.name] == "ready"]
+        if ready:
+            return ready
+        if self.role_state(role) == "loading":
+            raise EngineLoading(f"role {role!r} is still loading its engine", retry_after=self.retry_after(role))
+        errors = "; ".join(f"{r.name}: {self._errors.get(r.name, 'failed')}" for r in group)
+        raise EngineUnavailable(f"role {role!r} failed to start ({errors})")
+
+    def retry_after(self, role: Role) -> float:
+        """Seconds a caller may wait before ``role`` is ready, estimated from how long the engines that are
+        ready took to load (they loaded on the same machines), at least 5 s."""
+        took = [self._since[n] for n, s in self._state.items() if s == "ready" and n in self._since]
+        elapsed = time.perf_counter() - self._t0
+        return float(max(5, round((max(took) if took else 30.0) * 2 - elapsed)))
+
     @contextmanager
     def _placed(self, role: Role, prompt: str | Sequence[int], request_id: str, exclude: Sequence[str] = ()) -> Iterator[Backend]:
         """Route one call and count it against its replica (load, abort map) while it runs."""
-        self._group(role)
+        ready = {r.name for r in self._ready_group(role)}
+        exclude = [*exclude, *(n for n in self._routers[role].replicas if n not in ready)]
         route = self._routers[role].pick(prompt, self._load, exclude=exclude)
         replica = self._by_name[route.replica]
         self._note_route(request_id, route)
@@ -220,12 +303,17 @@ class WorkerPool:
         return await self._dispatch(role, "", uuid.uuid4().hex, lambda r: r.embed(texts))
 
     async def stats(self, role: Role | None = None) -> list[EngineStats]:
-        """A snapshot per replica of ``role``, or of every engine's replicas when None (the embedder is no
+        """A snapshot per replica of ``role``, or of every engine's ready replicas when None (the embedder is no
         engine: it has no stats)."""
-        group = self._group(role) if role else [r for served, g in self._replicas.items() if served != "embedder" for r in g]
+        group = self._group(role) if role else [
+            r for served, g in self._replicas.items() if served != "embedder" for r in g if self._state[r.name] == "ready"
+        ]
         return list(await asyncio.gather(*(r.stats() for r in group)))
 
     async def shutdown(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            await asyncio.gather(self._background, return_exceptions=True)
         for group in self._replicas.values():
             for replica in group:
                 await replica.shutdown()

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Sequence
 
 import httpx
 
-from orchestrator.errors import BudgetExceeded, ConfigError, EngineError, EngineTimeout, ContextTooLong, InvalidRequest, WorkerDied
+from orchestrator.errors import BudgetExceeded, ConfigError, EngineError, EngineTimeout, ContextTooLong, InvalidRequest, NoChatTemplate, WorkerDied
 from orchestrator.types import Completion, EngineStats, Generation, Role, SamplingSpec, Scores, ScoreSpec, StreamDelta, TokenClasses, Usage
 from workers.backend import Unsupported
 from workers.config import RoleConfig
@@ -261,7 +261,13 @@ class RemoteEngine(Unsupported):
 
     async def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         # The server owns the chat template: have it render to ids, then back to text.
-        ids = (await self._post("/tokenize", {"model": self.model, "messages": list(messages), "add_generation_prompt": True}))["tokens"]
+        try:
+            ids = (await self._post("/tokenize", {"model": self.model, "messages": list(messages), "add_generation_prompt": True}))["tokens"]
+        except InvalidRequest as err:
+            # vLLM refuses messages for a tokenizer without a template with a 400 that says so.
+            if "chat template" in err.message.lower() or "chat_template" in err.message.lower():
+                raise NoChatTemplate(f"{self.model} at {self._client.base_url} has no chat template ({err.message[-200:]})") from None
+            raise
         return (await self._post("/detokenize", {"model": self.model, "tokens": ids}))["prompt"]
 
     async def stats(self) -> EngineStats:

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import ControllerDep, SettingsDep
 from api.errors import ERRORS
-from api.schemas import Health
+from api.schemas import EngineView, Health
 from orchestrator.errors import Unauthorized
 
 router = APIRouter()
@@ -19,7 +19,17 @@ router = APIRouter()
 
 @router.get("/healthz")
 async def healthz(controller: ControllerDep) -> Health:
-    return Health(models=sorted(controller.models), strategies=sorted(controller.strategies))
+    """Liveness (it answers once the API serves), and what is ready: every engine replica's state (the
+    policy's are ready before the API serves; other roles may still be loading or have failed to start)."""
+    engines = controller.tools.engines
+    views = [EngineView(name=e.name, role=e.role, state=e.state, since_s=e.since_s, error=e.error) for e in (engines.status() if engines else [])]
+    return Health(
+        models=sorted(controller.models),
+        strategies=sorted(controller.strategies),
+        engines=views,
+        ready=all(e.state == "ready" for e in views),
+        no_chat_template=sorted(controller.no_chat_template),
+    )
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}, 401: ERRORS[401]})

@@ -138,14 +138,19 @@ async def _answer(body: OpenAIFields, req: ReasoningRequest, request: Request, c
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(controller: ControllerDep) -> ModelList:
-    """Every served model, and every `<strategy>:<model>` this server can run with default parameters."""
-    have = controller.available()
-    ids = sorted(controller.models)
+    """Every served model, and every `<strategy>:<model>` this server can run now with default parameters;
+    ``loading`` lists those it will run once the engines they need have loaded."""
+    have, ready = controller.available(), controller.tools.ready()
+    models = sorted(controller.models)
+    cards, loading = [(m, m) for m in models], []
     for name, spec in sorted(controller.strategies.items()):
-        if spec.needs(spec.params()) <= have:
-            ids += [f"{name}:{m}" for m in sorted(controller.models)]
-    ids += [f"auto:{m}" for m in sorted(controller.models)]
-    return ModelList(data=[ModelCard(id=i) for i in ids])
+        needs = spec.needs(spec.params())
+        if needs <= ready:
+            cards += [(f"{name}:{m}", m) for m in models]
+        elif needs <= have:
+            loading += [f"{name}:{m}" for m in models]
+    cards += [(f"auto:{m}", m) for m in models]
+    return ModelList(data=[ModelCard(id=i, chat_template=m not in controller.no_chat_template) for i, m in cards], loading=loading)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={**ERRORS, **STREAMED})
