@@ -63,7 +63,9 @@ def pool_config(settings: Settings) -> PoolConfig:
     if settings.serve_draft:
         roles["draft"] = engine(settings.draft_path)
     if settings.serve_prm:
-        roles["prm"] = engine(settings.prm_path)
+        # Eager: the PRM only scores (prefill), where compiling buys nothing measurable and costs 8-32 s of its
+        # start (bench.eager_roles; TTS_WORKER_PRM_ENFORCE_EAGER=false compiles it).
+        roles["prm"] = {**engine(settings.prm_path), "enforce_eager": True}
     if settings.serve_embedder and settings.clusterer == "embedder":
         roles["embedder"] = {}  # the packaged all-MiniLM-L6-v2
     config = load_pool_config(settings.workers_file, default_roles=roles)

@@ -81,3 +81,14 @@ def test_a_strategy_runs_in_process_as_a_library():
     result = asyncio.run(spec.run(Problem("q\n"), ctx, spec.params(n=4)))
     assert result.answer is not None and len(calls) == 1
     assert ctx.tally.usage.total_tokens == sum(c.usage.total_tokens for c in calls) > 0
+
+
+def test_the_default_prm_is_eager_and_the_policy_compiled(monkeypatch):
+    """The PRM only scores: compiling it costs start time and buys no measurable speed (bench.eager_roles)."""
+    from deploy.assembly import pool_config
+    from orchestrator.config import get_settings
+
+    roles = pool_config(get_settings()).roles
+    assert roles["prm"].enforce_eager and not roles["policy"].enforce_eager and not roles["draft"].enforce_eager
+    monkeypatch.setenv("TTS_WORKER_PRM_ENFORCE_EAGER", "false")
+    assert not pool_config(get_settings()).roles["prm"].enforce_eager
