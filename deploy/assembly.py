@@ -264,15 +264,6 @@ class Service:
             while any(e.state == "loading" for e in self.pool.status()):
                 await asyncio.sleep(every_s)
 
-    async def ray_lost(self, *, every_s: float = 0.5) -> str:
-        """Return, with the reason, once the local Ray this process started is gone (``ray stop``, a crash):
-        the engines and every call to them went with it. Never returns while it runs (or in a joined cluster)."""
-        while True:
-            reason = local_ray_lost()
-            if reason:
-                return reason
-            await asyncio.sleep(every_s)
-
     def run_background(self) -> None:
         """Start the lease heartbeat and the cancel watch on the running loop."""
         self.lease = asyncio.create_task(self.keep_lease(), name="tts-lease")
@@ -302,6 +293,17 @@ class Service:
         self.store.engine.dispose()
         if self.sock is not None:
             self.sock.close()
+
+
+async def ray_lost(*, every_s: float = 0.5) -> str:
+    """Return, with the reason, once the local Ray this process started is gone (``ray stop``, a crash): the
+    engines and every call to them went with it. Never returns while it runs, before it has started, or when
+    this process joined a cluster instead."""
+    while True:
+        reason = local_ray_lost()
+        if reason:
+            return reason
+        await asyncio.sleep(every_s)
 
 
 def controller_for(

@@ -19,7 +19,7 @@ from typing import Any, Callable, Coroutine, Optional, TypeVar
 import typer
 import uvicorn
 
-from deploy.assembly import Service, build_service, check_prm_kind, pool_config, served_profile, start_ray
+from deploy.assembly import Service, build_service, check_prm_kind, pool_config, ray_lost, served_profile, start_ray
 from orchestrator.config import Settings, get_settings
 from orchestrator.errors import ConfigError
 from orchestrator.profile import load_profile
@@ -87,7 +87,13 @@ RAY_LOST_EXIT = 3  # the exit status when the local Ray goes away under the serv
 
 async def serve(settings: Settings) -> None:
     t0 = time.perf_counter()
-    service = await build_service(settings)
+    # Watched from the start: a `ray stop` while the engines load ends the start as one line, not as their errors.
+    watch = asyncio.ensure_future(ray_lost())
+    building = asyncio.ensure_future(build_service(settings))
+    await asyncio.wait({building, watch}, return_when=asyncio.FIRST_COMPLETED)
+    if watch.done():
+        await _exit_without_ray(watch.result(), None)
+    service = building.result()
     settings = service.settings
     assert service.sock is not None
     config = uvicorn.Config(
@@ -102,27 +108,27 @@ async def serve(settings: Settings) -> None:
         f"; still loading {', '.join(loading)} (GET /healthz)" if loading else "",
     )
     serving = asyncio.ensure_future(server.serve(sockets=[service.sock]))
-    watch = asyncio.ensure_future(service.ray_lost())
     try:
         await asyncio.wait({serving, watch}, return_when=asyncio.FIRST_COMPLETED)
         if watch.done():
-            await _exit_without_ray(service, watch.result())
+            await _exit_without_ray(watch.result(), service)
         await serving
     finally:
         watch.cancel()
         await service.stop()
 
 
-async def _exit_without_ray(service: Service, reason: str) -> None:
+async def _exit_without_ray(reason: str, service: Service | None) -> None:
     """Exit at once, non-zero, with one line naming the cause: the engines went with the Ray that held them,
-    and stopping them (or waiting for Ray's own 60 s GCS timeout) would only add tracebacks. The requests this
-    server was running are failed in the ledger first (its database is still there)."""
+    and stopping them (or waiting for Ray's own 60 s GCS timeout) would only add tracebacks. The requests a
+    serving server was running are failed in the ledger first (its database is still there)."""
     log.critical("%s; the service cannot serve without it and exits", reason)
-    try:
-        async with asyncio.timeout(5):
-            await service.store.leases.retire(service.server_id)
-    except Exception:  # noqa: BLE001 - exiting either way; the lease then runs out and another server reaps it
-        pass
+    if service is not None:
+        try:
+            async with asyncio.timeout(5):
+                await service.store.leases.retire(service.server_id)
+        except Exception:  # noqa: BLE001 - exiting either way; the lease then runs out and another server reaps it
+            pass
     logging.shutdown()
     os._exit(RAY_LOST_EXIT)
 
