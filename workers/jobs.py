@@ -28,7 +28,10 @@ class RayJobs:
         except AuthenticationError as err:  # no token where one is needed, the wrong one, or an unreadable RAY_AUTH_TOKEN_PATH
             raise EngineUnavailable(f"Ray token authentication with the job server at {self.address} failed: {err.message}") from None
         except Exception as err:  # noqa: BLE001 - any failure to reach the job server means the same to the caller
-            raise EngineUnavailable(f"the Ray job server at {self.address} is not reachable ({type(err).__name__})") from None
+            raise EngineUnavailable(
+                f"the Ray job server at {self.address} is not reachable ({type(err).__name__}): start one with `ray start --head` "
+                "(docs/evaluations.md, \"As a Ray job\"), or set TTS_JOBS_ADDRESS to a cluster's dashboard"
+            ) from None
 
     def submit(self, *, entrypoint: str, job_id: str, env: dict[str, str], metadata: dict[str, str]) -> None:
         try:
