@@ -9,6 +9,7 @@ SQLite ledger; the engine is the scripted one of the strategy tests; engine stat
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,6 @@ def test_an_engine_without_a_chat_template_is_a_400_naming_the_served_model(tmp_
 def test_the_vllm_engine_refuses_to_render_chat_without_a_template(tmp_path):
     """A real tokenizer without ``chat_template`` (the bundled target's, with the template removed) is a typed
     refusal in the engine, not the tokenizer's ValueError (which the API would answer with a 502)."""
-    import json
     import shutil
 
     from transformers import AutoTokenizer
@@ -155,3 +155,26 @@ def test_the_vllm_engine_refuses_to_render_chat_without_a_template(tmp_path):
         engine.render_chat(QUESTION)
     templated = VllmEngine(None, AutoTokenizer.from_pretrained(TARGET), "policy-0", EngineConfig(model_path=TARGET), None)  # type: ignore[arg-type]
     assert "Start at 3" in templated.render_chat(QUESTION)
+
+
+def test_a_remote_server_without_a_chat_template_is_the_same_refusal():
+    """`vllm serve` refuses messages for a tokenizer without a template with a 400 that says so (its text
+    below); the remote backend turns it into the same typed refusal as the local engine's."""
+    from workers.remote import RemoteEngine
+
+    said = (
+        "As of transformers v4.44, default chat template is no longer allowed, so you must provide a chat template if the tokenizer "
+        "does not define one."
+    )
+
+    def server(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/tokenize" and "messages" in json.loads(request.content)
+        return httpx.Response(400, json={"error": {"message": said, "type": "BadRequestError", "code": 400}})
+
+    async def go() -> None:
+        engine = RemoteEngine("http://vllm.test:8000", model="base", name="policy-0")
+        engine._client = httpx.AsyncClient(base_url="http://vllm.test:8000", transport=httpx.MockTransport(server))
+        with pytest.raises(NoChatTemplate, match="base at http://vllm.test:8000 has no chat template"):
+            await engine.render_chat(QUESTION)
+
+    asyncio.run(go())
