@@ -82,8 +82,10 @@ class WorkerPool:
         pool = cls(replicas, call_timeout_s=call_timeout_s, affinity=affinity)
         pool._state = {name: "loading" for name in pool._by_name}
         shared = {spec.role for spec in specs if spec.start_one_by_one}
-        wait = set(replicas) if first is None else set(first) & set(replicas)
+        # In the configured order: replicas sharing devices load in it, one at a time across both phases.
+        wait = [role for role in replicas if first is None or role in first]
         later = [role for role in replicas if role not in wait]
+        one_at_a_time = asyncio.Lock()  # FIFO: whoever asks first loads first
 
         # Loading engines takes a while (tens of seconds each on CPU, more with a cold compile cache): say
         # what is loading and each engine as it becomes ready, so a first start is not a silent minute.
@@ -91,7 +93,7 @@ class WorkerPool:
         pool._t0 = t0
         log.info(
             "loading %d engine(s): %s%s", total, ", ".join(pool._by_name),
-            f" (serving once {', '.join(sorted(wait))} is ready; {', '.join(later)} {'after it' if rest == 'after' else 'alongside'})" if later else "",
+            f" (serving once {', '.join(wait)} is ready; {', '.join(later)} {'after it' if rest == 'after' else 'alongside'})" if later else "",
         )
 
         async def start(replica: Backend, *, optional: bool) -> None:
@@ -111,15 +113,14 @@ class WorkerPool:
             ready += 1
             log.info("engine %s ready (%d/%d) after %.1f s", replica.name, ready, total, pool._since[replica.name])
 
+        async def start_in_turn(replica: Backend, *, optional: bool) -> None:
+            async with one_at_a_time:
+                await start(replica, optional=optional)
+
         async def start_roles(roles: Collection[Role], *, optional: bool) -> None:
-            in_turn = [r for role in roles if role in shared for r in replicas[role]]
-            at_once = [r for role in roles if role not in shared for r in replicas[role]]
-
-            async def one_by_one() -> None:
-                for replica in in_turn:
-                    await start(replica, optional=optional)
-
-            await asyncio.gather(one_by_one(), *(start(r, optional=optional) for r in at_once))
+            await asyncio.gather(
+                *((start_in_turn if role in shared else start)(r, optional=optional) for role in roles for r in replicas[role])
+            )
 
         async def start_later(after: asyncio.Future[None] | None) -> None:
             if after is not None:

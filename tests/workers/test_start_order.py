@@ -161,3 +161,26 @@ def test_without_first_every_role_is_waited_for():
         await pool.shutdown()
 
     asyncio.run(go())
+
+
+def test_replicas_sharing_devices_load_one_at_a_time_even_together():
+    """Fractions of one GPU: vLLM measures free memory while it loads, so such replicas never load at once,
+    whether their role is waited for or loads behind."""
+
+    async def go() -> None:
+        gate = Gate()
+        specs = [GatedSpec("policy", gate, start_one_by_one=True), GatedSpec("prm", gate, start_one_by_one=True), GatedSpec("embedder", gate)]
+        starting = asyncio.ensure_future(WorkerPool.start(specs, first={"policy"}, rest="together"))
+        await _settle()
+        assert sorted(gate.began) == ["embedder-0", "policy-0"]  # prm waits for the policy's turn to end
+        gate.release["policy-0"].set()
+        pool = await asyncio.wait_for(starting, 5)
+        await _settle()
+        assert gate.began[-1] == "prm-0"
+        gate.release["prm-0"].set()
+        gate.release["embedder-0"].set()
+        await _settle()
+        assert all(e.state == "ready" for e in pool.status())
+        await pool.shutdown()
+
+    asyncio.run(go())
