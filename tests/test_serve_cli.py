@@ -69,7 +69,9 @@ def test_serve_starts_answers_and_stops(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-    assert proc.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    # uvicorn re-raises the SIGINT it caught once its graceful shutdown is done: Python exits as interrupted (130),
+    # not with the ray-lost status (3) or a crash.
+    assert proc.returncode == 130, (tmp_path / "serve.log").read_text()[-3000:]
 
 
 def test_serve_refuses_a_port_in_use_before_starting_engines(tmp_path):
