@@ -22,18 +22,17 @@ def free_port() -> int:
 @contextmanager
 def serving(**settings: Any) -> Iterator[Any]:
     """The whole service on loopback (a ``deploy.serve.ServiceThread`` of ``get_settings(**settings)``) for the
-    block; stopped after it, and Ray with it."""
-    import ray
-
+    block; stopped after it, and Ray with it (the local head it started too: ``leave_ray``)."""
     from deploy.serve import ServiceThread
     from orchestrator.config import get_settings
+    from workers.pool import leave_ray
 
     svc = ServiceThread(get_settings(**settings))
     try:
         yield svc
     finally:
         svc.stop()
-        ray.shutdown()
+        leave_ray()
 
 
 class LoopThread:
