@@ -32,7 +32,7 @@ RESULTS = REPO_ROOT / "bench" / "results"
 
 
 async def _child(role: str, eager: bool, rounds: int) -> dict[str, Any]:
-    from models.data import simulated_draft
+    from training.data import simulated_draft
     from orchestrator.types import SamplingSpec
     from tasks import arithmetic as task
     from verifiers import MathShepherdPRM
