@@ -196,8 +196,9 @@ class WorkerPool:
         raise EngineUnavailable(f"role {role!r} failed to start ({errors})")
 
     def retry_after(self, role: Role) -> float:
-        """Seconds a caller may wait before ``role`` is ready, estimated from how long the engines that are
-        ready took to load (they loaded on the same machines), at least 5 s."""
+        """Seconds a caller may wait before ``role`` is ready, at least 5: twice the longest load of an engine
+        already ready (the roles behind the policy begin when it is ready and take about as long), less the
+        time loading has taken so far; 60 s from the start while none is ready."""
         took = [self._since[n] for n, s in self._state.items() if s == "ready" and n in self._since]
         elapsed = time.perf_counter() - self._t0
         return float(max(5, round((max(took) if took else 30.0) * 2 - elapsed)))
@@ -205,8 +206,11 @@ class WorkerPool:
     @contextmanager
     def _placed(self, role: Role, prompt: str | Sequence[int], request_id: str, exclude: Sequence[str] = ()) -> Iterator[Backend]:
         """Route one call and count it against its replica (load, abort map) while it runs."""
-        ready = {r.name for r in self._ready_group(role)}
-        exclude = [*exclude, *(n for n in self._routers[role].replicas if n not in ready)]
+        ready = [r.name for r in self._ready_group(role)]
+        loading = [n for n in self._routers[role].replicas if n not in ready]
+        # Never a replica still loading: a retry with every ready replica tried goes to one of them again (as a
+        # role of one replica retries on it, restarted by Ray), not to one that would first load its model.
+        exclude = [*exclude, *loading] if set(ready) - set(exclude) else loading
         route = self._routers[role].pick(prompt, self._load, exclude=exclude)
         replica = self._by_name[route.replica]
         self._note_route(request_id, route)

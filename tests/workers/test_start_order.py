@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from orchestrator.errors import EngineError, EngineLoading, EngineUnavailable
+from orchestrator.errors import EngineError, EngineLoading, EngineUnavailable, WorkerDied
 from orchestrator.types import Completion, Generation, Role, SamplingSpec, Usage
 from workers.backend import Unsupported
 from workers.pool import WorkerPool
@@ -23,6 +23,7 @@ class Gate:
     began: list[str] = field(default_factory=list)
     release: dict[str, asyncio.Event] = field(default_factory=dict)
     fail: set[str] = field(default_factory=set)
+    die_once: set[str] = field(default_factory=set)
     stopped: list[str] = field(default_factory=list)
 
 
@@ -30,6 +31,7 @@ class GatedBackend(Unsupported):
     def __init__(self, name: str, gate: Gate) -> None:
         self.name = name
         self.gate = gate
+        self.calls = 0
         gate.release[name] = asyncio.Event()
 
     async def start(self) -> None:
@@ -39,6 +41,10 @@ class GatedBackend(Unsupported):
             raise EngineError("out of memory while loading", worker=self.name)
 
     async def generate(self, spec: SamplingSpec) -> Generation:
+        self.calls += 1
+        if self.name in self.gate.die_once:
+            self.gate.die_once.discard(self.name)
+            raise WorkerDied("died mid-call", worker=self.name)
         return Generation((Completion("ok", 1, "stop"),), Usage(prompt_tokens=1, completion_tokens=1), worker=self.name)
 
     async def shutdown(self) -> None:
@@ -181,6 +187,26 @@ def test_replicas_sharing_devices_load_one_at_a_time_even_together():
         gate.release["embedder-0"].set()
         await _settle()
         assert all(e.state == "ready" for e in pool.status())
+        await pool.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_retry_never_goes_to_a_replica_still_loading():
+    """A role of two replicas, one ready and one loading: a call whose ready replica dies is retried on it (Ray
+    restarts it), never on the one still loading its model."""
+
+    async def go() -> None:
+        gate = Gate(die_once={"draft-0"})
+        starting = asyncio.ensure_future(WorkerPool.start([GatedSpec("policy", gate), GatedSpec("draft", gate, replicas=2)], first={"policy"}))
+        await _settle()
+        gate.release["policy-0"].set()
+        pool = await asyncio.wait_for(starting, 5)
+        gate.release["draft-0"].set()
+        await _settle()
+        assert [e.state for e in pool.status() if e.role == "draft"] == ["ready", "loading"]
+        assert (await pool.generate("draft", _spec())).worker == "draft-0"
+        assert pool.replica("draft-1").calls == 0 and pool.replica("draft-0").calls == 2
         await pool.shutdown()
 
     asyncio.run(go())
