@@ -537,8 +537,8 @@ def check_answer(problem: Problem, text: str) -> Verdict:
 
 StepKind = Literal["move", "backtrack", "answer", "malformed"]
 
-_MOVE_RE = re.compile(r"^(\d+) ([+\-*/]) (\d+) = (\d+), left: (\d+(?: \d+)*)$")
-_BACKTRACK_RE = re.compile(r"^(\d+(?: \d+)*) cannot reach (\d+), back to: (\d+(?: \d+)*)$")
+MOVE_RE = re.compile(r"^(\d+) ([+\-*/]) (\d+) = (\d+), left: (\d+(?: \d+)*)$")
+BACKTRACK_RE = re.compile(r"^(\d+(?: \d+)*) cannot reach (\d+), back to: (\d+(?: \d+)*)$")
 
 
 @dataclass(frozen=True)
@@ -604,7 +604,7 @@ def check_steps(problem: Problem, text: str) -> list[StepVerdict]:
         return StepVerdict(i, raw, "answer", outcome.correct, outcome.correct, outcome.reason)
 
     for i, raw in enumerate(reasoning):
-        move, back = _MOVE_RE.match(raw), _BACKTRACK_RE.match(raw)
+        move, back = MOVE_RE.match(raw), BACKTRACK_RE.match(raw)
         if move:
             reason, valid_move = _judge_move(current, move)
             valid = valid_move is not None
@@ -676,7 +676,7 @@ REFINE_HEADER = "Drafts ({n}), each as far as it got:"
 REFINE_TOP = 3
 
 
-def _progress(problem: Problem, text: str) -> tuple[tuple[Move, ...], str | None]:
+def read_progress(problem: Problem, text: str) -> tuple[tuple[Move, ...], str | None]:
     """The valid moves leading to the fewest numbers a draft held, and its boxed answer.
 
     Replays the draft's moves and backtracks without the exact search: a refine prompt is built at serving
@@ -685,7 +685,7 @@ def _progress(problem: Problem, text: str) -> tuple[tuple[Move, ...], str | None
     current = problem.numbers
     best: tuple[Move, ...] = ()
     for raw in steps_of(text)[0]:
-        move, back = _MOVE_RE.match(raw), _BACKTRACK_RE.match(raw)
+        move, back = MOVE_RE.match(raw), BACKTRACK_RE.match(raw)
         if move:
             m = _judge_move(current, move)[1]
             if m is None:
@@ -702,7 +702,7 @@ def _progress(problem: Problem, text: str) -> tuple[tuple[Move, ...], str | None
 def refine_prompt(problem: Problem, drafts: Sequence[str], *, top: int = REFINE_TOP) -> str:
     """The user message of one refine call: the question, then the deepest route each draft found and its
     answer, identical entries counted, the ``top`` most common (then deepest) kept."""
-    tally = Counter(_progress(problem, d) for d in drafts)
+    tally = Counter(read_progress(problem, d) for d in drafts)
     ranked = sorted(tally.items(), key=lambda kv: (-kv[1], -len(kv[0][0]), render_route(kv[0][0]), kv[0][1] or ""))[:top]
     lines = [problem.question, REFINE_HEADER.format(n=len(drafts))]
     for (route, answer), count in ranked:

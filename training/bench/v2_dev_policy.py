@@ -43,7 +43,7 @@ def measure(models: list[tuple[str, Path]], *, per_level: int, samples: int, see
     for name, path in models:
         t0 = time.perf_counter()
         print(f"[{name}] {len(problems)} dev problems x {samples} samples from {path}", flush=True)
-        with sampling.running_engine(path, seed=seed, max_model_len=m._context(path)) as llm:
+        with sampling.running_engine(path, seed=seed, max_model_len=m.model_context(path)) as llm:
             groups = sampling.sample(llm, prompts, n=samples, temperature=sampling.TEMPERATURE, max_tokens=sampling.MAX_TOKENS, seed=seed)
         graded = [[m.grade(p, s) for s in g] for p, g in zip(problems, groups)]
         by_level = {lv: [g for p, g in zip(problems, graded) if p.level == lv] for lv in m.LEVELS}
@@ -54,7 +54,7 @@ def measure(models: list[tuple[str, Path]], *, per_level: int, samples: int, see
             for lv, gs in by_level.items()
         }
         row["seconds"] = round(time.perf_counter() - t0, 1)
-        rows[name] = m._json_safe(row)
+        rows[name] = m.json_safe(row)
         lv_pass = " ".join(f"{rows[name]['by_level'][str(lv)]['pass@1']:.3f}" for lv in m.LEVELS)
         print(f"[{name}] pass@1 {row['pass@1']:.4f} (by level {lv_pass}), truncated {row['truncated']:.3f}, {row['seconds']} s", flush=True)
     return {

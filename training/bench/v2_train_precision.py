@@ -46,7 +46,7 @@ def _stage_parts(stage: str, size: str, out: Path, tok):
     if stage == "prm":
         config = train.qwen2_config(params["shape"], tok, num_labels=2, tie_word_embeddings=False)
         rows = train.synthetic_rows(problems[:500], params["seed"])
-        return (lambda: Qwen2ForProcessRewardModel(config)), train.prm_example_fn(tok, rows, params["seed"]), train._prm_loss
+        return (lambda: Qwen2ForProcessRewardModel(config)), train.prm_example_fn(tok, rows, params["seed"]), train.prm_loss
     raise SystemExit(f"error: stage {stage!r} has no row here; choose among target, draft, prm")
 
 
@@ -65,7 +65,7 @@ def measure(size: str, stages: list[str], steps: int) -> dict:
             per = {}
             for precision in ("fp32", "bf16"):
                 os.environ["TRAIN_PRECISION"] = precision
-                cfg = train._train_config({**params, "steps": steps}, "cpu")
+                cfg = train.train_config({**params, "steps": steps}, "cpu")
                 torch.manual_seed(params["seed"])
                 model = make_model()
                 t0 = time.perf_counter()

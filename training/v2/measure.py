@@ -225,12 +225,12 @@ def _nan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
-def _json_safe(v: Any) -> Any:
+def json_safe(v: Any) -> Any:
     """NaN (nothing to measure, e.g. no incorrect sample) as null: metrics.json stays strict JSON."""
     if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
+        return {str(k): json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
+        return [json_safe(x) for x in v]
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
@@ -239,7 +239,7 @@ def _json_safe(v: Any) -> Any:
 # --------------------------------------------------------------------------------------------- engines
 
 
-def _context(model_dir: Path) -> int:
+def model_context(model_dir: Path) -> int:
     c = json.loads((model_dir / "config.json").read_text())
     return min(int(c.get("max_position_embeddings", 1024)), MAX_CONTEXT)
 
@@ -333,7 +333,7 @@ def evaluate(
 
     for name in ("target", "draft"):
         t0 = time.perf_counter()
-        with sampling.running_engine(out / name, seed=seed, max_model_len=_context(out / name)) as llm:
+        with sampling.running_engine(out / name, seed=seed, max_model_len=model_context(out / name)) as llm:
             groups = sampling.sample(llm, prompts, n=samples, temperature=temperature, max_tokens=max_tokens, seed=seed)
             texts[name] = [[s.text for s in g] for g in groups]
             graded[name] = [[grade(p, s) for s in g] for p, g in zip(problems, groups)]
@@ -373,7 +373,7 @@ def evaluate(
         metrics["settings"]["vllm_version"] = vllm.__version__
     except ImportError:  # pragma: no cover - evaluate needs vLLM; this only labels the numbers
         pass
-    metrics = _json_safe(metrics)
+    metrics = json_safe(metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -393,7 +393,7 @@ def _score_prm(prm_dir: Path, problems: Sequence[countdown.Problem], texts: dict
     """PRM step scores of every policy sample: {policy: [[(scores, labels) or None per sample] per problem]}."""
     from transformers import AutoTokenizer
 
-    context = _context(prm_dir)
+    context = model_context(prm_dir)
     tokenizer = AutoTokenizer.from_pretrained(prm_dir)
     inputs = {name: [[_prm_inputs(p, t, tokenizer, context) for t in grp] for p, grp in zip(problems, texts[name])] for name in texts}
     flat = [x for name in inputs for grp in inputs[name] for x in grp if x is not None]

@@ -48,7 +48,7 @@ def tokenizer_corpus(size: str) -> list[str]:
 
     s = train.SIZES[size]
     params = s["tokenizer"]
-    problems = train._generate(params["problems"], params["seed"], tuple(s["levels"]))
+    problems = train.generate_problems(params["problems"], params["seed"], tuple(s["levels"]))
     texts = []
     for i, p in enumerate(problems):
         rng = random.Random(f"tokenizer:{params['seed']}:{i}")

@@ -31,7 +31,7 @@ def _split(text: str) -> tuple[list[str], str]:
 
 
 def _move_indices(steps: list[str]) -> list[int]:
-    return [i for i, s in enumerate(steps) if countdown._MOVE_RE.match(s)]
+    return [i for i, s in enumerate(steps) if countdown.MOVE_RE.match(s)]
 
 
 def _states(problem: countdown.Problem, steps: list[str]) -> list[tuple[int, ...]]:
@@ -39,9 +39,9 @@ def _states(problem: countdown.Problem, steps: list[str]) -> list[tuple[int, ...
     out, current = [], problem.numbers
     for s in steps:
         out.append(current)
-        if m := countdown._MOVE_RE.match(s):
+        if m := countdown.MOVE_RE.match(s):
             current = tuple(int(v) for v in m.group(5).split())
-        elif b := countdown._BACKTRACK_RE.match(s):
+        elif b := countdown.BACKTRACK_RE.match(s):
             current = tuple(int(v) for v in b.group(3).split())
     return out
 
@@ -68,7 +68,7 @@ def arithmetic_slip(problem: countdown.Problem, rng: random.Random) -> str | Non
     if not idx:
         return None
     i = rng.choice(idx)
-    m = countdown._MOVE_RE.match(steps[i])
+    m = countdown.MOVE_RE.match(steps[i])
     a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
     wrong = max(1, c + rng.choice([-3, -2, -1, 1, 2, 3, 10]))
     if wrong == c:
@@ -83,11 +83,11 @@ def arithmetic_slip(problem: countdown.Problem, rng: random.Random) -> str | Non
 def wrong_left(problem: countdown.Problem, rng: random.Random) -> str | None:
     """A move with the right result but a wrong list of numbers left (one dropped, kept twice or changed)."""
     steps, final = _split(countdown_traces.solve_trace(problem, rng))
-    idx = [i for i in _move_indices(steps) if len(countdown._MOVE_RE.match(steps[i]).group(5).split()) > 1]
+    idx = [i for i in _move_indices(steps) if len(countdown.MOVE_RE.match(steps[i]).group(5).split()) > 1]
     if not idx:
         return None
     i = rng.choice(idx)
-    m = countdown._MOVE_RE.match(steps[i])
+    m = countdown.MOVE_RE.match(steps[i])
     left = [int(v) for v in m.group(5).split()]
     how = rng.choice(["drop", "repeat", "change"])
     j = rng.randrange(len(left))
@@ -110,18 +110,18 @@ def wrong_backtrack(problem: countdown.Problem, rng: random.Random) -> str | Non
     if how == "false-claim":
         # Right after a move that keeps the target reachable (and has not reached it), claim it cannot and
         # go back to the start.
-        after = {i: tuple(int(v) for v in countdown._MOVE_RE.match(steps[i]).group(5).split()) for i in _move_indices(steps)}
+        after = {i: tuple(int(v) for v in countdown.MOVE_RE.match(steps[i]).group(5).split()) for i in _move_indices(steps)}
         alive = [i for i, st in after.items() if problem.target not in st and countdown.reachable(st, problem.target)]
         if not alive:
             return None
         i = rng.choice(alive)
         bad = f"{_fmt(after[i])} cannot reach {problem.target}, back to: {_fmt(problem.numbers)}"
         return _join(steps[: i + 1] + [bad] + steps[i + 1 :], final)
-    backs = [i for i, s in enumerate(steps) if countdown._BACKTRACK_RE.match(s)]
+    backs = [i for i, s in enumerate(steps) if countdown.BACKTRACK_RE.match(s)]
     if not backs:
         return None
     i = rng.choice(backs)
-    b = countdown._BACKTRACK_RE.match(steps[i])
+    b = countdown.BACKTRACK_RE.match(steps[i])
     held = set(states[: i + 1])
     if how == "never-held":
         to = [int(v) for v in b.group(3).split()]

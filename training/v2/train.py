@@ -223,7 +223,7 @@ def _generate_chunk(args: tuple[int, int, tuple[int, ...]]) -> list[countdown.Pr
     return countdown.generate("train", n, seed=seed, levels=levels)
 
 
-def _generate(n: int, seed: int, levels: tuple[int, ...]) -> list[countdown.Problem]:
+def generate_problems(n: int, seed: int, levels: tuple[int, ...]) -> list[countdown.Problem]:
     jobs = [(min(PROBLEM_CHUNK, n - start), seed * 100_000 + start // PROBLEM_CHUNK, levels) for start in range(0, n, PROBLEM_CHUNK)]
     workers = min(len(jobs), os.cpu_count() or 1)
     if workers > 1:
@@ -247,7 +247,7 @@ def train_problems_cached(path: Path, n: int, seed: int, levels: tuple[int, ...]
     if path.exists():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line]
         return tuple(countdown.Problem(tuple(r["numbers"]), r["target"], r["level"]) for r in rows)
-    problems = _generate(n, seed, levels)
+    problems = generate_problems(n, seed, levels)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps({"numbers": list(p.numbers), "target": p.target, "level": p.level}) + "\n" for p in problems))
@@ -400,7 +400,7 @@ def refine_trace(problem: countdown.Problem, drafts: Sequence[str], rng: random.
     answer is replayed move by move and boxed as written; otherwise the deepest route a draft found that
     can still reach the target is replayed and the solver carries on from its end; with neither, the
     solver starts afresh. Every returned trace is valid by the checker (see _valid)."""
-    progress = [countdown._progress(problem, d) for d in drafts]
+    progress = [countdown.read_progress(problem, d) for d in drafts]
     for _, answer in sorted(progress, key=lambda ra: ra[1] or ""):
         if answer is None or not countdown.check_answer(problem, countdown.ANSWER_TEMPLATE.format(expr=answer)).correct:
             continue
@@ -516,7 +516,7 @@ def prm_example_fn(tok: Tokenizer, rows: Sequence[dict], seed: int) -> Callable[
     return make
 
 
-def _prm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def prm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     x, m = batch
     # Rows are right-padded and attention is causal, so no mask is needed: padding follows everything scored.
     logits = model(input_ids=x).logits
@@ -669,7 +669,7 @@ def fit(
     return Run(model, losses, seconds + time.time() - t_start, step, resumed_from)
 
 
-def _train_config(params: dict, device: str) -> TrainConfig:
+def train_config(params: dict, device: str) -> TrainConfig:
     return TrainConfig(
         steps=params["steps"], batch=params["batch"], seq_len=params["seq_len"], lr=params["lr"], warmup=params["warmup"], seed=params["seed"], device=device
     )
@@ -770,7 +770,7 @@ def train_policy(out: Path, name: str, size: str, device: str = "cpu", *, fresh:
     torch.manual_seed(params["seed"])
     model = Qwen2ForCausalLM(config)
     problems = train_problems(out, s["problems"], seed=POLICY_PROBLEMS_SEED, levels=s["levels"])
-    cfg = _train_config(params, device)
+    cfg = train_config(params, device)
     run = fit(
         model, policy_example_fn(tok, problems, params["seed"]), lm_loss, cfg, checkpoint_path(out, name),
         checkpoint_every=params["checkpoint_every"], desc=name, stop_after=stop_after, workers=data_workers(size),
@@ -808,7 +808,7 @@ def refine_tune(out: Path, size: str, device: str = "cpu", *, fresh: bool = Fals
         raise ValueError(f"{model_dir} is already refine-tuned and the target stage's weights are not under {out}/checkpoints: rerun the target stage first")
     rows = load_refine_rows(out)
     solve = train_problems(out, s["problems"], seed=POLICY_PROBLEMS_SEED, levels=s["levels"])
-    cfg = _train_config(params, device)
+    cfg = train_config(params, device)
     run = fit(
         model, refine_example_fn(tok, rows, solve, params["seed"], params["solve_fraction"]), lm_loss, cfg,
         checkpoint_path(out, "refine-tune"), checkpoint_every=params["checkpoint_every"], desc="refine-tune", stop_after=stop_after, workers=data_workers(size),
@@ -854,9 +854,9 @@ def train_prm(out: Path, size: str, device: str = "cpu", *, fresh: bool = False,
         model.model.load_state_dict(policy.model.state_dict())
         init = "target"
     rows = load_prm_rows(out)
-    cfg = _train_config(params, device)
+    cfg = train_config(params, device)
     run = fit(
-        model, prm_example_fn(tok, rows, params["seed"]), _prm_loss, cfg, checkpoint_path(out, "prm"),
+        model, prm_example_fn(tok, rows, params["seed"]), prm_loss, cfg, checkpoint_path(out, "prm"),
         checkpoint_every=params["checkpoint_every"], desc="prm", stop_after=stop_after, workers=data_workers(size),
     )
     sources: dict[str, int] = {}

@@ -153,7 +153,7 @@ def test_falls_with_level():
 
 
 def test_cards_render_every_section(tmp_path):
-    m = measure._json_safe(_scripted_metrics(tmp_path))
+    m = measure.json_safe(_scripted_metrics(tmp_path))
     timings = {"tokenizer": {"seconds": 30, "device": "cpu", "size": "smoke"}, "target": {"seconds": 600, "device": "cuda", "size": "full"}}
     cards.write_all(tmp_path, m, timings)
     for name, pipeline in (("target", "text-generation"), ("draft", "text-generation"), ("prm", "token-classification")):
@@ -173,7 +173,7 @@ def test_cards_render_every_section(tmp_path):
 
 
 def test_metrics_json_is_strict():
-    assert measure._json_safe({"a": float("nan"), "b": [1.0, float("inf")]}) == {"a": None, "b": [1.0, None]}
+    assert measure.json_safe({"a": float("nan"), "b": [1.0, float("inf")]}) == {"a": None, "b": [1.0, None]}
 
 
 # ------------------------------------------------------------------------------------- profile, prompts

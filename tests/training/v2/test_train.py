@@ -121,7 +121,7 @@ def test_refine_traces_reuse_what_the_drafts_got_right():
         partial = "<think>\n" + "\n\n".join(steps[:2])
         copied = train.refine_trace(p, [wrong, full], rng)
         assert countdown.extract_answer(copied) == countdown.extract_answer(full) and train._valid(p, copied)
-        route = countdown._progress(p, partial)[0]
+        route = countdown.read_progress(p, partial)[0]
         resumed = train.refine_trace(p, [partial], rng)
         assert train._valid(p, resumed)
         if route and countdown.reachable(route[-1].after, p.target):
