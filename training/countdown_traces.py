@@ -43,8 +43,15 @@ from tasks.countdown import (
 # going deeper into dead ends spreads them more). The step caps keep a level-5 trace within a 1024-token
 # training row with its prompt: "local" backtracks climb one state at a time, so its traces run longer and
 # it gets the tighter cap (at 48 steps 38% of its level-5 traces did not fit and were never trained on).
-DEFAULT_GUIDE = 0.5
-DEFAULT_EXPLORE = 0.65
+DEFAULT_GUIDE = 0.6
+DEFAULT_EXPLORE = 0.5
+# Two numbers ("local" style): the move that makes the target first with probability DEFAULT_FINISH, else a
+# move that misses and its backtrack; a pair that cannot make the target gets one move tried with probability
+# DEFAULT_ATTEMPT before it is given up. A trace whose last move always hit the target taught an 808k policy
+# that a move from two numbers makes the target, whatever its arithmetic says (it wrote "40 + 9 = 41, left: 41"
+# for target 41 and boxed that).
+DEFAULT_FINISH = 0.7
+DEFAULT_ATTEMPT = 0.5
 BACKTRACKS = ("local", "jump")
 DEFAULT_BACKTRACK = "local"
 DEFAULT_MAX_STEPS = {"local": 32, "jump": 48}
@@ -87,6 +94,8 @@ def solve_trace(
     explore: float = DEFAULT_EXPLORE,
     max_steps: int | None = None,
     backtrack: str = DEFAULT_BACKTRACK,
+    finish: float = DEFAULT_FINISH,
+    attempt: float = DEFAULT_ATTEMPT,
 ) -> str:
     """A solution trace written by a randomized depth-first search, dead ends included.
 
@@ -99,16 +108,18 @@ def solve_trace(
     :func:`check_steps` and the answer correct by :func:`check_answer`.
 
     ``backtrack`` says where a backtrack goes. ``"local"`` (the default): one state up the path, and a
-    state reached back that cannot reach the target is declared dead in turn; two numbers are settled on
-    sight (the move that makes the target when there is one, else a dead end), a check the numbers
-    themselves show. So every choice a policy imitating these traces must make is one the text before it
-    lets it make, up to whether three or more numbers can still reach the target, which is left to its
-    judgement (and the PRM's). ``"jump"``: in one step to the deepest state on the path that can still
+    state reached back that cannot reach the target is declared dead in turn. Two numbers are settled by
+    trying: the move that makes the target with probability ``finish``, else first a move that misses, whose
+    single number is then backed off (``24 cannot reach 18, back to: 8 3``); a pair that cannot make the
+    target is given up, after one missing move with probability ``attempt``. So every choice a policy
+    imitating these traces must make is one the text before it lets it make, up to whether three or more
+    numbers (or a pair it has tried once) can still reach the target, which is left to its judgement (and
+    the PRM's), and a move's result is never the target unless its arithmetic makes it. ``"jump"``: in one step to the deepest state on the path that can still
     reach the target, a choice only an oracle can make; a policy trained on such traces backtracks to
     states it never held and loops in dead ends (``bench/README.md``, "Solver styles").
     """
-    if not (0.0 <= guide <= 1.0 and 0.0 <= explore <= 1.0):
-        raise ValueError("guide and explore are probabilities, in [0, 1]")
+    if not all(0.0 <= x <= 1.0 for x in (guide, explore, finish, attempt)):
+        raise ValueError("guide, explore, finish and attempt are probabilities, in [0, 1]")
     if backtrack not in BACKTRACKS:
         raise ValueError(f"backtrack {backtrack!r}; expected one of {', '.join(BACKTRACKS)}")
     if max_steps is None:
@@ -116,7 +127,7 @@ def solve_trace(
     if max_steps < len(problem.numbers) - 1:
         raise ValueError(f"max_steps {max_steps} is below the {len(problem.numbers) - 1} moves a solution may need")
     if backtrack == "local":
-        return _local_trace(problem, rng, guide=guide, explore=explore, max_steps=max_steps)
+        return _local_trace(problem, rng, guide=guide, explore=explore, max_steps=max_steps, finish=finish, attempt=attempt)
     target = problem.target
     path = [_root(problem)]
     steps: list[str] = []
@@ -150,7 +161,7 @@ def _forward(node: _Node, target: int, left: int, guide: float, rng: random.Rand
     return rng.choice([m for m in options if reachable(m.after, target)])
 
 
-def _local_trace(problem: Problem, rng: random.Random, *, guide: float, explore: float, max_steps: int) -> str:
+def _local_trace(problem: Problem, rng: random.Random, *, guide: float, explore: float, max_steps: int, finish: float, attempt: float) -> str:
     target = problem.target
     path = [_root(problem)]
     steps: list[str] = []
@@ -160,20 +171,39 @@ def _local_trace(problem: Problem, rng: random.Random, *, guide: float, explore:
         path[-1].tried.add(dead.step)
         steps.append(f"{render_state(dead.state)} cannot reach {target}, back to: {render_state(path[-1].state)}")
 
+    def home() -> int:
+        """Steps from a dead state to the target without straying: a backtrack per state up to the deepest
+        live one, then one move per number it holds but the last."""
+        anchor = max(k for k, n in enumerate(path) if reachable(n.state, target))
+        return len(path) - 1 - anchor + len(path[anchor].state) - 1
+
     while target not in path[-1].state:
         node = path[-1]
         left = max_steps - len(steps)
+        if len(node.state) == 1:
+            back()  # a tried move missed the target: the number it left says so
+            continue
         if len(node.state) == 2:
-            finish = [m for m in moves(node.state) if target in m.after]
-            if not finish:
+            options = [m for m in moves(node.state) if m not in node.tried]
+            hits = [m for m in options if target in m.after]
+            misses = [m for m in options if target not in m.after]
+            # Two numbers are settled by trying a move and reading its result, as a policy can: straight to
+            # the target with probability ``finish``, else a miss and its backtrack first; a pair that cannot
+            # make the target is given up at once, or after one miss with probability ``attempt``. A miss costs
+            # its move and its backtrack, on top of the way home.
+            if hits:
+                if misses and left >= 3 and rng.random() >= finish:
+                    m = rng.choice(misses)
+                else:
+                    m = rng.choice(hits)
+            elif misses and not node.tried and left >= 2 + home() and rng.random() < attempt:
+                m = rng.choice(misses)
+            else:
                 back()
                 continue
-            m = rng.choice(finish)
         elif not reachable(node.state, target):
-            anchor = max(k for k, n in enumerate(path) if reachable(n.state, target))
-            # Deeper costs that move, a backtrack per state between it and the anchor, and the walk from there.
-            home = len(path) - anchor + len(path[anchor].state) - 1
-            if left >= 1 + home and rng.random() < explore:
+            # Deeper costs that move and the way home from there (at most one more backtrack than from here).
+            if left >= 2 + home() and rng.random() < explore:
                 m = rng.choice(moves(node.state))
             else:
                 back()
