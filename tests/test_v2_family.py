@@ -18,7 +18,7 @@ from strategies import atts
 from tasks import countdown
 from tests.test_fixture_family import EVERY, _ledger_adds_up
 from training import countdown_traces
-from training.v2 import formats
+from training.v2 import formats, measure
 from verifiers import CountdownVerifier, PoolingPRM, verifier_for
 
 pytestmark = pytest.mark.engine
@@ -153,7 +153,7 @@ def test_a_countdown_grid_is_graded_by_the_tasks_exact_checker(v2_service, v2_fa
         assert row.correct == (answered and countdown.check_answer(countdown.parse_question(questions[row.problem_id]), rec.text or "").correct)
     # The recipe's evaluate stage measured the same family and wrote a row for every goal.
     metrics = json.loads((v2_family / "metrics.json").read_text())
-    assert len(metrics["goals"]) == 14 and metrics["settings"]["split"] == "test"
+    assert len(metrics["goals"]) == len(measure.GOALS) and metrics["settings"]["split"] == "test"
 
 
 def test_the_benchmarks_run_on_the_family_with_its_task_and_profile(v2_service, v2_family, tmp_path):

@@ -160,22 +160,26 @@ def policy_metrics(groups: Sequence[Sequence[Graded]]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------- goals
 
-# (id, name, goal text, check on the headline); names say @16 and @8, the goal's sizes, whatever was run.
+# The goals of issue 40 (the family at CPU scale): (id, name, goal text, check on the headline); names say @16
+# and @8, the goal's sizes, whatever was run.
 GOALS: list[tuple[str, str, str, Callable[[dict], bool]]] = [
-    ("target_pass@1", "target pass@1", "40-75%", lambda h: 0.40 <= h["target_pass@1"] <= 0.75),
-    ("draft_gap", "target pass@1 - draft pass@1", ">= +15 points", lambda h: h["target_minus_draft_pass@1"] >= 0.15),
-    ("draft_flops", "draft / target FLOPs per token", "<= 1/8", lambda h: h["draft_over_target_flops"] <= 1 / 8),
-    ("draft_decode_time", "draft / target decode wall time per token (vLLM, same batch)", "<= 1/3", lambda h: h["draft_over_target_decode_time"] <= 1 / 3),
+    ("target_pass@1", "target pass@1", "30-70%", lambda h: 0.30 <= h["target_pass@1"] <= 0.70),
     ("majority_gain", "majority@16 - pass@1", ">= +8 points", lambda h: h["majority_minus_pass@1"] >= 0.08),
     ("pass_k_gain", "pass@16 - pass@1", ">= +25 points", lambda h: h["pass@k_minus_pass@1"] >= 0.25),
     ("length_cv", "median per-problem CV of sample lengths", ">= 0.4", lambda h: h["median_length_cv"] >= 0.4),
     ("length_incorrect", "mean length incorrect / correct", ">= 1.5x", lambda h: h["incorrect_over_correct_tokens"] >= 1.5),
+    ("prm_auroc", "PRM AUROC, first wrong vs correct steps (within problems)", ">= 0.75", lambda h: h["prm_auroc"] >= 0.75),
+    ("prm_best_of_n", "PRM-weighted best-of-16 - majority@16", ">= +3 points", lambda h: h["prm_weighted_minus_majority"] >= 0.03),
+    ("draft_gap", "target pass@1 - draft pass@1", ">= +10 points", lambda h: h["target_minus_draft_pass@1"] >= 0.10),
+    ("draft_flops", "draft / target FLOPs per token", "<= 1/8", lambda h: h["draft_over_target_flops"] <= 1 / 8),
+    ("refine_vs_pass1", "refine (8 drafts) - pass@1", ">= +5 points", lambda h: h["refine_minus_pass@1"] >= 0.05),
+]
+# Measured too, with the targets earlier issues set; not goals of the CPU-scale family, reported beside them.
+CHECKS: list[tuple[str, str, str, Callable[[dict], bool]]] = [
+    ("draft_decode_time", "draft / target decode wall time per token (vLLM, same batch)", "<= 1/3", lambda h: h["draft_over_target_decode_time"] <= 1 / 3),
     ("first_finish", "ideal first-finish saving vs majority@16", ">= 35%", lambda h: h["first_finish_saving"] >= 0.35),
-    ("prm_auroc", "PRM AUROC, first wrong vs correct steps", ">= 0.85", lambda h: h["prm_auroc"] >= 0.85),
-    ("prm_best_of_n", "PRM-weighted best-of-16 - majority@16", ">= +5 points", lambda h: h["prm_weighted_minus_majority"] >= 0.05),
     ("refine_vs_majority", "refine (8 drafts) - drafts' majority@8", ">= 0", lambda h: h["refine_minus_draft_majority"] >= 0.0),
-    ("refine_vs_pass1", "refine (8 drafts) - pass@1", ">= +8 points", lambda h: h["refine_minus_pass@1"] >= 0.08),
-    ("difficulty", "target pass@1 falls with level", "non-increasing from level 1 to 5, level 5 below level 1", lambda h: _falls(h["target_pass@1_by_level"])),
+    ("difficulty", "target pass@1 falls with level", "non-increasing with level, the last below the first", lambda h: _falls(h["target_pass@1_by_level"])),
 ]
 
 
@@ -183,11 +187,11 @@ def _falls(by_level: Sequence[float]) -> bool:
     return len(by_level) > 1 and all(a >= b for a, b in zip(by_level, by_level[1:])) and by_level[0] > by_level[-1]
 
 
-def goal_rows(headline: dict) -> list[dict[str, Any]]:
-    """One row per goal: what it measures, the value, the goal and whether it is met (a value that could
-    not be measured, NaN, is not met)."""
+def goal_rows(headline: dict, goals: Sequence[tuple[str, str, str, Callable[[dict], bool]]] = GOALS) -> list[dict[str, Any]]:
+    """One row per goal of ``goals`` (GOALS or CHECKS): what it measures, the value, the goal and whether
+    it is met (a value that could not be measured, NaN, is not met)."""
     rows = []
-    for gid, name, goal, check in GOALS:
+    for gid, name, goal, check in goals:
         value = headline[gid_value(gid)]
         try:
             met = bool(check(headline)) and not _nan(value)
@@ -520,6 +524,7 @@ def _assemble(problems, graded, prm_scores, prm_meta, timing, out: Path, n_draft
     return {
         "headline": headline,
         "goals": goal_rows(headline),
+        "checks": goal_rows(headline, CHECKS),
         "target": target,
         "draft": draft,
         "refine": refine,

@@ -135,16 +135,19 @@ def test_every_goal_row_is_measured(tmp_path):
     m = _scripted_metrics(tmp_path)
     rows = {r["id"]: r for r in m["goals"]}
     assert list(rows) == [gid for gid, *_ in measure.GOALS]
-    assert all(set(r) >= {"name", "value", "goal", "met"} and isinstance(r["met"], bool) for r in rows.values())
+    checks = {r["id"]: r for r in m["checks"]}
+    assert list(checks) == [gid for gid, *_ in measure.CHECKS]
+    assert all(set(r) >= {"name", "value", "goal", "met"} and isinstance(r["met"], bool) for r in [*rows.values(), *checks.values()])
     h = m["headline"]
-    assert h["target_pass@1_by_level"] == pytest.approx([0.75, 0.5, 0.25, 0.0, 0.0])
-    assert rows["difficulty"]["met"] and rows["draft_flops"]["met"] and rows["draft_decode_time"]["met"]
+    assert h["target_pass@1_by_level"] == pytest.approx([0.75, 0.5, 0.25])
+    assert checks["difficulty"]["met"] and rows["draft_flops"]["met"] and checks["draft_decode_time"]["met"]
     assert h["draft_over_target_flops"] == pytest.approx(0.1) and h["draft_over_target_decode_time"] == pytest.approx(0.2)
-    # The PRM separates right from wrong perfectly here, so its vote finds every solvable problem.
-    assert h["prm_auroc"] == 1.0 and m["prm"]["weighted_best_of_k"] == pytest.approx(0.6)
-    assert h["refine"] == pytest.approx(10 / 20)  # levels 1-3: 2, 2 and 1 of 2 samples right, per problem
-    assert m["refine"]["drafts_majority"] == pytest.approx(0.6)
-    assert rows["target_pass@1"]["met"] is False  # 30%
+    # The PRM separates right from wrong perfectly here, so its vote finds every problem with a right sample.
+    assert h["prm_auroc"] == 1.0 and m["prm"]["weighted_best_of_k"] == pytest.approx(1.0)
+    assert h["refine"] == pytest.approx(10 / 12)  # levels 1-3: 2, 2 and 1 of 2 samples right, per problem
+    assert m["refine"]["drafts_majority"] == pytest.approx(1.0)  # level 3's one right draft wins its tie, seen first
+    assert rows["target_pass@1"]["met"] is True  # 50%
+    assert rows["refine_vs_pass1"]["met"] and not checks["refine_vs_majority"]["met"]
 
 
 def test_falls_with_level():
@@ -163,8 +166,10 @@ def test_cards_render_every_section(tmp_path):
         assert "not a product model" in text and "Countdown" in text
         for row in m["goals"]:
             assert f"| {row['name']} | {row['goal']} |" in text
-        assert "| 5 | 2 |" in text  # the per-level table
-        assert "## Why samples are wrong" in text and "| arithmetic | 70.0% | 0.0% |" in text
+        assert "| 3 | 2 |" in text  # the per-level table
+        assert "## Why samples are wrong" in text and "| arithmetic | 50.0% | 0.0% |" in text
+        for row in m["checks"]:
+            assert f"| {row['name']} | {row['goal']} |" in text
         assert "| target | 10.0 | cuda | full |" in text
         assert "python -m training.v2.recipe --stages evaluate" in text and "models/v2/profile.toml" in text
         assert "FLOPs per token: 800" in text or name != "target"
