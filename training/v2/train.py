@@ -706,8 +706,23 @@ def _training_info(model: torch.nn.Module, config, params: dict, run: Run, size:
     }
 
 
+# Weights are stored in float16 (models compute in float32: config.json's dtype): the committed family stays a few
+# MB, and float16's 10-bit mantissa rounds these small models' weights about 8x finer than bfloat16's 7 bits.
+STORED_DTYPE = torch.float16
+
+
+def _store_half(model_dir: Path) -> None:
+    """Rewrite ``model.safetensors`` in STORED_DTYPE; vLLM and transformers cast it to config.json's dtype."""
+    from safetensors.torch import load_file, save_file
+
+    path = model_dir / "model.safetensors"
+    tensors = {k: v.to(STORED_DTYPE) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
 def save_policy(model, out: Path, model_dir: Path, info: dict) -> None:
-    """A directory vLLM and transformers load: float32 safetensors, generation config, tokenizer, training.json."""
+    """A directory vLLM and transformers load: float16 safetensors (float32 in config.json), generation config,
+    tokenizer, training.json."""
     from transformers import GenerationConfig
 
     from training.v2 import sampling
@@ -726,6 +741,7 @@ def save_policy(model, out: Path, model_dir: Path, info: dict) -> None:
     )
     model_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(model_dir, safe_serialization=True)
+    _store_half(model_dir)
     _copy_tokenizer(out, model_dir)
     (model_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
@@ -736,6 +752,7 @@ def save_prm(model, out: Path, model_dir: Path, info: dict) -> None:
     model = model.cpu().float().eval()
     model_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(model_dir, safe_serialization=True)
+    _store_half(model_dir)
     shutil.copy2(Path(__file__).with_name("modeling_prm.py"), model_dir / "modeling_prm.py")
     config_path = model_dir / "config.json"
     raw = json.loads(config_path.read_text())
