@@ -40,9 +40,11 @@ from tasks.countdown import (
 )
 
 # Solver defaults, tuned with ``--stats`` (straying more often lengthens traces faster than it spreads them;
-# going deeper into dead ends spreads them more). The step caps keep a level-5 trace within a 1024-token
-# training row with its prompt: "local" backtracks climb one state at a time, so its traces run longer and
-# it gets the tighter cap (at 48 steps 38% of its level-5 traces did not fit and were never trained on).
+# going deeper into dead ends spreads them more). The step caps were set on the former five-level task, to
+# keep its level-5 traces (six numbers, targets up to 999) within a 1024-token training row with its prompt:
+# "local" backtracks climb one state at a time, so its traces run longer and it gets the tighter cap (at 48
+# steps 38% of those traces did not fit and were never trained on). At levels 1-3, 480 local traces a level
+# (60 train problems x 8) take 31 steps and 623 reply tokens at most (a 409-entry BPE of the small size).
 DEFAULT_GUIDE = 0.6
 DEFAULT_EXPLORE = 0.5
 # Two numbers ("local" style): the move that makes the target first with probability DEFAULT_FINISH, else a
@@ -109,7 +111,7 @@ def solve_trace(
 
     ``backtrack`` says where a backtrack goes. ``"local"`` (the default): one state up the path, and a
     state reached back that cannot reach the target is declared dead in turn. Two numbers are settled by
-    trying: the move that makes the target with probability ``finish``, else first a move that misses, whose
+    trying: the move that makes the target with probability ``finish``, else first one move that misses, whose
     single number is then backed off (``24 cannot reach 18, back to: 8 3``); a pair that cannot make the
     target is given up, after one missing move with probability ``attempt``. So every choice a policy
     imitating these traces must make is one the text before it lets it make, up to whether three or more
@@ -189,10 +191,13 @@ def _local_trace(problem: Problem, rng: random.Random, *, guide: float, explore:
             misses = [m for m in options if target not in m.after]
             # Two numbers are settled by trying a move and reading its result, as a policy can: straight to
             # the target with probability ``finish``, else a miss and its backtrack first; a pair that cannot
-            # make the target is given up at once, or after one miss with probability ``attempt``. A miss costs
-            # its move and its backtrack, on top of the way home.
+            # make the target is given up at once, or after one miss with probability ``attempt``. At most one
+            # miss per pair, so what follows a miss is the hit or the giving up: a policy imitating traces
+            # that may miss again after a miss can loop on a dead pair, retrying moves it has tried (read in
+            # 808k-parameter samples; not counted). A miss costs its move and its backtrack, on top of the way
+            # home.
             if hits:
-                if misses and left >= 3 and rng.random() >= finish:
+                if misses and not node.tried and left >= 3 and rng.random() >= finish:
                     m = rng.choice(misses)
                 else:
                     m = rng.choice(hits)

@@ -31,8 +31,9 @@ def test_solver_traces_pass_their_own_checker_and_vary_in_length(backtrack):
 
 def test_local_backtracks_go_one_state_up_and_two_numbers_are_settled_by_trying():
     """What makes "local" traces imitable: a backtrack returns to the state the dead one was reached from,
-    a move from two numbers either makes the target or is backed off from the single number it left, and
-    a move that leaves one number writes the target only when its arithmetic makes it."""
+    a move from two numbers either makes the target or is backed off from the single number it left (at
+    most once per pair), and a move that leaves one number writes the target only when its arithmetic
+    makes it."""
     misses = 0
     for k, p in enumerate(task.generate("train", 12, seed=8, levels=[2, 3])):
         trace = traces.solve_trace(p, random.Random(k), guide=0.2, backtrack="local")
@@ -44,6 +45,9 @@ def test_local_backtracks_go_one_state_up_and_two_numbers_are_settled_by_trying(
                 if len(left) == 1 and left[0] != p.target:
                     misses += 1
                     assert verdicts[i + 1].text == f"{left[0]} cannot reach {p.target}, back to: {task.render_state(stack[-1])}"
+                    # One miss per pair: after it comes the hit or the pair's own backtrack, never a second miss.
+                    after = verdicts[i + 2].text
+                    assert after.startswith(f"{task.render_state(stack[-1])} cannot reach") or after.endswith(f"left: {p.target}"), after
                 stack.append(task._state(left))
             elif v.kind == "backtrack":
                 dead, to = v.text.split(" cannot reach ")[0], v.text.split("back to: ")[1]

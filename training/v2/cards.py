@@ -112,12 +112,19 @@ def failures_table(metrics: dict) -> str:
 
 
 def timings_table(timings: dict) -> str:
+    """Wall and CPU minutes per recipe stage and in all. The CPU minutes are the stage's own processes' (the
+    machine's other users excluded): on two cores, a stage using both can show up to twice its wall time."""
     if not timings:
         return "(no recipe timings recorded)"
-    rows = ["| stage | minutes | device | size | precision |", "|---|---|---|---|---|"]
+    rows = ["| stage | wall minutes | CPU minutes | device | size | precision |", "|---|---|---|---|---|---|"]
+    wall = cpu = 0.0
     for stage, t in timings.items():
         if isinstance(t, dict) and "seconds" in t:
-            rows.append(f"| {stage} | {t['seconds'] / 60:.1f} | {t.get('device', '')} | {t.get('size', '')} | {t.get('precision', '')} |")
+            wall += t["seconds"]
+            cpu += t.get("cpu_seconds") or 0.0
+            cpu_cell = f"{t['cpu_seconds'] / 60:.1f}" if t.get("cpu_seconds") is not None else "n/a"
+            rows.append(f"| {stage} | {t['seconds'] / 60:.1f} | {cpu_cell} | {t.get('device', '')} | {t.get('size', '')} | {t.get('precision', '')} |")
+    rows.append(f"| all | {wall / 60:.1f} | {cpu / 60:.1f} | | | |")
     return "\n".join(rows)
 
 

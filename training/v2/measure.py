@@ -315,6 +315,7 @@ def evaluate(
     timing_batch: int = 16,
     timing_tokens: int = 64,
     timing_reps: int = 3,
+    split: str = "test",
 ) -> dict:
     """Measure ``<out>/target``, ``<out>/draft`` and ``<out>/prm`` on ``problems_per_level`` test problems of
     every level, ``samples`` samples each; write ``<out>/metrics.json`` (and every sample, graded, to
@@ -325,7 +326,8 @@ def evaluate(
     (see :func:`decode_time`)."""
     out = Path(out)
     t_start = time.perf_counter()
-    problems = [p for lv in LEVELS for p in countdown.generate("test", problems_per_level, seed=seed, levels=[lv])]
+    # ``split="dev"`` is for choosing recipe settings (training.bench.v2_dev_policy); the goals are measured on test.
+    problems = [p for lv in LEVELS for p in countdown.generate(split, problems_per_level, seed=seed, levels=[lv])]
     prompts = [sampling.policy_prompt(p) for p in problems]
     timing_prompts = [prompts[i % len(prompts)] for i in range(timing_batch)]
     n_drafts = min(refine_drafts, samples)
@@ -357,7 +359,7 @@ def evaluate(
 
     metrics = _assemble(problems, graded, prm_scores, prm_meta, timing, out, n_drafts)
     metrics["settings"] = {
-        "split": "test",
+        "split": split,
         "problems_per_level": problems_per_level,
         "problems": len(problems),
         "levels": list(LEVELS),

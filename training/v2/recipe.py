@@ -233,6 +233,16 @@ def _summary(stage: str, info: dict) -> str:
     return json.dumps({k: v for k, v in info.items() if k != "specials"})[:400]
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its children that have ended (vLLM's engine
+    processes, example workers): with the wall time it tells a stage slowed by a busy machine from a slow
+    stage, since on a shared machine the wall time counts other people's work too."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run(stages: list[str], out: Path, size: str = "full", device: str = "cpu", *, fresh: bool = False) -> dict:
     from training.v2 import train
 
@@ -246,16 +256,16 @@ def run(stages: list[str], out: Path, size: str = "full", device: str = "cpu", *
     for stage in stages:
         where = f"device {device}, {at}" if stage in TRAINING_STAGES else "device cpu"
         print(f"[{stage}] size {size}, {where}", flush=True)
-        t0 = time.time()
+        t0, cpu0 = time.time(), _cpu_seconds()
         info = run_stage(stage, out, size, device, fresh=fresh)
-        seconds = round(time.time() - t0, 1)
+        seconds, cpu = round(time.time() - t0, 1), round(_cpu_seconds() - cpu0, 1)
         results[stage] = info
         print(f"[{stage}] {_summary(stage, info)} ({seconds} s)", flush=True)
         if info.get("skipped"):
             continue
         timings_path = out / "recipe_timings.json"
         timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-        timings[stage] = {"seconds": seconds, "device": device if stage in TRAINING_STAGES else "cpu", "size": size}
+        timings[stage] = {"seconds": seconds, "cpu_seconds": cpu, "device": device if stage in TRAINING_STAGES else "cpu", "size": size}
         if stage in TRAINING_STAGES:
             timings[stage]["precision"] = at
         timings_path.write_text(json.dumps(timings, indent=2) + "\n")

