@@ -196,7 +196,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--problems", type=int, default=60, help="Test problems, spread evenly over the 5 levels.")
+    ap.add_argument("--problems", type=int, default=60, help="Test problems, spread evenly over the task's levels.")
     ap.add_argument("--calibration-problems", type=int, default=100, help="Dev problems the calibration set is built from.")
     ap.add_argument("--n", type=int, default=4, help="Samples per problem (ATTS and the target alone).")
     ap.add_argument("--max-turns", type=int, default=16, help="Most chunks per ATTS sample.")

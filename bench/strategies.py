@@ -4,7 +4,7 @@
 
 One run: a bundled family's `target` policy and `prm` on a local Ray pool, with the toolbox a server of that
 family builds from its profile (``bench.family``: v1, the arithmetic task, by default; ``--family v2`` for
-Countdown, ``--models`` for a recipe's output directory); problems drawn evenly over the five levels of the
+Countdown, ``--models`` for a recipe's output directory); problems drawn evenly over the levels of the
 task's test split; every (strategy, N) runs over all problems, ``--concurrency`` problems at a time,
 once per sampling seed (``--seeds``, default ``--seed``), each problem with its own seed (seed x 1000 + its
 index); a row pools its seeds and keeps each seed's accuracy and tokens (``by_seed``).
@@ -378,7 +378,7 @@ def plot(report: dict[str, Any], path: Path) -> list[Path]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--problems", type=int, default=30, help="Test problems, spread evenly over the 5 levels.")
+    ap.add_argument("--problems", type=int, default=30, help="Test problems, spread evenly over the task's levels (a multiple of their count).")
     ap.add_argument("--concurrency", type=int, default=4, help="Problems in flight at once.")
     ap.add_argument("--ns", type=int, nargs="+", default=[4, 8, 16], help="Sample counts / widths to run.")
     ap.add_argument("--seed", type=int, default=0, help="Draws the problems (and is the sampling seed without --seeds).")
