@@ -44,19 +44,29 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
 
 
-def imports(path: Path) -> set[str]:
-    """Every module ``path`` imports, as dotted names (``from a import b`` gives ``a.b`` when that is a module)."""
+def imported_from(node: ast.ImportFrom, path: Path) -> str:
+    """The absolute module a ``from ... import`` in ``path`` reads from (relative imports resolved)."""
+    base = node.module or ""
+    if not node.level:
+        return base
     here = module_name(path)
     package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+    return ".".join(up + ([base] if base else []))
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, as dotted names (``from a import b`` gives ``a.b`` when that is a module)."""
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(up + ([base] if base else []))
+            base = imported_from(node, path)
             # ``from pkg import mod`` depends on ``pkg.mod``; ``from mod import name`` on ``mod``. (Importing a
             # submodule runs its package's __init__ first, as every import does: not counted as an edge.)
             subs = {f"{base}.{a.name}" for a in node.names} & modules().keys()
@@ -106,7 +116,7 @@ def private_imports(path: Path) -> list[str]:
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.ImportFrom)
         for a in node.names
-        if a.name.startswith("_") and not (a.name.startswith("__") and a.name.endswith("__"))
+        if is_private(a.name)
     ]
 
 
@@ -114,23 +124,17 @@ def private_attributes(path: Path) -> list[str]:
     """Every ``mod._y`` in ``path`` where ``mod`` names one of the project's modules (``import a.b as mod``,
     ``from a import mod``) and ``_y`` is private, not dunder: a private name reached without importing it."""
     tree = ast.parse(path.read_text())
-    here = module_name(path)
-    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
     aliases: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             aliases |= {a.asname: a.name for a in node.names if a.asname and a.name in modules()}
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(up + ([base] if base else []))
+            base = imported_from(node, path)
             aliases |= {a.asname or a.name: f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules()}
     return [
         f"{path.relative_to(ROOT)}:{node.lineno} reads {aliases[node.value.id]}.{node.attr}"
         for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-        and node.attr.startswith("_") and not (node.attr.startswith("__") and node.attr.endswith("__"))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases and is_private(node.attr)
     ]
 
 
