@@ -274,7 +274,7 @@ def run(stages: list[str], out: Path, size: str = "full", device: str = "cpu", *
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.v2.recipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="full", help="smoke (CI, minutes on CPU), small (CPU iteration, about an hour) or full (one GPU); see training.v2.train.SIZES")
+    parser.add_argument("--size", default="full", help="smoke (CI, minutes on CPU), small (CPU iteration, about an hour), cpu (issue 40: every stage within 150 min on 2 cores) or full (one GPU); see training.v2.train.SIZES")
     parser.add_argument("--device", default="cpu", help="torch device of the training stages (cpu, cuda); vLLM stages run on CPU")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where everything is written (default models/v2/)")
