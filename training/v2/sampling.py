@@ -63,16 +63,41 @@ def engine(path: Path, *, seed: int = 0, runner: str = "generate", max_model_len
         # torch refuses ("CPU Generator does not use offset") and the engine dies: prefill whole prompts, as
         # the service's engines do on CPU (workers/engine.py).
         kwargs |= {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 2048)}
-    return LLM(
-        model=str(path),
-        dtype="float32",
-        block_size=CPU_BLOCK_SIZE,
-        enforce_eager=True,
-        max_num_seqs=256,
-        max_model_len=max_model_len,
-        seed=seed,
-        **kwargs,
-    )
+    with _engine_core_in_process():
+        return LLM(
+            model=str(path),
+            dtype="float32",
+            block_size=CPU_BLOCK_SIZE,
+            enforce_eager=True,
+            max_num_seqs=256,
+            max_model_len=max_model_len,
+            seed=seed,
+            **kwargs,
+        )
+
+
+@contextmanager
+def _engine_core_in_process() -> Iterator[None]:
+    """vLLM's engine core in this process for the engine made in the block, unless the caller's
+    ``VLLM_ENABLE_V1_MULTIPROCESSING`` says otherwise.
+
+    By default vLLM spawns an engine-core process that imports vLLM and torch again: on two cores an engine
+    started in 37-47 s that way and in 18 s in-process (the first; the next ones in about 5 s, the imports
+    done), and the recipe's sampling stages start engines one after another, never two at once. The variable
+    is set only while the engine is made: vLLM then caches every variable of this process (its engine core
+    does on start), so the cache is dropped again, since an AsyncLLM made later in this process, or an actor
+    a Ray started later inherits the environment of, needs the variable on (workers/engine.py)."""
+    from vllm import envs
+
+    before = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    if before is None:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        envs.disable_envs_cache()
 
 
 @contextmanager
@@ -86,7 +111,10 @@ def running_engine(path: Path, **kwargs: Any) -> Iterator[Any]:
         client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if client is not None:
             client.shutdown()
-        del llm
+        del llm, client
+        # An engine core in this process froze the heap on start (vLLM's GC tuning for a server): unfreeze it,
+        # or this engine's model and KV cache are never collected and each engine after it adds its own.
+        gc.unfreeze()
         gc.collect()
 
 
