@@ -6,6 +6,7 @@
     python -m bench.reliability overload  # a burst of 600 against a queue of 16: 429s at once, memory flat
     python -m bench.reliability restart   # the server SIGKILLed with requests queued, then restarted
     python -m bench.reliability all       # each of the above in its own process
+    python -m bench.reliability shared    # load, overload, soak and nodes on one service (what the tests run)
 
 Everything is real: vLLM engines on the bundled `target` model in Ray actors, the HTTP API, a SQLite ledger,
 and the unmodified openai SDK as the client (no retries). Each run audits the database afterwards, independently
@@ -317,55 +318,59 @@ def soak(
     out: Optional[Path] = typer.Option(None, help="Result JSON (default bench/results/reliability-soak.json)."),
 ) -> None:
     """Worker kills under sustained load: no request lost, every record final, the ledger exact."""
-    import ray
-
     folder = Path(tempfile.mkdtemp(prefix="soak"))
-    items = problems(requests)
     with cluster(1, cpus_per_node=2) as c, local_service(service_settings(folder, replicas, ray_address=c.address, max_running=concurrency)) as svc:
-        pool = svc.service.pool
-        names = pool.replica_names("policy")
-        marks = [requests * (k + 1) // (kills + 1) for k in range(kills)]
-        done = 0
-        kill_log: list[dict[str, Any]] = []
-        due = asyncio.Queue[int]()
-
-        def on_done(_: Outcome) -> None:
-            nonlocal done
-            done += 1
-            if marks and done >= marks[0]:
-                due.put_nowait(marks.pop(0))
-
-        async def killer() -> None:
-            for k in range(kills):
-                at = await due.get()
-                name = names[k % len(names)]
-                handle = pool.replica(name).handle
-                pid = await asyncio.to_thread(lambda: ray.get(handle.pid.remote(), timeout=60))
-                os.kill(pid, signal.SIGKILL)
-                t_kill = time.perf_counter()
-                entry: dict[str, Any] = {"replica": name, "pid": pid, "after_completed": at}
-                kill_log.append(entry)
-                # The next kill waits until Ray has restarted this worker, so that a replica is always up.
-                await asyncio.to_thread(wait_restarted, handle)
-                entry["back_after_s"] = round(time.perf_counter() - t_kill, 1)
-                entry["new_pid"] = await asyncio.to_thread(lambda: ray.get(handle.pid.remote(), timeout=60))
-
-        async def run() -> list[Outcome]:
-            k = asyncio.create_task(killer())
-            outcomes = await drive(svc.base_url, items, concurrency=concurrency, params=_params(n, max_tokens), on_done=on_done, label="soak")
-            await asyncio.wait_for(k, 600)
-            return outcomes
-
-        result = measured(svc.service.store, run)
-        report = {
-            "scenario": "soak",
-            "config": {"requests": requests, "concurrency": concurrency, "kills": kills, "replicas": replicas, "n": n, "max_tokens": max_tokens},
-            "kills": kill_log,
-            **result,
-        }
+        report = soak_on(svc, requests=requests, concurrency=concurrency, kills=kills, n=n, max_tokens=max_tokens)
     shutil.rmtree(folder, ignore_errors=True)
     # A request may fail with a clear reason (its call and the one retry both hit dying workers); none may vanish.
     finish(report, out, "soak", allow_errors=True)
+
+
+def soak_on(svc: Any, *, requests: int, concurrency: int, kills: int, n: int, max_tokens: int) -> dict[str, Any]:
+    import ray
+
+    items = problems(requests)
+    pool = svc.service.pool
+    names = pool.replica_names("policy")
+    marks = [requests * (k + 1) // (kills + 1) for k in range(kills)]
+    done = 0
+    kill_log: list[dict[str, Any]] = []
+    due = asyncio.Queue[int]()
+
+    def on_done(_: Outcome) -> None:
+        nonlocal done
+        done += 1
+        if marks and done >= marks[0]:
+            due.put_nowait(marks.pop(0))
+
+    async def killer() -> None:
+        for k in range(kills):
+            at = await due.get()
+            name = names[k % len(names)]
+            handle = pool.replica(name).handle
+            pid = await asyncio.to_thread(lambda: ray.get(handle.pid.remote(), timeout=60))
+            os.kill(pid, signal.SIGKILL)
+            t_kill = time.perf_counter()
+            entry: dict[str, Any] = {"replica": name, "pid": pid, "after_completed": at}
+            kill_log.append(entry)
+            # The next kill waits until Ray has restarted this worker, so that a replica is always up.
+            await asyncio.to_thread(wait_restarted, handle)
+            entry["back_after_s"] = round(time.perf_counter() - t_kill, 1)
+            entry["new_pid"] = await asyncio.to_thread(lambda: ray.get(handle.pid.remote(), timeout=60))
+
+    async def run() -> list[Outcome]:
+        k = asyncio.create_task(killer())
+        outcomes = await drive(svc.base_url, items, concurrency=concurrency, params=_params(n, max_tokens), on_done=on_done, label="soak")
+        await asyncio.wait_for(k, 600)
+        return outcomes
+
+    result = measured(svc.service.store, run)
+    return {
+        "scenario": "soak",
+        "config": {"requests": requests, "concurrency": concurrency, "kills": kills, "replicas": len(names), "n": n, "max_tokens": max_tokens},
+        "kills": kill_log,
+        **result,
+    }
 
 
 @cli.command()
@@ -377,71 +382,78 @@ def nodes(
     out: Optional[Path] = typer.Option(None, help="Result JSON (default bench/results/reliability-nodes.json)."),
 ) -> None:
     """Three nodes, one policy replica each; a worker node is removed a quarter of the way through."""
+    folder = Path(tempfile.mkdtemp(prefix="nodes"))
+    with cluster(3) as c, local_service(service_settings(folder, 3, ray_address=c.address, max_running=concurrency)) as svc:
+        report, extra = nodes_on(svc, c, requests=requests, concurrency=concurrency, n=n, max_tokens=max_tokens)
+    shutil.rmtree(folder, ignore_errors=True)
+    finish(report, out, "nodes", allow_errors=True, extra=extra)
+
+
+def nodes_on(svc: Any, c: Any, *, requests: int, concurrency: int, n: int, max_tokens: int) -> tuple[dict[str, Any], list[str]]:
+    """The node-loss scenario on a running service of three replicas over ``c``'s three nodes: the report and
+    what broke beyond the common guarantees."""
     import ray
 
-    folder = Path(tempfile.mkdtemp(prefix="nodes"))
     items = problems(requests)
-    with cluster(3) as c, local_service(service_settings(folder, 3, ray_address=c.address, max_running=concurrency)) as svc:
-        pool = svc.service.pool
-        names = pool.replica_names("policy")
+    pool = svc.service.pool
+    names = pool.replica_names("policy")
 
-        def placement(avoid: str | None = None, timeout_s: float = 300) -> dict[str, str]:
-            """Where each replica runs; with ``avoid``, wait until none is reported on that (removed) node:
-            Ray restarts a replica lost with its node on a surviving one."""
-            deadline = time.monotonic() + timeout_s
-            while True:
-                out = {}
-                for name in names:
-                    handle = pool.replica(name).handle
-                    wait_restarted(handle)
-                    out[name] = ray.get(handle.node_id.remote(), timeout=60)
-                if avoid not in out.values() or time.monotonic() > deadline:
-                    return out
-                time.sleep(1)
+    def placement(avoid: str | None = None, timeout_s: float = 300) -> dict[str, str]:
+        """Where each replica runs; with ``avoid``, wait until none is reported on that (removed) node:
+        Ray restarts a replica lost with its node on a surviving one."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out = {}
+            for name in names:
+                handle = pool.replica(name).handle
+                wait_restarted(handle)
+                out[name] = ray.get(handle.node_id.remote(), timeout=60)
+            if avoid not in out.values() or time.monotonic() > deadline:
+                return out
+            time.sleep(1)
 
-        before = placement()
-        workers = [node for node in c.worker_nodes if node.node_id in before.values()]
-        victim = workers[0] if workers else None
-        removed: dict[str, Any] = {}
-        mark = requests // 4
-        done = 0
-        fire = asyncio.Event()
+    before = placement()
+    workers = [node for node in c.worker_nodes if node.node_id in before.values()]
+    victim = workers[0] if workers else None
+    removed: dict[str, Any] = {}
+    mark = requests // 4
+    done = 0
+    fire = asyncio.Event()
 
-        def on_done(_: Outcome) -> None:
-            nonlocal done
-            done += 1
-            if done == mark:
-                fire.set()
+    def on_done(_: Outcome) -> None:
+        nonlocal done
+        done += 1
+        if done == mark:
+            fire.set()
 
-        async def remover() -> None:
-            await fire.wait()
-            if victim is None:
-                return
-            hosted = [name for name, node in before.items() if node == victim.node_id]
-            removed.update({"node": victim.node_id[:12], "replicas_on_it": hosted, "after_completed": done})
-            t = time.perf_counter()
-            await asyncio.to_thread(c.remove_node, victim, False)
-            removed.update({"completed_when_gone": done, "remove_s": round(time.perf_counter() - t, 1)})
+    async def remover() -> None:
+        await fire.wait()
+        if victim is None:
+            return
+        hosted = [name for name, node in before.items() if node == victim.node_id]
+        removed.update({"node": victim.node_id[:12], "replicas_on_it": hosted, "after_completed": done})
+        t = time.perf_counter()
+        await asyncio.to_thread(c.remove_node, victim, False)
+        removed.update({"completed_when_gone": done, "remove_s": round(time.perf_counter() - t, 1)})
 
-        async def run() -> list[Outcome]:
-            r = asyncio.create_task(remover())
-            outcomes = await drive(svc.base_url, items, concurrency=concurrency, params=_params(n, max_tokens), on_done=on_done, label="nodes")
-            await asyncio.wait_for(r, 120)
-            return outcomes
+    async def run() -> list[Outcome]:
+        r = asyncio.create_task(remover())
+        outcomes = await drive(svc.base_url, items, concurrency=concurrency, params=_params(n, max_tokens), on_done=on_done, label="nodes")
+        await asyncio.wait_for(r, 120)
+        return outcomes
 
-        result = measured(svc.service.store, run)
-        after = placement(avoid=victim.node_id if victim else None)
-        short = lambda p: {k: v[:12] for k, v in p.items()}  # noqa: E731
-        report = {
-            "scenario": "nodes",
-            "config": {"nodes": 3, "requests": requests, "concurrency": concurrency, "replicas": 3, "n": n, "max_tokens": max_tokens},
-            "placement_before": short(before),
-            "distinct_nodes_before": len(set(before.values())),
-            "removed": removed,
-            "placement_after": short(after),
-            **result,
-        }
-    shutil.rmtree(folder, ignore_errors=True)
+    result = measured(svc.service.store, run)
+    after = placement(avoid=victim.node_id if victim else None)
+    short = lambda p: {k: v[:12] for k, v in p.items()}  # noqa: E731
+    report = {
+        "scenario": "nodes",
+        "config": {"nodes": 3, "requests": requests, "concurrency": concurrency, "replicas": len(names), "n": n, "max_tokens": max_tokens},
+        "placement_before": short(before),
+        "distinct_nodes_before": len(set(before.values())),
+        "removed": removed,
+        "placement_after": short(after),
+        **result,
+    }
     extra = []
     if report["distinct_nodes_before"] < 3:
         extra.append(f"replicas did not spread over the three nodes: {report['placement_before']}")
@@ -451,7 +463,7 @@ def nodes(
         extra.append("the node was gone only after the load had ended: send more requests")
     elif set(report["placement_after"].values()) & {removed["node"]}:
         extra.append("the lost replica was not restarted on a surviving node")
-    finish(report, out, "nodes", allow_errors=True, extra=extra)
+    return report, extra
 
 
 @cli.command()
@@ -465,16 +477,20 @@ def load(
 ) -> None:
     """``clients`` clients at once against one server: latency percentiles, throughput, and no errors."""
     folder = Path(tempfile.mkdtemp(prefix="load"))
-    items = problems(clients * per_client)
     with cluster(1, cpus_per_node=2) as c, local_service(service_settings(folder, replicas, ray_address=c.address)) as svc:
-        result = measured(svc.service.store, lambda: drive(svc.base_url, items, concurrency=clients, params=_params(n, max_tokens), label="load"))
-        report = {
-            "scenario": "load",
-            "config": {"clients": clients, "per_client": per_client, "replicas": replicas, "n": n, "max_tokens": max_tokens},
-            **result,
-        }
+        report = load_on(svc, clients=clients, per_client=per_client, n=n, max_tokens=max_tokens)
     shutil.rmtree(folder, ignore_errors=True)
     finish(report, out, "load", allow_errors=False)
+
+
+def load_on(svc: Any, *, clients: int, per_client: int, n: int, max_tokens: int) -> dict[str, Any]:
+    items = problems(clients * per_client)
+    result = measured(svc.service.store, lambda: drive(svc.base_url, items, concurrency=clients, params=_params(n, max_tokens), label="load"))
+    return {
+        "scenario": "load",
+        "config": {"clients": clients, "per_client": per_client, "replicas": len(svc.service.pool.replica_names("policy")), "n": n, "max_tokens": max_tokens},
+        **result,
+    }
 
 
 @cli.command()
@@ -486,54 +502,62 @@ def overload(
 ) -> None:
     """A burst far past the queue: what fits runs, the rest is refused at once with 429 and Retry-After,
     refused requests leave no record, and memory does not grow with the burst."""
-    import resource
-
     folder = Path(tempfile.mkdtemp(prefix="overload"))
-    items = problems(requests)
     settings = service_settings(folder, 1, max_running=max_running, max_queued=max_queued)
     with cluster(1, cpus_per_node=2) as c, local_service(settings.model_copy(update={"ray_address": c.address})) as svc:
-        refused: list[tuple[float, int]] = []  # (seconds to the answer, Retry-After)
-
-        async def burst(n: int, label: str) -> list[Outcome]:
-            async with httpx.AsyncClient(base_url=svc.base_url, timeout=300, limits=httpx.Limits(max_connections=n)) as client:
-
-                async def one(i: int, item: Item) -> Outcome:
-                    t0 = time.perf_counter()
-                    try:
-                        r = await client.post("/v1/chat/completions", json=body(item, _params(4, 64)))
-                    except httpx.HTTPError as err:
-                        return Outcome(i, 0, time.perf_counter() - t0, error=type(err).__name__)
-                    dt = time.perf_counter() - t0
-                    if r.status_code == 429:
-                        refused.append((dt, int(r.headers.get("retry-after", "0"))))
-                    d = r.json() if r.status_code == 200 else {}
-                    return Outcome(i, r.status_code, dt, d.get("id"), d.get("usage"), correct=(d.get("tts") or {}).get("answer") == item.answer if d else None)
-
-                return list(await asyncio.gather(*(one(i, it) for i, it in enumerate(items[:n]))))
-
-        asyncio.run(burst(max_running, "warm-up"))  # first requests load caches; not part of the measurement
-        refused.clear()
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        since = datetime.now(timezone.utc)
-        t0 = time.perf_counter()
-        outcomes = asyncio.run(burst(requests, "burst"))
-        wall = time.perf_counter() - t0
-        outcomes2 = asyncio.run(burst(requests, "burst again"))
-        rss2 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        statuses = Counter(o.status for o in outcomes)
-        report = {
-            "scenario": "overload",
-            "config": {"requests": requests, "max_running": max_running, "max_queued": max_queued},
-            "statuses": {str(k): v for k, v in statuses.items()},
-            "statuses_second_burst": {str(k): v for k, v in Counter(o.status for o in outcomes2).items()},
-            "refused_p50_s": round(statistics.median([d for d, _ in refused]), 3) if refused else None,
-            "refused_p99_s": round(statistics.quantiles([d for d, _ in refused], n=100, method="inclusive")[98], 3) if len(refused) > 1 else None,
-            "retry_after_range": [min((r for _, r in refused), default=0), max((r for _, r in refused), default=0)],
-            "peak_rss_growth_mib_over_both_bursts": round((rss2 - rss0) / 1024, 1),
-            "latency": latency_summary(outcomes, wall),
-            "audit": audit(svc.service.store, outcomes + outcomes2, since),
-        }
+        report, extra = overload_on(svc, requests=requests)
     shutil.rmtree(folder, ignore_errors=True)
+    finish(report, out, "overload", allow_errors=True, extra=extra)
+
+
+def overload_on(svc: Any, *, requests: int) -> tuple[dict[str, Any], list[str]]:
+    """Two bursts of ``requests`` against a running service, after a warm-up of one run slot's worth."""
+    import resource
+
+    admission = svc.service.controller.admission
+    max_running, max_queued = admission.max_running, admission.max_queued
+    items = problems(requests)
+    refused: list[tuple[float, int]] = []  # (seconds to the answer, Retry-After)
+
+    async def burst(n: int, label: str) -> list[Outcome]:
+        async with httpx.AsyncClient(base_url=svc.base_url, timeout=300, limits=httpx.Limits(max_connections=n)) as client:
+
+            async def one(i: int, item: Item) -> Outcome:
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post("/v1/chat/completions", json=body(item, _params(4, 64)))
+                except httpx.HTTPError as err:
+                    return Outcome(i, 0, time.perf_counter() - t0, error=type(err).__name__)
+                dt = time.perf_counter() - t0
+                if r.status_code == 429:
+                    refused.append((dt, int(r.headers.get("retry-after", "0"))))
+                d = r.json() if r.status_code == 200 else {}
+                return Outcome(i, r.status_code, dt, d.get("id"), d.get("usage"), correct=(d.get("tts") or {}).get("answer") == item.answer if d else None)
+
+            return list(await asyncio.gather(*(one(i, it) for i, it in enumerate(items[:n]))))
+
+    asyncio.run(burst(max_running, "warm-up"))  # first requests load caches; not part of the measurement
+    refused.clear()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    since = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    outcomes = asyncio.run(burst(requests, "burst"))
+    wall = time.perf_counter() - t0
+    outcomes2 = asyncio.run(burst(requests, "burst again"))
+    rss2 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    statuses = Counter(o.status for o in outcomes)
+    report = {
+        "scenario": "overload",
+        "config": {"requests": requests, "max_running": max_running, "max_queued": max_queued},
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "statuses_second_burst": {str(k): v for k, v in Counter(o.status for o in outcomes2).items()},
+        "refused_p50_s": round(statistics.median([d for d, _ in refused]), 3) if refused else None,
+        "refused_p99_s": round(statistics.quantiles([d for d, _ in refused], n=100, method="inclusive")[98], 3) if len(refused) > 1 else None,
+        "retry_after_range": [min((r for _, r in refused), default=0), max((r for _, r in refused), default=0)],
+        "peak_rss_growth_mib_over_both_bursts": round((rss2 - rss0) / 1024, 1),
+        "latency": latency_summary(outcomes, wall),
+        "audit": audit(svc.service.store, outcomes + outcomes2, since),
+    }
     extra = []
     if statuses[200] < max_running or set(statuses) - {200, 429}:
         extra.append(f"statuses {dict(statuses)}: expected at least {max_running} answers and only 429 beyond")
@@ -541,7 +565,40 @@ def overload(
         extra.append("refused requests left records")
     if report["retry_after_range"][0] < 1:
         extra.append("a 429 without Retry-After")
-    finish(report, out, "overload", allow_errors=True, extra=extra)
+    return report, extra
+
+
+@cli.command()
+def shared(
+    out: Optional[Path] = typer.Option(None, help="Result JSON of all four (default: bench/results/reliability-<scenario>.json each)."),
+) -> None:
+    """load, overload, soak and nodes one after the other on one service over a 3-node cluster (one policy
+    replica per node; TTS_MAX_RUNNING 32, TTS_MAX_QUEUED 48), at the sizes the test suite checks: each scenario
+    alone pays a cluster and its engines' start, most of its time on two cores."""
+    folder = Path(tempfile.mkdtemp(prefix="shared"))
+    reports: dict[str, dict[str, Any]] = {}
+    with cluster(3) as c, local_service(service_settings(folder, 3, ray_address=c.address, max_running=32, max_queued=48)) as svc:
+        # Nodes last: it leaves the cluster a node short. Soak before it: its kills restart replicas in place.
+        reports["load"] = load_on(svc, clients=64, per_client=2, n=4, max_tokens=128)
+        reports["load"]["broken"] = verdict(reports["load"], allow_errors=False)
+        report, extra = overload_on(svc, requests=480)
+        report["broken"] = verdict(report, allow_errors=True) + extra
+        reports["overload"] = report
+        reports["soak"] = soak_on(svc, requests=200, concurrency=32, kills=2, n=4, max_tokens=128)
+        reports["soak"]["broken"] = verdict(reports["soak"], allow_errors=True)
+        report, extra = nodes_on(svc, c, requests=160, concurrency=16, n=4, max_tokens=128)
+        report["broken"] = verdict(report, allow_errors=True) + extra
+        reports["nodes"] = report
+    shutil.rmtree(folder, ignore_errors=True)
+    if out is None:
+        for name, report in reports.items():
+            write(report, None, name)
+    else:
+        write(reports, out, "shared")
+    broken = {name: r["broken"] for name, r in reports.items() if r["broken"]}
+    if broken:
+        typer.echo(f"guarantees broken: {broken}", err=True)
+        raise typer.Exit(1)
 
 
 @contextmanager

@@ -1,8 +1,9 @@
-"""The reliability guarantees on the real service, each scenario of ``bench.reliability`` in its own process
-(each starts its own Ray cluster, which cannot share this process with the tests' own): worker kills under
-load, a node removed from a 3-node cluster, 64 concurrent clients, and a server crash with requests queued.
-The scenario itself audits the database and exits non-zero when a guarantee was broken; these tests also
-check the figures it reports."""
+"""The reliability guarantees on the real service, the scenarios of ``bench.reliability`` in processes of
+their own (each starts its own Ray cluster, which cannot share this process with the tests' own): 64 concurrent
+clients, a burst past the queue, worker kills under load and a node removed from a 3-node cluster, one after
+the other on one service (``shared``: a cluster and its engines start once, not four times), and a server
+crash with requests queued. The scenarios audit the database and exit non-zero when a guarantee was broken;
+these tests also check the figures they report."""
 
 from __future__ import annotations
 
@@ -29,6 +30,22 @@ def _scenario(tmp_path, name: str, *args: str, timeout: float = 1500) -> dict:
     return report
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> dict:
+    """The ``shared`` run's four reports; each test below checks its own (and fails on its own breaks)."""
+    tmp = tmp_path_factory.mktemp("shared")
+    out, log = tmp / "shared.json", tmp / "shared.log"
+    with log.open("w") as f:
+        rc = subprocess.call([sys.executable, "-m", "bench.reliability", "shared", "--out", str(out)], cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=2400)
+    assert out.exists(), f"shared wrote no result (exit {rc}); its output ends:\n{log.read_text()[-4000:]}"
+    return {name: {**report, "log": log} for name, report in json.loads(out.read_text()).items()}
+
+
+def _unbroken(report: dict) -> dict:
+    assert report["broken"] == [], f"{report['scenario']}: {report['broken']}; output ends:\n{report['log'].read_text()[-3000:]}"
+    return report
+
+
 def _no_request_lost(report: dict, sent: int) -> None:
     lat, audit = report["latency"], report["audit"]
     assert lat["requests"] == sent and lat["lost"] == 0
@@ -38,8 +55,8 @@ def _no_request_lost(report: dict, sent: int) -> None:
     assert sum(audit["states"].values()) == audit["records"]
 
 
-def test_soak_with_two_worker_kills_loses_nothing_and_keeps_the_ledger_exact(tmp_path):
-    report = _scenario(tmp_path, "soak", "--requests", "200", "--concurrency", "32", "--kills", "2")
+def test_soak_with_two_worker_kills_loses_nothing_and_keeps_the_ledger_exact(shared):
+    report = _unbroken(shared["soak"])
     _no_request_lost(report, 200)
     kills = report["kills"]
     assert len(kills) == 2 and {k["replica"] for k in kills} == {"policy-0", "policy-1"}
@@ -48,8 +65,8 @@ def test_soak_with_two_worker_kills_loses_nothing_and_keeps_the_ledger_exact(tmp
     assert report["latency"]["succeeded"] >= 195, report["outcomes"]
 
 
-def test_removing_a_node_of_three_mid_load_loses_nothing(tmp_path):
-    report = _scenario(tmp_path, "nodes", "--requests", "160", "--concurrency", "16")
+def test_removing_a_node_of_three_mid_load_loses_nothing(shared):
+    report = _unbroken(shared["nodes"])
     _no_request_lost(report, 160)
     assert report["distinct_nodes_before"] == 3  # one replica per node
     removed = report["removed"]
@@ -58,16 +75,16 @@ def test_removing_a_node_of_three_mid_load_loses_nothing(tmp_path):
     assert report["latency"]["succeeded"] >= 155, report["outcomes"]
 
 
-def test_64_concurrent_clients_get_answers_without_errors(tmp_path):
-    report = _scenario(tmp_path, "load", "--clients", "64", "--per-client", "2")
+def test_64_concurrent_clients_get_answers_without_errors(shared):
+    report = _unbroken(shared["load"])
     _no_request_lost(report, 128)
     lat = report["latency"]
     assert lat["errors"] == {} and lat["succeeded"] == 128
     assert 0 < lat["p50_s"] <= lat["p99_s"] and lat["throughput_rps"] > 0
 
 
-def test_a_burst_past_the_queue_is_refused_with_retry_after_and_leaves_no_records(tmp_path):
-    report = _scenario(tmp_path, "overload", "--requests", "400")
+def test_a_burst_past_the_queue_is_refused_with_retry_after_and_leaves_no_records(shared):
+    report = _unbroken(shared["overload"])
     assert set(report["statuses"]) == {"200", "429"} and report["statuses"]["429"] >= 300
     assert report["retry_after_range"][0] >= 1
     assert report["audit"]["records"] == report["audit"]["answered"]  # refused requests were never recorded
