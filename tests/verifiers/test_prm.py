@@ -21,15 +21,15 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.fixture(scope="module")
-def pool(loop):
-    from workers.config import load_pool_config
-    from workers.pool import WorkerPool, connect_ray
+def loop(service):
+    """The session service's event loop: its pool (policy `target`, eager `prm`, MiniLM) is the one scored here,
+    rather than three more engines of this module's own."""
+    return service
 
-    connect_ray()
-    roles = {"policy": {"model": "models/target"}, "prm": {"model": "models/prm"}, "embedder": {}}
-    p = loop.run(WorkerPool.from_config(load_pool_config(None, env={}, default_roles=roles)), timeout=600)
-    yield p
-    loop.run(p.shutdown(), timeout=120)
+
+@pytest.fixture(scope="module")
+def pool(service):
+    return service.service.pool
 
 
 @pytest.fixture(scope="module")
