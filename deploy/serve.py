@@ -3,6 +3,10 @@ controller and the API.
 
     python -m deploy.serve                # 127.0.0.1:8000, bundled `target` model, SQLite under data/
     python -m deploy.serve --help         # every option; each also has a TTS_* environment variable
+
+Exit status: 2 for a configuration refused before anything starts, 3 when the service's local Ray goes away
+(`ray stop`), and after a graceful stop 128 + the signal's number, as a shell reports it: 130 for Ctrl-C
+(SIGINT), 143 for SIGTERM (a supervisor's or `docker stop`'s). A second signal during the stop ends it at once.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import threading
 import time
 from concurrent.futures import Future
@@ -107,6 +112,7 @@ async def serve(settings: Settings) -> None:
         "service ready in %.1f s: http://%s:%d (database %s)%s", time.perf_counter() - t0, settings.host, port, settings.database,
         f"; still loading {', '.join(loading)} (GET /healthz)" if loading else "",
     )
+    _record_stop_signals()
     serving = asyncio.ensure_future(server.serve(sockets=[service.sock]))
     try:
         await asyncio.wait({serving, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -116,6 +122,26 @@ async def serve(settings: Settings) -> None:
     finally:
         watch.cancel()
         await service.stop()
+
+
+# The signal that stopped the server, for main's exit status. uvicorn catches SIGINT and SIGTERM while it serves
+# and re-raises them once its graceful shutdown is done; what handled the re-raised signal used to decide the
+# status (asyncio's SIGINT handler: 130 when it found the main task still running, 0 when the stop had already
+# begun; Ray's SIGTERM handler: 15), so a Ctrl-C now and then exited 0. Recorded here, the status is 128 + the
+# signal's number, as a shell reports a process the signal ended.
+_stopped_by: list[int] = []
+
+
+def _record_stop_signals() -> None:
+    """Handle SIGINT and SIGTERM by recording them (uvicorn swaps its own in while serving and hands them on to
+    these after); a second one while the service stops ends the process at once."""
+    def handler(signum: int, frame: Any) -> None:
+        if _stopped_by:
+            os._exit(128 + signum)
+        _stopped_by.append(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 async def _exit_without_ray(reason: str, service: Service | None) -> None:
@@ -157,6 +183,8 @@ def main(
     except ConfigError as err:
         typer.echo(f"error: {err.message}", err=True)
         raise typer.Exit(2) from None
+    if _stopped_by:
+        raise typer.Exit(128 + _stopped_by[0])
 
 
 if __name__ == "__main__":
