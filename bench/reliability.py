@@ -136,6 +136,15 @@ async def drive(
         await client.close()
 
 
+async def drive_beside(disruption: Awaitable[None], timeout_s: float, base_url: str, items: Sequence[Item], **kwargs: Any) -> list[Outcome]:
+    """:func:`drive` with ``disruption`` (kills, a node's removal) running beside it; waits up to ``timeout_s``
+    after the requests for it to end."""
+    task = asyncio.ensure_future(disruption)
+    outcomes = await drive(base_url, items, **kwargs)
+    await asyncio.wait_for(task, timeout_s)
+    return outcomes
+
+
 def audit(store: Store, outcomes: Sequence[Outcome], since: datetime) -> dict[str, Any]:
     """What the database says about the run, checked against what the clients got."""
     with store.session() as s:
@@ -365,13 +374,7 @@ def soak_on(svc: Any, *, requests: int, concurrency: int, kills: int, n: int, ma
                 await restarts[-1]
         await asyncio.gather(*restarts)
 
-    async def run() -> list[Outcome]:
-        k = asyncio.create_task(killer())
-        outcomes = await drive(svc.base_url, items, concurrency=concurrency, params=_params(n, max_tokens), on_done=on_done, label="soak")
-        await asyncio.wait_for(k, 600)
-        return outcomes
-
-    result = measured(svc.service.store, run)
+    result = measured(svc.service.store, lambda: drive_beside(killer(), 600, svc.base_url, items, concurrency=concurrency, params=_params(n, max_tokens), on_done=on_done, label="soak"))
     return {
         "scenario": "soak",
         "config": {"requests": requests, "concurrency": concurrency, "kills": kills, "replicas": len(names), "n": n, "max_tokens": max_tokens},
@@ -443,13 +446,7 @@ def nodes_on(svc: Any, c: Any, *, requests: int, concurrency: int, n: int, max_t
         await asyncio.to_thread(c.remove_node, victim, False)
         removed.update({"completed_when_gone": done, "remove_s": round(time.perf_counter() - t, 1)})
 
-    async def run() -> list[Outcome]:
-        r = asyncio.create_task(remover())
-        outcomes = await drive(svc.base_url, items, concurrency=concurrency, params=_params(n, max_tokens), on_done=on_done, label="nodes")
-        await asyncio.wait_for(r, 120)
-        return outcomes
-
-    result = measured(svc.service.store, run)
+    result = measured(svc.service.store, lambda: drive_beside(remover(), 120, svc.base_url, items, concurrency=concurrency, params=_params(n, max_tokens), on_done=on_done, label="nodes"))
     after = placement(avoid=victim.node_id if victim else None)
     short = lambda p: {k: v[:12] for k, v in p.items()}  # noqa: E731
     report = {
